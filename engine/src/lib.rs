@@ -1,1 +1,6 @@
-//! wip
+//! shardgate: a thread-per-core Discord gateway engine.
+//!
+//! The crate mirrors the pipeline in DESIGN.md: shard → decode → filter → ring → sink. Each stage
+//! lives in its own module and opens with a `//!` note on what it must not do.
+
+pub mod shard;
