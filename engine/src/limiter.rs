@@ -1,0 +1,216 @@
+//! The global identify limiter: one per process, shared by every core.
+//!
+//! Discord allows `max_concurrency` identifies per 5 s, one per bucket
+//! (`shard_id % max_concurrency`), and `session_start_limit.total` per day; identifying with
+//! `remaining` at 0 gets the token reset. A shard asks for a slot with
+//! [`IdentifyLimiter::reserve`] and gets back the instant at which it may identify; the slot is
+//! its own from then on, so shards never race for one. Requests in shard order start the
+//! buckets in order (shards 0..M-1, then M..2M-1, ...), as Discord asks.
+//!
+//! No I/O and no clock reads: callers pass `now`. The lock is held for a few arithmetic
+//! operations and never across an await.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Discord's identify window per bucket.
+pub const IDENTIFY_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
+
+/// The `session_start_limit` object of `GET /gateway/bot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionStartLimit {
+    pub total: u32,
+    pub remaining: u32,
+    /// Milliseconds until `remaining` refills to `total`.
+    pub reset_after_ms: u64,
+    pub max_concurrency: u32,
+}
+
+/// A granted identify slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The shard may send IDENTIFY at or after this instant.
+    pub at: Instant,
+    /// The bucket the slot was taken from.
+    pub bucket: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimiterError {
+    #[error("max_concurrency is 0; Discord never sends that, the /gateway/bot answer is broken")]
+    ZeroConcurrency,
+}
+
+/// Spaces identifies per bucket and never spends more than `remaining` before `reset_after`.
+#[derive(Debug)]
+pub struct IdentifyLimiter {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    interval: Duration,
+    /// Per bucket: the earliest instant its next identify may go out.
+    next_free: Vec<Instant>,
+    total: u32,
+    remaining: u32,
+    reset_at: Instant,
+    granted: u64,
+}
+
+impl IdentifyLimiter {
+    pub fn new(
+        limit: SessionStartLimit,
+        interval: Duration,
+        now: Instant,
+    ) -> Result<IdentifyLimiter, LimiterError> {
+        if limit.max_concurrency == 0 {
+            return Err(LimiterError::ZeroConcurrency);
+        }
+        Ok(IdentifyLimiter {
+            inner: Mutex::new(Inner {
+                interval,
+                next_free: vec![now; limit.max_concurrency as usize],
+                total: limit.total,
+                remaining: limit.remaining,
+                reset_at: now + Duration::from_millis(limit.reset_after_ms),
+                granted: 0,
+            }),
+        })
+    }
+
+    /// Takes the next identify slot of `shard_id`'s bucket. When the daily budget is spent the
+    /// slot lies after the reset (the budget then refills to `total`).
+    pub fn reserve(&self, shard_id: u32, now: Instant) -> Reservation {
+        let mut inner = self.lock();
+        let buckets = inner.next_free.len() as u32;
+        let bucket = shard_id % buckets;
+        let mut at = inner.next_free[bucket as usize].max(now);
+        if at >= inner.reset_at {
+            inner.refill();
+        }
+        if inner.remaining == 0 {
+            // Spent: wait for the reset. Every bucket waits with us.
+            at = at.max(inner.reset_at);
+            inner.refill();
+        }
+        inner.remaining -= 1;
+        inner.granted += 1;
+        let interval = inner.interval;
+        inner.next_free[bucket as usize] = at + interval;
+        Reservation { at, bucket }
+    }
+
+    /// Replaces the budget with a fresh `/gateway/bot` answer (other processes may share the
+    /// token, so the local count drifts). Bucket spacing is kept.
+    pub fn refresh(&self, limit: SessionStartLimit, now: Instant) {
+        let mut inner = self.lock();
+        inner.total = limit.total;
+        inner.remaining = limit.remaining;
+        inner.reset_at = now + Duration::from_millis(limit.reset_after_ms);
+    }
+
+    /// Identifies granted so far, and what is left of the budget.
+    pub fn stats(&self) -> (u64, u32) {
+        let inner = self.lock();
+        (inner.granted, inner.remaining)
+    }
+
+    /// The earliest time every shard in `shard_ids` could have identified, were they asked
+    /// for in order right now: the floor the buckets allow (for startup logs).
+    pub fn minimum_startup(shard_count: u32, max_concurrency: u32, interval: Duration) -> Duration {
+        let rounds = shard_count.div_ceil(max_concurrency.max(1));
+        interval * rounds.saturating_sub(1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The critical sections are arithmetic that cannot panic; a poisoned lock still holds
+        // consistent numbers.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn refill(&mut self) {
+        self.remaining = self.total;
+        self.reset_at += Duration::from_secs(24 * 3600);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(max_concurrency: u32, remaining: u32) -> SessionStartLimit {
+        SessionStartLimit {
+            total: 1000,
+            remaining,
+            reset_after_ms: 3_600_000,
+            max_concurrency,
+        }
+    }
+
+    #[test]
+    fn one_identify_per_bucket_per_interval_in_shard_order() {
+        let now = Instant::now();
+        let limiter = IdentifyLimiter::new(limit(4, 1000), IDENTIFY_INTERVAL_DEFAULT, now).unwrap();
+        let offsets: Vec<Duration> = (0..10)
+            .map(|shard| limiter.reserve(shard, now).at - now)
+            .collect();
+        let five = Duration::from_secs(5);
+        assert_eq!(offsets[..4], [Duration::ZERO; 4]);
+        assert_eq!(offsets[4..8], [five; 4]);
+        assert_eq!(offsets[8..], [five * 2; 2]);
+        assert_eq!(limiter.stats(), (10, 990));
+    }
+
+    #[test]
+    fn a_bucket_that_idled_is_free_again() {
+        let now = Instant::now();
+        let limiter = IdentifyLimiter::new(limit(1, 1000), IDENTIFY_INTERVAL_DEFAULT, now).unwrap();
+        assert_eq!(limiter.reserve(0, now).at, now);
+        let later = now + Duration::from_secs(60);
+        assert_eq!(limiter.reserve(3, later).at, later);
+        // Right after, the same bucket waits a full interval.
+        assert_eq!(
+            limiter.reserve(7, later).at,
+            later + IDENTIFY_INTERVAL_DEFAULT
+        );
+    }
+
+    #[test]
+    fn never_identifies_past_remaining_before_the_reset() {
+        let now = Instant::now();
+        let reset_after = Duration::from_millis(3_600_000);
+        let limiter = IdentifyLimiter::new(limit(16, 2), IDENTIFY_INTERVAL_DEFAULT, now).unwrap();
+        assert_eq!(limiter.reserve(0, now).at, now);
+        assert_eq!(limiter.reserve(1, now).at, now);
+        // Budget spent: the third waits for the reset, which refills it.
+        assert_eq!(limiter.reserve(2, now).at, now + reset_after);
+        assert_eq!(limiter.stats(), (3, 999));
+    }
+
+    #[test]
+    fn refresh_replaces_the_budget() {
+        let now = Instant::now();
+        let limiter = IdentifyLimiter::new(limit(1, 5), IDENTIFY_INTERVAL_DEFAULT, now).unwrap();
+        limiter.refresh(limit(1, 0), now);
+        assert!(limiter.reserve(0, now).at >= now + Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused_and_minimum_startup_is_the_bucket_floor() {
+        let now = Instant::now();
+        assert_eq!(
+            IdentifyLimiter::new(limit(0, 1), IDENTIFY_INTERVAL_DEFAULT, now).unwrap_err(),
+            LimiterError::ZeroConcurrency
+        );
+        let five = IDENTIFY_INTERVAL_DEFAULT;
+        assert_eq!(IdentifyLimiter::minimum_startup(8, 1, five), five * 7);
+        assert_eq!(IdentifyLimiter::minimum_startup(8, 4, five), five);
+        assert_eq!(
+            IdentifyLimiter::minimum_startup(8, 16, five),
+            Duration::ZERO
+        );
+    }
+}

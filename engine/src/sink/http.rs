@@ -1,0 +1,421 @@
+//! The sink's HTTP/1.1 client: one keep-alive connection to the bot, blocking, on the sink
+//! thread (never on a core).
+//!
+//! Just enough HTTP for the forwarding contract: `POST` with `Content-Length`, the answer's
+//! status, and its body skipped (Content-Length or chunked) so the connection can be reused.
+//! Every read and write has a deadline; any error drops the connection and the next request
+//! opens a new one. The secret goes into the `Authorization` header and nowhere else.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+/// The answer's head is at most this big; more is a broken or hostile bot.
+const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Bodies of answers are skipped up to this size; a bigger one closes the connection.
+const RESPONSE_BODY_BYTES_MAX: u64 = 1024 * 1024;
+
+/// A parsed `http(s)://host[:port]/path` forwarding URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("'{0}' must start with http:// or https://")]
+    Scheme(String),
+    #[error("'{0}' has no host")]
+    Host(String),
+    #[error("'{0}' has an invalid port")]
+    Port(String),
+}
+
+impl ForwardUrl {
+    pub fn parse(url: &str) -> Result<ForwardUrl, UrlError> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(UrlError::Scheme(url.to_owned()));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(index) => (&rest[..index], &rest[index..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (
+                host,
+                port.parse().map_err(|_| UrlError::Port(url.to_owned()))?,
+            ),
+            _ => (authority, if tls { 443 } else { 80 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(UrlError::Host(url.to_owned()));
+        }
+        Ok(ForwardUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("connecting to {host}:{port}: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        source: io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("invalid TLS server name {0}")]
+    ServerName(String),
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+}
+
+enum Connection {
+    Plain(BufReader<TcpStream>),
+    Tls(Box<BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>>),
+}
+
+impl Connection {
+    fn reader(&mut self) -> &mut dyn BufRead {
+        match self {
+            Connection::Plain(stream) => stream,
+            Connection::Tls(stream) => stream.as_mut(),
+        }
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Connection::Plain(stream) => stream.get_mut(),
+            Connection::Tls(stream) => stream.get_mut(),
+        }
+    }
+}
+
+/// A keep-alive client for one forwarding URL.
+pub struct HttpClient {
+    url: ForwardUrl,
+    /// `Authorization` header value, if any. Never logged.
+    authorization: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    connection: Option<Connection>,
+    head: Vec<u8>,
+    /// Connections opened so far (1 while keep-alive holds).
+    pub connections_opened: u64,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("url", &self.url)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "[redacted]"),
+            )
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    pub fn new(
+        url: ForwardUrl,
+        authorization: Option<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> HttpClient {
+        HttpClient {
+            url,
+            authorization,
+            tls,
+            timeout,
+            connection: None,
+            head: Vec::with_capacity(512),
+            connections_opened: 0,
+        }
+    }
+
+    /// POSTs `body` (JSON) and returns the status. On any error the connection is dropped.
+    pub fn post_json(&mut self, body: &[u8]) -> Result<u16, HttpError> {
+        let result = self.try_post(body);
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
+
+    /// Drops the connection (the next request opens a new one).
+    pub fn disconnect(&mut self) {
+        self.connection = None;
+    }
+
+    fn try_post(&mut self, body: &[u8]) -> Result<u16, HttpError> {
+        if self.connection.is_none() {
+            self.connection = Some(self.connect()?);
+            self.connections_opened += 1;
+        }
+        self.head.clear();
+        write!(
+            self.head,
+            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: shardgate\r\n",
+            self.url.path,
+            self.url.host,
+            self.url.port,
+            body.len()
+        )?;
+        if let Some(authorization) = &self.authorization {
+            self.head.extend_from_slice(b"Authorization: ");
+            self.head.extend_from_slice(authorization.as_bytes());
+            self.head.extend_from_slice(b"\r\n");
+        }
+        self.head.extend_from_slice(b"\r\n");
+        let connection = self
+            .connection
+            .as_mut()
+            .ok_or(HttpError::Malformed("no connection"))?;
+        let writer = connection.writer();
+        writer.write_all(&self.head)?;
+        writer.write_all(body)?;
+        writer.flush()?;
+        let (status, keep_alive) = read_response(connection.reader())?;
+        if !keep_alive {
+            self.connection = None;
+        }
+        Ok(status)
+    }
+
+    fn connect(&self) -> Result<Connection, HttpError> {
+        let connect_error = |source| HttpError::Connect {
+            host: self.url.host.clone(),
+            port: self.url.port,
+            source,
+        };
+        let addrs = (self.url.host.as_str(), self.url.port)
+            .to_socket_addrs()
+            .map_err(connect_error)?;
+        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let mut stream = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, self.timeout) {
+                Ok(connected) => {
+                    stream = Some(connected);
+                    break;
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        let stream = stream.ok_or_else(|| connect_error(last_error))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        match (&self.tls, self.url.tls) {
+            (Some(config), true) => {
+                let name = ServerName::try_from(self.url.host.clone())
+                    .map_err(|_| HttpError::ServerName(self.url.host.clone()))?;
+                let session = rustls::ClientConnection::new(Arc::clone(config), name)?;
+                let tls = rustls::StreamOwned::new(session, stream);
+                Ok(Connection::Tls(Box::new(BufReader::with_capacity(
+                    8 * 1024,
+                    tls,
+                ))))
+            }
+            (None, true) => Err(HttpError::Malformed(
+                "https URL without a TLS configuration",
+            )),
+            (_, false) => Ok(Connection::Plain(BufReader::with_capacity(
+                8 * 1024,
+                stream,
+            ))),
+        }
+    }
+}
+
+/// Reads a response head and skips its body; returns the status and whether the connection
+/// may be reused.
+fn read_response(reader: &mut dyn BufRead) -> Result<(u16, bool), HttpError> {
+    let mut head = Vec::with_capacity(256);
+    loop {
+        let before = head.len();
+        let read = reader
+            .take((RESPONSE_HEAD_BYTES_MAX - head.len()) as u64)
+            .read_until(b'\n', &mut head)?;
+        if read == 0 {
+            return Err(HttpError::Malformed(
+                "connection closed before the response",
+            ));
+        }
+        if head[before..] == *b"\r\n" || head[before..] == *b"\n" {
+            break;
+        }
+        if head.len() >= RESPONSE_HEAD_BYTES_MAX {
+            return Err(HttpError::Malformed("response head over 16 KiB"));
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(HttpError::Malformed("unparsable response head")),
+    }
+    let status = response.code.ok_or(HttpError::Malformed("no status"))?;
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut keep_alive = response.version == Some(1);
+    for header in response.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
+        if header.name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(
+                value
+                    .parse::<u64>()
+                    .map_err(|_| HttpError::Malformed("bad Content-Length"))?,
+            );
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            keep_alive = !value.eq_ignore_ascii_case("close");
+        }
+    }
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        return Ok((status, keep_alive));
+    }
+    if chunked {
+        skip_chunked(reader)?;
+    } else if let Some(length) = content_length {
+        if length > RESPONSE_BODY_BYTES_MAX {
+            return Ok((status, false));
+        }
+        let skipped = io::copy(&mut reader.take(length), &mut io::sink())?;
+        if skipped != length {
+            return Err(HttpError::Malformed("body shorter than Content-Length"));
+        }
+    } else {
+        // Body delimited by the connection closing: not reusable.
+        return Ok((status, false));
+    }
+    Ok((status, keep_alive))
+}
+
+fn skip_chunked(reader: &mut dyn BufRead) -> Result<(), HttpError> {
+    let mut total = 0u64;
+    let mut line = Vec::with_capacity(32);
+    loop {
+        line.clear();
+        reader.take(1024).read_until(b'\n', &mut line)?;
+        let text = std::str::from_utf8(&line).map_err(|_| HttpError::Malformed("chunk size"))?;
+        let size_text = text.trim().split(';').next().unwrap_or_default();
+        let size =
+            u64::from_str_radix(size_text, 16).map_err(|_| HttpError::Malformed("chunk size"))?;
+        total += size;
+        if total > RESPONSE_BODY_BYTES_MAX {
+            return Err(HttpError::Malformed("chunked body over 1 MiB"));
+        }
+        if size == 0 {
+            // Trailers until the empty line.
+            loop {
+                line.clear();
+                if reader.take(1024).read_until(b'\n', &mut line)? == 0
+                    || line == b"\r\n"
+                    || line == b"\n"
+                {
+                    return Ok(());
+                }
+            }
+        }
+        io::copy(&mut reader.take(size + 2), &mut io::sink())?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    #[test]
+    fn forward_urls_parse_with_defaults() {
+        let url = ForwardUrl::parse("http://127.0.0.1:9000/events").unwrap();
+        assert_eq!(
+            url,
+            ForwardUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 9000,
+                path: "/events".into()
+            }
+        );
+        let url = ForwardUrl::parse("https://bot.internal").unwrap();
+        assert_eq!((url.tls, url.port, url.path.as_str()), (true, 443, "/"));
+        let url = ForwardUrl::parse("http://[::1]:8080/x?y=1").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("::1", 8080, "/x?y=1")
+        );
+        assert!(matches!(
+            ForwardUrl::parse("ftp://x"),
+            Err(UrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            ForwardUrl::parse("http://:80/"),
+            Err(UrlError::Host(_))
+        ));
+        assert!(matches!(
+            ForwardUrl::parse("http://h:99999/"),
+            Err(UrlError::Port(_))
+        ));
+    }
+
+    #[test]
+    fn responses_are_read_and_their_bodies_skipped() {
+        let wire = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\n\r\noops!HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nHTTP/1.1 503 x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let mut reader = Cursor::new(&wire[..]);
+        assert_eq!(read_response(&mut reader).unwrap(), (204, true));
+        assert_eq!(read_response(&mut reader).unwrap(), (500, true));
+        assert_eq!(read_response(&mut reader).unwrap(), (200, true));
+        assert_eq!(read_response(&mut reader).unwrap(), (503, false));
+        assert!(read_response(&mut reader).is_err());
+    }
+
+    #[test]
+    fn hostile_responses_are_errors_not_panics() {
+        for wire in [
+            &b"garbage\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+        ] {
+            assert!(read_response(&mut Cursor::new(wire)).is_err(), "{wire:?}");
+        }
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(20_000));
+        assert!(read_response(&mut Cursor::new(huge.as_bytes())).is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let client = HttpClient::new(
+            ForwardUrl::parse("http://127.0.0.1:1/").unwrap(),
+            Some("very-secret".into()),
+            None,
+            Duration::from_secs(1),
+        );
+        assert!(!format!("{client:?}").contains("very-secret"));
+    }
+}
