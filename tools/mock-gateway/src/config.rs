@@ -119,6 +119,11 @@ pub struct MockConfig {
     #[arg(long, default_value_t = 4096)]
     pub replay_capacity: usize,
 
+    /// Bytes of dispatches kept per session for replay (whichever of this and
+    /// `--replay-capacity` is reached first bounds the buffer). Memory per session.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub replay_bytes_max: usize,
+
     /// Steady-stream dispatches per second per shard after the initial GUILD_CREATEs.
     /// 0 = as fast as the connection takes them.
     #[arg(long, default_value_t = 10.0)]

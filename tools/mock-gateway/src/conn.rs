@@ -38,7 +38,7 @@ const INTENTS_PRIVILEGED: u64 = (1 << 1) | (1 << 8) | (1 << 15);
 /// Request Guild Members for all members: once per guild per 30 s.
 const MEMBER_REQUEST_WINDOW: Duration = Duration::from_secs(30);
 /// Dispatches produced and written per loop turn, so reads are never starved.
-const DISPATCHES_PER_TURN: usize = 128;
+const DISPATCHES_PER_TURN: usize = 256;
 /// Time allowed for the close handshake after a close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Gateway opcodes a client may send.
@@ -51,7 +51,7 @@ where
 {
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
-        .write_buffer_size(64 * 1024)
+        .write_buffer_size(128 * 1024)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20));
     let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config)).await;

@@ -10,13 +10,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::MockConfig;
 use crate::events::{self, DispatchInfo, SessionEvents};
 use crate::ledger::{LedgerWriter, SessionDelta, SessionLedger};
 use crate::rng::{Rng, derive_seed};
+
+/// First and largest chunk of a session's dispatch arena.
+const ARENA_CHUNK_BYTES_MIN: usize = 16 * 1024;
+const ARENA_CHUNK_BYTES_MAX: usize = 256 * 1024;
 
 /// Sub-seed stream of guild ids (`derive_seed(seed, &[GUILD_STREAM, epoch])`).
 pub(crate) const GUILD_STREAM: u64 = 0x0067_7569_6c64;
@@ -205,6 +209,12 @@ pub(crate) struct Session {
     next_seq: u64,
     replay: VecDeque<Dispatch>,
     replay_capacity: usize,
+    replay_bytes: usize,
+    replay_bytes_max: usize,
+    /// Dispatch bytes are carved out of shared chunks: one allocation per many dispatches,
+    /// and a clone is a reference count.
+    arena: BytesMut,
+    arena_chunk_bytes: usize,
     pending_guild_creates: VecDeque<u64>,
     guild_create_bytes: usize,
     /// When the steady stream began and how much of it this session produced since.
@@ -252,6 +262,10 @@ impl Session {
             next_seq: 1,
             replay: VecDeque::new(),
             replay_capacity: config.replay_capacity,
+            replay_bytes: 0,
+            replay_bytes_max: config.replay_bytes_max,
+            arena: BytesMut::new(),
+            arena_chunk_bytes: ARENA_CHUNK_BYTES_MIN,
             guild_create_bytes: config.guild_create_bytes,
             stream_started: None,
             stream_produced: 0,
@@ -278,12 +292,23 @@ impl Session {
         self.next_seq += 1;
         self.scratch.clear();
         let info = write(&mut self.events, seq, &mut self.scratch);
-        let bytes = Bytes::copy_from_slice(&self.scratch);
-        if self.replay.len() == self.replay_capacity {
-            self.replay.pop_front();
+        if self.arena.capacity() - self.arena.len() < self.scratch.len() {
+            // Chunks grow with a busy session and stay small for an idle one.
+            self.arena = BytesMut::with_capacity(self.arena_chunk_bytes.max(self.scratch.len()));
+            self.arena_chunk_bytes = (self.arena_chunk_bytes * 2).min(ARENA_CHUNK_BYTES_MAX);
         }
+        self.arena.extend_from_slice(&self.scratch);
+        let bytes = self.arena.split().freeze();
+        self.replay_bytes += bytes.len();
         let dispatch = Dispatch { seq, bytes };
         self.replay.push_back(dispatch.clone());
+        while self.replay.len() > self.replay_capacity
+            || (self.replay_bytes > self.replay_bytes_max && self.replay.len() > 1)
+        {
+            if let Some(evicted) = self.replay.pop_front() {
+                self.replay_bytes -= evicted.bytes.len();
+            }
+        }
         self.delta.last_seq = seq;
         self.delta.new_dispatches += 1;
         self.delta.record_type(info.name);
