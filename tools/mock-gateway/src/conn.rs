@@ -233,7 +233,9 @@ impl Connection {
             }
             let rate = config.rate;
             if rate <= 0.0 {
-                if !self.stream_finished() {
+                // Uses the guard held above: locking the session again here would deadlock.
+                let limit = config.events_per_shard;
+                if !(limit > 0 && session.stream_count() >= limit) {
                     return now;
                 }
             } else if let Some(due) = session.next_due(rate) {
@@ -244,14 +246,6 @@ impl Connection {
             }
         }
         wake
-    }
-
-    fn stream_finished(&self) -> bool {
-        let limit = self.shared.config.events_per_shard;
-        let Some(session) = &self.session else {
-            return true;
-        };
-        limit > 0 && lock(session).stream_count() >= limit
     }
 
     async fn on_timer<S>(&mut self, ws: &mut Ws<S>) -> Result<(), Exit>
@@ -664,7 +658,10 @@ impl Connection {
                 .filter(|g| events::shard_for_guild(*g, total) == shard)
                 .collect();
             let bucket = shard % config.max_concurrency;
-            let window = Duration::from_millis(config.identify_window_ms);
+            // Arrival times jitter by a few ms against the client's own spacing; 1% of the
+            // window is tolerated (a client that waits the full window is never flagged).
+            let window =
+                Duration::from_millis(config.identify_window_ms - config.identify_window_ms / 100);
             if guilds.len() > config.max_guilds_per_shard {
                 Admission::ShardingRequired(guilds.len())
             } else if let Some(last) = state
@@ -680,6 +677,10 @@ impl Connection {
                         now + Duration::from_millis(config.session_start_reset_after_ms);
                 }
                 if state.remaining == 0 {
+                    // Discord terminates every session when it resets the token.
+                    for session in state.sessions.values() {
+                        lock(session).end("token_reset", &shared.ledger);
+                    }
                     Admission::TokenReset
                 } else {
                     state.remaining -= 1;
@@ -819,8 +820,10 @@ impl Connection {
         let seq = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
         let found = {
             let mut state = shared.lock();
+            // Look before expiring, so an ended or expired session still names its shard.
+            let found = state.sessions.get(session_id).cloned();
             expire_sessions(&shared, &mut state, now);
-            state.sessions.get(session_id).cloned()
+            found
         };
         let resumed = found.and_then(|session| {
             let mut guard = lock(&session);
@@ -837,6 +840,7 @@ impl Connection {
                     .with(|l| l.shards.entry(shard).or_default().resumes_rejected += 1);
                 return None;
             };
+
             let previous = guard
                 .owner
                 .replace(self.id)
@@ -864,6 +868,7 @@ impl Connection {
         });
         let Some((session, mut replay, resumed, shard)) = resumed else {
             tracing::debug!(shard = ?self.shard, "resume rejected");
+            shared.ledger.with(|l| l.resumes_rejected_total += 1);
             return self
                 .send_control(ws, r#"{"t":null,"s":null,"op":9,"d":false}"#.into())
                 .await;

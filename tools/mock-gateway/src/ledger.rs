@@ -27,6 +27,9 @@ pub struct Ledger {
     pub connections_total: u64,
     pub identifies_total: u64,
     pub resumes_total: u64,
+    /// RESUMEs answered with op 9 `d: false`, including unknown session ids (which have no
+    /// shard to be counted under).
+    pub resumes_rejected_total: u64,
     pub dispatches_total: u64,
 }
 
