@@ -3,7 +3,14 @@
 //! The crate mirrors the pipeline in DESIGN.md: shard → decode → filter → ring → sink. Each stage
 //! lives in its own module and opens with a `//!` note on what it must not do.
 
+pub mod config;
+pub mod core;
+pub mod decode;
+pub mod filter;
 pub mod limiter;
 pub mod record;
+pub mod runtime;
 pub mod shard;
 pub mod sink;
+pub mod tls;
+pub mod transport;

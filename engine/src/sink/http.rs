@@ -163,12 +163,32 @@ impl HttpClient {
         result
     }
 
+    /// GETs the URL's path and returns the status and body (at most 1 MiB). Used at startup
+    /// for `/gateway/bot`.
+    pub fn get(&mut self) -> Result<(u16, Vec<u8>), HttpError> {
+        let result = self.try_request("GET", &[], true);
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
+
     /// Drops the connection (the next request opens a new one).
     pub fn disconnect(&mut self) {
         self.connection = None;
     }
 
     fn try_post(&mut self, body: &[u8]) -> Result<u16, HttpError> {
+        self.try_request("POST", body, false)
+            .map(|(status, _)| status)
+    }
+
+    fn try_request(
+        &mut self,
+        method: &str,
+        body: &[u8],
+        capture: bool,
+    ) -> Result<(u16, Vec<u8>), HttpError> {
         if self.connection.is_none() {
             self.connection = Some(self.connect()?);
             self.connections_opened += 1;
@@ -176,7 +196,7 @@ impl HttpClient {
         self.head.clear();
         write!(
             self.head,
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: shardgate\r\n",
+            "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: shardgate\r\n",
             self.url.path,
             self.url.host,
             self.url.port,
@@ -196,11 +216,13 @@ impl HttpClient {
         writer.write_all(&self.head)?;
         writer.write_all(body)?;
         writer.flush()?;
-        let (status, keep_alive) = read_response(connection.reader())?;
+        let mut captured = Vec::new();
+        let (status, keep_alive) =
+            read_response(connection.reader(), capture.then_some(&mut captured))?;
         if !keep_alive {
             self.connection = None;
         }
-        Ok(status)
+        Ok((status, captured))
     }
 
     fn connect(&self) -> Result<Connection, HttpError> {
@@ -251,7 +273,10 @@ impl HttpClient {
 
 /// Reads a response head and skips its body; returns the status and whether the connection
 /// may be reused.
-fn read_response(reader: &mut dyn BufRead) -> Result<(u16, bool), HttpError> {
+fn read_response(
+    reader: &mut dyn BufRead,
+    capture: Option<&mut Vec<u8>>,
+) -> Result<(u16, bool), HttpError> {
     let mut head = Vec::with_capacity(256);
     loop {
         let before = head.len();
@@ -298,12 +323,15 @@ fn read_response(reader: &mut dyn BufRead) -> Result<(u16, bool), HttpError> {
         return Ok((status, keep_alive));
     }
     if chunked {
-        skip_chunked(reader)?;
+        skip_chunked(reader, capture)?;
     } else if let Some(length) = content_length {
         if length > RESPONSE_BODY_BYTES_MAX {
             return Ok((status, false));
         }
-        let skipped = io::copy(&mut reader.take(length), &mut io::sink())?;
+        let skipped = match capture {
+            Some(body) => io::copy(&mut reader.take(length), body)?,
+            None => io::copy(&mut reader.take(length), &mut io::sink())?,
+        };
         if skipped != length {
             return Err(HttpError::Malformed("body shorter than Content-Length"));
         }
@@ -314,7 +342,10 @@ fn read_response(reader: &mut dyn BufRead) -> Result<(u16, bool), HttpError> {
     Ok((status, keep_alive))
 }
 
-fn skip_chunked(reader: &mut dyn BufRead) -> Result<(), HttpError> {
+fn skip_chunked(
+    reader: &mut dyn BufRead,
+    mut capture: Option<&mut Vec<u8>>,
+) -> Result<(), HttpError> {
     let mut total = 0u64;
     let mut line = Vec::with_capacity(32);
     loop {
@@ -340,7 +371,15 @@ fn skip_chunked(reader: &mut dyn BufRead) -> Result<(), HttpError> {
                 }
             }
         }
-        io::copy(&mut reader.take(size + 2), &mut io::sink())?;
+        match capture.as_deref_mut() {
+            Some(body) => {
+                io::copy(&mut reader.take(size), body)?;
+                io::copy(&mut reader.take(2), &mut io::sink())?;
+            }
+            None => {
+                io::copy(&mut reader.take(size + 2), &mut io::sink())?;
+            }
+        }
     }
 }
 
@@ -387,11 +426,11 @@ mod tests {
     fn responses_are_read_and_their_bodies_skipped() {
         let wire = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\n\r\noops!HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nHTTP/1.1 503 x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
         let mut reader = Cursor::new(&wire[..]);
-        assert_eq!(read_response(&mut reader).unwrap(), (204, true));
-        assert_eq!(read_response(&mut reader).unwrap(), (500, true));
-        assert_eq!(read_response(&mut reader).unwrap(), (200, true));
-        assert_eq!(read_response(&mut reader).unwrap(), (503, false));
-        assert!(read_response(&mut reader).is_err());
+        assert_eq!(read_response(&mut reader, None).unwrap(), (204, true));
+        assert_eq!(read_response(&mut reader, None).unwrap(), (500, true));
+        assert_eq!(read_response(&mut reader, None).unwrap(), (200, true));
+        assert_eq!(read_response(&mut reader, None).unwrap(), (503, false));
+        assert!(read_response(&mut reader, None).is_err());
     }
 
     #[test]
@@ -402,10 +441,13 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
         ] {
-            assert!(read_response(&mut Cursor::new(wire)).is_err(), "{wire:?}");
+            assert!(
+                read_response(&mut Cursor::new(wire), None).is_err(),
+                "{wire:?}"
+            );
         }
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(20_000));
-        assert!(read_response(&mut Cursor::new(huge.as_bytes())).is_err());
+        assert!(read_response(&mut Cursor::new(huge.as_bytes()), None).is_err());
     }
 
     #[test]

@@ -1,0 +1,438 @@
+//! The settings as the operator wrote them: [`RunArgs`] is both the `shardgate run` flags
+//! (clap) and the `--config` TOML file (serde), so the file's keys are exactly the flag names
+//! with `-` written as `_`. Nothing is validated here; [`Settings::load`](super::Settings::load)
+//! parses and checks every value, whatever its source.
+//!
+//! Each field's doc comment is its `--help` text: what it is for, its default, and its memory
+//! cost where it has one. Defaults are written out in the text (not as clap defaults) because a
+//! flag must stay absent when not given, so that the file and the environment can supply it;
+//! a test checks the text against the constants on [`Settings`](super::Settings).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+use super::types::Secret;
+use crate::decode::Compression;
+use crate::shard::Token;
+
+/// Environment variable of `--token`.
+pub const ENV_TOKEN: &str = "DISCORD_TOKEN";
+/// Environment variable of `--forward-secret`.
+pub const ENV_FORWARD_SECRET: &str = "FORWARD_SECRET";
+/// Environment variable of `--admin-token`.
+pub const ENV_ADMIN_TOKEN: &str = "SHARDGATE_ADMIN_TOKEN";
+
+/// The keys a `--config` file may hold: every [`RunArgs`] field but `config` (a test keeps this
+/// list equal to the flags).
+pub const FILE_KEYS: &[&str] = &[
+    "token",
+    "api_base",
+    "gateway_url",
+    "total_shards",
+    "shards",
+    "compression",
+    "intents",
+    "large_threshold",
+    "cores",
+    "shards_per_core",
+    "events",
+    "dedup_message_updates",
+    "dedup_cache_entries",
+    "payload_bytes_max",
+    "ring_capacity",
+    "forward_url",
+    "forward_secret",
+    "forward_timeout_ms",
+    "batch_events_max",
+    "batch_bytes_max",
+    "batch_linger_ms",
+    "data_dir",
+    "admin_addr",
+    "admin_token",
+    "ca_file",
+    "log",
+    "log_format",
+    "identify_interval_ms",
+];
+
+/// `shardgate run` settings as written: flags, the three secrets' environment variables (read by
+/// clap), or the `--config` file. Precedence and validation: [`Settings::load`](super::Settings::load).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunArgs {
+    /// TOML file of settings.
+    ///
+    /// Keys are the flag names with - written as _ (total_shards = 16, forward_url = "..."),
+    /// numbers as TOML numbers or strings, lists (intents, events) as arrays or comma-separated
+    /// strings. Flags win over environment variables, which win over the file, which wins over
+    /// the defaults. Unknown keys are an error. Relative paths in the file are relative to the
+    /// working directory.
+    #[arg(long, value_name = "PATH", help_heading = "Config file")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    // ---- Discord ----
+    /// Bot token, without the "Bot " prefix. Required. Never logged or printed.
+    ///
+    /// Prefer the environment variable: flags are visible in the process list.
+    #[arg(
+        long,
+        env = ENV_TOKEN,
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = token_arg,
+        help_heading = "Discord"
+    )]
+    #[serde(deserialize_with = "token_from_file")]
+    pub token: Option<Token>,
+
+    /// Base URL of Discord's REST API (for GET /gateway/bot).
+    ///
+    /// http:// or https://. Default: `https://discord.com/api/v10`. Tests point it at a mock.
+    #[arg(long, value_name = "URL", help_heading = "Discord")]
+    pub api_base: Option<RawValue>,
+
+    /// Connect the shards here instead of the URL /gateway/bot returns.
+    ///
+    /// ws:// or wss://, without a query string (shardgate appends ?v=10&encoding=json and the
+    /// compression). Default: the URL from /gateway/bot. Tests point it at a mock.
+    #[arg(long, value_name = "URL", help_heading = "Discord")]
+    pub gateway_url: Option<RawValue>,
+
+    /// The bot's shard count: `auto` (the count /gateway/bot recommends) or a number.
+    ///
+    /// Every process of one bot must use the same count. Default: auto.
+    #[arg(long, value_name = "auto|N", help_heading = "Discord")]
+    pub total_shards: Option<RawValue>,
+
+    /// The shard ids this process runs: A..=B (both ends included), one id, or `all`.
+    ///
+    /// Split a large bot over several processes with disjoint ranges. Default: all (0 up to
+    /// the shard count minus one).
+    #[arg(long, value_name = "A..=B", help_heading = "Discord")]
+    pub shards: Option<RawValue>,
+
+    /// Gateway transport compression: zstd-stream, zlib-stream, payload or none.
+    ///
+    /// zstd-stream is the cheapest compressed mode per event (about 2 µs of decompression on a
+    /// 2 GHz core); zlib-stream costs about 1.5× that and payload (per-message zlib) about 2×;
+    /// none spends nothing on decompression but moves several times the bytes. Memory: the
+    /// stream modes keep one decompression context per shard for the connection's life
+    /// (zlib-stream about 41 KiB; zstd-stream the window the server asks for, at most 8 MiB).
+    /// Default: zstd-stream.
+    #[arg(long, value_name = "MODE", help_heading = "Discord")]
+    pub compression: Option<RawValue>,
+
+    /// Gateway intents: a number, or comma-separated names (GUILDS,GUILD_MESSAGES,MESSAGE_CONTENT).
+    ///
+    /// Names: GUILDS, GUILD_MEMBERS*, GUILD_MODERATION, GUILD_EXPRESSIONS (alias
+    /// GUILD_EMOJIS_AND_STICKERS), GUILD_INTEGRATIONS, GUILD_WEBHOOKS, GUILD_INVITES,
+    /// GUILD_VOICE_STATES, GUILD_PRESENCES*, GUILD_MESSAGES, GUILD_MESSAGE_REACTIONS,
+    /// GUILD_MESSAGE_TYPING, DIRECT_MESSAGES, DIRECT_MESSAGE_REACTIONS, DIRECT_MESSAGE_TYPING,
+    /// MESSAGE_CONTENT*, GUILD_SCHEDULED_EVENTS, AUTO_MODERATION_CONFIGURATION,
+    /// AUTO_MODERATION_EXECUTION, GUILD_MESSAGE_POLLS, DIRECT_MESSAGE_POLLS. Items may also be
+    /// numbers; all are OR-ed. *privileged: enable them in the developer portal first (Discord
+    /// closes with 4014 otherwise). Default: every non-privileged intent (53575421).
+    #[arg(long, value_name = "BITS|NAMES", help_heading = "Discord")]
+    pub intents: Option<RawValue>,
+
+    /// Member count above which Discord sends a guild without its offline members (identify
+    /// `large_threshold`).
+    ///
+    /// Higher values make GUILD_CREATE payloads bigger. Range 50..=250. Default: 50.
+    #[arg(long, value_name = "MEMBERS", help_heading = "Discord")]
+    pub large_threshold: Option<RawValue>,
+
+    // ---- Placement ----
+    /// Cores to run shards on, one pinned executor thread each.
+    ///
+    /// At most the CPUs available to this process. Default: all of them.
+    #[arg(long, value_name = "N", help_heading = "Placement")]
+    pub cores: Option<RawValue>,
+
+    /// Shards per core.
+    ///
+    /// Memory: an idle shard is meant to cost at most 150 KiB with zstd-stream. Cores beyond
+    /// ceil(shards / shards-per-core) stay unused. Default: ceil(owned shards / cores), i.e.
+    /// spread evenly over every core.
+    #[arg(long, value_name = "N", help_heading = "Placement")]
+    pub shards_per_core: Option<RawValue>,
+
+    // ---- Filtering ----
+    /// Forward only these dispatch events: comma-separated names as Discord sends them in `t`
+    /// (MESSAGE_CREATE,GUILD_CREATE), or `all`.
+    ///
+    /// Dropped events cost their decode only: they never reach the ring or the bot. Default: all.
+    #[arg(long, value_name = "NAMES", help_heading = "Decoding and filtering")]
+    pub events: Option<RawValue>,
+
+    /// Drop MESSAGE_UPDATEs whose content did not change (embed unfurls): on or off.
+    ///
+    /// Removes most MESSAGE_UPDATE traffic; a user edit always passes. Default: on.
+    #[arg(long, value_name = "on|off", help_heading = "Decoding and filtering")]
+    pub dedup_message_updates: Option<RawValue>,
+
+    /// Messages remembered per core for --dedup-message-updates (message id and content hash).
+    ///
+    /// When it is full, entries make room for new ones; an update of a forgotten message is
+    /// forwarded.
+    /// Memory: about 32 bytes per entry per core, 2 MiB per core at the default. Range
+    /// 1..=16777216. Default: 65536.
+    #[arg(long, value_name = "ENTRIES", help_heading = "Decoding and filtering")]
+    pub dedup_cache_entries: Option<RawValue>,
+
+    /// Largest decompressed payload accepted; a bigger one drops the connection (and resumes).
+    ///
+    /// A guard against decompression bombs; a READY or GUILD_CREATE of a big guild can be
+    /// hundreds of KiB. Memory: a shard's decode buffer grows to the largest payload it has
+    /// seen, up to this. Range 1024..=1073741824. Default: 33554432 (32 MiB).
+    #[arg(long, value_name = "BYTES", help_heading = "Decoding and filtering")]
+    pub payload_bytes_max: Option<RawValue>,
+
+    // ---- Forwarding ----
+    /// Records each core's ring to the sink holds; when full, the core stops reading its shards
+    /// until the sink catches up (backpressure, never a drop).
+    ///
+    /// Memory: about 64 bytes per slot per core (512 KiB at the default) plus the payloads
+    /// waiting in it. Range 1..=16777216. Default: 8192.
+    #[arg(long, value_name = "RECORDS", help_heading = "Forwarding")]
+    pub ring_capacity: Option<RawValue>,
+
+    /// Where batches are POSTed: the bot's endpoint, http:// or https://. Required.
+    #[arg(long, value_name = "URL", help_heading = "Forwarding")]
+    pub forward_url: Option<RawValue>,
+
+    /// Sent as the Authorization header of every batch, for the bot to check.
+    ///
+    /// Never logged. Default: none (no header).
+    #[arg(
+        long,
+        env = ENV_FORWARD_SECRET,
+        hide_env_values = true,
+        value_name = "SECRET",
+        value_parser = secret_arg,
+        help_heading = "Forwarding"
+    )]
+    pub forward_secret: Option<Secret>,
+
+    /// How long a batch POST may take before it counts as failed and is retried.
+    ///
+    /// Range 1..=600000. Default: 10000.
+    #[arg(long, value_name = "MS", help_heading = "Forwarding")]
+    pub forward_timeout_ms: Option<RawValue>,
+
+    /// Most records in one batch.
+    ///
+    /// Default: 500.
+    #[arg(long, value_name = "RECORDS", help_heading = "Forwarding")]
+    pub batch_events_max: Option<RawValue>,
+
+    /// Most payload bytes in one batch; a record bigger than this travels alone.
+    ///
+    /// Memory: the sink holds one batch of about this size while delivering it. Range
+    /// 1..=1073741824. Default: 1048576 (1 MiB).
+    #[arg(long, value_name = "BYTES", help_heading = "Forwarding")]
+    pub batch_bytes_max: Option<RawValue>,
+
+    /// How long the sink waits for more records before sending a batch that is not full.
+    ///
+    /// Trades latency for fewer, larger POSTs. 0 sends whatever is there at once. Range
+    /// 0..=60000. Default: 5.
+    #[arg(long, value_name = "MS", help_heading = "Forwarding")]
+    pub batch_linger_ms: Option<RawValue>,
+
+    /// Directory of the disk spill (batches kept while the bot is down) and saved sessions.
+    ///
+    /// Created if missing. Default: ./data.
+    #[arg(long, value_name = "DIR", help_heading = "Forwarding")]
+    pub data_dir: Option<RawValue>,
+
+    // ---- Control plane ----
+    /// Address of the admin HTTP API (status, metrics, commands, resharding): IP:PORT.
+    ///
+    /// An address beyond loopback needs --admin-token. Default: 127.0.0.1:7878.
+    #[arg(long, value_name = "IP:PORT", help_heading = "Control plane")]
+    pub admin_addr: Option<RawValue>,
+
+    /// Token every caller of the admin API must present.
+    ///
+    /// Never logged. Default: none (only allowed on a loopback --admin-addr).
+    #[arg(
+        long,
+        env = ENV_ADMIN_TOKEN,
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = secret_arg,
+        help_heading = "Control plane"
+    )]
+    pub admin_token: Option<Secret>,
+
+    /// Extra trusted root certificates (PEM), added to the built-in web roots, for a TLS mock
+    /// gateway or an internal bot endpoint.
+    ///
+    /// Default: none.
+    #[arg(long, value_name = "PATH", help_heading = "Control plane")]
+    pub ca_file: Option<RawValue>,
+
+    // ---- Logging ----
+    /// Log filter (tracing EnvFilter syntax): a level or directives like info,shardgate=debug.
+    ///
+    /// Default: info.
+    #[arg(long, value_name = "FILTER", help_heading = "Logging")]
+    pub log: Option<RawValue>,
+
+    /// Log line format on stderr: pretty or json.
+    ///
+    /// Default: pretty.
+    #[arg(long, value_name = "FORMAT", help_heading = "Logging")]
+    pub log_format: Option<RawValue>,
+
+    /// Tests only; Discord's is 5000. Length of one identify window per max_concurrency bucket.
+    ///
+    /// Values below 5000 are refused unless --gateway-url or --api-base points away from
+    /// Discord. Default: 5000.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub identify_interval_ms: Option<RawValue>,
+}
+
+/// `shardgate demo`: the whole pipeline against a built-in simulated Discord and bot.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How long the demo runs, in seconds. Default: 30.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        hide_default_value = true,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub duration: u64,
+
+    /// Number of simulated shards. Default: 32.
+    #[arg(
+        long,
+        value_name = "COUNT",
+        default_value_t = 32,
+        hide_default_value = true,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub shards: u32,
+
+    /// Engine cores. Default: all available CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cores: Option<u32>,
+
+    /// Transport compression: zstd-stream, zlib-stream, payload or none. Default: zstd-stream.
+    #[arg(long, value_name = "MODE", default_value_t = Compression::ZstdStream, hide_default_value = true)]
+    pub compression: Compression,
+
+    /// Dispatches per second each simulated shard sends. Default: 50.
+    #[arg(
+        long,
+        value_name = "EVENTS_PER_SEC",
+        default_value_t = 50,
+        hide_default_value = true,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub rate: u32,
+}
+
+/// A setting's text before parsing: a flag's argument, or a config file value rendered as
+/// text (`16` → `16`, `true` → `true`, `["GUILDS", "GUILD_MESSAGES"]` → `GUILDS,GUILD_MESSAGES`).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RawValue(String);
+
+impl RawValue {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for RawValue {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl From<&str> for RawValue {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
+impl fmt::Debug for RawValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawValueVisitor)
+    }
+}
+
+struct RawValueVisitor;
+
+impl<'de> Visitor<'de> for RawValueVisitor {
+    type Value = RawValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, a number, a boolean, or an array of those")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<RawValue, E> {
+        Ok(RawValue(text.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<RawValue, E> {
+        Ok(RawValue(text))
+    }
+
+    fn visit_i64<E: de::Error>(self, number: i64) -> Result<RawValue, E> {
+        Ok(RawValue(number.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, number: u64) -> Result<RawValue, E> {
+        Ok(RawValue(number.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, number: f64) -> Result<RawValue, E> {
+        Ok(RawValue(number.to_string()))
+    }
+
+    fn visit_bool<E: de::Error>(self, flag: bool) -> Result<RawValue, E> {
+        Ok(RawValue(flag.to_string()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<RawValue, A::Error> {
+        let mut joined = String::new();
+        while let Some(item) = items.next_element::<RawValue>()? {
+            if !joined.is_empty() {
+                joined.push(',');
+            }
+            joined.push_str(item.as_str());
+        }
+        Ok(RawValue(joined))
+    }
+}
+
+/// clap value parser of `--token` (infallible, so clap never echoes a token in an error).
+fn token_arg(text: &str) -> Result<Token, std::convert::Infallible> {
+    Ok(Token::new(text))
+}
+
+/// clap value parser of the other secrets (infallible for the same reason).
+fn secret_arg(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(text))
+}
+
+/// `token = "..."` in the config file.
+fn token_from_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Token>, D::Error> {
+    String::deserialize(deserializer).map(|text| Some(Token::new(text)))
+}

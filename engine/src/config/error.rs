@@ -1,0 +1,387 @@
+//! [`ConfigError`]: every way the settings can be wrong, each message naming the setting and
+//! the fix. No message ever contains a secret's value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use super::names::INTENTS;
+use super::types::ShardRange;
+
+/// Where a setting's text came from, shown after the value in error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag (shown as nothing: the message already names the flag).
+    Flag,
+    /// The `--config` file at this path (shown as ` (from config file PATH)`).
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Flag => Ok(()),
+            Self::File(path) => write!(f, " (from config file {})", path.display()),
+        }
+    }
+}
+
+/// Why [`Settings::load`](super::Settings::load) (or
+/// [`Settings::check_files`](super::Settings::check_files)) refused the settings.
+///
+/// Settings are named by their flag; a value from the config file adds ` (from config file
+/// PATH)`. `PartialEq` so tests can assert the exact failure.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    // ---- the config file ----
+    /// The `--config` file could not be read.
+    #[error("config file {}: cannot read it ({reason}); check the --config path", path.display())]
+    FileUnreadable {
+        /// The `--config` path.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The config file is not valid TOML, or a value has a shape no setting takes (a table).
+    #[error("config file {}: {message}", path.display())]
+    FileSyntax {
+        /// The `--config` path.
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// The config file has a key that is no setting.
+    #[error(
+        "config file {}: unknown key `{key}`; {}",
+        path.display(),
+        match suggestion {
+            Some(known) => format!("did you mean `{known}`?"),
+            None => "keys are the `shardgate run` flag names with - written as _ \
+                     (total_shards = 16)".to_owned(),
+        }
+    )]
+    UnknownFileKey {
+        /// The `--config` path.
+        path: PathBuf,
+        /// The key as written.
+        key: String,
+        /// The closest known key, when the key looks like a typo of it.
+        suggestion: Option<&'static str>,
+    },
+
+    // ---- one value ----
+    /// A number setting whose text is not a whole number.
+    #[error(
+        "{setting} {value}{origin}: not a whole number; write digits, e.g. {setting} {example}"
+    )]
+    NotANumber {
+        /// The flag, e.g. `--ring-capacity`.
+        setting: &'static str,
+        /// The text as written.
+        value: String,
+        /// Where the text came from.
+        origin: Origin,
+        /// A valid value (the default).
+        example: u64,
+    },
+    /// A number outside the setting's range.
+    #[error(
+        "{setting} {value}{origin}: must be {}",
+        match max {
+            Some(max) => format!("{min}..={max}"),
+            None => format!("at least {min}"),
+        }
+    )]
+    OutOfRange {
+        /// The flag, e.g. `--large-threshold`.
+        setting: &'static str,
+        /// The value given.
+        value: u64,
+        /// Where it came from.
+        origin: Origin,
+        /// Smallest allowed value.
+        min: u64,
+        /// Largest allowed value, when there is one below the type's limit.
+        max: Option<u64>,
+    },
+    /// A setting with a fixed set of words (`--compression`, `--log-format`, on/off switches).
+    #[error("{setting} {value}{origin}: choose one of {choices}")]
+    InvalidChoice {
+        /// The flag.
+        setting: &'static str,
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        /// The accepted words, comma separated.
+        choices: &'static str,
+    },
+    /// `--total-shards` is neither `auto` nor a number.
+    #[error(
+        "--total-shards {value}{origin}: write `auto` (Discord's recommendation) or a number \
+         of shards, e.g. --total-shards 16"
+    )]
+    InvalidTotalShards {
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// `--shards` is not `A..=B`, a single id or `all`.
+    #[error(
+        "--shards {value}{origin}: write A..=B (both ends included, e.g. --shards 0..=15), \
+         a single shard id, or `all`"
+    )]
+    InvalidShardRange {
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// `--shards A..=B` with `A > B`.
+    #[error("--shards {start}..={end}{origin}: the range is empty; write A..=B with A <= B")]
+    EmptyShardRange {
+        /// `A`.
+        start: u32,
+        /// `B`.
+        end: u32,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// An `--intents` item that is neither a known name nor a number.
+    #[error(
+        "--intents {name}{origin}: unknown intent name; known names: {}; or give the bit set \
+         as a number, e.g. --intents 33281",
+        INTENTS.iter().map(|(known, _)| *known).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownIntent {
+        /// The item as written.
+        name: String,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// An `--events` name that is no dispatch event shardgate knows.
+    #[error(
+        "--events {name}{origin}: unknown event name; {}",
+        match suggestion {
+            Some(known) => format!("did you mean {known}?"),
+            None => "write dispatch names as Discord sends them in `t`, e.g. \
+                     --events MESSAGE_CREATE,GUILD_CREATE, or leave --events unset to \
+                     forward every event".to_owned(),
+        }
+    )]
+    UnknownEvent {
+        /// The name as written.
+        name: String,
+        /// Where it came from.
+        origin: Origin,
+        /// The closest known name, when this looks like a typo of it.
+        suggestion: Option<&'static str>,
+    },
+    /// A list setting (`--intents`, `--events`) with no items.
+    #[error("{setting}{origin}: the list is empty; {fix}")]
+    EmptyList {
+        /// The flag.
+        setting: &'static str,
+        /// Where it came from.
+        origin: Origin,
+        /// What to write instead.
+        fix: &'static str,
+    },
+    /// A URL with the wrong scheme.
+    #[error("{setting} '{value}'{origin}: must be {expected}")]
+    UrlScheme {
+        /// The flag.
+        setting: &'static str,
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        /// The schemes allowed, e.g. `http:// or https://`.
+        expected: &'static str,
+    },
+    /// A URL with the right scheme that still cannot be used.
+    #[error("{setting} '{value}'{origin}: {problem}")]
+    UrlMalformed {
+        /// The flag.
+        setting: &'static str,
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        /// What is wrong and how to fix it.
+        problem: &'static str,
+    },
+    /// A URL carrying `user:password@`, which would end up in logs. The value is not repeated.
+    #[error(
+        "{setting}{origin}: the URL carries credentials (user:password@), which would be \
+         logged; remove them{}",
+        if *setting == "--forward-url" {
+            " and put the credential in --forward-secret (sent as the Authorization header, \
+             e.g. `Basic …`)"
+        } else {
+            ""
+        }
+    )]
+    UrlCredentials {
+        /// The flag.
+        setting: &'static str,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// A socket address that does not parse.
+    #[error(
+        "{setting} {value}{origin}: write IP:PORT, e.g. {setting} 127.0.0.1:7878 \
+         (host names are not resolved)"
+    )]
+    InvalidAddress {
+        /// The flag.
+        setting: &'static str,
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// A path setting (`--data-dir`, `--ca-file`) given as empty text.
+    #[error("{setting}{origin}: the path is empty; give a path or leave {setting} unset")]
+    EmptyPath {
+        /// The flag.
+        setting: &'static str,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// `--log` is not a valid tracing `EnvFilter`.
+    #[error(
+        "--log {value}{origin}: not a valid log filter ({reason}); write a level \
+         (error, warn, info, debug, trace) or directives like info,shardgate=debug"
+    )]
+    InvalidLogFilter {
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        /// The filter parser's message.
+        reason: String,
+    },
+    /// No token anywhere.
+    #[error("--token is missing: pass --token or set DISCORD_TOKEN")]
+    MissingToken,
+    /// No forwarding URL anywhere.
+    #[error(
+        "--forward-url is missing: pass --forward-url http://HOST:PORT/PATH, the bot endpoint \
+         that receives the batches"
+    )]
+    MissingForwardUrl,
+    /// A secret that is set but empty (or only whitespace).
+    #[error(
+        "{setting} is empty: give it a value (with {setting}, {env} or the config file){}",
+        if *setting == "--token" { "" } else { ", or unset it" }
+    )]
+    EmptySecret {
+        /// The flag.
+        setting: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+    },
+    /// A secret that cannot be used as given. The value is never repeated.
+    #[error("{setting} (from the flag, {env} or the config file) {problem}")]
+    MalformedSecret {
+        /// The flag.
+        setting: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+        /// What is wrong and how to fix it.
+        problem: &'static str,
+    },
+
+    // ---- combinations ----
+    /// `--shards` reaches past the bot's shard count.
+    #[error(
+        "--total-shards {total_shards}{} but --shards {shards} reaches shard {}; use --shards \
+         0..={} or {}",
+        if *auto { " (Discord's recommendation for `auto`)" } else { "" },
+        shards.end(),
+        total_shards.saturating_sub(1),
+        if *auto {
+            "set --total-shards to the count every process of the bot shares"
+        } else {
+            "raise --total-shards"
+        }
+    )]
+    ShardsBeyondTotal {
+        /// The `--shards` range.
+        shards: ShardRange,
+        /// The shard count it was checked against.
+        total_shards: u32,
+        /// Whether that count came from `/gateway/bot` (`--total-shards auto`).
+        auto: bool,
+    },
+    /// More cores asked for than this process may run on.
+    #[error(
+        "--cores {cores} but this machine has {cpus} CPUs available; use --cores {cpus} or \
+         fewer, or leave --cores unset to use them all"
+    )]
+    CoresExceedCpus {
+        /// The value given.
+        cores: u64,
+        /// CPUs available to this process.
+        cpus: usize,
+    },
+    /// `--shards-per-core × --cores` cannot hold the shards this process owns.
+    #[error(
+        "--shards-per-core {shards_per_core} with --cores {cores} places {} shards but this \
+         process owns {owned}; raise --shards-per-core to {} or more, raise --cores, or leave \
+         --shards-per-core unset",
+        u64::from(*shards_per_core) * u64::from(*cores),
+        owned.div_ceil(u64::from((*cores).max(1)))
+    )]
+    ShardsPerCoreTooSmall {
+        /// The value given.
+        shards_per_core: u32,
+        /// Cores available to the plan.
+        cores: u32,
+        /// Shards this process owns.
+        owned: u64,
+    },
+    /// The admin API would listen beyond loopback without a token.
+    #[error(
+        "--admin-addr {addr} accepts connections from other machines but no --admin-token is \
+         set; set --admin-token (or SHARDGATE_ADMIN_TOKEN), or bind 127.0.0.1"
+    )]
+    AdminTokenRequired {
+        /// The address given.
+        addr: SocketAddr,
+    },
+    /// A shortened identify window aimed at the real Discord.
+    #[error(
+        "--identify-interval-ms {identify_interval_ms} is below Discord's 5000 ms identify \
+         window, which risks a token reset; it is for tests against a mock gateway: set \
+         --gateway-url (or --api-base) to the mock, or remove --identify-interval-ms"
+    )]
+    IdentifyIntervalOnDiscord {
+        /// The value given.
+        identify_interval_ms: u64,
+    },
+
+    // ---- files named by settings ----
+    /// `--ca-file` cannot be read.
+    #[error("--ca-file {}: cannot read it ({reason}); give a readable PEM file", path.display())]
+    CaFileUnreadable {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// `--ca-file` holds no PEM certificate.
+    #[error(
+        "--ca-file {}: no PEM certificate in it; give a file with \
+         -----BEGIN CERTIFICATE----- blocks",
+        path.display()
+    )]
+    CaFileWithoutCertificates {
+        /// The path given.
+        path: PathBuf,
+    },
+}

@@ -1,0 +1,1192 @@
+//! Settings stage: everything `shardgate run` is told, resolved once at startup.
+//!
+//! [`RunArgs`] is what the operator wrote (flags, the secrets' environment variables, the
+//! `--config` TOML file). [`Settings::load`] merges the sources (flag > environment > file >
+//! default), parses and checks every value and every combination, and returns a typed
+//! [`Settings`] or the first [`ConfigError`], whose message names the setting and the fix.
+//!
+//! Must not: read the process environment, touch the file system, print or exit inside
+//! [`Settings::load`]. Those belong to [`Environment::from_process`], [`ConfigFile::read`],
+//! [`Settings::check_files`] and `main.rs`, so tests drive `load` with explicit inputs. Secrets
+//! ([`Token`], [`Secret`]) never appear in a `Debug`, a summary or an error.
+
+mod args;
+mod error;
+mod names;
+mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+
+pub use args::{
+    DemoArgs, ENV_ADMIN_TOKEN, ENV_FORWARD_SECRET, ENV_TOKEN, FILE_KEYS, RawValue, RunArgs,
+};
+pub use error::{ConfigError, Origin};
+pub use names::{EVENT_NAMES, INTENTS};
+pub use types::{Events, Intents, LogFormat, Secret, ShardPlan, ShardRange, TotalShards};
+
+use crate::decode::Compression;
+use crate::shard::Token;
+
+/// The resolved settings of `shardgate run`: every value parsed, defaulted and checked.
+///
+/// The knobs are documented (purpose, default, memory cost) on the matching [`RunArgs`] field,
+/// which is also their `--help` text; the defaults are the `DEFAULT_*` constants below.
+/// `Debug` is safe to log: the secrets print as `[redacted]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--token`.
+    pub token: Token,
+    /// `--api-base`, without a trailing `/`.
+    pub api_base: String,
+    /// `--gateway-url`, without a trailing `/`; `None`: the URL from `/gateway/bot`.
+    pub gateway_url: Option<String>,
+    /// `--total-shards`.
+    pub total_shards: TotalShards,
+    /// `--shards`; `None`: all of the bot's shards. [`Settings::plan`] resolves it.
+    pub shards: Option<ShardRange>,
+    /// `--cores`: at most [`Settings::cpus_available`].
+    pub cores: u32,
+    /// CPUs this process may run on, as seen by [`Environment`].
+    pub cpus_available: usize,
+    /// `--shards-per-core`; `None`: spread evenly. [`Settings::plan`] resolves it.
+    pub shards_per_core: Option<u32>,
+    /// `--compression`.
+    pub compression: Compression,
+    /// `--intents`.
+    pub intents: Intents,
+    /// `--events`.
+    pub events: Events,
+    /// `--dedup-message-updates`.
+    pub dedup_message_updates: bool,
+    /// `--dedup-cache-entries`, per core.
+    pub dedup_cache_entries: usize,
+    /// `--large-threshold`, 50..=250.
+    pub large_threshold: u16,
+    /// `--payload-bytes-max`.
+    pub payload_bytes_max: usize,
+    /// `--ring-capacity`, records per core.
+    pub ring_capacity: usize,
+    /// `--forward-url`.
+    pub forward_url: String,
+    /// `--forward-secret`.
+    pub forward_secret: Option<Secret>,
+    /// `--forward-timeout-ms`.
+    pub forward_timeout_ms: u64,
+    /// `--batch-events-max`.
+    pub batch_events_max: usize,
+    /// `--batch-bytes-max`.
+    pub batch_bytes_max: usize,
+    /// `--batch-linger-ms`.
+    pub batch_linger_ms: u64,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--admin-addr`.
+    pub admin_addr: SocketAddr,
+    /// `--admin-token`; always set when `admin_addr` is not loopback.
+    pub admin_token: Option<Secret>,
+    /// `--ca-file`.
+    pub ca_file: Option<PathBuf>,
+    /// `--log`, a valid tracing `EnvFilter`.
+    pub log: String,
+    /// `--log-format`.
+    pub log_format: LogFormat,
+    /// `--identify-interval-ms` (tests only); below 5000 only against a mock.
+    pub identify_interval_ms: u64,
+}
+
+impl Settings {
+    /// Default of `--api-base`.
+    pub const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
+    /// Default of `--dedup-message-updates`.
+    pub const DEFAULT_DEDUP_MESSAGE_UPDATES: bool = true;
+    /// Default of `--dedup-cache-entries`.
+    pub const DEFAULT_DEDUP_CACHE_ENTRIES: usize = 65_536;
+    /// Default of `--large-threshold` (Discord's own default).
+    pub const DEFAULT_LARGE_THRESHOLD: u16 = 50;
+    /// Default of `--payload-bytes-max`: 32 MiB.
+    pub const DEFAULT_PAYLOAD_BYTES_MAX: usize = 32 << 20;
+    /// Default of `--ring-capacity`.
+    pub const DEFAULT_RING_CAPACITY: usize = 8_192;
+    /// Default of `--forward-timeout-ms`.
+    pub const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 10_000;
+    /// Default of `--batch-events-max`.
+    pub const DEFAULT_BATCH_EVENTS_MAX: usize = 500;
+    /// Default of `--batch-bytes-max`: 1 MiB.
+    pub const DEFAULT_BATCH_BYTES_MAX: usize = 1 << 20;
+    /// Default of `--batch-linger-ms`.
+    pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
+    /// Default of `--data-dir`.
+    pub const DEFAULT_DATA_DIR: &str = "./data";
+    /// Default of `--admin-addr`.
+    pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7878";
+    /// Default of `--log`.
+    pub const DEFAULT_LOG: &str = "info";
+    /// Default of `--identify-interval-ms`: Discord's identify window.
+    pub const DEFAULT_IDENTIFY_INTERVAL_MS: u64 = 5_000;
+
+    /// Resolves `args` (flags), `env` (environment variables and CPU count) and `file` (the
+    /// `--config` file's text, when there is one) into settings.
+    ///
+    /// Each setting takes the first of: its flag, its environment variable (only the secrets
+    /// have one), its file key, its default. Checks run in this order and the first failure is
+    /// returned: the file (TOML syntax, unknown keys), every value on its own, the required
+    /// settings (`--token`, `--forward-url`), then combinations (shards against the shard count,
+    /// placement, admin exposure, the identify window). Pure: no I/O, no process environment.
+    pub fn load(
+        args: &RunArgs,
+        env: &Environment,
+        file: Option<&ConfigFile>,
+    ) -> Result<Self, ConfigError> {
+        let file_args = file.map(ConfigFile::parse).transpose()?;
+        let src = Sources {
+            flags: args,
+            file: file
+                .zip(file_args.as_ref())
+                .map(|(file, args)| (file.path(), args)),
+        };
+
+        // Discord.
+        let token = src
+            .secret("--token", ENV_TOKEN, env, |a| {
+                a.token.as_ref().map(Token::expose_secret)
+            })?
+            .map(checked_token)
+            .transpose()?
+            .map(Token::new);
+        let api_base = match src.get(|a| &a.api_base) {
+            Some(input) => base_url(parse_url("--api-base", &input, HTTP_SCHEMES, true)?),
+            None => Self::DEFAULT_API_BASE.to_owned(),
+        };
+        let gateway_url = src
+            .get(|a| &a.gateway_url)
+            .map(|input| parse_url("--gateway-url", &input, WS_SCHEMES, false).map(base_url))
+            .transpose()?;
+        let total_shards = match src.get(|a| &a.total_shards) {
+            Some(input) => parse_total_shards(&input)?,
+            None => TotalShards::Auto,
+        };
+        let shards = match src.get(|a| &a.shards) {
+            Some(input) => parse_shards(&input)?,
+            None => None,
+        };
+        let compression = match src.get(|a| &a.compression) {
+            Some(input) => input
+                .text
+                .trim()
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|_| {
+                    input.invalid_choice("--compression", "zstd-stream, zlib-stream, payload, none")
+                })?,
+            None => Compression::default(),
+        };
+        let intents = match src.get(|a| &a.intents) {
+            Some(input) => parse_intents(&input)?,
+            None => Intents::default(),
+        };
+        let events = match src.get(|a| &a.events) {
+            Some(input) => parse_events(&input)?,
+            None => Events::All,
+        };
+
+        // Placement.
+        let cpus_available = env.cpus_available();
+        let cores = match src.get(|a| &a.cores) {
+            Some(input) => {
+                let cores = input.number("--cores", 1, None, u64::from(u32::MAX), 1)?;
+                if cores > cpus_available as u64 {
+                    return Err(ConfigError::CoresExceedCpus {
+                        cores,
+                        cpus: cpus_available,
+                    });
+                }
+                u32::try_from(cores).expect("bounded by u32::MAX above")
+            }
+            None => u32::try_from(cpus_available).unwrap_or(u32::MAX),
+        };
+        let shards_per_core = src
+            .get(|a| &a.shards_per_core)
+            .map(|input| input.number_u32("--shards-per-core", 1, None, 1))
+            .transpose()?;
+
+        // Filtering.
+        let dedup_message_updates = match src.get(|a| &a.dedup_message_updates) {
+            Some(input) => parse_switch("--dedup-message-updates", &input)?,
+            None => Self::DEFAULT_DEDUP_MESSAGE_UPDATES,
+        };
+        let dedup_cache_entries = src.size(
+            |a| &a.dedup_cache_entries,
+            "--dedup-cache-entries",
+            1,
+            1 << 24,
+            Self::DEFAULT_DEDUP_CACHE_ENTRIES,
+        )?;
+        let large_threshold = match src.get(|a| &a.large_threshold) {
+            Some(input) => {
+                let example = u64::from(Self::DEFAULT_LARGE_THRESHOLD);
+                let value = input.number("--large-threshold", 50, Some(250), 250, example)?;
+                u16::try_from(value).expect("bounded by 250 above")
+            }
+            None => Self::DEFAULT_LARGE_THRESHOLD,
+        };
+        let payload_bytes_max = src.size(
+            |a| &a.payload_bytes_max,
+            "--payload-bytes-max",
+            1 << 10,
+            1 << 30,
+            Self::DEFAULT_PAYLOAD_BYTES_MAX,
+        )?;
+
+        // Forwarding.
+        let ring_capacity = src.size(
+            |a| &a.ring_capacity,
+            "--ring-capacity",
+            1,
+            1 << 24,
+            Self::DEFAULT_RING_CAPACITY,
+        )?;
+        let forward_url = src
+            .get(|a| &a.forward_url)
+            .map(|input| parse_url("--forward-url", &input, HTTP_SCHEMES, true))
+            .transpose()?;
+        let forward_secret = src
+            .secret("--forward-secret", ENV_FORWARD_SECRET, env, |a| {
+                a.forward_secret.as_ref().map(Secret::expose_secret)
+            })?
+            .map(Secret::new);
+        let forward_timeout_ms = src.millis(
+            |a| &a.forward_timeout_ms,
+            "--forward-timeout-ms",
+            1,
+            600_000,
+            Self::DEFAULT_FORWARD_TIMEOUT_MS,
+        )?;
+        let batch_events_max = match src.get(|a| &a.batch_events_max) {
+            Some(input) => {
+                let value = input.number(
+                    "--batch-events-max",
+                    1,
+                    None,
+                    u64::from(u32::MAX),
+                    Self::DEFAULT_BATCH_EVENTS_MAX as u64,
+                )?;
+                usize::try_from(value).expect("bounded by u32::MAX above")
+            }
+            None => Self::DEFAULT_BATCH_EVENTS_MAX,
+        };
+        let batch_bytes_max = src.size(
+            |a| &a.batch_bytes_max,
+            "--batch-bytes-max",
+            1,
+            1 << 30,
+            Self::DEFAULT_BATCH_BYTES_MAX,
+        )?;
+        let batch_linger_ms = src.millis(
+            |a| &a.batch_linger_ms,
+            "--batch-linger-ms",
+            0,
+            60_000,
+            Self::DEFAULT_BATCH_LINGER_MS,
+        )?;
+        let data_dir = match src.get(|a| &a.data_dir) {
+            Some(input) => input.path("--data-dir")?,
+            None => PathBuf::from(Self::DEFAULT_DATA_DIR),
+        };
+
+        // Control plane.
+        let admin_addr = match src.get(|a| &a.admin_addr) {
+            Some(input) => input
+                .text
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::InvalidAddress {
+                    setting: "--admin-addr",
+                    value: input.text.to_owned(),
+                    origin: input.origin.clone(),
+                })?,
+            None => Self::DEFAULT_ADMIN_ADDR
+                .parse()
+                .expect("the default is a valid address"),
+        };
+        let admin_token = src
+            .secret("--admin-token", ENV_ADMIN_TOKEN, env, |a| {
+                a.admin_token.as_ref().map(Secret::expose_secret)
+            })?
+            .map(Secret::new);
+        let ca_file = src
+            .get(|a| &a.ca_file)
+            .map(|input| input.path("--ca-file"))
+            .transpose()?;
+
+        // Logging.
+        let log = match src.get(|a| &a.log) {
+            Some(input) => parse_log_filter(&input)?,
+            None => Self::DEFAULT_LOG.to_owned(),
+        };
+        let log_format = match src.get(|a| &a.log_format) {
+            Some(input) => match input.text.trim().to_ascii_lowercase().as_str() {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                _ => return Err(input.invalid_choice("--log-format", "pretty, json")),
+            },
+            None => LogFormat::default(),
+        };
+        let identify_interval_ms = match src.get(|a| &a.identify_interval_ms) {
+            Some(input) => input.number(
+                "--identify-interval-ms",
+                1,
+                None,
+                u64::MAX,
+                Self::DEFAULT_IDENTIFY_INTERVAL_MS,
+            )?,
+            None => Self::DEFAULT_IDENTIFY_INTERVAL_MS,
+        };
+
+        // Required.
+        let token = token.ok_or(ConfigError::MissingToken)?;
+        let forward_url = forward_url.ok_or(ConfigError::MissingForwardUrl)?;
+
+        let settings = Self {
+            token,
+            api_base,
+            gateway_url,
+            total_shards,
+            shards,
+            cores,
+            cpus_available,
+            shards_per_core,
+            compression,
+            intents,
+            events,
+            dedup_message_updates,
+            dedup_cache_entries,
+            large_threshold,
+            payload_bytes_max,
+            ring_capacity,
+            forward_url,
+            forward_secret,
+            forward_timeout_ms,
+            batch_events_max,
+            batch_bytes_max,
+            batch_linger_ms,
+            data_dir,
+            admin_addr,
+            admin_token,
+            ca_file,
+            log,
+            log_format,
+            identify_interval_ms,
+        };
+
+        // Combinations.
+        if let TotalShards::Fixed(total) = settings.total_shards {
+            settings.plan(total)?;
+        } else if let Some(shards) = settings.shards {
+            settings.placement(shards.len())?;
+        }
+        if !settings.admin_addr.ip().is_loopback() && settings.admin_token.is_none() {
+            return Err(ConfigError::AdminTokenRequired {
+                addr: settings.admin_addr,
+            });
+        }
+        if settings.identify_interval_ms < Self::DEFAULT_IDENTIFY_INTERVAL_MS
+            && settings.targets_discord()
+        {
+            return Err(ConfigError::IdentifyIntervalOnDiscord {
+                identify_interval_ms: settings.identify_interval_ms,
+            });
+        }
+        Ok(settings)
+    }
+
+    /// [`Settings::load`] with this process's environment and CPUs and the `--config` file read
+    /// from disk, followed by [`Settings::check_files`].
+    pub fn from_process(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = args.config.as_deref().map(ConfigFile::read).transpose()?;
+        let settings = Self::load(args, &Environment::from_process(), file.as_ref())?;
+        settings.check_files()?;
+        Ok(settings)
+    }
+
+    /// Checks the files the settings name and `load` cannot look at: `--ca-file` must be
+    /// readable and hold at least one PEM certificate. (`--data-dir` is created at startup.)
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(());
+        };
+        let unreadable = |error: std::io::Error| ConfigError::CaFileUnreadable {
+            path: path.clone(),
+            reason: error.to_string(),
+        };
+        let pem = std::fs::read(path).map_err(unreadable)?;
+        let mut certificates = 0;
+        for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+            certificate.map_err(unreadable)?;
+            certificates += 1;
+        }
+        if certificates == 0 {
+            return Err(ConfigError::CaFileWithoutCertificates { path: path.clone() });
+        }
+        Ok(())
+    }
+
+    /// Where the shards go once the bot's shard count is known: `recommended_shards` is
+    /// `/gateway/bot`'s `shards`, used only when `--total-shards` is `auto`.
+    ///
+    /// Fails when `--shards` reaches past the shard count, or when `--shards-per-core` ×
+    /// `--cores` cannot hold the owned shards. `load` already ran it for a fixed count.
+    pub fn plan(&self, recommended_shards: NonZeroU32) -> Result<ShardPlan, ConfigError> {
+        let total_shards = self.total_shards.resolve(recommended_shards);
+        let shards = match self.shards {
+            Some(shards) if shards.end() >= total_shards.get() => {
+                return Err(ConfigError::ShardsBeyondTotal {
+                    shards,
+                    total_shards: total_shards.get(),
+                    auto: self.total_shards == TotalShards::Auto,
+                });
+            }
+            Some(shards) => shards,
+            None => ShardRange::all(total_shards),
+        };
+        let (cores, shards_per_core) = self.placement(shards.len())?;
+        Ok(ShardPlan {
+            total_shards,
+            shards,
+            cores,
+            shards_per_core,
+        })
+    }
+
+    /// The plan when it does not depend on Discord (`--total-shards` is a number).
+    pub fn fixed_plan(&self) -> Option<ShardPlan> {
+        match self.total_shards {
+            TotalShards::Fixed(total) => self.plan(total).ok(),
+            TotalShards::Auto => None,
+        }
+    }
+
+    /// One log-friendly line of `key=value` pairs: the resolved inputs of the plan and every
+    /// size, without secrets (only whether each is set).
+    pub fn summary(&self) -> String {
+        let pairs: Vec<String> = self
+            .summary_fields()
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        pairs.join(" ")
+    }
+
+    /// The pairs of [`Settings::summary`], in order; values with spaces are quoted.
+    pub fn summary_fields(&self) -> Vec<(&'static str, String)> {
+        let plan = self.fixed_plan();
+        let auto = || "auto".to_owned();
+        let set = |secret: &Option<Secret>| if secret.is_some() { "set" } else { "unset" };
+        let privileged: Vec<_> = self.intents.privileged().names().collect();
+        let fields = vec![
+            ("total_shards", self.total_shards.to_string()),
+            (
+                "shards",
+                match (plan, self.shards) {
+                    (Some(plan), _) => plan.shards.to_string(),
+                    (None, Some(range)) => range.to_string(),
+                    (None, None) => "all".to_owned(),
+                },
+            ),
+            ("cores", self.cores.to_string()),
+            ("cpus_available", self.cpus_available.to_string()),
+            (
+                "cores_used",
+                plan.map_or_else(auto, |plan| plan.cores.to_string()),
+            ),
+            (
+                "shards_per_core",
+                match (self.shards_per_core, plan) {
+                    (Some(value), _) => value.to_string(),
+                    (None, Some(plan)) => plan.shards_per_core.to_string(),
+                    (None, None) => auto(),
+                },
+            ),
+            ("compression", self.compression.to_string()),
+            ("intents", self.intents.bits().to_string()),
+            ("intent_names", self.intents.to_string()),
+            (
+                "privileged_intents",
+                if privileged.is_empty() {
+                    "none".to_owned()
+                } else {
+                    privileged.join(",")
+                },
+            ),
+            ("events", self.events.to_string()),
+            (
+                "dedup_message_updates",
+                on_off(self.dedup_message_updates).to_owned(),
+            ),
+            ("dedup_cache_entries", self.dedup_cache_entries.to_string()),
+            ("large_threshold", self.large_threshold.to_string()),
+            ("payload_bytes_max", self.payload_bytes_max.to_string()),
+            ("ring_capacity", self.ring_capacity.to_string()),
+            ("forward_url", self.forward_url.clone()),
+            ("forward_secret", set(&self.forward_secret).to_owned()),
+            ("forward_timeout_ms", self.forward_timeout_ms.to_string()),
+            ("batch_events_max", self.batch_events_max.to_string()),
+            ("batch_bytes_max", self.batch_bytes_max.to_string()),
+            ("batch_linger_ms", self.batch_linger_ms.to_string()),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("admin_addr", self.admin_addr.to_string()),
+            ("admin_token", set(&self.admin_token).to_owned()),
+            ("api_base", self.api_base.clone()),
+            (
+                "gateway_url",
+                self.gateway_url
+                    .clone()
+                    .unwrap_or_else(|| "from-gateway-bot".to_owned()),
+            ),
+            (
+                "ca_file",
+                self.ca_file
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+            ),
+            ("log", self.log.clone()),
+            ("log_format", self.log_format.to_string()),
+            (
+                "identify_interval_ms",
+                self.identify_interval_ms.to_string(),
+            ),
+        ];
+        fields
+            .into_iter()
+            .map(|(key, value)| (key, quoted(value)))
+            .collect()
+    }
+
+    /// Cores used and shards per core for `owned` shards.
+    fn placement(&self, owned: u64) -> Result<(u32, u32), ConfigError> {
+        let cores = u64::from(self.cores.max(1));
+        let shards_per_core = match self.shards_per_core {
+            Some(per_core) if u64::from(per_core) * cores < owned => {
+                return Err(ConfigError::ShardsPerCoreTooSmall {
+                    shards_per_core: per_core,
+                    cores: self.cores,
+                    owned,
+                });
+            }
+            Some(per_core) => u64::from(per_core),
+            None => owned.div_ceil(cores),
+        };
+        let used = owned.div_ceil(shards_per_core);
+        // Only `--shards 0..=4294967295` on one core exceeds u32 here, and that range is past
+        // any shard count, so `plan` refuses it anyway.
+        Ok((
+            u32::try_from(used).expect("at most --cores"),
+            u32::try_from(shards_per_core).unwrap_or(u32::MAX),
+        ))
+    }
+
+    /// Whether the gateway is Discord's own (no mock named by `--gateway-url`/`--api-base`).
+    fn targets_discord(&self) -> bool {
+        match &self.gateway_url {
+            Some(url) => is_discord_host(url),
+            None => is_discord_host(&self.api_base),
+        }
+    }
+}
+
+/// The environment `load` reads: the secrets' variables and the CPUs available.
+#[derive(Clone)]
+pub struct Environment {
+    vars: BTreeMap<String, String>,
+    cpus_available: usize,
+}
+
+impl Environment {
+    /// The variables shardgate reads.
+    pub const VARS: [&str; 3] = [ENV_TOKEN, ENV_FORWARD_SECRET, ENV_ADMIN_TOKEN];
+
+    /// No variables, `cpus_available` CPUs (at least 1): for tests and embedding.
+    pub fn new(cpus_available: usize) -> Self {
+        Self {
+            vars: BTreeMap::new(),
+            cpus_available: cpus_available.max(1),
+        }
+    }
+
+    /// This process's: [`Environment::VARS`] (non-UTF-8 values count as unset; clap has
+    /// already refused them) and the CPUs it may run on (`available_parallelism`, which honours
+    /// the affinity mask and cgroup quotas; else `core_affinity`'s core list; else 1).
+    pub fn from_process() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(NonZeroUsize::get)
+            .ok()
+            .or_else(|| core_affinity::get_core_ids().map(|ids| ids.len()))
+            .unwrap_or(1);
+        let mut env = Self::new(cpus);
+        for name in Self::VARS {
+            if let Ok(value) = std::env::var(name) {
+                env = env.with_var(name, value);
+            }
+        }
+        env
+    }
+
+    /// Sets a variable.
+    #[must_use]
+    pub fn with_var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.vars.insert(name.into(), value.into());
+        self
+    }
+
+    /// A variable's value.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// CPUs this process may run on (at least 1).
+    pub fn cpus_available(&self) -> usize {
+        self.cpus_available
+    }
+}
+
+/// Variable names only: the values may be secrets.
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Environment")
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .field("cpus_available", &self.cpus_available)
+            .finish()
+    }
+}
+
+/// A `--config` file: its path (for messages) and its text.
+#[derive(Clone)]
+pub struct ConfigFile {
+    path: PathBuf,
+    text: String,
+}
+
+impl ConfigFile {
+    /// A file with this text, as if read from `path` (for tests and embedding).
+    pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+
+    /// Reads the file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        std::fs::read_to_string(path)
+            .map(|text| Self::new(path, text))
+            .map_err(|error| ConfigError::FileUnreadable {
+                path: path.to_owned(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's settings; every key must be a [`FILE_KEYS`] entry.
+    fn parse(&self) -> Result<RunArgs, ConfigError> {
+        let syntax = |error: toml::de::Error| ConfigError::FileSyntax {
+            path: self.path.clone(),
+            message: error.to_string().trim_end().to_owned(),
+        };
+        // Keys first, on the plain table, so an unknown key is reported by name whatever
+        // serde's message says; `deny_unknown_fields` on `RunArgs` stays as the backstop.
+        let table: toml::Table = toml::from_str(&self.text).map_err(syntax)?;
+        if let Some(key) = table.keys().find(|key| !FILE_KEYS.contains(&key.as_str())) {
+            return Err(ConfigError::UnknownFileKey {
+                path: self.path.clone(),
+                key: key.clone(),
+                suggestion: names::closest(key, FILE_KEYS.iter().copied()),
+            });
+        }
+        toml::from_str(&self.text).map_err(syntax)
+    }
+}
+
+/// Text only when asked: the file may hold the token.
+impl fmt::Debug for ConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigFile")
+            .field("path", &self.path)
+            .field("bytes", &self.text.len())
+            .finish()
+    }
+}
+
+// ---- merging sources ----
+
+/// Reads one field of the flags, then of the file.
+type Field = for<'a> fn(&'a RunArgs) -> &'a Option<RawValue>;
+
+struct Sources<'a> {
+    flags: &'a RunArgs,
+    file: Option<(&'a Path, &'a RunArgs)>,
+}
+
+impl<'a> Sources<'a> {
+    /// The field's text from the flag, else from the file.
+    fn get(&self, field: Field) -> Option<Input<'a>> {
+        if let Some(value) = field(self.flags) {
+            return Some(Input {
+                text: value.as_str(),
+                origin: Origin::Flag,
+            });
+        }
+        let (path, file) = self.file?;
+        field(file).as_ref().map(|value| Input {
+            text: value.as_str(),
+            origin: Origin::File(path.to_owned()),
+        })
+    }
+
+    /// A secret's text from the flag, else the environment variable, else the file; trimmed
+    /// (a file or variable often ends in a newline), never empty, no control characters (they
+    /// would break or inject into an HTTP header).
+    fn secret(
+        &self,
+        setting: &'static str,
+        var: &'static str,
+        env: &'a Environment,
+        field: for<'b> fn(&'b RunArgs) -> Option<&'b str>,
+    ) -> Result<Option<&'a str>, ConfigError> {
+        let Some(text) = field(self.flags)
+            .or_else(|| env.var(var))
+            .or_else(|| self.file.and_then(|(_, file)| field(file)))
+        else {
+            return Ok(None);
+        };
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(ConfigError::EmptySecret { setting, env: var });
+        }
+        if secret.chars().any(char::is_control) {
+            return Err(ConfigError::MalformedSecret {
+                setting,
+                env: var,
+                problem: "contains a control character (a line break?); remove it",
+            });
+        }
+        Ok(Some(secret))
+    }
+
+    /// A byte or entry count in `min..=max`.
+    fn size(
+        &self,
+        field: Field,
+        setting: &'static str,
+        min: u64,
+        max: u64,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        match self.get(field) {
+            Some(input) => {
+                let value = input.number(setting, min, Some(max), max, default as u64)?;
+                Ok(usize::try_from(value).expect("every size maximum is below 2^31"))
+            }
+            None => Ok(default),
+        }
+    }
+
+    /// A duration in milliseconds in `min..=max`.
+    fn millis(
+        &self,
+        field: Field,
+        setting: &'static str,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        match self.get(field) {
+            Some(input) => input.number(setting, min, Some(max), max, default),
+            None => Ok(default),
+        }
+    }
+}
+
+/// One setting's text and where it came from.
+struct Input<'a> {
+    text: &'a str,
+    origin: Origin,
+}
+
+impl Input<'_> {
+    /// A whole number (underscores allowed as separators) in `min..=max.unwrap_or(limit)`;
+    /// `limit` is the type's bound, shown only when the value exceeds it.
+    fn number(
+        &self,
+        setting: &'static str,
+        min: u64,
+        max: Option<u64>,
+        limit: u64,
+        example: u64,
+    ) -> Result<u64, ConfigError> {
+        let digits: String = self.text.trim().chars().filter(|&c| c != '_').collect();
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::NotANumber {
+                setting,
+                value: self.text.to_owned(),
+                origin: self.origin.clone(),
+                example,
+            });
+        }
+        // All digits: parsing fails only on overflow, which is out of range as well.
+        let value = digits.parse::<u64>().unwrap_or(u64::MAX);
+        let max_shown = max.unwrap_or(limit);
+        if value < min || value > max_shown {
+            return Err(ConfigError::OutOfRange {
+                setting,
+                value,
+                origin: self.origin.clone(),
+                min,
+                max: if value > max_shown {
+                    Some(max_shown)
+                } else {
+                    max
+                },
+            });
+        }
+        Ok(value)
+    }
+
+    /// [`Input::number`] for a `u32` setting without a natural maximum.
+    fn number_u32(
+        &self,
+        setting: &'static str,
+        min: u64,
+        max: Option<u64>,
+        example: u64,
+    ) -> Result<u32, ConfigError> {
+        let value = self.number(setting, min, max, u64::from(u32::MAX), example)?;
+        Ok(u32::try_from(value).expect("bounded by u32::MAX"))
+    }
+
+    /// A non-empty path.
+    fn path(&self, setting: &'static str) -> Result<PathBuf, ConfigError> {
+        if self.text.trim().is_empty() {
+            return Err(ConfigError::EmptyPath {
+                setting,
+                origin: self.origin.clone(),
+            });
+        }
+        Ok(PathBuf::from(self.text))
+    }
+
+    fn invalid_choice(&self, setting: &'static str, choices: &'static str) -> ConfigError {
+        ConfigError::InvalidChoice {
+            setting,
+            value: self.text.to_owned(),
+            origin: self.origin.clone(),
+            choices,
+        }
+    }
+}
+
+// ---- one value each ----
+
+const HTTP_SCHEMES: &[&str] = &["http://", "https://"];
+const WS_SCHEMES: &[&str] = &["ws://", "wss://"];
+
+/// A URL with one of `schemes`, a host, no credentials, no whitespace; a query string only
+/// when `query_allowed`.
+fn parse_url(
+    setting: &'static str,
+    input: &Input<'_>,
+    schemes: &[&str],
+    query_allowed: bool,
+) -> Result<String, ConfigError> {
+    let text = input.text.trim();
+    let malformed = |problem| ConfigError::UrlMalformed {
+        setting,
+        value: text.to_owned(),
+        origin: input.origin.clone(),
+        problem,
+    };
+    // Credentials first: no later message may repeat a URL that carries them.
+    let after_scheme = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let authority = &after_scheme[..after_scheme
+        .find(['/', '?', '#'])
+        .unwrap_or(after_scheme.len())];
+    if authority.contains('@') {
+        return Err(ConfigError::UrlCredentials {
+            setting,
+            origin: input.origin.clone(),
+        });
+    }
+    let Some(scheme) = schemes.iter().find(|scheme| {
+        text.get(..scheme.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+    }) else {
+        return Err(ConfigError::UrlScheme {
+            setting,
+            value: text.to_owned(),
+            origin: input.origin.clone(),
+            expected: if schemes == WS_SCHEMES {
+                "ws:// or wss://"
+            } else {
+                "http:// or https://"
+            },
+        });
+    };
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(malformed(
+            "contains whitespace; write the URL without spaces",
+        ));
+    }
+    let rest = &text[scheme.len()..];
+    let host = authority_host(authority);
+    if host.is_empty() {
+        return Err(malformed(
+            "has no host; write e.g. http://127.0.0.1:9000/path",
+        ));
+    }
+    let port = &authority[host.len()..];
+    if !port.is_empty()
+        && port
+            .strip_prefix(':')
+            .is_none_or(|port| port.parse::<u16>().is_err())
+    {
+        return Err(malformed(
+            "has an invalid port; a port is a number up to 65535",
+        ));
+    }
+    if !query_allowed && rest.contains(['?', '#']) {
+        return Err(malformed(
+            "has a query string; give the base URL only (shardgate appends \
+             ?v=10&encoding=json and the compression)",
+        ));
+    }
+    // Lower-case scheme: the sink's and the driver's parsers match it exactly.
+    Ok(format!("{scheme}{rest}"))
+}
+
+/// The host part of `host[:port]` or `[v6][:port]`.
+fn authority_host(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+/// A base URL without its trailing slashes (paths are appended to it).
+fn base_url(url: String) -> String {
+    let trimmed = url.trim_end_matches('/');
+    if trimmed.len() == url.len() {
+        url
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Whether the URL's host is one of Discord's (discord.com, discordapp.com, discord.gg).
+fn is_discord_host(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let host = authority_host(authority).to_ascii_lowercase();
+    ["discord.com", "discordapp.com", "discord.gg"]
+        .iter()
+        .any(|domain| host == *domain || host.ends_with(&format!(".{domain}")))
+}
+
+fn parse_total_shards(input: &Input<'_>) -> Result<TotalShards, ConfigError> {
+    let text = input.text.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(TotalShards::Auto);
+    }
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+        return Err(ConfigError::InvalidTotalShards {
+            value: input.text.to_owned(),
+            origin: input.origin.clone(),
+        });
+    }
+    let total = input.number_u32("--total-shards", 1, None, 16)?;
+    Ok(TotalShards::Fixed(
+        NonZeroU32::new(total).expect("at least 1"),
+    ))
+}
+
+/// `A..=B`, `N` or `all` (`None`).
+fn parse_shards(input: &Input<'_>) -> Result<Option<ShardRange>, ConfigError> {
+    let text = input.text.trim();
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(None);
+    }
+    let invalid = || ConfigError::InvalidShardRange {
+        value: input.text.to_owned(),
+        origin: input.origin.clone(),
+    };
+    let (start, end) = match text.split_once("..=") {
+        Some(ends) => ends,
+        None if text.contains("..") => return Err(invalid()),
+        None => (text, text),
+    };
+    let id = |text: &str| {
+        let text = text.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        text.parse::<u32>().map_err(|_| invalid())
+    };
+    let (start, end) = (id(start)?, id(end)?);
+    ShardRange::new(start, end)
+        .map(Some)
+        .ok_or(ConfigError::EmptyShardRange {
+            start,
+            end,
+            origin: input.origin.clone(),
+        })
+}
+
+/// Comma-separated intent names (any case) and numbers, OR-ed.
+fn parse_intents(input: &Input<'_>) -> Result<Intents, ConfigError> {
+    let mut bits = 0u64;
+    let mut items = 0;
+    for item in input
+        .text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        items += 1;
+        if item.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+            let item_input = Input {
+                text: item,
+                origin: input.origin.clone(),
+            };
+            bits |= item_input.number("--intents", 0, None, u64::MAX, 33_281)?;
+            continue;
+        }
+        match names::intent_bit(&item.to_ascii_uppercase()) {
+            Some(bit) => bits |= 1 << bit,
+            None => {
+                return Err(ConfigError::UnknownIntent {
+                    name: item.to_owned(),
+                    origin: input.origin.clone(),
+                });
+            }
+        }
+    }
+    if items == 0 {
+        return Err(ConfigError::EmptyList {
+            setting: "--intents",
+            origin: input.origin.clone(),
+            fix: "give a number (0 for none) or names, or leave --intents unset for every \
+                  non-privileged intent",
+        });
+    }
+    Ok(Intents::from_bits(bits))
+}
+
+/// `all`, or comma-separated event names (any case) from [`EVENT_NAMES`].
+fn parse_events(input: &Input<'_>) -> Result<Events, ConfigError> {
+    let mut allowed = Vec::new();
+    for item in input
+        .text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        if item.eq_ignore_ascii_case("all") {
+            return Ok(Events::All);
+        }
+        let upper = item.to_ascii_uppercase();
+        match names::event_name(&upper) {
+            Some(name) => allowed.push(name),
+            None => {
+                return Err(ConfigError::UnknownEvent {
+                    name: item.to_owned(),
+                    origin: input.origin.clone(),
+                    suggestion: names::closest(&upper, EVENT_NAMES.iter().copied()),
+                });
+            }
+        }
+    }
+    if allowed.is_empty() {
+        return Err(ConfigError::EmptyList {
+            setting: "--events",
+            origin: input.origin.clone(),
+            fix: "name at least one event, or leave --events unset (or `all`) to forward every \
+                  event",
+        });
+    }
+    Ok(Events::only(allowed))
+}
+
+/// `on`/`off` (also `true`/`false`, as TOML booleans arrive).
+fn parse_switch(setting: &'static str, input: &Input<'_>) -> Result<bool, ConfigError> {
+    match input.text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(input.invalid_choice(setting, "on, off")),
+    }
+}
+
+fn parse_log_filter(input: &Input<'_>) -> Result<String, ConfigError> {
+    let text = input.text.trim();
+    let invalid = |reason: String| ConfigError::InvalidLogFilter {
+        value: input.text.to_owned(),
+        origin: input.origin.clone(),
+        reason,
+    };
+    if text.is_empty() {
+        return Err(invalid("it is empty".to_owned()));
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map_err(|error| invalid(error.to_string()))?;
+    Ok(text.to_owned())
+}
+
+/// The token's own rules on top of [`Sources::secret`]'s: no `Bot ` prefix, no whitespace.
+fn checked_token(token: &str) -> Result<&str, ConfigError> {
+    let malformed = |problem| ConfigError::MalformedSecret {
+        setting: "--token",
+        env: ENV_TOKEN,
+        problem,
+    };
+    if token
+        .get(..4)
+        .is_some_and(|head| head.eq_ignore_ascii_case("bot "))
+    {
+        return Err(malformed(
+            "starts with `Bot `; give the bare token (shardgate adds the prefix where REST needs it)",
+        ));
+    }
+    if token.chars().any(char::is_whitespace) {
+        return Err(malformed("contains whitespace; give the token alone"));
+    }
+    Ok(token)
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+/// A summary value as written, or Debug-quoted when it is empty or has whitespace or quotes
+/// (a `=` inside is fine: a reader splits each pair at its first `=`).
+fn quoted(value: String) -> String {
+    if value.is_empty() || value.contains(char::is_whitespace) || value.contains('"') {
+        format!("{value:?}")
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests;

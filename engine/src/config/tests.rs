@@ -1,0 +1,1259 @@
+//! Table-driven tests of the settings layer: precedence, every error variant, value syntaxes,
+//! placement, redaction, and the help text against the defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Command, FromArgMatches};
+
+use super::*;
+
+const TOKEN: &str = "MTIz.token-value.SECRET";
+const FORWARD_URL: &str = "http://127.0.0.1:9000/events";
+const CPUS: usize = 4;
+
+/// Parses `shardgate run` flags as main does, minus clap's environment variables (the test
+/// process's own DISCORD_TOKEN must not leak in).
+fn args(argv: &[&str]) -> RunArgs {
+    let command = RunArgs::augment_args(Command::new("run")).mut_args(|arg| arg.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(std::iter::once("run").chain(argv.iter().copied()))
+        .unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+    RunArgs::from_arg_matches(&matches).expect("derive and matches agree")
+}
+
+/// `argv` plus `--token` and `--forward-url` unless `argv` sets them.
+fn with_required(argv: &[&'static str]) -> Vec<&'static str> {
+    let mut full = argv.to_vec();
+    for (flag, value) in [("--token", TOKEN), ("--forward-url", FORWARD_URL)] {
+        if !argv.contains(&flag) {
+            full.extend([flag, value]);
+        }
+    }
+    full
+}
+
+fn env() -> Environment {
+    Environment::new(CPUS)
+}
+
+fn load(argv: &[&'static str]) -> Result<Settings, ConfigError> {
+    Settings::load(&args(&with_required(argv)), &env(), None)
+}
+
+fn load_file(argv: &[&'static str], toml: &str) -> Result<Settings, ConfigError> {
+    let file = ConfigFile::new("data.toml", toml);
+    Settings::load(&args(&with_required(argv)), &env(), Some(&file))
+}
+
+fn from_file() -> Origin {
+    Origin::File(PathBuf::from("data.toml"))
+}
+
+fn range(start: u32, end: u32) -> ShardRange {
+    ShardRange::new(start, end).expect("test ranges are not empty")
+}
+
+fn nonzero(value: u32) -> NonZeroU32 {
+    NonZeroU32::new(value).expect("test counts are not zero")
+}
+
+#[test]
+fn defaults() {
+    let settings = load(&[]).expect("token and forward URL are enough");
+    assert_eq!(settings.token.expose_secret(), TOKEN);
+    assert_eq!(settings.api_base, Settings::DEFAULT_API_BASE);
+    assert_eq!(settings.gateway_url, None);
+    assert_eq!(settings.total_shards, TotalShards::Auto);
+    assert_eq!(settings.shards, None);
+    assert_eq!(
+        (settings.cores, settings.cpus_available),
+        (CPUS as u32, CPUS)
+    );
+    assert_eq!(settings.shards_per_core, None);
+    assert_eq!(settings.compression, Compression::ZstdStream);
+    assert_eq!(settings.intents, Intents::NON_PRIVILEGED);
+    assert_eq!(settings.events, Events::All);
+    assert!(settings.dedup_message_updates);
+    assert_eq!(settings.dedup_cache_entries, 65_536);
+    assert_eq!(settings.large_threshold, 50);
+    assert_eq!(settings.payload_bytes_max, 32 << 20);
+    assert_eq!(settings.ring_capacity, 8_192);
+    assert_eq!(settings.forward_url, FORWARD_URL);
+    assert_eq!(settings.forward_secret, None);
+    assert_eq!(settings.forward_timeout_ms, 10_000);
+    assert_eq!(settings.batch_events_max, 500);
+    assert_eq!(settings.batch_bytes_max, 1 << 20);
+    assert_eq!(settings.batch_linger_ms, 5);
+    assert_eq!(settings.data_dir, PathBuf::from("./data"));
+    assert_eq!(settings.admin_addr.to_string(), "127.0.0.1:7878");
+    assert_eq!(settings.admin_token, None);
+    assert_eq!(settings.ca_file, None);
+    assert_eq!(settings.log, "info");
+    assert_eq!(settings.log_format, LogFormat::Pretty);
+    assert_eq!(settings.identify_interval_ms, 5_000);
+}
+
+#[test]
+fn every_flag_is_read() {
+    let settings = load(&[
+        "--api-base",
+        "HTTP://127.0.0.1:1/api/v10/",
+        "--gateway-url",
+        "ws://127.0.0.1:2/",
+        "--total-shards",
+        "8",
+        "--shards",
+        "4..=7",
+        "--cores",
+        "2",
+        "--shards-per-core",
+        "3",
+        "--compression",
+        "zlib-stream",
+        "--intents",
+        "GUILDS,GUILD_MESSAGES",
+        "--events",
+        "message_create,GUILD_CREATE",
+        "--dedup-message-updates",
+        "off",
+        "--dedup-cache-entries",
+        "1_000",
+        "--large-threshold",
+        "250",
+        "--payload-bytes-max",
+        "1024",
+        "--ring-capacity",
+        "1",
+        "--forward-secret",
+        "s3cret",
+        "--forward-timeout-ms",
+        "250",
+        "--batch-events-max",
+        "10",
+        "--batch-bytes-max",
+        "4096",
+        "--batch-linger-ms",
+        "0",
+        "--data-dir",
+        "/var/lib/shardgate",
+        "--admin-addr",
+        "0.0.0.0:0",
+        "--admin-token",
+        "admin-s3cret",
+        "--ca-file",
+        "ca.pem",
+        "--log",
+        "debug,shardgate=trace",
+        "--log-format",
+        "JSON",
+        "--identify-interval-ms",
+        "100",
+    ])
+    .expect("every value is valid");
+    assert_eq!(settings.api_base, "http://127.0.0.1:1/api/v10");
+    assert_eq!(settings.gateway_url.as_deref(), Some("ws://127.0.0.1:2"));
+    assert_eq!(settings.total_shards, TotalShards::Fixed(nonzero(8)));
+    assert_eq!(settings.shards, Some(range(4, 7)));
+    assert_eq!((settings.cores, settings.shards_per_core), (2, Some(3)));
+    assert_eq!(settings.compression, Compression::ZlibStream);
+    assert_eq!(settings.intents.bits(), 513);
+    assert_eq!(
+        settings.events,
+        Events::only(vec!["GUILD_CREATE", "MESSAGE_CREATE"])
+    );
+    assert!(!settings.dedup_message_updates);
+    assert_eq!(settings.dedup_cache_entries, 1_000);
+    assert_eq!(settings.large_threshold, 250);
+    assert_eq!(settings.payload_bytes_max, 1024);
+    assert_eq!(settings.ring_capacity, 1);
+    assert_eq!(settings.forward_secret, Some(Secret::new("s3cret")));
+    assert_eq!(settings.forward_timeout_ms, 250);
+    assert_eq!(
+        (settings.batch_events_max, settings.batch_bytes_max),
+        (10, 4096)
+    );
+    assert_eq!(settings.batch_linger_ms, 0);
+    assert_eq!(settings.data_dir, PathBuf::from("/var/lib/shardgate"));
+    assert_eq!(settings.admin_addr.to_string(), "0.0.0.0:0");
+    assert_eq!(settings.admin_token, Some(Secret::new("admin-s3cret")));
+    assert_eq!(settings.ca_file, Some(PathBuf::from("ca.pem")));
+    assert_eq!(settings.log, "debug,shardgate=trace");
+    assert_eq!(settings.log_format, LogFormat::Json);
+    assert_eq!(settings.identify_interval_ms, 100);
+    let plan = settings.fixed_plan().expect("a fixed count");
+    assert_eq!(
+        (plan.shards, plan.cores, plan.shards_per_core),
+        (range(4, 7), 2, 3)
+    );
+}
+
+#[test]
+fn precedence_flag_over_env_over_file_over_default() {
+    // (flag, file, expected ring capacity): the non-secret knobs have no variable.
+    let cases: &[(Option<&'static str>, Option<&str>, usize)] = &[
+        (Some("200"), Some("100"), 200),
+        (None, Some("100"), 100),
+        (Some("200"), None, 200),
+        (None, None, Settings::DEFAULT_RING_CAPACITY),
+    ];
+    for &(flag, file, expected) in cases {
+        let mut argv = Vec::new();
+        if let Some(flag) = flag {
+            argv.extend(["--ring-capacity", flag]);
+        }
+        let toml = file.map_or_else(String::new, |value| format!("ring_capacity = {value}"));
+        let settings = load_file(&argv, &toml).expect("valid");
+        assert_eq!(
+            settings.ring_capacity, expected,
+            "flag {flag:?} file {file:?}"
+        );
+    }
+
+    // (flag, env, file, expected) for each secret.
+    type Case = (
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+        &'static str,
+    );
+    let cases: &[Case] = &[
+        (Some("flag"), Some("env"), Some("file"), "flag"),
+        (None, Some("env"), Some("file"), "env"),
+        (None, None, Some("file"), "file"),
+        (Some("flag"), None, Some("file"), "flag"),
+        (Some("flag"), Some("env"), None, "flag"),
+    ];
+    for &(flag, var, file, expected) in cases {
+        for (setting, key, name) in [
+            ("--token", "token", ENV_TOKEN),
+            ("--forward-secret", "forward_secret", ENV_FORWARD_SECRET),
+            ("--admin-token", "admin_token", ENV_ADMIN_TOKEN),
+        ] {
+            let mut argv = vec!["--forward-url", FORWARD_URL];
+            if setting != "--token" {
+                argv.extend(["--token", TOKEN]);
+            }
+            if let Some(flag) = flag {
+                argv.extend([setting, flag]);
+            }
+            let mut environment = env();
+            if let Some(value) = var {
+                environment = environment.with_var(name, value);
+            }
+            let toml = file.map_or_else(String::new, |value| format!("{key} = {value:?}"));
+            let file = ConfigFile::new("data.toml", toml);
+            let settings = Settings::load(&args(&argv), &environment, Some(&file)).expect("valid");
+            let got = match setting {
+                "--token" => settings.token.expose_secret().to_owned(),
+                "--forward-secret" => settings
+                    .forward_secret
+                    .expect("set")
+                    .expose_secret()
+                    .to_owned(),
+                _ => settings
+                    .admin_token
+                    .expect("set")
+                    .expose_secret()
+                    .to_owned(),
+            };
+            assert_eq!(
+                got, expected,
+                "{setting}: flag {flag:?} env {var:?} file {file:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_file_sets_every_key() {
+    let toml = r#"
+        token = "file-token"
+        api_base = "http://127.0.0.1:1/api/v10"
+        gateway_url = "ws://127.0.0.1:2"
+        total_shards = 16
+        shards = "0..=7"
+        cores = 2
+        shards_per_core = 4
+        compression = "none"
+        intents = ["GUILDS", "MESSAGE_CONTENT"]
+        events = ["MESSAGE_CREATE"]
+        dedup_message_updates = false
+        dedup_cache_entries = 1_024
+        large_threshold = 100
+        payload_bytes_max = 65536
+        ring_capacity = 64
+        forward_url = "https://bot.internal/events"
+        forward_secret = "file-secret"
+        forward_timeout_ms = 2000
+        batch_events_max = 50
+        batch_bytes_max = 65536
+        batch_linger_ms = 1
+        data_dir = "/tmp/shardgate data"
+        admin_addr = "127.0.0.1:0"
+        admin_token = "file-admin"
+        ca_file = "ca.pem"
+        log = "warn"
+        log_format = "json"
+        identify_interval_ms = 6000
+    "#;
+    let file = ConfigFile::new("data.toml", toml);
+    let settings = Settings::load(&RunArgs::default(), &env(), Some(&file)).expect("valid");
+    assert_eq!(settings.token.expose_secret(), "file-token");
+    assert_eq!(settings.total_shards, TotalShards::Fixed(nonzero(16)));
+    assert_eq!(settings.shards, Some(range(0, 7)));
+    assert_eq!(settings.compression, Compression::None);
+    assert_eq!(settings.intents.bits(), 1 | (1 << 15));
+    assert_eq!(settings.events, Events::only(vec!["MESSAGE_CREATE"]));
+    assert!(!settings.dedup_message_updates);
+    assert_eq!(settings.dedup_cache_entries, 1_024);
+    assert_eq!(settings.forward_url, "https://bot.internal/events");
+    assert_eq!(settings.data_dir, PathBuf::from("/tmp/shardgate data"));
+    assert_eq!(settings.identify_interval_ms, 6_000);
+    assert!(
+        settings
+            .summary()
+            .contains(r#"data_dir="/tmp/shardgate data""#)
+    );
+
+    // Every key of the table above is a FILE_KEYS entry and the other way round.
+    let table: toml::Table = toml::from_str(toml).expect("valid TOML");
+    let mut written: Vec<_> = table.keys().map(String::as_str).collect();
+    let mut known = FILE_KEYS.to_vec();
+    written.sort_unstable();
+    known.sort_unstable();
+    assert_eq!(written, known);
+}
+
+#[test]
+fn file_keys_are_the_flags() {
+    let command = RunArgs::augment_args(Command::new("run"));
+    let mut flags: Vec<_> = command
+        .get_arguments()
+        .map(|arg| arg.get_id().as_str())
+        .filter(|id| *id != "config")
+        .collect();
+    let mut keys = FILE_KEYS.to_vec();
+    flags.sort_unstable();
+    keys.sort_unstable();
+    assert_eq!(flags, keys);
+    for arg in command.get_arguments() {
+        let long = arg.get_long().expect("every setting is a long flag");
+        assert_eq!(long.replace('-', "_"), arg.get_id().as_str());
+    }
+}
+
+#[test]
+fn help_states_every_default() {
+    let defaults: &[(&str, String)] = &[
+        ("api_base", format!("`{}`", Settings::DEFAULT_API_BASE)),
+        ("total_shards", "auto".to_owned()),
+        ("shards", "all".to_owned()),
+        ("compression", Compression::default().to_string()),
+        (
+            "intents",
+            format!(
+                "every non-privileged intent ({})",
+                Intents::NON_PRIVILEGED.bits()
+            ),
+        ),
+        ("events", "all".to_owned()),
+        ("dedup_message_updates", "on".to_owned()),
+        (
+            "dedup_cache_entries",
+            Settings::DEFAULT_DEDUP_CACHE_ENTRIES.to_string(),
+        ),
+        (
+            "large_threshold",
+            Settings::DEFAULT_LARGE_THRESHOLD.to_string(),
+        ),
+        (
+            "payload_bytes_max",
+            Settings::DEFAULT_PAYLOAD_BYTES_MAX.to_string(),
+        ),
+        ("ring_capacity", Settings::DEFAULT_RING_CAPACITY.to_string()),
+        (
+            "forward_timeout_ms",
+            Settings::DEFAULT_FORWARD_TIMEOUT_MS.to_string(),
+        ),
+        (
+            "batch_events_max",
+            Settings::DEFAULT_BATCH_EVENTS_MAX.to_string(),
+        ),
+        (
+            "batch_bytes_max",
+            Settings::DEFAULT_BATCH_BYTES_MAX.to_string(),
+        ),
+        (
+            "batch_linger_ms",
+            Settings::DEFAULT_BATCH_LINGER_MS.to_string(),
+        ),
+        ("data_dir", Settings::DEFAULT_DATA_DIR.to_owned()),
+        ("admin_addr", Settings::DEFAULT_ADMIN_ADDR.to_owned()),
+        ("log", Settings::DEFAULT_LOG.to_owned()),
+        ("log_format", LogFormat::default().to_string()),
+        (
+            "identify_interval_ms",
+            Settings::DEFAULT_IDENTIFY_INTERVAL_MS.to_string(),
+        ),
+    ];
+    let command = RunArgs::augment_args(Command::new("run"));
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        match defaults.iter().find(|(key, _)| *key == id) {
+            Some((_, default)) => {
+                assert!(
+                    help.contains(&format!("Default: {default}")),
+                    "{id}: {help}"
+                );
+            }
+            None => assert!(
+                help.contains("Default:") || help.contains("Required") || id == "config",
+                "{id} states no default: {help}"
+            ),
+        }
+    }
+    assert_eq!(
+        Settings::DEFAULT_PAYLOAD_BYTES_MAX,
+        crate::decode::DecoderLimits::default().payload_bytes_max
+    );
+}
+
+#[test]
+fn errors_name_the_setting() {
+    let flag = || Origin::Flag;
+    let cases: Vec<(&[&'static str], ConfigError)> = vec![
+        (
+            &["--shards", "10..=5"],
+            ConfigError::EmptyShardRange {
+                start: 10,
+                end: 5,
+                origin: flag(),
+            },
+        ),
+        (
+            &["--shards", "0..4"],
+            ConfigError::InvalidShardRange {
+                value: "0..4".into(),
+                origin: flag(),
+            },
+        ),
+        (
+            &["--shards", "3-5"],
+            ConfigError::InvalidShardRange {
+                value: "3-5".into(),
+                origin: flag(),
+            },
+        ),
+        (
+            &["--total-shards", "4", "--shards", "0..=7"],
+            ConfigError::ShardsBeyondTotal {
+                shards: range(0, 7),
+                total_shards: 4,
+                auto: false,
+            },
+        ),
+        (
+            &["--total-shards", "many"],
+            ConfigError::InvalidTotalShards {
+                value: "many".into(),
+                origin: flag(),
+            },
+        ),
+        (
+            &["--total-shards", "0"],
+            ConfigError::OutOfRange {
+                setting: "--total-shards",
+                value: 0,
+                origin: flag(),
+                min: 1,
+                max: None,
+            },
+        ),
+        (
+            &["--token", " \n"],
+            ConfigError::EmptySecret {
+                setting: "--token",
+                env: ENV_TOKEN,
+            },
+        ),
+        (
+            &["--forward-url", "ftp://x"],
+            ConfigError::UrlScheme {
+                setting: "--forward-url",
+                value: "ftp://x".into(),
+                origin: flag(),
+                expected: "http:// or https://",
+            },
+        ),
+        (
+            &["--forward-url", "http://:9000/"],
+            ConfigError::UrlMalformed {
+                setting: "--forward-url",
+                value: "http://:9000/".into(),
+                origin: flag(),
+                problem: "has no host; write e.g. http://127.0.0.1:9000/path",
+            },
+        ),
+        (
+            &["--forward-url", "http://bot:99999/"],
+            ConfigError::UrlMalformed {
+                setting: "--forward-url",
+                value: "http://bot:99999/".into(),
+                origin: flag(),
+                problem: "has an invalid port; a port is a number up to 65535",
+            },
+        ),
+        (
+            &["--forward-url", "https://user:pw@bot/"],
+            ConfigError::UrlCredentials {
+                setting: "--forward-url",
+                origin: flag(),
+            },
+        ),
+        (
+            &["--gateway-url", "https://gateway.example"],
+            ConfigError::UrlScheme {
+                setting: "--gateway-url",
+                value: "https://gateway.example".into(),
+                origin: flag(),
+                expected: "ws:// or wss://",
+            },
+        ),
+        (
+            &["--cores", "64"],
+            ConfigError::CoresExceedCpus {
+                cores: 64,
+                cpus: CPUS,
+            },
+        ),
+        (
+            &["--cores", "0"],
+            ConfigError::OutOfRange {
+                setting: "--cores",
+                value: 0,
+                origin: flag(),
+                min: 1,
+                max: None,
+            },
+        ),
+        (
+            &[
+                "--total-shards",
+                "8",
+                "--cores",
+                "2",
+                "--shards-per-core",
+                "3",
+            ],
+            ConfigError::ShardsPerCoreTooSmall {
+                shards_per_core: 3,
+                cores: 2,
+                owned: 8,
+            },
+        ),
+        (
+            &["--intents", "FOO"],
+            ConfigError::UnknownIntent {
+                name: "FOO".into(),
+                origin: flag(),
+            },
+        ),
+        (
+            &["--intents", " , "],
+            ConfigError::EmptyList {
+                setting: "--intents",
+                origin: flag(),
+                fix: "give a number (0 for none) or names, or leave --intents unset for every \
+                      non-privileged intent",
+            },
+        ),
+        (
+            &["--events", "MESAGE_CREATE"],
+            ConfigError::UnknownEvent {
+                name: "MESAGE_CREATE".into(),
+                origin: flag(),
+                suggestion: Some("MESSAGE_CREATE"),
+            },
+        ),
+        (
+            &["--events", "NOT_AN_EVENT_AT_ALL"],
+            ConfigError::UnknownEvent {
+                name: "NOT_AN_EVENT_AT_ALL".into(),
+                origin: flag(),
+                suggestion: None,
+            },
+        ),
+        (
+            &["--large-threshold", "10"],
+            ConfigError::OutOfRange {
+                setting: "--large-threshold",
+                value: 10,
+                origin: flag(),
+                min: 50,
+                max: Some(250),
+            },
+        ),
+        (
+            &["--batch-events-max", "0"],
+            ConfigError::OutOfRange {
+                setting: "--batch-events-max",
+                value: 0,
+                origin: flag(),
+                min: 1,
+                max: None,
+            },
+        ),
+        (
+            &["--ring-capacity", "8k"],
+            ConfigError::NotANumber {
+                setting: "--ring-capacity",
+                value: "8k".into(),
+                origin: flag(),
+                example: 8192,
+            },
+        ),
+        (
+            &["--ring-capacity", "99999999999999999999999"],
+            ConfigError::OutOfRange {
+                setting: "--ring-capacity",
+                value: u64::MAX,
+                origin: flag(),
+                min: 1,
+                max: Some(1 << 24),
+            },
+        ),
+        (
+            &["--batch-linger-ms", "60001"],
+            ConfigError::OutOfRange {
+                setting: "--batch-linger-ms",
+                value: 60_001,
+                origin: flag(),
+                min: 0,
+                max: Some(60_000),
+            },
+        ),
+        (
+            &["--compression", "lz4"],
+            ConfigError::InvalidChoice {
+                setting: "--compression",
+                value: "lz4".into(),
+                origin: flag(),
+                choices: "zstd-stream, zlib-stream, payload, none",
+            },
+        ),
+        (
+            &["--dedup-message-updates", "maybe"],
+            ConfigError::InvalidChoice {
+                setting: "--dedup-message-updates",
+                value: "maybe".into(),
+                origin: flag(),
+                choices: "on, off",
+            },
+        ),
+        (
+            &["--log-format", "xml"],
+            ConfigError::InvalidChoice {
+                setting: "--log-format",
+                value: "xml".into(),
+                origin: flag(),
+                choices: "pretty, json",
+            },
+        ),
+        (
+            &["--admin-addr", "localhost:7878"],
+            ConfigError::InvalidAddress {
+                setting: "--admin-addr",
+                value: "localhost:7878".into(),
+                origin: flag(),
+            },
+        ),
+        (
+            &["--admin-addr", "0.0.0.0:7878"],
+            ConfigError::AdminTokenRequired {
+                addr: "0.0.0.0:7878".parse().expect("valid"),
+            },
+        ),
+        (
+            &["--identify-interval-ms", "100"],
+            ConfigError::IdentifyIntervalOnDiscord {
+                identify_interval_ms: 100,
+            },
+        ),
+        (
+            &[
+                "--identify-interval-ms",
+                "100",
+                "--gateway-url",
+                "wss://gateway.discord.gg",
+            ],
+            ConfigError::IdentifyIntervalOnDiscord {
+                identify_interval_ms: 100,
+            },
+        ),
+        (
+            &["--data-dir", ""],
+            ConfigError::EmptyPath {
+                setting: "--data-dir",
+                origin: flag(),
+            },
+        ),
+        (
+            &["--token", "Bot MTIz.abc"],
+            ConfigError::MalformedSecret {
+                setting: "--token",
+                env: ENV_TOKEN,
+                problem: "starts with `Bot `; give the bare token (shardgate adds the prefix where \
+                          REST needs it)",
+            },
+        ),
+        (
+            &["--forward-secret", "line\nbreak"],
+            ConfigError::MalformedSecret {
+                setting: "--forward-secret",
+                env: ENV_FORWARD_SECRET,
+                problem: "contains a control character (a line break?); remove it",
+            },
+        ),
+        (
+            &["--admin-token", ""],
+            ConfigError::EmptySecret {
+                setting: "--admin-token",
+                env: ENV_ADMIN_TOKEN,
+            },
+        ),
+    ];
+    for (argv, expected) in cases {
+        assert_eq!(load(argv).map(|_| ()), Err(expected), "{argv:?}");
+    }
+
+    assert!(matches!(
+        load(&["--log", "shardgate=loud"]),
+        Err(ConfigError::InvalidLogFilter { value, origin: Origin::Flag, .. }) if value == "shardgate=loud"
+    ));
+    assert_eq!(
+        Settings::load(&args(&["--forward-url", FORWARD_URL]), &env(), None).map(|_| ()),
+        Err(ConfigError::MissingToken)
+    );
+    assert_eq!(
+        Settings::load(&args(&["--token", TOKEN]), &env(), None).map(|_| ()),
+        Err(ConfigError::MissingForwardUrl)
+    );
+}
+
+#[test]
+fn messages_say_the_setting_and_the_fix() {
+    let message = |argv: &[&'static str]| load(argv).expect_err("invalid").to_string();
+    let cases: &[(&[&'static str], &str)] = &[
+        (
+            &["--shards", "10..=5"],
+            "--shards 10..=5: the range is empty; write A..=B with A <= B",
+        ),
+        (
+            &["--total-shards", "4", "--shards", "0..=7"],
+            "--total-shards 4 but --shards 0..=7 reaches shard 7; use --shards 0..=3 or raise \
+             --total-shards",
+        ),
+        (
+            &["--forward-url", "ftp://x"],
+            "--forward-url 'ftp://x': must be http:// or https://",
+        ),
+        (
+            &["--cores", "64"],
+            "--cores 64 but this machine has 4 CPUs available; use --cores 4 or fewer, or leave \
+             --cores unset to use them all",
+        ),
+        (
+            &["--large-threshold", "10"],
+            "--large-threshold 10: must be 50..=250",
+        ),
+        (
+            &["--batch-events-max", "0"],
+            "--batch-events-max 0: must be at least 1",
+        ),
+        (
+            &["--ring-capacity", "8k"],
+            "--ring-capacity 8k: not a whole number; write digits, e.g. --ring-capacity 8192",
+        ),
+        (
+            &["--compression", "lz4"],
+            "--compression lz4: choose one of zstd-stream, zlib-stream, payload, none",
+        ),
+    ];
+    for (argv, expected) in cases {
+        assert_eq!(message(argv), *expected, "{argv:?}");
+    }
+    let intents = message(&["--intents", "FOO"]);
+    assert!(
+        intents
+            .starts_with("--intents FOO: unknown intent name; known names: GUILDS, GUILD_MEMBERS,")
+    );
+    assert!(intents.contains("DIRECT_MESSAGE_POLLS; or give the bit set as a number"));
+    assert_eq!(
+        Settings::load(&args(&["--forward-url", FORWARD_URL]), &env(), None)
+            .expect_err("no token")
+            .to_string(),
+        "--token is missing: pass --token or set DISCORD_TOKEN"
+    );
+}
+
+#[test]
+fn file_errors() {
+    assert_eq!(
+        load_file(&[], "totl_shards = 16").map(|_| ()),
+        Err(ConfigError::UnknownFileKey {
+            path: "data.toml".into(),
+            key: "totl_shards".into(),
+            suggestion: Some("total_shards"),
+        })
+    );
+    assert_eq!(
+        load_file(&[], "totl_shards = 16")
+            .expect_err("unknown key")
+            .to_string(),
+        "config file data.toml: unknown key `totl_shards`; did you mean `total_shards`?"
+    );
+    // `config` and `check` are flags only; a nested table is an unknown key by its name.
+    for (toml, key) in [
+        ("config = \"other.toml\"", "config"),
+        ("check = true", "check"),
+        ("[engine]\ncores = 2", "engine"),
+    ] {
+        assert!(
+            matches!(load_file(&[], toml), Err(ConfigError::UnknownFileKey { key: found, .. }) if found == key),
+            "{toml}"
+        );
+    }
+    let syntax = load_file(&[], "total_shards = ").expect_err("bad TOML");
+    assert!(
+        matches!(&syntax, ConfigError::FileSyntax { path, .. } if path == &PathBuf::from("data.toml"))
+    );
+    assert!(
+        syntax
+            .to_string()
+            .starts_with("config file data.toml: TOML parse error at line 1"),
+        "{syntax}"
+    );
+    assert!(matches!(
+        load_file(&[], "total_shards = { count = 2 }"),
+        Err(ConfigError::FileSyntax { .. })
+    ));
+
+    // A bad value from the file names its origin.
+    assert_eq!(
+        load_file(&[], "shards = \"10..=5\"").map(|_| ()),
+        Err(ConfigError::EmptyShardRange {
+            start: 10,
+            end: 5,
+            origin: from_file()
+        })
+    );
+    assert_eq!(
+        load_file(&[], "large_threshold = 10")
+            .expect_err("out of range")
+            .to_string(),
+        "--large-threshold 10 (from config file data.toml): must be 50..=250"
+    );
+    assert_eq!(
+        load_file(&[], "batch_linger_ms = 2.5").map(|_| ()),
+        Err(ConfigError::NotANumber {
+            setting: "--batch-linger-ms",
+            value: "2.5".into(),
+            origin: from_file(),
+            example: 5,
+        })
+    );
+    // A flag overrides a bad file value without complaint.
+    assert!(load_file(&["--shards", "0..=1"], "shards = \"10..=5\"").is_ok());
+
+    let missing = ConfigFile::read(Path::new("/nonexistent/shardgate.toml")).expect_err("missing");
+    assert!(
+        matches!(&missing, ConfigError::FileUnreadable { path, .. } if path == Path::new("/nonexistent/shardgate.toml"))
+    );
+    assert!(
+        missing.to_string().ends_with("; check the --config path"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn intents_by_number_and_names() {
+    let cases: &[(&'static str, u64)] = &[
+        ("513", 513),
+        ("0", 0),
+        ("GUILDS,GUILD_MESSAGES", 513),
+        (" guilds , guild_messages ", 513),
+        ("GUILDS,GUILD_MESSAGES,MESSAGE_CONTENT", 33_281),
+        ("GUILD_EMOJIS_AND_STICKERS", 1 << 3),
+        ("GUILD_EXPRESSIONS,GUILD_EMOJIS_AND_STICKERS", 1 << 3),
+        ("GUILDS,512", 513),
+        (
+            "DIRECT_MESSAGE_POLLS,AUTO_MODERATION_EXECUTION",
+            (1 << 25) | (1 << 21),
+        ),
+        ("1099511627776", 1 << 40),
+    ];
+    for &(text, bits) in cases {
+        let settings = load(&["--intents", text]).unwrap_or_else(|error| panic!("{text}: {error}"));
+        assert_eq!(settings.intents.bits(), bits, "{text}");
+    }
+    for (name, bit) in INTENTS {
+        let settings = load(&["--intents", name]).expect("a table name");
+        assert_eq!(settings.intents.bits(), 1 << bit, "{name}");
+    }
+    for (toml, bits) in [("intents = 513", 513), ("intents = [\"GUILDS\", 512]", 513)] {
+        assert_eq!(
+            load_file(&[], toml).expect("valid").intents.bits(),
+            bits,
+            "{toml}"
+        );
+    }
+    // Display parses back.
+    let odd = Intents::from_bits(1 | (1 << 15) | (1 << 40));
+    let text = odd.to_string();
+    let settings = Settings::load(
+        &args(&with_required(&[])),
+        &env(),
+        Some(&ConfigFile::new("data.toml", format!("intents = {text:?}"))),
+    )
+    .expect("display output parses");
+    assert_eq!(settings.intents, odd);
+}
+
+#[test]
+fn total_shards_and_shards_syntax() {
+    let cases: &[(&[&'static str], TotalShards, Option<ShardRange>)] = &[
+        (&[], TotalShards::Auto, None),
+        (&["--total-shards", "auto"], TotalShards::Auto, None),
+        (
+            &["--total-shards", "AUTO", "--shards", "all"],
+            TotalShards::Auto,
+            None,
+        ),
+        (
+            &["--total-shards", "16"],
+            TotalShards::Fixed(nonzero(16)),
+            None,
+        ),
+        (
+            &["--total-shards", "16", "--shards", "3"],
+            TotalShards::Fixed(nonzero(16)),
+            Some(range(3, 3)),
+        ),
+        (
+            &["--total-shards", "16", "--shards", " 0 ..= 15 "],
+            TotalShards::Fixed(nonzero(16)),
+            Some(range(0, 15)),
+        ),
+        (
+            &["--shards", "100..=199"],
+            TotalShards::Auto,
+            Some(range(100, 199)),
+        ),
+    ];
+    for (argv, total, shards) in cases {
+        let settings = load(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+        assert_eq!(
+            (settings.total_shards, settings.shards),
+            (*total, *shards),
+            "{argv:?}"
+        );
+    }
+    for (toml, total) in [
+        ("total_shards = 16", TotalShards::Fixed(nonzero(16))),
+        ("total_shards = \"auto\"", TotalShards::Auto),
+    ] {
+        assert_eq!(
+            load_file(&[], toml).expect("valid").total_shards,
+            total,
+            "{toml}"
+        );
+    }
+}
+
+#[test]
+fn plans() {
+    // (argv, Discord's recommendation, expected (shards, cores used, shards per core)).
+    type Case = (
+        &'static [&'static str],
+        u32,
+        Result<(ShardRange, u32, u32), ConfigError>,
+    );
+    let cases: &[Case] = &[
+        (&["--total-shards", "16"], 99, Ok((range(0, 15), 4, 4))),
+        (&[], 6, Ok((range(0, 5), 3, 2))),
+        (&[], 1, Ok((range(0, 0), 1, 1))),
+        (&["--cores", "1"], 5, Ok((range(0, 4), 1, 5))),
+        (
+            &["--total-shards", "16", "--shards-per-core", "10"],
+            99,
+            Ok((range(0, 15), 2, 10)),
+        ),
+        (&["--shards", "8..=11"], 16, Ok((range(8, 11), 4, 1))),
+        (
+            &["--shards", "0..=4294967295", "--cores", "1"],
+            u32::MAX,
+            Err(ConfigError::ShardsBeyondTotal {
+                shards: range(0, u32::MAX),
+                total_shards: u32::MAX,
+                auto: true,
+            }),
+        ),
+        (
+            &["--shards", "2..=5"],
+            4,
+            Err(ConfigError::ShardsBeyondTotal {
+                shards: range(2, 5),
+                total_shards: 4,
+                auto: true,
+            }),
+        ),
+        (
+            &["--cores", "2", "--shards-per-core", "2"],
+            5,
+            Err(ConfigError::ShardsPerCoreTooSmall {
+                shards_per_core: 2,
+                cores: 2,
+                owned: 5,
+            }),
+        ),
+    ];
+    for (argv, recommended, expected) in cases {
+        let settings = load(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+        let plan = settings
+            .plan(nonzero(*recommended))
+            .map(|plan| (plan.shards, plan.cores, plan.shards_per_core));
+        assert_eq!(&plan, expected, "{argv:?} recommended {recommended}");
+    }
+    // An explicit range with `auto` is checked against placement at load already.
+    assert_eq!(
+        load(&[
+            "--shards",
+            "0..=9",
+            "--cores",
+            "2",
+            "--shards-per-core",
+            "4"
+        ])
+        .map(|_| ()),
+        Err(ConfigError::ShardsPerCoreTooSmall {
+            shards_per_core: 4,
+            cores: 2,
+            owned: 10
+        })
+    );
+    assert_eq!(
+        load(&["--shards", "2..=5"])
+            .expect("valid")
+            .plan(nonzero(4))
+            .expect_err("beyond")
+            .to_string(),
+        "--total-shards 4 (Discord's recommendation for `auto`) but --shards 2..=5 reaches shard 5; \
+         use --shards 0..=3 or set --total-shards to the count every process of the bot shares"
+    );
+}
+
+#[test]
+fn identify_interval_is_for_mocks_only() {
+    for argv in [
+        &[
+            "--identify-interval-ms",
+            "100",
+            "--gateway-url",
+            "ws://127.0.0.1:1",
+        ][..],
+        &[
+            "--identify-interval-ms",
+            "100",
+            "--api-base",
+            "http://127.0.0.1:1/api/v10",
+        ][..],
+        &["--identify-interval-ms", "6000"][..],
+    ] {
+        assert!(load(argv).is_ok(), "{argv:?}");
+    }
+}
+
+#[test]
+fn secrets_never_print() {
+    let secrets = [TOKEN, "fwd-SECRET-value", "admin-SECRET-value"];
+    let argv = [
+        "--forward-secret",
+        secrets[1],
+        "--admin-token",
+        secrets[2],
+        "--admin-addr",
+        "0.0.0.0:7878",
+        "--total-shards",
+        "2",
+    ];
+    let parsed = args(&with_required(&argv));
+    let environment = env().with_var(ENV_TOKEN, "env-SECRET-value");
+    let file = ConfigFile::new("data.toml", "token = \"file-SECRET-value\"");
+    let settings = Settings::load(&parsed, &environment, Some(&file)).expect("valid");
+    let printed = [
+        format!("{settings:?}"),
+        format!("{settings:#?}"),
+        settings.summary(),
+        format!("{:?}", settings.summary_fields()),
+        format!("{parsed:?}"),
+        format!("{environment:?}"),
+        format!("{file:?}"),
+    ];
+    for text in &printed {
+        for secret in secrets
+            .iter()
+            .chain(&["env-SECRET-value", "file-SECRET-value"])
+        {
+            assert!(!text.contains(secret), "{secret} leaked into {text}");
+        }
+    }
+    assert!(printed[0].contains("[redacted]"));
+    let summary = settings.summary();
+    assert!(
+        summary.contains("forward_secret=set") && summary.contains("admin_token=set"),
+        "{summary}"
+    );
+
+    // Errors about secrets never repeat them.
+    for argv in [
+        &["--token", "Bot MTIz.hunter2"][..],
+        &["--token", "MTIz hunter2"][..],
+        &["--forward-secret", "hunter2\r\ninjected: yes"][..],
+        &["--admin-token", "hunter2\u{7}"][..],
+        &["--forward-url", "https://user:hunter2@bot/"][..],
+        &["--gateway-url", "http://user:hunter2@gateway/"][..],
+    ] {
+        let message = load(argv).expect_err("invalid").to_string();
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}
+
+#[test]
+fn summary_lists_the_plan() {
+    let settings = load(&[
+        "--total-shards",
+        "16",
+        "--cores",
+        "2",
+        "--intents",
+        "GUILDS,MESSAGE_CONTENT",
+        "--events",
+        "MESSAGE_CREATE,GUILD_CREATE",
+    ])
+    .expect("valid");
+    let summary = settings.summary();
+    for field in [
+        "total_shards=16",
+        "shards=0..=15",
+        "cores=2",
+        "cpus_available=4",
+        "cores_used=2",
+        "shards_per_core=8",
+        "compression=zstd-stream",
+        "intents=32769",
+        "intent_names=GUILDS,MESSAGE_CONTENT",
+        "privileged_intents=MESSAGE_CONTENT",
+        "events=GUILD_CREATE,MESSAGE_CREATE",
+        "ring_capacity=8192",
+        "forward_secret=unset",
+        "gateway_url=from-gateway-bot",
+    ] {
+        assert!(
+            summary.split(' ').any(|pair| pair == field),
+            "{field} not in {summary}"
+        );
+    }
+    let auto = load(&[]).expect("valid").summary();
+    assert!(auto.contains("total_shards=auto shards=all"), "{auto}");
+    assert!(
+        auto.contains("cores_used=auto shards_per_core=auto"),
+        "{auto}"
+    );
+}
+
+#[test]
+fn ca_file_is_checked() {
+    let dir = std::env::temp_dir().join(format!("shardgate-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let with_ca = |path: &Path| {
+        let mut settings = load(&[]).expect("valid");
+        settings.ca_file = Some(path.to_owned());
+        settings.check_files()
+    };
+    let pem = dir.join("ca.pem");
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    assert_eq!(with_ca(&pem), Ok(()));
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("write");
+    assert_eq!(
+        with_ca(&empty),
+        Err(ConfigError::CaFileWithoutCertificates {
+            path: empty.clone()
+        })
+    );
+    let missing = dir.join("missing.pem");
+    assert!(
+        matches!(with_ca(&missing), Err(ConfigError::CaFileUnreadable { path, .. }) if path == missing)
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    assert_eq!(load(&[]).expect("valid").check_files(), Ok(()));
+}
+
+#[test]
+fn demo_defaults() {
+    let command = DemoArgs::augment_args(Command::new("demo"));
+    let demo =
+        DemoArgs::from_arg_matches(&command.clone().get_matches_from(["demo"])).expect("defaults");
+    assert_eq!(
+        (demo.duration, demo.shards, demo.cores, demo.rate),
+        (30, 32, None, 50)
+    );
+    assert_eq!(demo.compression, Compression::ZstdStream);
+    let matches = command
+        .try_get_matches_from([
+            "demo",
+            "--duration",
+            "5",
+            "--shards",
+            "4",
+            "--cores",
+            "2",
+            "--compression",
+            "none",
+            "--rate",
+            "7",
+        ])
+        .expect("valid");
+    let demo = DemoArgs::from_arg_matches(&matches).expect("valid");
+    assert_eq!(
+        (demo.duration, demo.shards, demo.cores, demo.rate),
+        (5, 4, Some(2), 7)
+    );
+    assert_eq!(demo.compression, Compression::None);
+}
+
+#[test]
+fn urls_are_normalised() {
+    let settings = load(&[
+        "--api-base",
+        "https://discord.com/api/v10///",
+        "--gateway-url",
+        "WSS://[::1]:8443",
+        "--forward-url",
+        "HTTPS://bot:8443/events?x=1",
+    ])
+    .expect("valid");
+    assert_eq!(settings.api_base, "https://discord.com/api/v10");
+    assert_eq!(settings.gateway_url.as_deref(), Some("wss://[::1]:8443"));
+    assert_eq!(settings.forward_url, "https://bot:8443/events?x=1");
+    assert!(crate::sink::http::ForwardUrl::parse(&settings.forward_url).is_ok());
+}

@@ -1,0 +1,550 @@
+//! A core: one pinned glommio (io_uring) executor owning a group of shards, and the driver
+//! that runs each shard's sans-IO machine against a real connection.
+//!
+//! Per shard, one task: it feeds frames through decode → machine → filter and hands records
+//! to the core's ring. Nothing here blocks the thread: socket I/O is io_uring, the ring is
+//! `try_send` with a timed retry (a full ring stops reading that shard's socket while its
+//! heartbeats go on), and the identify limiter's lock covers a few instructions.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use futures_lite::future;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use tungstenite::Message;
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::decode::{self, Compression, Decoder, DecoderLimits, Frame};
+use crate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
+use crate::limiter::IdentifyLimiter;
+use crate::record::{Notice, Record, RecordKind};
+use crate::shard::{
+    ConnectTarget, LossCause, PayloadAction, Shard, ShardConfig, ShardEvent, Token,
+};
+use crate::transport::{Connection, GatewayUrl};
+
+/// How long a full ring waits before trying again.
+const RING_RETRY: Duration = Duration::from_millis(1);
+/// How often a core checks the process-wide stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// Bound on writing a close frame before dropping the socket anyway.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Counters of one core, read by the reporter thread (relaxed atomics, never per-event locks).
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    pub dispatches_in: AtomicU64,
+    pub records_forwarded: AtomicU64,
+    pub dropped_redundant_update: AtomicU64,
+    pub dropped_not_allowed: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub ring_full_waits: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub identifies: AtomicU64,
+    pub resumes: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub shards_ready: AtomicU64,
+    pub shards_fatal: AtomicU64,
+    pub shards_running: AtomicU64,
+}
+
+/// What every shard of the process shares.
+pub struct Shared {
+    pub main_url: GatewayUrl,
+    pub compression: Compression,
+    pub token: Token,
+    pub intents: u64,
+    pub large_threshold: u16,
+    pub total_shards: u32,
+    pub decoder_limits: DecoderLimits,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub limiter: Arc<IdentifyLimiter>,
+    pub connect_timeout: Duration,
+    /// Shards of this process that are fully ready; the last one announces ALL_SHARDS_READY.
+    pub shards_ready: AtomicUsize,
+    pub shards_owned: usize,
+    /// Set by the signal handler: every shard closes resumably and its task ends.
+    pub stop: AtomicBool,
+    pub rng_seed: u64,
+}
+
+/// One core's assignment.
+pub struct CorePlan {
+    pub index: usize,
+    pub shard_ids: Vec<u32>,
+    pub filter: FilterConfig,
+    pub ring: Sender<Record>,
+    pub stats: Arc<CoreStats>,
+}
+
+/// Runs a core until every shard task ended (after a stop, or all fatal). Call it inside the
+/// core's executor.
+pub async fn run_core(shared: Arc<Shared>, plan: CorePlan) {
+    let filter = Rc::new(RefCell::new(Filter::new(plan.filter.clone())));
+    let mut controls: Vec<LocalSender<Control>> = Vec::new();
+    let mut tasks = Vec::new();
+    for shard_id in plan.shard_ids.iter().copied() {
+        let (control_tx, control_rx) = local_channel::new_unbounded();
+        controls.push(control_tx);
+        let driver = Driver {
+            shared: Arc::clone(&shared),
+            shard_id,
+            filter: Rc::clone(&filter),
+            ring: plan.ring.clone(),
+            stats: Arc::clone(&plan.stats),
+            control: control_rx,
+        };
+        tasks.push(glommio::spawn_local(driver.run()).detach());
+    }
+    drop(plan.ring);
+    // Watch the process-wide stop flag and relay it to every shard.
+    let stop_watch = glommio::spawn_local({
+        let shared = Arc::clone(&shared);
+        async move {
+            while !shared.stop.load(Ordering::Acquire) {
+                glommio::timer::sleep(STOP_POLL).await;
+            }
+            for control in &controls {
+                // A shard that already ended has dropped its receiver; nothing to tell it.
+                let _ = control.try_send(Control::Stop);
+            }
+        }
+    })
+    .detach();
+    for task in tasks {
+        task.await;
+    }
+    stop_watch.cancel();
+}
+
+/// Messages from the core to a shard task.
+#[derive(Debug)]
+enum Control {
+    Stop,
+}
+
+/// What woke the shard's loop.
+enum Wake {
+    Message(Result<Message, crate::transport::TransportError>),
+    Timer,
+    Control(Option<Control>),
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    shard_id: u32,
+    filter: Rc<RefCell<Filter>>,
+    ring: Sender<Record>,
+    stats: Arc<CoreStats>,
+    control: LocalReceiver<Control>,
+}
+
+impl Driver {
+    async fn run(self) {
+        let Driver {
+            shared,
+            shard_id,
+            filter,
+            ring,
+            stats,
+            control,
+        } = self;
+        let mut config = ShardConfig::new(
+            shard_id,
+            shared.total_shards,
+            shared.token.clone(),
+            shared.intents,
+        );
+        config.payload_compression = shared.compression.identify_compress();
+        config.large_threshold = shared.large_threshold;
+        config.rng_seed = shared.rng_seed;
+        let mut machine = match Shard::new(config, Instant::now()) {
+            Ok(machine) => machine,
+            Err(error) => {
+                tracing::error!(shard = shard_id, %error, "shard configuration rejected");
+                stats.shards_fatal.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let mut decoder = match Decoder::new(shared.compression, shared.decoder_limits) {
+            Ok(decoder) => decoder,
+            Err(error) => {
+                tracing::error!(shard = shard_id, %error, "decoder limits rejected");
+                stats.shards_fatal.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        stats.shards_running.fetch_add(1, Ordering::Relaxed);
+        let mut shard_filter = ShardFilter::new();
+        let mut connection: Option<Connection> = None;
+        let mut transmit = Vec::with_capacity(1024);
+        let mut outbox: VecDeque<Record> = VecDeque::new();
+        let mut identify_at: Option<Instant> = None;
+        let mut stopping = false;
+        let query = gateway_query(shared.compression);
+
+        loop {
+            let now = Instant::now();
+            // 1. What the machine wants written.
+            if let Some(conn) = connection.as_mut() {
+                let mut failed = false;
+                while machine.poll_transmit(now, &mut transmit).is_some() {
+                    if conn.queue_text(&transmit).is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed || conn.flush().await.is_err() {
+                    connection = None;
+                    machine.connection_lost(Instant::now(), LossCause::Transport);
+                }
+            }
+            // 2. What the machine wants done.
+            while let Some(event) = machine.poll_event() {
+                match event {
+                    ShardEvent::Connect { target } => {
+                        connection = None;
+                        let url = match &target {
+                            ConnectTarget::Main => Ok(shared.main_url.clone()),
+                            ConnectTarget::Resume(url) => GatewayUrl::parse(url),
+                        };
+                        stats.connects.fetch_add(1, Ordering::Relaxed);
+                        let opened = match url {
+                            Ok(url) => Connection::connect(
+                                &url,
+                                &query,
+                                &shared.tls,
+                                ws_config(&shared.decoder_limits),
+                                shared.connect_timeout,
+                            )
+                            .await
+                            .map_err(|e| e.to_string()),
+                            Err(error) => Err(error.to_string()),
+                        };
+                        match opened {
+                            Ok(opened) => {
+                                connection = Some(opened);
+                                decoder.reset();
+                                machine.connect_succeeded(Instant::now());
+                            }
+                            Err(reason) => {
+                                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(shard = shard_id, %reason, "connect failed");
+                                machine.connect_failed(Instant::now(), &reason);
+                            }
+                        }
+                    }
+                    ShardEvent::Close { code } => {
+                        if let Some(mut conn) = connection.take()
+                            && conn.queue_close(code).is_ok()
+                        {
+                            // Best effort: the code matters (4000 keeps the session), but a
+                            // dead peer must not hold the shard.
+                            let flushed = future::or(async { conn.flush().await.is_ok() }, async {
+                                glommio::timer::sleep(CLOSE_WRITE_TIMEOUT).await;
+                                false
+                            });
+                            flushed.await;
+                        }
+                        machine.connection_lost(Instant::now(), LossCause::Transport);
+                    }
+                    ShardEvent::NeedIdentify => {
+                        let reservation = shared.limiter.reserve(shard_id, Instant::now());
+                        identify_at = Some(reservation.at);
+                    }
+                    ShardEvent::Ready { .. } => {
+                        stats.identifies.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(shard = shard_id, "ready");
+                    }
+                    ShardEvent::Resumed => {
+                        stats.resumes.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(shard = shard_id, "resumed");
+                    }
+                    ShardEvent::Reconnecting {
+                        cause,
+                        attempt,
+                        delay,
+                        ..
+                    } => {
+                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            shard = shard_id,
+                            cause = cause.as_str(),
+                            attempt,
+                            delay_ms = delay.as_millis() as u64,
+                            "reconnecting"
+                        );
+                    }
+                    ShardEvent::InvalidSession { resumable } => {
+                        tracing::debug!(shard = shard_id, resumable, "invalid session");
+                    }
+                    ShardEvent::Fatal { code, reason } => {
+                        stats.shards_fatal.fetch_add(1, Ordering::Relaxed);
+                        stats.shards_running.fetch_sub(1, Ordering::Relaxed);
+                        tracing::error!(
+                            shard = shard_id,
+                            code,
+                            %reason,
+                            "shard stopped by a fatal close code; the other shards run on"
+                        );
+                        return;
+                    }
+                    ShardEvent::Stopped => {
+                        stats.shards_running.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+            // A connect or close above may have queued more output; go round again first.
+            if connection.as_ref().is_some_and(|c| c.pending_bytes() > 0) {
+                continue;
+            }
+
+            // 3. Hand records to the sink; a full ring pauses reading this socket.
+            while let Some(record) = outbox.pop_front() {
+                match ring.try_send(record) {
+                    Ok(()) => {
+                        stats.records_forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(TrySendError::Full(record)) => {
+                        stats.ring_full_waits.fetch_add(1, Ordering::Relaxed);
+                        outbox.push_front(record);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        tracing::error!(shard = shard_id, "the sink is gone; stopping the shard");
+                        stats.shards_running.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+
+            // 4. Wait for a frame, a deadline or the core.
+            let mut deadline = machine.poll_timeout();
+            for candidate in [identify_at, shard_filter.poll_timeout()]
+                .into_iter()
+                .flatten()
+            {
+                deadline = Some(deadline.map_or(candidate, |d| d.min(candidate)));
+            }
+            if !outbox.is_empty() {
+                let retry = Instant::now() + RING_RETRY;
+                deadline = Some(deadline.map_or(retry, |d| d.min(retry)));
+            }
+            let reading = connection.as_mut().filter(|_| outbox.is_empty());
+            let wake = {
+                let read = async {
+                    match reading {
+                        Some(conn) => Wake::Message(conn.read_message().await),
+                        None => future::pending().await,
+                    }
+                };
+                let timer = async {
+                    match deadline {
+                        Some(at) => {
+                            glommio::timer::sleep(at.saturating_duration_since(Instant::now()))
+                                .await
+                        }
+                        None => future::pending::<()>().await,
+                    }
+                    Wake::Timer
+                };
+                let control = async {
+                    if stopping {
+                        future::pending().await
+                    } else {
+                        Wake::Control(control.recv().await)
+                    }
+                };
+                future::or(read, future::or(timer, control)).await
+            };
+
+            let now = Instant::now();
+            match wake {
+                Wake::Timer => {
+                    if identify_at.is_some_and(|at| now >= at) {
+                        identify_at = None;
+                        if let Err(error) = machine.identify_permitted(now) {
+                            tracing::debug!(shard = shard_id, %error, "identify slot unused");
+                        }
+                    }
+                    machine.handle_timeout(now);
+                    shard_filter.handle_timeout(now);
+                    if let Some(notice) = shard_filter.take_notice() {
+                        queue_notice(
+                            &shared,
+                            &stats,
+                            shard_id,
+                            notice,
+                            &shard_filter,
+                            &mut outbox,
+                        );
+                    }
+                }
+                Wake::Control(Some(Control::Stop)) | Wake::Control(None) => {
+                    stopping = true;
+                    machine.request_shutdown(now, true);
+                }
+                Wake::Message(Err(error)) => {
+                    tracing::debug!(shard = shard_id, %error, "connection lost");
+                    connection = None;
+                    machine.connection_lost(now, LossCause::Transport);
+                }
+                Wake::Message(Ok(message)) => {
+                    let frame = match &message {
+                        Message::Text(text) => Frame::Text(text.as_bytes()),
+                        Message::Binary(bytes) => Frame::Binary(bytes),
+                        Message::Close(frame) => {
+                            let code = frame.as_ref().map(|f| u16::from(f.code));
+                            let reason = frame
+                                .as_ref()
+                                .map(|f| f.reason.to_string())
+                                .unwrap_or_default();
+                            if let Some(conn) = connection.as_mut() {
+                                // The close reply tungstenite queued; best effort.
+                                let _ = conn.flush().await;
+                            }
+                            connection = None;
+                            machine.close_received(now, code, &reason);
+                            continue;
+                        }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                    };
+                    let lost = handle_frame(
+                        frame,
+                        now,
+                        shard_id,
+                        &mut decoder,
+                        &mut machine,
+                        &filter,
+                        &mut shard_filter,
+                        &stats,
+                        &mut outbox,
+                    );
+                    if lost {
+                        stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        connection = None;
+                        machine.connection_lost(now, LossCause::Decode);
+                    } else if let Some(notice) = shard_filter.take_notice() {
+                        queue_notice(
+                            &shared,
+                            &stats,
+                            shard_id,
+                            notice,
+                            &shard_filter,
+                            &mut outbox,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decodes one frame and routes its payload; returns true when the connection must go
+/// (bad compressed data, oversize, or a payload that is not a gateway message).
+#[allow(clippy::too_many_arguments)]
+fn handle_frame(
+    frame: Frame<'_>,
+    now: Instant,
+    shard_id: u32,
+    decoder: &mut Decoder,
+    machine: &mut Shard,
+    filter: &RefCell<Filter>,
+    shard_filter: &mut ShardFilter,
+    stats: &CoreStats,
+    outbox: &mut VecDeque<Record>,
+) -> bool {
+    let payload = match decoder.decode(frame) {
+        Ok(Some(payload)) => payload,
+        Ok(None) => return false,
+        Err(error) => {
+            tracing::warn!(shard = shard_id, %error, "undecodable frame; reconnecting");
+            return true;
+        }
+    };
+    let head = match decode::classify(payload) {
+        Ok(head) => head,
+        Err(error) => {
+            tracing::warn!(shard = shard_id, %error, "unclassifiable payload; reconnecting");
+            return true;
+        }
+    };
+    if machine.payload_received(now, &head, payload) != PayloadAction::Forward {
+        return false;
+    }
+    stats.dispatches_in.fetch_add(1, Ordering::Relaxed);
+    let verdict = filter
+        .borrow_mut()
+        .dispatch(shard_filter, &head, payload, now);
+    match verdict {
+        Verdict::Forward(kind) => outbox.push_back(Record {
+            shard_id,
+            seq: head.s.unwrap_or(0),
+            kind,
+            payload: payload.to_vec(),
+        }),
+        Verdict::Drop(reason) => {
+            let counter = match reason {
+                crate::filter::DropReason::RedundantMessageUpdate => {
+                    &stats.dropped_redundant_update
+                }
+                crate::filter::DropReason::NotAllowed => &stats.dropped_not_allowed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    false
+}
+
+fn queue_notice(
+    shared: &Shared,
+    stats: &CoreStats,
+    shard_id: u32,
+    notice: Notice,
+    shard_filter: &ShardFilter,
+    outbox: &mut VecDeque<Record>,
+) {
+    let payload = format!(r#"{{"guilds":{}}}"#, shard_filter.guilds()).into_bytes();
+    outbox.push_back(Record {
+        shard_id,
+        seq: 0,
+        kind: RecordKind::Notice(notice),
+        payload,
+    });
+    if notice == Notice::ShardReady {
+        stats.shards_ready.fetch_add(1, Ordering::Relaxed);
+        let ready = shared.shards_ready.fetch_add(1, Ordering::AcqRel) + 1;
+        if ready == shared.shards_owned {
+            let payload = format!(r#"{{"shards":{ready}}}"#).into_bytes();
+            outbox.push_back(Record {
+                shard_id,
+                seq: 0,
+                kind: RecordKind::Notice(Notice::AllShardsReady),
+                payload,
+            });
+        }
+    }
+}
+
+/// `v=10&encoding=json[&compress=…]`.
+pub fn gateway_query(compression: Compression) -> String {
+    match compression.query_param() {
+        Some(compress) => format!("v=10&encoding=json&compress={compress}"),
+        None => "v=10&encoding=json".to_owned(),
+    }
+}
+
+fn ws_config(limits: &DecoderLimits) -> WebSocketConfig {
+    // A frame bigger than the decompressed cap cannot decode into anything we accept.
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(limits.payload_bytes_max))
+        .max_frame_size(Some(limits.payload_bytes_max))
+}

@@ -1,0 +1,422 @@
+//! `shardgate run`: startup checks, `/gateway/bot`, the plan, one pinned executor per core,
+//! the sink thread, signals, periodic status lines and the graceful stop.
+//!
+//! Thread layout: the main thread (startup, signals, status), one thread per core (a glommio
+//! executor pinned to its CPU, owning its shard group), one sink thread.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::{Settings, ShardPlan};
+use crate::core::{CorePlan, CoreStats, Shared};
+use crate::decode::DecoderLimits;
+use crate::filter::FilterConfig;
+use crate::limiter::{IdentifyLimiter, SessionStartLimit};
+use crate::sink::http::{ForwardUrl, HttpClient};
+use crate::sink::{SinkConfig, SinkStats};
+use crate::transport::GatewayUrl;
+
+/// Locked memory glommio needs per executor (io_uring rings and buffers).
+pub const LOCKED_MEMORY_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
+/// How often the main thread logs a status line.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "locked memory limit is {limit_bytes} bytes but {cores} core(s) need {needed_bytes}: \
+         raise it with `ulimit -l {needed_kib}` (or LimitMEMLOCK= in the systemd unit), or \
+         use fewer --cores"
+    )]
+    LockedMemory {
+        limit_bytes: u64,
+        needed_bytes: u64,
+        needed_kib: u64,
+        cores: u32,
+    },
+    #[error(
+        "cannot start the io_uring executor for core {core}: {reason}. shardgate needs Linux \
+         io_uring (kernel 5.8 or later, not disabled by sysctl kernel.io_uring_disabled or a \
+         seccomp profile) and enough locked memory (`ulimit -l`)"
+    )]
+    Executor { core: usize, reason: String },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsConfigError),
+    #[error("--api-base: {0}")]
+    ApiBase(String),
+    #[error("GET {url}: {reason}")]
+    GatewayBot { url: String, reason: String },
+    #[error("gateway URL '{url}': {reason}")]
+    GatewayUrl { url: String, reason: String },
+    #[error(transparent)]
+    Plan(#[from] crate::config::ConfigError),
+    #[error("--forward-url: {0}")]
+    ForwardUrl(#[from] crate::sink::http::UrlError),
+    #[error(transparent)]
+    Limiter(#[from] crate::limiter::LimiterError),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What `/gateway/bot` said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayBot {
+    pub url: String,
+    pub shards: u32,
+    pub session_start_limit: SessionStartLimit,
+}
+
+/// The end of a run, for the exit status and the last log line.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub records_delivered: u64,
+    pub records_dropped_shutdown: u64,
+    pub shards_fatal: u64,
+}
+
+/// Runs until SIGINT/SIGTERM (then closes every shard resumably and flushes), or until every
+/// shard stopped on a fatal close code.
+pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
+
+    // Discord's view: URL, recommended shards, identify limits.
+    let needs_rest = settings.gateway_url.is_none() || settings.fixed_plan().is_none();
+    let gateway_bot = if needs_rest {
+        Some(fetch_gateway_bot(&settings, &tls)?)
+    } else {
+        None
+    };
+    let recommended = gateway_bot.as_ref().map_or(1, |g| g.shards).max(1);
+    let plan = settings.plan(NonZeroU32::new(recommended).unwrap_or(NonZeroU32::MIN))?;
+    check_locked_memory(plan.cores)?;
+
+    let url_text = settings
+        .gateway_url
+        .clone()
+        .or_else(|| gateway_bot.as_ref().map(|g| g.url.clone()))
+        .unwrap_or_else(|| "wss://gateway.discord.gg".to_owned());
+    let main_url = GatewayUrl::parse(&url_text).map_err(|e| RunError::GatewayUrl {
+        url: url_text.clone(),
+        reason: e.to_string(),
+    })?;
+    let session_start_limit = gateway_bot.as_ref().map_or(
+        // Without /gateway/bot we know nothing: the most careful limits.
+        SessionStartLimit {
+            total: 1000,
+            remaining: 1000,
+            reset_after_ms: 0,
+            max_concurrency: 1,
+        },
+        |g| g.session_start_limit,
+    );
+    let identify_interval = Duration::from_millis(settings.identify_interval_ms);
+    let limiter = Arc::new(IdentifyLimiter::new(
+        session_start_limit,
+        identify_interval,
+        Instant::now(),
+    )?);
+    let owned: Vec<u32> = (plan.shards.start()..=plan.shards.end()).collect();
+    tracing::info!(
+        total_shards = plan.total_shards.get(),
+        shards = %format!("{}..={}", plan.shards.start(), plan.shards.end()),
+        cores = plan.cores,
+        shards_per_core = plan.shards_per_core,
+        max_concurrency = session_start_limit.max_concurrency,
+        remaining = session_start_limit.remaining,
+        compression = %settings.compression,
+        gateway = %url_text,
+        identify_floor_ms = IdentifyLimiter::minimum_startup(owned.len() as u32, session_start_limit.max_concurrency, identify_interval).as_millis() as u64,
+        "plan"
+    );
+    tracing::info!(
+        ring_capacity = settings.ring_capacity,
+        ring_bytes_estimate = settings.ring_capacity * 64,
+        dedup_cache_entries = settings.dedup_cache_entries,
+        batch_events_max = settings.batch_events_max,
+        batch_bytes_max = settings.batch_bytes_max,
+        payload_bytes_max = settings.payload_bytes_max,
+        "sizes per core"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping exits at once (the operator insists).
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+            .map_err(RunError::Signals)?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(RunError::Signals)?;
+    }
+
+    let shared = Arc::new(Shared {
+        main_url,
+        compression: settings.compression,
+        token: settings.token.clone(),
+        intents: settings.intents.bits(),
+        large_threshold: settings.large_threshold,
+        total_shards: plan.total_shards.get(),
+        decoder_limits: DecoderLimits {
+            payload_bytes_max: settings.payload_bytes_max,
+            ..DecoderLimits::default()
+        },
+        tls: Arc::clone(&tls),
+        limiter,
+        connect_timeout: Duration::from_secs(10),
+        shards_ready: AtomicUsize::new(0),
+        shards_owned: owned.len(),
+        stop: AtomicBool::new(false),
+        rng_seed: started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
+    });
+
+    // Sink.
+    let forward_url = ForwardUrl::parse(&settings.forward_url)?;
+    let authorization = settings
+        .forward_secret
+        .as_ref()
+        .map(|s| s.expose_secret().to_owned());
+    let client = HttpClient::new(
+        forward_url,
+        authorization,
+        Some(Arc::clone(&tls)),
+        Duration::from_millis(settings.forward_timeout_ms),
+    );
+    let sink_config = SinkConfig {
+        batch_events_max: settings.batch_events_max,
+        batch_bytes_max: settings.batch_bytes_max,
+        batch_linger: Duration::from_millis(settings.batch_linger_ms),
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let sink_stats = Arc::new(SinkStats::default());
+
+    // Cores.
+    let core_ids: Vec<usize> = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|id| id.id).collect())
+        .unwrap_or_default();
+    let per_core = plan.shards_per_core.max(1) as usize;
+    let mut rings = Vec::new();
+    let mut core_stats = Vec::new();
+    let mut executors = Vec::new();
+    let cores_done = Arc::new(AtomicUsize::new(0));
+    for (index, shard_ids) in owned.chunks(per_core).enumerate() {
+        let (ring_tx, ring_rx) = crossbeam_channel::bounded(settings.ring_capacity);
+        rings.push(ring_rx);
+        let stats = Arc::new(CoreStats::default());
+        core_stats.push(Arc::clone(&stats));
+        let core_plan = CorePlan {
+            index,
+            shard_ids: shard_ids.to_vec(),
+            filter: filter_config(&settings),
+            ring: ring_tx,
+            stats,
+        };
+        let placement = match core_ids.get(index % core_ids.len().max(1)) {
+            Some(cpu) if !core_ids.is_empty() => Placement::Fixed(*cpu),
+            _ => Placement::Unbound,
+        };
+        let shared = Arc::clone(&shared);
+        let done = Arc::clone(&cores_done);
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shardgate-core-{index}"))
+            .spawn(move || async move {
+                crate::core::run_core(shared, core_plan).await;
+                done.fetch_add(1, Ordering::AcqRel);
+            })
+            .map_err(|e| RunError::Executor {
+                core: index,
+                reason: e.to_string(),
+            })?;
+        executors.push(handle);
+    }
+    let sink = {
+        let stats = Arc::clone(&sink_stats);
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("shardgate-sink".into())
+            .spawn(move || crate::sink::run(sink_config, rings, client, stats, stop))
+            .map_err(RunError::Thread)?
+    };
+
+    // Supervise: relay the stop, log status, wait for the cores.
+    let mut last_status = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if stop.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
+            tracing::info!("stopping: closing every shard resumably (4000) and flushing");
+            shared.stop.store(true, Ordering::Release);
+        }
+        if cores_done.load(Ordering::Acquire) == executors.len() {
+            break;
+        }
+        if last_status.elapsed() >= STATUS_INTERVAL {
+            last_status = Instant::now();
+            log_status(&core_stats, &sink_stats, owned.len());
+        }
+    }
+    for executor in executors {
+        if let Err(error) = executor.join() {
+            tracing::error!(?error, "a core ended abnormally");
+        }
+    }
+    // Cores gone → rings disconnected → the sink drains, delivers and returns.
+    stop.store(true, Ordering::Release);
+    if sink.join().is_err() {
+        tracing::error!("the sink thread panicked");
+    }
+    log_status(&core_stats, &sink_stats, owned.len());
+    Ok(RunSummary {
+        records_delivered: sink_stats.records_delivered.load(Ordering::Relaxed),
+        records_dropped_shutdown: sink_stats.records_dropped_shutdown.load(Ordering::Relaxed),
+        shards_fatal: core_stats
+            .iter()
+            .map(|s| s.shards_fatal.load(Ordering::Relaxed))
+            .sum(),
+    })
+}
+
+fn filter_config(settings: &Settings) -> FilterConfig {
+    FilterConfig {
+        events: settings.events.clone(),
+        dedup_message_updates: settings.dedup_message_updates,
+        dedup_cache_entries: settings.dedup_cache_entries,
+        ready_timeout: Duration::from_secs(30),
+    }
+}
+
+fn log_status(cores: &[Arc<CoreStats>], sink: &SinkStats, shards_owned: usize) {
+    let sum = |f: fn(&CoreStats) -> u64| cores.iter().map(|s| f(s)).sum::<u64>();
+    tracing::info!(
+        shards_ready = sum(|s| s.shards_ready.load(Ordering::Relaxed)),
+        shards_owned,
+        shards_running = sum(|s| s.shards_running.load(Ordering::Relaxed)),
+        dispatches_in = sum(|s| s.dispatches_in.load(Ordering::Relaxed)),
+        dropped_redundant = sum(|s| s.dropped_redundant_update.load(Ordering::Relaxed)),
+        dropped_not_allowed = sum(|s| s.dropped_not_allowed.load(Ordering::Relaxed)),
+        delivered = sink.records_delivered.load(Ordering::Relaxed),
+        batches = sink.batches_delivered.load(Ordering::Relaxed),
+        delivery_failures = sink.delivery_failures.load(Ordering::Relaxed),
+        reconnects = sum(|s| s.reconnects.load(Ordering::Relaxed)),
+        decode_errors = sum(|s| s.decode_errors.load(Ordering::Relaxed)),
+        ring_full_waits = sum(|s| s.ring_full_waits.load(Ordering::Relaxed)),
+        "status"
+    );
+}
+
+/// `GET {api_base}/gateway/bot`.
+pub fn fetch_gateway_bot(
+    settings: &Settings,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<GatewayBot, RunError> {
+    let url = format!("{}/gateway/bot", settings.api_base.trim_end_matches('/'));
+    let parsed = ForwardUrl::parse(&url).map_err(|e| RunError::ApiBase(e.to_string()))?;
+    let mut client = HttpClient::new(
+        parsed,
+        Some(format!("Bot {}", settings.token.expose_secret())),
+        Some(Arc::clone(tls)),
+        Duration::from_secs(10),
+    );
+    let failed = |reason: String| RunError::GatewayBot {
+        url: url.clone(),
+        reason,
+    };
+    let (status, body) = client.get().map_err(|e| failed(e.to_string()))?;
+    match status {
+        200 => {}
+        401 => {
+            return Err(failed(
+                "401 Unauthorized: the token is wrong (check --token / DISCORD_TOKEN)".into(),
+            ));
+        }
+        other => return Err(failed(format!("HTTP {other}"))),
+    }
+    parse_gateway_bot(&body).map_err(failed)
+}
+
+fn parse_gateway_bot(body: &[u8]) -> Result<GatewayBot, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("answer is not JSON: {e}"))?;
+    let number = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| format!("answer has no numeric `{key}`"))
+    };
+    let limit = value
+        .get("session_start_limit")
+        .ok_or("answer has no session_start_limit")?;
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(GatewayBot {
+        url: value
+            .get("url")
+            .and_then(serde_json::Value::as_str)
+            .ok_or("answer has no `url`")?
+            .to_owned(),
+        shards: clamp(number(&value, "shards")?),
+        session_start_limit: SessionStartLimit {
+            total: clamp(number(limit, "total")?),
+            remaining: clamp(number(limit, "remaining")?),
+            reset_after_ms: number(limit, "reset_after")?,
+            max_concurrency: clamp(number(limit, "max_concurrency")?).max(1),
+        },
+    })
+}
+
+/// Reads `Max locked memory` from /proc/self/limits (no unsafe, no libc).
+fn check_locked_memory(cores: u32) -> Result<(), RunError> {
+    let needed_bytes = LOCKED_MEMORY_PER_EXECUTOR_BYTES * u64::from(cores);
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return Ok(());
+    };
+    let Some(line) = limits.lines().find(|l| l.starts_with("Max locked memory")) else {
+        return Ok(());
+    };
+    let soft = line.split_whitespace().nth(3).unwrap_or("unlimited");
+    let Ok(limit_bytes) = soft.parse::<u64>() else {
+        return Ok(());
+    }; // "unlimited"
+    if limit_bytes < needed_bytes {
+        return Err(RunError::LockedMemory {
+            limit_bytes,
+            needed_bytes,
+            needed_kib: needed_bytes.div_ceil(1024),
+            cores,
+        });
+    }
+    Ok(())
+}
+
+/// The plan, for callers that need it without running (tests, `--check`).
+pub fn describe(plan: &ShardPlan) -> String {
+    format!(
+        "{} shards ({}..={}) of {} on {} core(s), {} per core",
+        plan.shards.end() - plan.shards.start() + 1,
+        plan.shards.start(),
+        plan.shards.end(),
+        plan.total_shards,
+        plan.cores,
+        plan.shards_per_core
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_bot_answers_parse_and_broken_ones_are_named() {
+        let body = br#"{"url":"wss://gateway.discord.gg","shards":9,"session_start_limit":{"total":1000,"remaining":999,"reset_after":14400000,"max_concurrency":1}}"#;
+        let parsed = parse_gateway_bot(body).unwrap();
+        assert_eq!(parsed.shards, 9);
+        assert_eq!(parsed.session_start_limit.remaining, 999);
+        assert_eq!(parsed.session_start_limit.reset_after_ms, 14_400_000);
+        assert!(
+            parse_gateway_bot(b"{}")
+                .unwrap_err()
+                .contains("session_start_limit")
+        );
+        assert!(parse_gateway_bot(b"nope").unwrap_err().contains("not JSON"));
+    }
+}

@@ -1,0 +1,239 @@
+//! The real `shardgate` binary: exit codes and messages of the command line.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const TOKEN: &str = "MTIz.cli-test-token.SECRET";
+
+/// `shardgate ARGS` with none of the secrets' variables inherited from the test process.
+fn shardgate(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
+    command
+        .args(args)
+        .env_remove("DISCORD_TOKEN")
+        .env_remove("FORWARD_SECRET")
+        .env_remove("SHARDGATE_ADMIN_TOKEN");
+    command
+}
+
+fn output(command: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("the binary runs");
+    (
+        status.code().expect("exited, not killed"),
+        String::from_utf8(stdout).expect("UTF-8 stdout"),
+        String::from_utf8(stderr).expect("UTF-8 stderr"),
+    )
+}
+
+/// A fresh directory for this test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardgate-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn bad_settings_exit_2_naming_the_setting() {
+    let valid = ["--token", TOKEN, "--forward-url", "http://127.0.0.1:9/"];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--shards", "10..=5"],
+            "shardgate: --shards 10..=5: the range is empty",
+        ),
+        (
+            &["--total-shards", "4", "--shards", "0..=7"],
+            "shardgate: --total-shards 4 but --shards 0..=7",
+        ),
+        (
+            &["--intents", "FOO"],
+            "shardgate: --intents FOO: unknown intent name",
+        ),
+        (
+            &["--large-threshold", "10"],
+            "shardgate: --large-threshold 10: must be 50..=250",
+        ),
+        (
+            &["--cores", "100000"],
+            "shardgate: --cores 100000 but this machine has",
+        ),
+        (
+            &["--compression", "lz4"],
+            "shardgate: --compression lz4: choose one of",
+        ),
+    ];
+    for (bad, expected) in cases {
+        let (code, stdout, stderr) = output(shardgate(&["run", "--check"]).args(valid).args(*bad));
+        assert_eq!(code, 2, "{bad:?}: {stderr}");
+        assert!(stderr.starts_with(expected), "{bad:?}: {stderr}");
+        assert!(stdout.is_empty(), "{bad:?}: {stdout}");
+        assert!(!stderr.contains(TOKEN));
+    }
+
+    let (code, _, stderr) = output(&mut shardgate(&[
+        "run",
+        "--check",
+        "--forward-url",
+        "http://x/",
+    ]));
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr,
+        "shardgate: --token is missing: pass --token or set DISCORD_TOKEN\n"
+    );
+
+    let (code, _, stderr) = output(
+        shardgate(&["run", "--check", "--forward-url", "ftp://x"]).env("DISCORD_TOKEN", TOKEN),
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr,
+        "shardgate: --forward-url 'ftp://x': must be http:// or https://\n"
+    );
+
+    // clap's own usage errors exit 2 as well.
+    let (code, _, stderr) = output(&mut shardgate(&["run", "--total-shard", "4"]));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--total-shard"), "{stderr}");
+}
+
+#[test]
+fn check_with_a_config_file_prints_the_summary_without_secrets() {
+    let dir = scratch("check");
+    let config = dir.join("shardgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "token = \"{TOKEN}\"\n\
+             total_shards = 16\n\
+             shards = \"0..=7\"\n\
+             cores = 1\n\
+             forward_url = \"http://127.0.0.1:9000/events\"\n\
+             forward_secret = \"fwd-SECRET\"\n\
+             intents = [\"GUILDS\", \"GUILD_MESSAGES\"]\n\
+             ring_capacity = 1024\n"
+        ),
+    )
+    .expect("write config");
+    let config = config.to_str().expect("UTF-8 temp path");
+
+    // The flag wins over the file; the environment's token wins over the file's.
+    let (code, stdout, stderr) = output(
+        shardgate(&[
+            "run",
+            "--check",
+            "--config",
+            config,
+            "--ring-capacity",
+            "2048",
+        ])
+        .env("DISCORD_TOKEN", "env-token-SECRET"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "total_shards=16",
+        "shards=0..=7",
+        "cores=1",
+        "cores_used=1",
+        "shards_per_core=8",
+        "intents=513",
+        "ring_capacity=2048",
+        "forward_url=http://127.0.0.1:9000/events",
+        "forward_secret=set",
+        "admin_token=unset",
+    ] {
+        assert!(
+            stdout.lines().any(|got| got == line),
+            "{line} not in:\n{stdout}"
+        );
+    }
+    for secret in [TOKEN, "env-token-SECRET", "fwd-SECRET"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked"
+        );
+    }
+
+    // An unknown key names itself and the file.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "totl_shards = 16\n").expect("write config");
+    let (code, _, stderr) = output(&mut shardgate(&[
+        "run",
+        "--check",
+        "--config",
+        bad.to_str().expect("UTF-8"),
+    ]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("bad.toml: unknown key `totl_shards`; did you mean `total_shards`?"),
+        "{stderr}"
+    );
+
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn run_fails_clearly_when_discord_is_unreachable_and_demo_is_not_built_yet() {
+    // Port 9 on loopback refuses: startup stops at /gateway/bot with the URL and the cause,
+    // and the token never appears.
+    let (code, stdout, stderr) = output(
+        shardgate(&[
+            "run",
+            "--api-base",
+            "http://127.0.0.1:9/api/v10",
+            "--forward-url",
+            "http://127.0.0.1:9/",
+        ])
+        .env("DISCORD_TOKEN", TOKEN),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("shardgate: GET http://127.0.0.1:9/api/v10/gateway/bot: connecting"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+    assert!(stdout.is_empty());
+
+    let (code, stdout, stderr) = output(&mut shardgate(&["demo", "--duration", "1"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with("shardgate: demo is not built yet"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty());
+}
+
+#[test]
+fn help_lists_the_fixed_flags() {
+    let (code, stdout, _) = output(&mut shardgate(&["run", "--help"]));
+    assert_eq!(code, 0);
+    for flag in [
+        "--token",
+        "--api-base",
+        "--gateway-url",
+        "--total-shards",
+        "--shards ",
+        "--cores",
+        "--shards-per-core",
+        "--compression",
+        "--intents",
+        "--forward-url",
+        "--forward-secret",
+        "--data-dir",
+        "--admin-addr",
+        "--admin-token",
+        "--ca-file",
+        "--config",
+        "--check",
+        "[env: DISCORD_TOKEN]",
+        "[env: FORWARD_SECRET]",
+        "[env: SHARDGATE_ADMIN_TOKEN]",
+    ] {
+        assert!(stdout.contains(flag), "{flag} not in run --help");
+    }
+    // Tests-only knob stays out of the operator's help.
+    assert!(!stdout.contains("--identify-interval-ms"));
+}
