@@ -2,9 +2,12 @@
 //! outside the path to the field is parsed beyond skipping it. Each helper answers `None` (or an
 //! empty list) for a payload that lacks the field or has it in another shape; none panics.
 //!
-//! Cost: one pass over the payload up to the field (sonic-rs validates what it skips) and one
-//! small scratch allocation inside sonic-rs per call. Snowflakes are accepted as JSON strings
-//! (Discord's form) or as unsigned integers.
+//! Cost: one pass over the payload up to the field, and a small scratch allocation inside sonic-rs
+//! per call. sonic-rs validates what it skips, which costs about as much as parsing it: on a 2-core
+//! VM, about 0.8 µs per MESSAGE_CREATE/UPDATE for the content hash (the content comes last in
+//! `d`) and 0.7 µs per event for the guild id (`fields/*` in the decode bench). Call them only
+//! for the events that need them. Snowflakes are accepted as JSON strings (Discord's form) or as
+//! unsigned integers.
 
 use std::hash::BuildHasher;
 use std::sync::LazyLock;
