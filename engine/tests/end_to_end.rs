@@ -36,11 +36,71 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 /// Seqs the bot must get for a shard: everything the mock sent minus redundant updates.
 fn expected(ledger: &Ledger, shard: u32) -> BTreeSet<u64> {
-    let session = &ledger.shards[&shard].sessions[0];
+    expected_in(&ledger.shards[&shard].sessions[0])
+}
+
+fn expected_in(session: &mock_gateway::SessionLedger) -> BTreeSet<u64> {
     let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
     (session.first_seq..=session.last_seq)
         .filter(|s| !redundant.contains(s))
         .collect()
+}
+
+/// Steady-stream dispatches in a session (what `events_per_shard` counts): all but READY,
+/// RESUMED and GUILD_CREATE.
+fn steady(session: &mock_gateway::SessionLedger) -> u64 {
+    session
+        .by_type
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "READY" | "RESUMED" | "GUILD_CREATE"))
+        .map(|(_, count)| count)
+        .sum()
+}
+
+fn received(run: &fake_bot::RunReport) -> BTreeSet<u64> {
+    run.ranges
+        .iter()
+        .flat_map(|[start, end]| *start..=*end)
+        .collect()
+}
+
+fn spawn_engine(
+    mock: &MockGateway,
+    bot: &FakeBot,
+    compression: &str,
+    dir: &std::path::Path,
+) -> Engine {
+    let ca = dir.join("ca.pem");
+    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args([
+            "run",
+            "--api-base",
+            &mock.api_base(),
+            "--total-shards",
+            &SHARDS.to_string(),
+        ])
+        .args([
+            "--cores",
+            "2",
+            "--compression",
+            compression,
+            "--forward-url",
+            &bot.url(),
+        ])
+        .args([
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .args(["--log", "warn"])
+        .env("DISCORD_TOKEN", mock.token())
+        .env("FORWARD_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Engine(child)
 }
 
 fn run(compression: &str) {
@@ -114,7 +174,7 @@ fn run(compression: &str) {
                 else {
                     return false;
                 };
-                let sent_all = session.by_type.values().sum::<u64>() >= EVENTS_PER_SHARD;
+                let sent_all = steady(session) >= EVENTS_PER_SHARD;
                 let want = expected(&ledger, shard);
                 sent_all
                     && report.shards.get(&shard).is_some_and(|r| {
@@ -207,4 +267,205 @@ fn payload_compression_over_tls() {
 #[test]
 fn no_compression_over_tls() {
     run("none");
+}
+
+/// Seeded faults on every shard (op 7, op 9 both kinds, every reconnectable close code, TCP
+/// drops, zombies, corrupt frames, server heartbeat requests): every session's dispatches
+/// reach the bot exactly once and in order (minus redundant updates), and the ledger shows
+/// no identify, send or zombie violation. A failure prints the seed; the same seed replays it.
+#[test]
+fn seeded_faults_lose_nothing() {
+    let seed = std::env::var("SHARDGATE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261121);
+    let dir = std::env::temp_dir().join(format!("shardgate-e2e-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mock = MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            ca_out: Some(dir.join("ca.pem")),
+            seed: Some(seed),
+            guilds: 24,
+            max_concurrency: 16,
+            identify_window_ms: 5000,
+            rate: 250.0,
+            events_per_shard: 900,
+            guild_create_bytes: 2000,
+            heartbeat_interval_ms: 1000,
+            fault_warmup_dispatches: 20,
+            fault_reconnect: 0.004,
+            fault_invalid_session_resumable: 0.003,
+            fault_invalid_session: 0.002,
+            fault_close: 0.004,
+            fault_drop: 0.003,
+            fault_zombie: 0.002,
+            fault_corrupt: 0.003,
+            fault_server_heartbeat: 0.004,
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .unwrap();
+    let bot = FakeBot::spawn(BotConfig {
+        secret: Some(Secret::new(SECRET)),
+        ..BotConfig::ephemeral()
+    })
+    .unwrap();
+    let mut engine = spawn_engine(&mock, &bot, "zstd-stream", &dir);
+    let done = |ledger: &Ledger, report: &fake_bot::Report| {
+        (0..SHARDS).all(|shard| {
+            let Some(shard_ledger) = ledger.shards.get(&shard) else {
+                return false;
+            };
+            let sent: u64 = shard_ledger.sessions.iter().map(steady).sum();
+            let want: usize = shard_ledger
+                .sessions
+                .iter()
+                .map(|s| expected_in(s).len())
+                .sum();
+            let got: usize = report
+                .shards
+                .get(&shard)
+                .map_or(0, |r| r.runs.iter().map(|run| received(run).len()).sum());
+            sent >= 900 && got >= want
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(&mock.ledger(), &bot.report()) {
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: not everything arrived: {:#?}",
+            bot.report().totals
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ledger = mock.ledger();
+    let report = bot.report();
+    assert!(
+        ledger.violations.is_empty(),
+        "seed {seed}: {:#?}",
+        ledger.violations
+    );
+    let faults: u64 = ledger.shards.values().flat_map(|s| s.faults.values()).sum();
+    assert!(faults >= 8, "seed {seed}: only {faults} faults fired");
+    let mut by_kind = std::collections::BTreeMap::<&str, u64>::new();
+    for (kind, count) in ledger.shards.values().flat_map(|s| s.faults.iter()) {
+        *by_kind.entry(kind.as_str()).or_default() += count;
+    }
+    eprintln!(
+        "seed {seed}: faults {by_kind:?}, identifies {}, resumes {}",
+        ledger.identifies_total, ledger.resumes_total
+    );
+    for shard in 0..SHARDS {
+        let sessions = &ledger.shards[&shard].sessions;
+        let runs = &report.shards[&shard].runs;
+        // The bot tells sessions apart by READY's session_id; match them up.
+        for session in sessions.iter().filter(|s| s.dispatches > 0) {
+            let run = runs
+                .iter()
+                .find(|run| run.session_id.as_deref() == Some(session.session_id.as_str()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "seed {seed}: shard {shard} session {} never reached the bot",
+                        session.session_id
+                    )
+                });
+            assert_eq!(
+                received(run),
+                expected_in(session),
+                "seed {seed}: shard {shard} session {}",
+                session.session_id
+            );
+            assert_eq!(
+                (run.duplicates, run.out_of_order),
+                (0, 0),
+                "seed {seed}: shard {shard}"
+            );
+        }
+    }
+    let pid = engine.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(engine.0.wait().unwrap().success(), "seed {seed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A 4004 (authentication failed) stops every shard with a clear error; nothing reconnects.
+#[test]
+fn authentication_failure_stops_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("shardgate-e2e-4004-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mock = MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            ca_out: Some(dir.join("ca.pem")),
+            guilds: 4,
+            max_concurrency: 16,
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .unwrap();
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    // /gateway/bot gets the right token; the shards are given the gateway URL directly and a
+    // wrong token, so IDENTIFY is what fails.
+    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args([
+            "run",
+            "--gateway-url",
+            mock.ws_url(),
+            "--total-shards",
+            "2",
+            "--cores",
+            "1",
+        ])
+        .args([
+            "--forward-url",
+            &bot.url(),
+            "--ca-file",
+            dir.join("ca.pem").to_str().unwrap(),
+        ])
+        .args(["--data-dir", dir.to_str().unwrap(), "--log", "error"])
+        .env("DISCORD_TOKEN", "not-the-token")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut engine = Engine(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = engine.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shardgate kept running after 4004"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(engine.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("fatal close code") && stderr.contains("4004"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-token"), "{stderr}");
+    let ledger = mock.ledger();
+    // One identify attempt per shard, never retried.
+    assert_eq!(
+        ledger
+            .violations
+            .iter()
+            .filter(|v| v.close_code == Some(4004))
+            .count(),
+        2
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
