@@ -14,3 +14,4 @@ pub mod shard;
 pub mod sink;
 pub mod tls;
 pub mod transport;
+pub mod url;

@@ -60,20 +60,14 @@ impl GatewayUrl {
             Some(index) => (&rest[..index], rest[index..].trim_end_matches('/')),
             None => (rest, ""),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !port.contains(']') => (
-                host,
-                port.parse().map_err(|_| UrlError::Port(url.to_owned()))?,
-            ),
-            _ => (authority, if tls { 443 } else { 80 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(UrlError::Host(url.to_owned()));
-        }
+        let (host, port) = crate::url::split_authority(authority, if tls { 443 } else { 80 })
+            .map_err(|error| match error {
+                crate::url::AuthorityError::Host => UrlError::Host(url.to_owned()),
+                crate::url::AuthorityError::Port => UrlError::Port(url.to_owned()),
+            })?;
         Ok(GatewayUrl {
             tls,
-            host: host.to_owned(),
+            host,
             port,
             path: path.to_owned(),
         })

@@ -51,20 +51,14 @@ impl ForwardUrl {
             Some(index) => (&rest[..index], &rest[index..]),
             None => (rest, "/"),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (
-                host,
-                port.parse().map_err(|_| UrlError::Port(url.to_owned()))?,
-            ),
-            _ => (authority, if tls { 443 } else { 80 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(UrlError::Host(url.to_owned()));
-        }
+        let (host, port) = crate::url::split_authority(authority, if tls { 443 } else { 80 })
+            .map_err(|error| match error {
+                crate::url::AuthorityError::Host => UrlError::Host(url.to_owned()),
+                crate::url::AuthorityError::Port => UrlError::Port(url.to_owned()),
+            })?;
         Ok(ForwardUrl {
             tls,
-            host: host.to_owned(),
+            host,
             port,
             path: path.to_owned(),
         })
@@ -403,6 +397,8 @@ mod tests {
         );
         let url = ForwardUrl::parse("https://bot.internal").unwrap();
         assert_eq!((url.tls, url.port, url.path.as_str()), (true, 443, "/"));
+        let url = ForwardUrl::parse("http://[::1]/x").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", 80));
         let url = ForwardUrl::parse("http://[::1]:8080/x?y=1").unwrap();
         assert_eq!(
             (url.host.as_str(), url.port, url.path.as_str()),
