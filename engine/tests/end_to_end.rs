@@ -469,3 +469,73 @@ fn authentication_failure_stops_with_a_clear_error() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The identify limiter against the mock's buckets: with max_concurrency 1 and 4, every shard
+/// identifies once and the ledger shows no IdentifyTooFast. The startup time is printed next
+/// to the floor the buckets allow (not asserted: the machine is shared).
+#[test]
+fn identify_buckets_are_respected() {
+    for (max_concurrency, shards) in [(1u32, 4u32), (4, 8)] {
+        let dir = std::env::temp_dir().join(format!(
+            "shardgate-e2e-identify-{max_concurrency}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mock = MockGateway::spawn(
+            MockConfig {
+                tls: true,
+                ca_out: Some(dir.join("ca.pem")),
+                guilds: 16,
+                max_concurrency,
+                identify_window_ms: 5000,
+                rate: 5.0,
+                guild_create_bytes: 0,
+                ..MockConfig::default()
+            },
+            1,
+        )
+        .unwrap();
+        let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+        let started = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args([
+                "run",
+                "--api-base",
+                &mock.api_base(),
+                "--total-shards",
+                &shards.to_string(),
+            ])
+            .args(["--cores", "2", "--forward-url", &bot.url()])
+            .args(["--ca-file", dir.join("ca.pem").to_str().unwrap()])
+            .args(["--data-dir", dir.to_str().unwrap(), "--log", "warn"])
+            .env("DISCORD_TOKEN", mock.token())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut engine = Engine(child);
+        wait_until("every shard to be ready", Duration::from_secs(60), || {
+            bot.report().totals.notices.get("ALL_SHARDS_READY") == Some(&1)
+        });
+        let elapsed = started.elapsed();
+        let floor = Duration::from_secs(5) * (shards.div_ceil(max_concurrency) - 1);
+        eprintln!(
+            "max_concurrency {max_concurrency}, {shards} shards: all ready after {} ms; the buckets allow {} ms",
+            elapsed.as_millis(),
+            floor.as_millis()
+        );
+        let ledger = mock.ledger();
+        assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
+        assert_eq!(ledger.identifies_total, u64::from(shards));
+        let pid = engine.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(engine.0.wait().unwrap().success());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
