@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::{Settings, ShardPlan};
+use crate::config::Settings;
 use crate::core::{CorePlan, CoreStats, Shared};
 use crate::decode::DecoderLimits;
 use crate::filter::FilterConfig;
@@ -137,7 +137,6 @@ pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
     );
     tracing::info!(
         ring_capacity = settings.ring_capacity,
-        ring_bytes_estimate = settings.ring_capacity * 64,
         dedup_cache_entries = settings.dedup_cache_entries,
         batch_events_max = settings.batch_events_max,
         batch_bytes_max = settings.batch_bytes_max,
@@ -210,7 +209,7 @@ pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
         let core_plan = CorePlan {
             index,
             shard_ids: shard_ids.to_vec(),
-            filter: filter_config(&settings),
+            filter: FilterConfig::from_settings(&settings),
             ring: ring_tx,
             stats,
         };
@@ -276,15 +275,6 @@ pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
             .map(|s| s.shards_fatal.load(Ordering::Relaxed))
             .sum(),
     })
-}
-
-fn filter_config(settings: &Settings) -> FilterConfig {
-    FilterConfig {
-        events: settings.events.clone(),
-        dedup_message_updates: settings.dedup_message_updates,
-        dedup_cache_entries: settings.dedup_cache_entries,
-        ready_timeout: Duration::from_secs(30),
-    }
 }
 
 fn log_status(cores: &[Arc<CoreStats>], sink: &SinkStats, shards_owned: usize) {
@@ -386,19 +376,6 @@ fn check_locked_memory(cores: u32) -> Result<(), RunError> {
         });
     }
     Ok(())
-}
-
-/// The plan, for callers that need it without running (tests, `--check`).
-pub fn describe(plan: &ShardPlan) -> String {
-    format!(
-        "{} shards ({}..={}) of {} on {} core(s), {} per core",
-        plan.shards.end() - plan.shards.start() + 1,
-        plan.shards.start(),
-        plan.shards.end(),
-        plan.total_shards,
-        plan.cores,
-        plan.shards_per_core
-    )
 }
 
 #[cfg(test)]

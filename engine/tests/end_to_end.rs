@@ -19,6 +19,26 @@ const SECRET: &str = "forward-s3cret";
 
 struct Engine(Child);
 
+impl Engine {
+    /// SIGTERM, then the exit status and whatever it wrote to stderr (if piped).
+    fn terminate(&mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.0.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(pipe) = self.0.stderr.as_mut() {
+            std::io::Read::read_to_string(pipe, &mut stderr).unwrap();
+        }
+        (status, stderr)
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -64,40 +84,36 @@ fn received(run: &fake_bot::RunReport) -> BTreeSet<u64> {
         .collect()
 }
 
+/// `shardgate run` pointed at the mock (REST over TLS, its CA trusted) and the bot, with the
+/// mock's token; callers add what differs.
+fn engine_command(mock: &MockGateway, bot: &FakeBot, dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
+    command
+        .args([
+            "run",
+            "--api-base",
+            &mock.api_base(),
+            "--forward-url",
+            &bot.url(),
+        ])
+        .args(["--ca-file", dir.join("ca.pem").to_str().unwrap()])
+        .args(["--data-dir", dir.to_str().unwrap(), "--log", "warn"])
+        .env("DISCORD_TOKEN", mock.token())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
 fn spawn_engine(
     mock: &MockGateway,
     bot: &FakeBot,
     compression: &str,
     dir: &std::path::Path,
 ) -> Engine {
-    let ca = dir.join("ca.pem");
-    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args([
-            "run",
-            "--api-base",
-            &mock.api_base(),
-            "--total-shards",
-            &SHARDS.to_string(),
-        ])
-        .args([
-            "--cores",
-            "2",
-            "--compression",
-            compression,
-            "--forward-url",
-            &bot.url(),
-        ])
-        .args([
-            "--ca-file",
-            ca.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ])
-        .args(["--log", "warn"])
-        .env("DISCORD_TOKEN", mock.token())
+    let child = engine_command(mock, bot, dir)
+        .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
+        .args(["--compression", compression])
         .env("FORWARD_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     Engine(child)
@@ -109,11 +125,10 @@ fn run(compression: &str) {
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let ca = dir.join("ca.pem");
     let mock = MockGateway::spawn(
         MockConfig {
             tls: true,
-            ca_out: Some(ca.clone()),
+            ca_out: Some(dir.join("ca.pem")),
             seed: Some(7),
             guilds: 24,
             max_concurrency: 16,
@@ -131,36 +146,7 @@ fn run(compression: &str) {
         ..BotConfig::ephemeral()
     })
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args([
-            "run",
-            "--api-base",
-            &mock.api_base(),
-            "--total-shards",
-            &SHARDS.to_string(),
-        ])
-        .args([
-            "--cores",
-            "2",
-            "--compression",
-            compression,
-            "--forward-url",
-            &bot.url(),
-        ])
-        .args([
-            "--ca-file",
-            ca.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ])
-        .args(["--log", "warn"])
-        .env("DISCORD_TOKEN", mock.token())
-        .env("FORWARD_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut engine = Engine(child);
+    let mut engine = spawn_engine(&mock, &bot, compression, &dir);
 
     // The stream ends after EVENTS_PER_SHARD; wait until the bot has everything expected.
     wait_until(
@@ -219,17 +205,7 @@ fn run(compression: &str) {
     assert_eq!(report.totals.notices.get("ALL_SHARDS_READY"), Some(&1));
 
     // SIGTERM: every shard closes with 4000 (session kept), exit 0.
-    let pid = engine.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = engine.0.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(engine.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = engine.terminate();
     assert!(status.success(), "exit {status:?}: {stderr}");
     wait_until("the mock to see the closes", Duration::from_secs(5), || {
         let ledger = mock.ledger();
@@ -384,15 +360,8 @@ fn seeded_faults_lose_nothing() {
             );
         }
     }
-    let pid = engine.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(engine.0.wait().unwrap().success(), "seed {seed}");
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "seed {seed}: exit {status:?}: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -497,19 +466,8 @@ fn identify_buckets_are_respected() {
         .unwrap();
         let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-            .args([
-                "run",
-                "--api-base",
-                &mock.api_base(),
-                "--total-shards",
-                &shards.to_string(),
-            ])
-            .args(["--cores", "2", "--forward-url", &bot.url()])
-            .args(["--ca-file", dir.join("ca.pem").to_str().unwrap()])
-            .args(["--data-dir", dir.to_str().unwrap(), "--log", "warn"])
-            .env("DISCORD_TOKEN", mock.token())
-            .stdout(Stdio::null())
+        let child = engine_command(&mock, &bot, &dir)
+            .args(["--total-shards", &shards.to_string(), "--cores", "2"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -527,15 +485,7 @@ fn identify_buckets_are_respected() {
         let ledger = mock.ledger();
         assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
         assert_eq!(ledger.identifies_total, u64::from(shards));
-        let pid = engine.0.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert!(engine.0.wait().unwrap().success());
+        assert!(engine.terminate().0.success());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
