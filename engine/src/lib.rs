@@ -6,8 +6,11 @@
 pub mod config;
 pub mod core;
 pub mod decode;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod filter;
 pub mod limiter;
+pub mod procfs;
 pub mod record;
 pub mod runtime;
 pub mod shard;

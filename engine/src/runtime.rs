@@ -6,12 +6,12 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::Settings;
+use crate::config::{Settings, ShardPlan};
 use crate::core::{CorePlan, CoreStats, Shared};
 use crate::decode::DecoderLimits;
 use crate::filter::FilterConfig;
@@ -83,67 +83,6 @@ pub struct RunSummary {
 /// Runs until SIGINT/SIGTERM (then closes every shard resumably and flushes), or until every
 /// shard stopped on a fatal close code.
 pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
-    let started = Instant::now();
-    let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
-
-    // Discord's view: URL, recommended shards, identify limits.
-    let needs_rest = settings.gateway_url.is_none() || settings.fixed_plan().is_none();
-    let gateway_bot = if needs_rest {
-        Some(fetch_gateway_bot(&settings, &tls)?)
-    } else {
-        None
-    };
-    let recommended = gateway_bot.as_ref().map_or(1, |g| g.shards).max(1);
-    let plan = settings.plan(NonZeroU32::new(recommended).unwrap_or(NonZeroU32::MIN))?;
-    check_locked_memory(plan.cores)?;
-
-    let url_text = settings
-        .gateway_url
-        .clone()
-        .or_else(|| gateway_bot.as_ref().map(|g| g.url.clone()))
-        .unwrap_or_else(|| "wss://gateway.discord.gg".to_owned());
-    let main_url = GatewayUrl::parse(&url_text).map_err(|e| RunError::GatewayUrl {
-        url: url_text.clone(),
-        reason: e.to_string(),
-    })?;
-    let session_start_limit = gateway_bot.as_ref().map_or(
-        // Without /gateway/bot we know nothing: the most careful limits.
-        SessionStartLimit {
-            total: 1000,
-            remaining: 1000,
-            reset_after_ms: 0,
-            max_concurrency: 1,
-        },
-        |g| g.session_start_limit,
-    );
-    let identify_interval = Duration::from_millis(settings.identify_interval_ms);
-    let limiter = Arc::new(IdentifyLimiter::new(
-        session_start_limit,
-        identify_interval,
-        Instant::now(),
-    )?);
-    let owned: Vec<u32> = (plan.shards.start()..=plan.shards.end()).collect();
-    tracing::info!(
-        total_shards = plan.total_shards.get(),
-        shards = %format!("{}..={}", plan.shards.start(), plan.shards.end()),
-        cores = plan.cores,
-        shards_per_core = plan.shards_per_core,
-        max_concurrency = session_start_limit.max_concurrency,
-        remaining = session_start_limit.remaining,
-        compression = %settings.compression,
-        gateway = %url_text,
-        identify_floor_ms = IdentifyLimiter::minimum_startup(owned.len() as u32, session_start_limit.max_concurrency, identify_interval).as_millis() as u64,
-        "plan"
-    );
-    tracing::info!(
-        ring_capacity = settings.ring_capacity,
-        dedup_cache_entries = settings.dedup_cache_entries,
-        batch_events_max = settings.batch_events_max,
-        batch_bytes_max = settings.batch_bytes_max,
-        payload_bytes_max = settings.payload_bytes_max,
-        "sizes per core"
-    );
-
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while stopping exits at once (the operator insists).
@@ -151,147 +90,324 @@ pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
             .map_err(RunError::Signals)?;
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(RunError::Signals)?;
     }
-
-    let shared = Arc::new(Shared {
-        main_url,
-        compression: settings.compression,
-        token: settings.token.clone(),
-        intents: settings.intents.bits(),
-        large_threshold: settings.large_threshold,
-        total_shards: plan.total_shards.get(),
-        decoder_limits: DecoderLimits {
-            payload_bytes_max: settings.payload_bytes_max,
-            ..DecoderLimits::default()
-        },
-        tls: Arc::clone(&tls),
-        limiter,
-        connect_timeout: Duration::from_secs(10),
-        shards_ready: AtomicUsize::new(0),
-        shards_owned: owned.len(),
-        stop: AtomicBool::new(false),
-        rng_seed: started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
-    });
-
-    // Sink.
-    let forward_url = ForwardUrl::parse(&settings.forward_url)?;
-    let authorization = settings
-        .forward_secret
-        .as_ref()
-        .map(|s| s.expose_secret().to_owned());
-    let client = HttpClient::new(
-        forward_url,
-        authorization,
-        Some(Arc::clone(&tls)),
-        Duration::from_millis(settings.forward_timeout_ms),
-    );
-    let sink_config = SinkConfig {
-        batch_events_max: settings.batch_events_max,
-        batch_bytes_max: settings.batch_bytes_max,
-        batch_linger: Duration::from_millis(settings.batch_linger_ms),
-        shutdown_grace: Duration::from_secs(10),
-    };
-    let sink_stats = Arc::new(SinkStats::default());
-
-    // Cores.
-    let core_ids: Vec<usize> = core_affinity::get_core_ids()
-        .map(|ids| ids.into_iter().map(|id| id.id).collect())
-        .unwrap_or_default();
-    let per_core = plan.shards_per_core.max(1) as usize;
-    let mut rings = Vec::new();
-    let mut core_stats = Vec::new();
-    let mut executors = Vec::new();
-    let cores_done = Arc::new(AtomicUsize::new(0));
-    for (index, shard_ids) in owned.chunks(per_core).enumerate() {
-        let (ring_tx, ring_rx) = crossbeam_channel::bounded(settings.ring_capacity);
-        rings.push(ring_rx);
-        let stats = Arc::new(CoreStats::default());
-        core_stats.push(Arc::clone(&stats));
-        let core_plan = CorePlan {
-            index,
-            shard_ids: shard_ids.to_vec(),
-            filter: FilterConfig::from_settings(&settings),
-            ring: ring_tx,
-            stats,
-        };
-        let placement = match core_ids.get(index % core_ids.len().max(1)) {
-            Some(cpu) if !core_ids.is_empty() => Placement::Fixed(*cpu),
-            _ => Placement::Unbound,
-        };
-        let shared = Arc::clone(&shared);
-        let done = Arc::clone(&cores_done);
-        let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("shardgate-core-{index}"))
-            .spawn(move || async move {
-                crate::core::run_core(shared, core_plan).await;
-                done.fetch_add(1, Ordering::AcqRel);
-            })
-            .map_err(|e| RunError::Executor {
-                core: index,
-                reason: e.to_string(),
-            })?;
-        executors.push(handle);
-    }
-    let sink = {
-        let stats = Arc::clone(&sink_stats);
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("shardgate-sink".into())
-            .spawn(move || crate::sink::run(sink_config, rings, client, stats, stop))
-            .map_err(RunError::Thread)?
-    };
-
-    // Supervise: relay the stop, log status, wait for the cores.
+    let engine = Engine::start(settings, Arc::clone(&stop))?;
     let mut last_status = Instant::now();
-    loop {
+    while !engine.poll() {
         std::thread::sleep(Duration::from_millis(50));
-        if stop.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
-            tracing::info!("stopping: closing every shard resumably (4000) and flushing");
-            shared.stop.store(true, Ordering::Release);
-        }
-        if cores_done.load(Ordering::Acquire) == executors.len() {
-            break;
-        }
         if last_status.elapsed() >= STATUS_INTERVAL {
             last_status = Instant::now();
-            log_status(&core_stats, &sink_stats, owned.len());
+            log_status(&engine.snapshot());
         }
     }
-    for executor in executors {
-        if let Err(error) = executor.join() {
-            tracing::error!(?error, "a core ended abnormally");
-        }
-    }
-    // Cores gone → rings disconnected → the sink drains, delivers and returns.
-    stop.store(true, Ordering::Release);
-    if sink.join().is_err() {
-        tracing::error!("the sink thread panicked");
-    }
-    log_status(&core_stats, &sink_stats, owned.len());
-    Ok(RunSummary {
-        records_delivered: sink_stats.records_delivered.load(Ordering::Relaxed),
-        records_dropped_shutdown: sink_stats.records_dropped_shutdown.load(Ordering::Relaxed),
-        shards_fatal: core_stats
-            .iter()
-            .map(|s| s.shards_fatal.load(Ordering::Relaxed))
-            .sum(),
-    })
+    Ok(engine.wait())
 }
 
-fn log_status(cores: &[Arc<CoreStats>], sink: &SinkStats, shards_owned: usize) {
-    let sum = |f: fn(&CoreStats) -> u64| cores.iter().map(|s| f(s)).sum::<u64>();
+/// A started engine: its cores and sink threads, and the counters they keep. Whoever starts it
+/// calls [`Engine::poll`] now and then (it relays the stop flag to the cores) and finally
+/// [`Engine::wait`].
+pub struct Engine {
+    /// Set by the owner (signals, the demo's clock): close every shard resumably and flush.
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Taken by [`Engine::wait`].
+    sink: Option<std::thread::JoinHandle<()>>,
+    /// Cores whose executor future ended, normally or by a panic (see [`CoreDone`]).
+    cores_done: Arc<AtomicUsize>,
+    core_stats: Vec<Arc<CoreStats>>,
+    sink_stats: Arc<SinkStats>,
+    plan: ShardPlan,
+}
+
+/// Counts a core as done when its executor's future ends, also by unwinding from a panic, so
+/// that a broken core cannot leave [`Engine::poll`] waiting for ever.
+struct CoreDone(Arc<AtomicUsize>);
+
+impl Drop for CoreDone {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The engine's counters summed over cores, at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub shards_owned: u64,
+    pub shards_ready: u64,
+    pub shards_running: u64,
+    pub shards_fatal: u64,
+    pub dispatches_in: u64,
+    pub records_to_sink: u64,
+    pub dropped_redundant_update: u64,
+    pub dropped_not_allowed: u64,
+    pub decode_errors: u64,
+    pub ring_full_waits: u64,
+    pub identifies: u64,
+    pub resumes: u64,
+    pub reconnects: u64,
+    pub records_delivered: u64,
+    pub batches_delivered: u64,
+    pub bytes_delivered: u64,
+    pub delivery_failures: u64,
+    pub records_dropped_shutdown: u64,
+    /// The sink's batch latency histogram (bounds in [`crate::sink::LATENCY_BUCKETS_US`]).
+    pub batch_latency_buckets: Vec<u64>,
+}
+
+impl Engine {
+    /// Startup: `/gateway/bot` (unless the URL and shard count are given), the plan, the
+    /// locked-memory check, one pinned executor per core and the sink thread. Returns once they
+    /// run; shards connect in the background, paced by the identify limiter.
+    pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> Result<Engine, RunError> {
+        let started = Instant::now();
+        let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
+
+        // Discord's view: URL, recommended shards, identify limits.
+        let needs_rest = settings.gateway_url.is_none() || settings.fixed_plan().is_none();
+        let gateway_bot = if needs_rest {
+            Some(fetch_gateway_bot(&settings, &tls)?)
+        } else {
+            None
+        };
+        let recommended = gateway_bot.as_ref().map_or(1, |g| g.shards).max(1);
+        let plan = settings.plan(NonZeroU32::new(recommended).unwrap_or(NonZeroU32::MIN))?;
+        check_locked_memory(plan.cores)?;
+
+        let url_text = settings
+            .gateway_url
+            .clone()
+            .or_else(|| gateway_bot.as_ref().map(|g| g.url.clone()))
+            .unwrap_or_else(|| "wss://gateway.discord.gg".to_owned());
+        let main_url = GatewayUrl::parse(&url_text).map_err(|e| RunError::GatewayUrl {
+            url: url_text.clone(),
+            reason: e.to_string(),
+        })?;
+        let session_start_limit = gateway_bot.as_ref().map_or(
+            // Without /gateway/bot we know nothing: the most careful limits.
+            SessionStartLimit {
+                total: 1000,
+                remaining: 1000,
+                reset_after_ms: 0,
+                max_concurrency: 1,
+            },
+            |g| g.session_start_limit,
+        );
+        let identify_interval = Duration::from_millis(settings.identify_interval_ms);
+        let limiter = Arc::new(IdentifyLimiter::new(
+            session_start_limit,
+            identify_interval,
+            Instant::now(),
+        )?);
+        let owned: Vec<u32> = (plan.shards.start()..=plan.shards.end()).collect();
+        tracing::info!(
+            total_shards = plan.total_shards.get(),
+            shards = %format!("{}..={}", plan.shards.start(), plan.shards.end()),
+            cores = plan.cores,
+            shards_per_core = plan.shards_per_core,
+            max_concurrency = session_start_limit.max_concurrency,
+            remaining = session_start_limit.remaining,
+            compression = %settings.compression,
+            gateway = %url_text,
+            identify_floor_ms = IdentifyLimiter::minimum_startup(owned.len() as u32, session_start_limit.max_concurrency, identify_interval).as_millis() as u64,
+            "plan"
+        );
+        tracing::info!(
+            ring_capacity = settings.ring_capacity,
+            dedup_cache_entries = settings.dedup_cache_entries,
+            batch_events_max = settings.batch_events_max,
+            batch_bytes_max = settings.batch_bytes_max,
+            payload_bytes_max = settings.payload_bytes_max,
+            "sizes per core"
+        );
+
+        let shared = Arc::new(Shared {
+            main_url,
+            compression: settings.compression,
+            token: settings.token.clone(),
+            intents: settings.intents.bits(),
+            large_threshold: settings.large_threshold,
+            total_shards: plan.total_shards.get(),
+            decoder_limits: DecoderLimits {
+                payload_bytes_max: settings.payload_bytes_max,
+                ..DecoderLimits::default()
+            },
+            tls: Arc::clone(&tls),
+            limiter,
+            connect_timeout: Duration::from_secs(10),
+            shards_ready: AtomicUsize::new(0),
+            shards_owned: owned.len(),
+            stop: AtomicBool::new(false),
+            rng_seed: started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
+        });
+
+        // Sink.
+        let forward_url = ForwardUrl::parse(&settings.forward_url)?;
+        let authorization = settings
+            .forward_secret
+            .as_ref()
+            .map(|s| s.expose_secret().to_owned());
+        let client = HttpClient::new(
+            forward_url,
+            authorization,
+            Some(Arc::clone(&tls)),
+            Duration::from_millis(settings.forward_timeout_ms),
+        );
+        let sink_config = SinkConfig {
+            batch_events_max: settings.batch_events_max,
+            batch_bytes_max: settings.batch_bytes_max,
+            batch_linger: Duration::from_millis(settings.batch_linger_ms),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        let sink_stats = Arc::new(SinkStats::default());
+
+        // Cores.
+        let core_ids: Vec<usize> = core_affinity::get_core_ids()
+            .map(|ids| ids.into_iter().map(|id| id.id).collect())
+            .unwrap_or_default();
+        let per_core = plan.shards_per_core.max(1) as usize;
+        let mut rings = Vec::new();
+        let mut core_stats = Vec::new();
+        let mut executors = Vec::new();
+        let cores_done = Arc::new(AtomicUsize::new(0));
+        for (index, shard_ids) in owned.chunks(per_core).enumerate() {
+            let (ring_tx, ring_rx) = crossbeam_channel::bounded(settings.ring_capacity);
+            rings.push(ring_rx);
+            let stats = Arc::new(CoreStats::default());
+            core_stats.push(Arc::clone(&stats));
+            let core_plan = CorePlan {
+                index,
+                shard_ids: shard_ids.to_vec(),
+                filter: FilterConfig::from_settings(&settings),
+                ring: ring_tx,
+                stats,
+            };
+            let placement = match core_ids.get(index % core_ids.len().max(1)) {
+                Some(cpu) if !core_ids.is_empty() => Placement::Fixed(*cpu),
+                _ => Placement::Unbound,
+            };
+            let shared = Arc::clone(&shared);
+            let done = CoreDone(Arc::clone(&cores_done));
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("shardgate-core-{index}"))
+                .spawn(move || async move {
+                    let _done = done;
+                    crate::core::run_core(shared, core_plan).await;
+                })
+                .map_err(|e| RunError::Executor {
+                    core: index,
+                    reason: e.to_string(),
+                })?;
+            executors.push(handle);
+        }
+        let sink = {
+            let stats = Arc::clone(&sink_stats);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("shardgate-sink".into())
+                .spawn(move || crate::sink::run(sink_config, rings, client, stats, stop))
+                .map_err(RunError::Thread)?
+        };
+        Ok(Engine {
+            stop,
+            shared,
+            executors,
+            sink: Some(sink),
+            cores_done,
+            core_stats,
+            sink_stats,
+            plan,
+        })
+    }
+
+    /// Relays a requested stop to the cores; true once every core has ended (after a stop, or
+    /// because every shard stopped on a fatal close code). Cheap: call it every few ms.
+    pub fn poll(&self) -> bool {
+        if self.stop.load(Ordering::Acquire) && !self.shared.stop.load(Ordering::Acquire) {
+            tracing::info!("stopping: closing every shard resumably (4000) and flushing");
+            self.shared.stop.store(true, Ordering::Release);
+        }
+        self.cores_done.load(Ordering::Acquire) >= self.executors.len()
+    }
+
+    /// The shard plan this engine runs.
+    pub fn plan(&self) -> ShardPlan {
+        self.plan
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let sum = |f: fn(&CoreStats) -> &AtomicU64| {
+            self.core_stats
+                .iter()
+                .map(|s| f(s).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        let sink = &self.sink_stats;
+        Snapshot {
+            shards_owned: self.shared.shards_owned as u64,
+            shards_ready: sum(|s| &s.shards_ready),
+            shards_running: sum(|s| &s.shards_running),
+            shards_fatal: sum(|s| &s.shards_fatal),
+            dispatches_in: sum(|s| &s.dispatches_in),
+            records_to_sink: sum(|s| &s.records_forwarded),
+            dropped_redundant_update: sum(|s| &s.dropped_redundant_update),
+            dropped_not_allowed: sum(|s| &s.dropped_not_allowed),
+            decode_errors: sum(|s| &s.decode_errors),
+            ring_full_waits: sum(|s| &s.ring_full_waits),
+            identifies: sum(|s| &s.identifies),
+            resumes: sum(|s| &s.resumes),
+            reconnects: sum(|s| &s.reconnects),
+            records_delivered: sink.records_delivered.load(Ordering::Relaxed),
+            batches_delivered: sink.batches_delivered.load(Ordering::Relaxed),
+            bytes_delivered: sink.bytes_delivered.load(Ordering::Relaxed),
+            delivery_failures: sink.delivery_failures.load(Ordering::Relaxed),
+            records_dropped_shutdown: sink.records_dropped_shutdown.load(Ordering::Relaxed),
+            batch_latency_buckets: sink.latency_buckets(),
+        }
+    }
+
+    /// Stops (if no one asked yet), waits for every core to close its shards and for the sink
+    /// to deliver what it holds, and sums up.
+    pub fn wait(mut self) -> RunSummary {
+        self.stop.store(true, Ordering::Release);
+        while !self.poll() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for executor in std::mem::take(&mut self.executors) {
+            if let Err(error) = executor.join() {
+                tracing::error!(?error, "a core ended abnormally");
+            }
+        }
+        // Cores gone → rings disconnected → the sink drains, delivers and returns.
+        if let Some(sink) = self.sink.take()
+            && sink.join().is_err()
+        {
+            tracing::error!("the sink thread panicked");
+        }
+        let last = self.snapshot();
+        log_status(&last);
+        RunSummary {
+            records_delivered: last.records_delivered,
+            records_dropped_shutdown: last.records_dropped_shutdown,
+            shards_fatal: last.shards_fatal,
+        }
+    }
+}
+
+fn log_status(snapshot: &Snapshot) {
     tracing::info!(
-        shards_ready = sum(|s| s.shards_ready.load(Ordering::Relaxed)),
-        shards_owned,
-        shards_running = sum(|s| s.shards_running.load(Ordering::Relaxed)),
-        dispatches_in = sum(|s| s.dispatches_in.load(Ordering::Relaxed)),
-        dropped_redundant = sum(|s| s.dropped_redundant_update.load(Ordering::Relaxed)),
-        dropped_not_allowed = sum(|s| s.dropped_not_allowed.load(Ordering::Relaxed)),
-        delivered = sink.records_delivered.load(Ordering::Relaxed),
-        batches = sink.batches_delivered.load(Ordering::Relaxed),
-        delivery_failures = sink.delivery_failures.load(Ordering::Relaxed),
-        reconnects = sum(|s| s.reconnects.load(Ordering::Relaxed)),
-        decode_errors = sum(|s| s.decode_errors.load(Ordering::Relaxed)),
-        ring_full_waits = sum(|s| s.ring_full_waits.load(Ordering::Relaxed)),
+        shards_ready = snapshot.shards_ready,
+        shards_owned = snapshot.shards_owned,
+        shards_running = snapshot.shards_running,
+        dispatches_in = snapshot.dispatches_in,
+        dropped_redundant = snapshot.dropped_redundant_update,
+        dropped_not_allowed = snapshot.dropped_not_allowed,
+        delivered = snapshot.records_delivered,
+        batches = snapshot.batches_delivered,
+        delivery_failures = snapshot.delivery_failures,
+        reconnects = snapshot.reconnects,
+        decode_errors = snapshot.decode_errors,
+        ring_full_waits = snapshot.ring_full_waits,
         "status"
     );
 }

@@ -176,7 +176,7 @@ fn check_with_a_config_file_prints_the_summary_without_secrets() {
 }
 
 #[test]
-fn run_fails_clearly_when_discord_is_unreachable_and_demo_is_not_built_yet() {
+fn run_fails_clearly_when_discord_is_unreachable() {
     // Port 9 on loopback refuses: startup stops at /gateway/bot with the URL and the cause,
     // and the token never appears.
     let (code, stdout, stderr) = output(
@@ -196,14 +196,54 @@ fn run_fails_clearly_when_discord_is_unreachable_and_demo_is_not_built_yet() {
     );
     assert!(!stderr.contains(TOKEN), "{stderr}");
     assert!(stdout.is_empty());
+}
 
-    let (code, stdout, stderr) = output(&mut shardgate(&["demo", "--duration", "1"]));
-    assert_eq!(code, 1, "{stderr}");
+#[test]
+fn demo_runs_the_whole_pipeline_and_checks_it() {
+    // The real binary, its built-in simulated Discord over TLS and its bot: 4 shards on both
+    // cores, zlib-stream, for 4 s. Each second prints a line; the summary's checks pass.
+    let (code, stdout, stderr) = output(&mut shardgate(&[
+        "demo",
+        "--duration",
+        "4",
+        "--shards",
+        "4",
+        "--cores",
+        "2",
+        "--compression",
+        "zlib-stream",
+        "--rate",
+        "200",
+    ]));
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
-        stderr.starts_with("shardgate: demo is not built yet"),
-        "{stderr}"
+        stdout.starts_with("shardgate demo: 4 shards on 2 core(s), zlib-stream, 200 events/s"),
+        "{stdout}"
     );
-    assert!(stdout.is_empty());
+    let seconds = stdout.lines().filter(|l| l.contains(" s  ready ")).count();
+    assert!((3..=4).contains(&seconds), "{stdout}");
+    assert!(stdout.contains("shards ready         4/4"), "{stdout}");
+    assert!(
+        stdout.contains(" 0 missing, 0 duplicated, 0 out of order"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(" 0 protocol violations, 4 identifies"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("result               every event arrived once and in order"),
+        "{stdout}"
+    );
+    // Something flowed: the events-in figure is not zero.
+    let events_in: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("events in"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(events_in > 400, "{stdout}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
 }
 
 #[test]

@@ -65,27 +65,36 @@ impl SinkStats {
         self.batch_latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The latency (µs bucket bound) below which `quantile` of the batches fall.
-    pub fn latency_quantile_us(&self, quantile: f64) -> Option<u64> {
-        let counts: Vec<u64> = self
-            .batch_latency_buckets
+    /// The latency histogram's counts now (bounds in [`LATENCY_BUCKETS_US`], then overflow).
+    pub fn latency_buckets(&self) -> Vec<u64> {
+        self.batch_latency_buckets
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let target = (total as f64 * quantile).ceil() as u64;
-        let mut seen = 0;
-        for (index, count) in counts.iter().enumerate() {
-            seen += count;
-            if seen >= target {
-                return Some(LATENCY_BUCKETS_US.get(index).copied().unwrap_or(u64::MAX));
-            }
-        }
-        None
+            .collect()
     }
+
+    /// The latency (µs bucket bound) below which `quantile` of the batches fall.
+    pub fn latency_quantile_us(&self, quantile: f64) -> Option<u64> {
+        latency_quantile_us(&self.latency_buckets(), quantile)
+    }
+}
+
+/// The bucket bound (µs) below which `quantile` of the batches counted in `counts` (a
+/// [`SinkStats::latency_buckets`] reading, or the difference of two) fall; `None` when empty.
+pub fn latency_quantile_us(counts: &[u64], quantile: f64) -> Option<u64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let target = (total as f64 * quantile).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (index, count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= target {
+            return Some(LATENCY_BUCKETS_US.get(index).copied().unwrap_or(u64::MAX));
+        }
+    }
+    None
 }
 
 /// Runs until every ring is disconnected (all cores ended) and drained.

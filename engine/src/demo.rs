@@ -1,0 +1,394 @@
+//! `shardgate demo`: the whole pipeline on this machine without a token. The mock gateway (a
+//! simulated Discord over TLS, its CA trusted through `--ca-file`) and the fake bot run in this
+//! process on their own threads; the engine runs against them exactly as `shardgate run` would,
+//! through the same settings, sockets, TLS and HTTP.
+//!
+//! It prints startup progress, one line per second and a summary, and checks what arrived: the
+//! bot's per-shard sequences against the mock's ledger. The exit status says whether anything was
+//! lost, duplicated or out of order, or the mock saw a protocol violation.
+//!
+//! CPU figures come from /proc per thread: the engine's cores and sink (`shardgate-*` threads)
+//! apart from the mock's and the bot's, so the per-event cost is the engine's alone.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use fake_bot::{BotConfig, FakeBot, Report, Secret};
+use mock_gateway::{Ledger, MockConfig, MockGateway};
+
+use crate::config::{DemoArgs, Environment, RunArgs, Settings};
+use crate::runtime::{Engine, Snapshot};
+use crate::sink::latency_quantile_us;
+
+/// The demo bot's shared secret (it only ever travels over loopback).
+const DEMO_FORWARD_SECRET: &str = "shardgate-demo-secret";
+/// Guilds per simulated shard.
+const GUILDS_PER_SHARD: usize = 4;
+/// Identify buckets of the simulated Discord: a large bot's `max_concurrency`.
+const DEMO_MAX_CONCURRENCY: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot create the demo's directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the simulated Discord: {0}")]
+    Mock(String),
+    #[error("cannot start the demo bot: {0}")]
+    Bot(String),
+    #[error("demo settings: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Engine(#[from] crate::runtime::RunError),
+}
+
+/// What the demo found, for the exit status.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    /// Nothing lost, duplicated or out of order, no protocol violation, no shard fatal.
+    pub clean: bool,
+}
+
+/// Runs the demo for `args.duration` seconds (or until `interrupt` is set), printing to stdout.
+pub fn run(args: &DemoArgs, interrupt: Arc<AtomicBool>) -> Result<DemoOutcome, DemoError> {
+    let dir = std::env::temp_dir().join(format!("shardgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| DemoError::Directory {
+        path: dir.clone(),
+        source,
+    })?;
+    let result = run_in(args, interrupt, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(
+    args: &DemoArgs,
+    interrupt: Arc<AtomicBool>,
+    dir: &std::path::Path,
+) -> Result<DemoOutcome, DemoError> {
+    let ca_file = dir.join("mock-ca.pem");
+    let mock = MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            ca_out: Some(ca_file.clone()),
+            guilds: args.shards as usize * GUILDS_PER_SHARD,
+            recommended_shards: Some(args.shards),
+            max_concurrency: DEMO_MAX_CONCURRENCY,
+            rate: f64::from(args.rate),
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .map_err(|e| DemoError::Mock(e.to_string()))?;
+    let bot = FakeBot::spawn(BotConfig {
+        secret: Some(Secret::new(DEMO_FORWARD_SECRET)),
+        ..BotConfig::ephemeral()
+    })
+    .map_err(|e| DemoError::Bot(format!("{e:#}")))?;
+
+    let settings = demo_settings(args, &mock, &bot, &ca_file, dir)?;
+    let engine = Engine::start(settings, Arc::clone(&interrupt))?;
+    let plan = engine.plan();
+    println!(
+        "shardgate demo: {} shards on {} core(s), {}, {} events/s per shard, for {} s \
+         (simulated Discord over TLS, seed {}; Ctrl-C stops early)",
+        plan.total_shards,
+        plan.cores,
+        args.compression,
+        args.rate,
+        args.duration,
+        mock.seed(),
+    );
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let mut last = engine.snapshot();
+    let mut last_at = started;
+    let mut all_ready_after: Option<Duration> = None;
+    let mut next_line = started + Duration::from_secs(1);
+    let mut finished_early = false;
+    while Instant::now() < deadline && !interrupt.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20));
+        if engine.poll() {
+            finished_early = true;
+            break;
+        }
+        if Instant::now() < next_line {
+            continue;
+        }
+        next_line += Duration::from_secs(1);
+        let now = engine.snapshot();
+        let elapsed = last_at.elapsed();
+        last_at = Instant::now();
+        if all_ready_after.is_none() && now.shards_ready >= now.shards_owned {
+            all_ready_after = Some(started.elapsed());
+        }
+        println!("{}", second_line(started.elapsed(), &last, &now, elapsed));
+        let _ = std::io::stdout().flush();
+        last = now;
+    }
+
+    // Measure before the stop: exited threads no longer show in /proc.
+    let measured_for = started.elapsed();
+    let engine_cpu = crate::procfs::threads_cpu("shardgate-");
+    let mock_cpu = crate::procfs::threads_cpu("mock-gateway");
+    let bot_cpu = crate::procfs::threads_cpu("fake-bot");
+    let before_stop = engine.snapshot();
+    let resident = crate::procfs::resident_bytes();
+
+    let summary = engine.wait();
+    let after = {
+        // The bot may still be answering the last batch when the engine returns.
+        std::thread::sleep(Duration::from_millis(100));
+        (mock.ledger(), bot.report())
+    };
+    let (ledger, report) = after;
+    let check = check_delivery(&ledger, &report);
+
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "\nsummary after {:.1} s{}",
+        measured_for.as_secs_f64(),
+        if finished_early {
+            " (every shard stopped)"
+        } else {
+            ""
+        }
+    );
+    let per_second = |count: u64| count as f64 / measured_for.as_secs_f64().max(0.001);
+    let _ = writeln!(
+        text,
+        "  shards ready         {}/{}{}",
+        before_stop.shards_ready,
+        before_stop.shards_owned,
+        all_ready_after.map_or_else(String::new, |at| format!(
+            " (all within {:.1} s)",
+            at.as_secs_f64()
+        ))
+    );
+    let _ = writeln!(
+        text,
+        "  events in            {} ({:.0}/s)",
+        before_stop.dispatches_in,
+        per_second(before_stop.dispatches_in)
+    );
+    let _ = writeln!(
+        text,
+        "  dropped redundant    {} (MESSAGE_UPDATEs whose content did not change)",
+        before_stop.dropped_redundant_update
+    );
+    let _ = writeln!(
+        text,
+        "  delivered to the bot {} records in {} batches{}",
+        summary.records_delivered,
+        before_stop.batches_delivered,
+        latency_text(&before_stop.batch_latency_buckets)
+    );
+    let _ = writeln!(
+        text,
+        "  bot's check          {} dispatches and {} notices received, {} missing, {} \
+         duplicated, {} out of order",
+        report.totals.records,
+        report.totals.notices.values().sum::<u64>(),
+        check.missing,
+        report.totals.duplicates,
+        report.totals.out_of_order,
+    );
+    let _ = writeln!(
+        text,
+        "  Discord's check      {} dispatches sent, {} protocol violations, {} identifies, {} \
+         resumes",
+        ledger.dispatches_total,
+        ledger.violations.len(),
+        ledger.identifies_total,
+        ledger.resumes_total,
+    );
+    if let Some(engine_cpu) = engine_cpu {
+        let forwarded = before_stop.records_delivered.max(1);
+        let _ = writeln!(
+            text,
+            "  engine CPU           {:.2} s on cores + sink = {:.2} CPU-s per million forwarded \
+             events ({:.2} µs each)",
+            engine_cpu.as_secs_f64(),
+            engine_cpu.as_secs_f64() * 1e6 / forwarded as f64,
+            engine_cpu.as_secs_f64() * 1e6 / forwarded as f64,
+        );
+        let _ = writeln!(
+            text,
+            "  others' CPU          simulated Discord {:.2} s, bot {:.2} s",
+            mock_cpu.unwrap_or_default().as_secs_f64(),
+            bot_cpu.unwrap_or_default().as_secs_f64()
+        );
+    }
+    if let Some(resident) = resident {
+        let _ = writeln!(
+            text,
+            "  memory               {:.1} MiB resident (engine, simulated Discord and bot)",
+            resident as f64 / (1024.0 * 1024.0)
+        );
+    }
+    let clean = check.missing == 0
+        && report.totals.duplicates == 0
+        && report.totals.out_of_order == 0
+        && ledger.violations.is_empty()
+        && summary.shards_fatal == 0
+        && summary.records_dropped_shutdown == 0;
+    let _ = writeln!(
+        text,
+        "  result               {}",
+        if clean {
+            "every event arrived once and in order"
+        } else {
+            "PROBLEM: see the counts above"
+        }
+    );
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+    Ok(DemoOutcome { clean })
+}
+
+/// The settings `shardgate run` would get from these flags.
+fn demo_settings(
+    args: &DemoArgs,
+    mock: &MockGateway,
+    bot: &FakeBot,
+    ca_file: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<Settings, DemoError> {
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    let mut flags: Vec<String> = vec![
+        "shardgate-demo".into(),
+        "--token".into(),
+        mock.token().into(),
+        "--api-base".into(),
+        mock.api_base(),
+        "--forward-url".into(),
+        bot.url(),
+        "--forward-secret".into(),
+        DEMO_FORWARD_SECRET.into(),
+        "--ca-file".into(),
+        ca_file.display().to_string(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--compression".into(),
+        args.compression.to_string(),
+        "--total-shards".into(),
+        args.shards.to_string(),
+    ];
+    if let Some(cores) = args.cores {
+        flags.extend(["--cores".into(), cores.to_string()]);
+    }
+    let parsed = Flags::try_parse_from(&flags).map_err(|e| DemoError::Settings(e.to_string()))?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    Settings::load(&parsed.run, &Environment::new(cpus), None)
+        .map_err(|e| DemoError::Settings(e.to_string()))
+}
+
+/// One line per second: rates over the last interval.
+fn second_line(
+    since_start: Duration,
+    last: &Snapshot,
+    now: &Snapshot,
+    elapsed: Duration,
+) -> String {
+    let rate = |now: u64, last: u64| now.saturating_sub(last) as f64 / elapsed.as_secs_f64();
+    let latency: Vec<u64> = now
+        .batch_latency_buckets
+        .iter()
+        .zip(
+            last.batch_latency_buckets
+                .iter()
+                .chain(std::iter::repeat(&0)),
+        )
+        .map(|(now, last)| now.saturating_sub(*last))
+        .collect();
+    format!(
+        "{:>4} s  ready {:>4}/{:<4}  in {:>8.0}/s  forwarded {:>8.0}/s  redundant {:>6.0}/s  \
+         batches {:>5.0}/s{}",
+        since_start.as_secs(),
+        now.shards_ready,
+        now.shards_owned,
+        rate(now.dispatches_in, last.dispatches_in),
+        rate(now.records_delivered, last.records_delivered),
+        rate(now.dropped_redundant_update, last.dropped_redundant_update),
+        rate(now.batches_delivered, last.batches_delivered),
+        latency_text(&latency),
+    )
+}
+
+/// `, batch latency p50 ≤ 1 ms, p99 ≤ 5 ms` from histogram counts (bucket bounds).
+fn latency_text(buckets: &[u64]) -> String {
+    let format = |micros: u64| {
+        if micros == u64::MAX {
+            "> 30 s".to_owned()
+        } else if micros < 1000 {
+            format!("≤ {micros} µs")
+        } else {
+            format!("≤ {} ms", micros / 1000)
+        }
+    };
+    match (
+        latency_quantile_us(buckets, 0.5),
+        latency_quantile_us(buckets, 0.99),
+    ) {
+        (Some(p50), Some(p99)) => {
+            format!(", batch latency p50 {} p99 {}", format(p50), format(p99))
+        }
+        _ => String::new(),
+    }
+}
+
+/// The bot's view against Discord's: sequences the bot should have (everything the mock sent
+/// in a session up to the highest the bot got, minus the redundant updates the engine drops)
+/// but does not.
+struct DeliveryCheck {
+    missing: u64,
+}
+
+fn check_delivery(ledger: &Ledger, report: &Report) -> DeliveryCheck {
+    let mut missing = 0;
+    for (shard, shard_ledger) in &ledger.shards {
+        let Some(shard_report) = report.shards.get(shard) else {
+            // Nothing arrived for this shard: everything it was sent counts.
+            missing += shard_ledger
+                .sessions
+                .iter()
+                .map(|s| s.dispatches)
+                .sum::<u64>();
+            continue;
+        };
+        for session in &shard_ledger.sessions {
+            let Some(run) = shard_report
+                .runs
+                .iter()
+                .find(|run| run.session_id.as_deref() == Some(session.session_id.as_str()))
+            else {
+                missing += session.dispatches;
+                continue;
+            };
+            let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
+            let received: BTreeSet<u64> = run
+                .ranges
+                .iter()
+                .flat_map(|[start, end]| *start..=*end)
+                .collect();
+            missing += (session.first_seq..=run.max_seq.min(session.last_seq))
+                .filter(|seq| !redundant.contains(seq) && !received.contains(seq))
+                .count() as u64;
+        }
+    }
+    DeliveryCheck { missing }
+}
