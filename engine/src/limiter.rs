@@ -53,7 +53,12 @@ struct Inner {
     /// Per bucket: the earliest instant its next identify may go out.
     next_free: Vec<Instant>,
     total: u32,
+    /// Identifies left in the budget period that starts at `budget_from`.
     remaining: u32,
+    /// When the budget `remaining` counts becomes usable: the past for the current period, a
+    /// reset instant once the current period's budget is spent.
+    budget_from: Instant,
+    /// When the period after the budget's one begins (the budget refills to `total`).
     reset_at: Instant,
     granted: u64,
 }
@@ -73,6 +78,7 @@ impl IdentifyLimiter {
                 next_free: vec![now; limit.max_concurrency as usize],
                 total: limit.total,
                 remaining: limit.remaining,
+                budget_from: now,
                 reset_at: now + Duration::from_millis(limit.reset_after_ms),
                 granted: 0,
             }),
@@ -86,14 +92,15 @@ impl IdentifyLimiter {
         let buckets = inner.next_free.len() as u32;
         let bucket = shard_id % buckets;
         let mut at = inner.next_free[bucket as usize].max(now);
-        if at >= inner.reset_at {
+        while at >= inner.reset_at {
+            // A slot in a later period: its budget is the full one.
             inner.refill();
         }
         if inner.remaining == 0 {
-            // Spent: wait for the reset. Every bucket waits with us.
-            at = at.max(inner.reset_at);
+            // Spent: this and every later slot, in every bucket, waits for the reset.
             inner.refill();
         }
+        at = at.max(inner.budget_from);
         inner.remaining -= 1;
         inner.granted += 1;
         let interval = inner.interval;
@@ -107,6 +114,7 @@ impl IdentifyLimiter {
         let mut inner = self.lock();
         inner.total = limit.total;
         inner.remaining = limit.remaining;
+        inner.budget_from = now;
         inner.reset_at = now + Duration::from_millis(limit.reset_after_ms);
     }
 
@@ -131,8 +139,11 @@ impl IdentifyLimiter {
 }
 
 impl Inner {
+    /// Moves to the next budget period: usable from the reset on, full, and itself ending a
+    /// day later.
     fn refill(&mut self) {
-        self.remaining = self.total;
+        self.remaining = self.total.max(1);
+        self.budget_from = self.reset_at;
         self.reset_at += Duration::from_secs(24 * 3600);
     }
 }
@@ -187,7 +198,26 @@ mod tests {
         assert_eq!(limiter.reserve(1, now).at, now);
         // Budget spent: the third waits for the reset, which refills it.
         assert_eq!(limiter.reserve(2, now).at, now + reset_after);
-        assert_eq!(limiter.stats(), (3, 999));
+        // So does every later one, in any bucket, although the next period's budget is full.
+        for shard in 3..20 {
+            assert!(
+                limiter.reserve(shard, now).at >= now + reset_after,
+                "shard {shard} may not identify before the reset"
+            );
+        }
+        assert_eq!(limiter.stats(), (20, 1000 - 18));
+    }
+
+    #[test]
+    fn a_slot_after_the_reset_uses_the_next_budget() {
+        let now = Instant::now();
+        let reset_after = Duration::from_millis(3_600_000);
+        let limiter = IdentifyLimiter::new(limit(1, 1), IDENTIFY_INTERVAL_DEFAULT, now).unwrap();
+        assert_eq!(limiter.reserve(0, now).at, now);
+        let after_reset = now + reset_after + Duration::from_secs(1);
+        // Asked after the reset: the refilled budget applies at once.
+        assert_eq!(limiter.reserve(0, after_reset).at, after_reset);
+        assert_eq!(limiter.stats(), (2, 999));
     }
 
     #[test]

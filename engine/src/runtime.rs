@@ -211,6 +211,15 @@ impl Engine {
             identify_floor_ms = IdentifyLimiter::minimum_startup(owned.len() as u32, session_start_limit.max_concurrency, identify_interval).as_millis() as u64,
             "plan"
         );
+        if (session_start_limit.remaining as usize) < owned.len() {
+            tracing::warn!(
+                shards = owned.len(),
+                remaining = session_start_limit.remaining,
+                reset_after_ms = session_start_limit.reset_after_ms,
+                "session_start_limit.remaining is smaller than the shards to identify: the \
+                 rest wait for the reset (identifying past it gets the token reset)"
+            );
+        }
         tracing::info!(
             ring_capacity = settings.ring_capacity,
             dedup_cache_entries = settings.dedup_cache_entries,

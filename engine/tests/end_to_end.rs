@@ -489,3 +489,55 @@ fn identify_buckets_are_respected() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A daily identify budget smaller than the shard count: the engine spends exactly what
+/// `remaining` allows and the other shards wait for the reset, instead of identifying once
+/// more and getting the token reset (which ends every session with 4004).
+#[test]
+fn identify_budget_is_never_overspent() {
+    const BUDGET: u32 = 3;
+    let dir = std::env::temp_dir().join(format!(
+        "shardgate-e2e-identify-budget-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mock = MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            ca_out: Some(dir.join("ca.pem")),
+            guilds: 16,
+            max_concurrency: 16,
+            session_start_total: BUDGET,
+            rate: 5.0,
+            guild_create_bytes: 0,
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .unwrap();
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let child = engine_command(&mock, &bot, &dir)
+        .args(["--total-shards", "8", "--cores", "2"])
+        .spawn()
+        .unwrap();
+    let mut engine = Engine(child);
+    wait_until(
+        "the budget's shards to be ready",
+        Duration::from_secs(30),
+        || bot.report().totals.notices.get("SHARD_READY") == Some(&u64::from(BUDGET)),
+    );
+    // A round of the identify window later nothing else has identified.
+    std::thread::sleep(Duration::from_secs(6));
+    let ledger = mock.ledger();
+    assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
+    assert_eq!(ledger.token_resets, 0);
+    assert_eq!(ledger.identifies_total, u64::from(BUDGET));
+    assert!(engine.0.try_wait().unwrap().is_none(), "the engine runs on");
+    let (status, warnings) = engine.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        warnings.contains("session_start_limit.remaining"),
+        "the operator is told why shards wait: {warnings}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
