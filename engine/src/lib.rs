@@ -15,6 +15,7 @@ pub mod record;
 pub mod runtime;
 pub mod shard;
 pub mod sink;
+pub mod spill;
 pub mod tls;
 pub mod transport;
 pub mod url;

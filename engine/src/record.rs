@@ -19,6 +19,11 @@ pub enum RecordKind {
     GuildCreate(GuildCreateClass),
     /// An engine notice (envelope key `"notice"`), e.g. `SHARD_READY`.
     Notice(Notice),
+    /// Not for the bot: a shard started a session (its payload is the JSON of
+    /// [`crate::shard::Session`]). It travels the ring in order with the shard's dispatches so
+    /// that the sink knows which session the following sequence numbers belong to; the sink
+    /// consumes it and saves sessions from it.
+    Session,
 }
 
 /// Why a GUILD_CREATE arrived, from the READY guild list and outage tracking.

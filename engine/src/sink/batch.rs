@@ -20,7 +20,8 @@ pub fn encode(records: &[Record], body: &mut Vec<u8>) {
         body.extend_from_slice(b"{\"shard_id\":");
         body.extend_from_slice(itoa::Buffer::new().format(record.shard_id).as_bytes());
         match record.kind {
-            RecordKind::Dispatch => {}
+            // The sink never batches session markers; were one here, it goes as a dispatch.
+            RecordKind::Dispatch | RecordKind::Session => {}
             RecordKind::GuildCreate(class) => {
                 body.extend_from_slice(b",\"guild_create\":\"");
                 body.extend_from_slice(class.as_str().as_bytes());
