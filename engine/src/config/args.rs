@@ -51,6 +51,11 @@ pub const FILE_KEYS: &[&str] = &[
     "batch_bytes_max",
     "batch_linger_ms",
     "data_dir",
+    "queue_bytes_max",
+    "spill_bytes_max",
+    "spill_fsync",
+    "backlog_rate",
+    "session_save_interval_ms",
     "admin_addr",
     "admin_token",
     "ca_file",
@@ -250,6 +255,62 @@ pub struct RunArgs {
     /// Created if missing. Default: ./data.
     #[arg(long, value_name = "DIR", help_heading = "Forwarding")]
     pub data_dir: Option<RawValue>,
+
+    /// Payload bytes of records held in memory for the bot (waiting for, or in, a batch);
+    /// beyond it new records go to the disk spill.
+    ///
+    /// With --spill-bytes-max 0 there is no spill: a full queue backpressures the cores (they
+    /// stop reading their shards) until the bot catches up. Memory: up to this many payload
+    /// bytes, plus about 64 bytes per record. At least --batch-bytes-max (the queue must hold
+    /// a full batch). The default holds 64 full default batches, about 60000 ~1 KB dispatches.
+    /// Range 1..=1099511627776. Default: 67108864 (64 MiB).
+    #[arg(long, value_name = "BYTES", help_heading = "Forwarding")]
+    pub queue_bytes_max: Option<RawValue>,
+
+    /// Most bytes the disk spill under --data-dir/spill may take, for records beyond
+    /// --queue-bytes-max while the bot is down or slow. 0: no spill.
+    ///
+    /// Records survive a restart or kill -9 there and are delivered first, in order, when the
+    /// bot is back. When the spill is full its oldest records are dropped (logged at error).
+    /// With 0 records only wait in memory, and a full --queue-bytes-max backpressures the cores
+    /// (they stop reading their shards) instead. Files are segments of min(64 MiB, this / 4);
+    /// space is freed a segment at a time. A record larger than the spill cannot be spilled:
+    /// keep it well above --payload-bytes-max. Memory: about 512 KiB of buffers when enabled.
+    /// The default holds about a million ~1 KB dispatches. 0, or 1048576..=1125899906842624.
+    /// Default: 1073741824 (1 GiB).
+    #[arg(long, value_name = "BYTES", help_heading = "Forwarding")]
+    pub spill_bytes_max: Option<RawValue>,
+
+    /// When spilled records are fsynced: always, never, or at most every N milliseconds (<N>ms,
+    /// e.g. 1000ms).
+    ///
+    /// A spilled record survives kill -9 in any mode; this decides what a power loss can take:
+    /// always loses nothing written (a disk round trip per write), <N>ms at most the last N ms
+    /// (0ms is always), never up to the kernel's writeback (about 30 s on Linux). Default:
+    /// 1000ms.
+    #[arg(long, value_name = "always|never|<N>ms", help_heading = "Forwarding")]
+    pub spill_fsync: Option<RawValue>,
+
+    /// Most records per second delivered to the bot while a backlog is drained (more than one
+    /// batch in the memory queue, or anything in the spill), so a returning bot is not
+    /// flattened. 0: unlimited.
+    ///
+    /// Set it above the live event rate, or the backlog never shrinks. At the default a full
+    /// 1 GiB spill of ~1 KB dispatches drains in about a minute. Range 0..=4294967295.
+    /// Default: 20000.
+    #[arg(long, value_name = "RECORDS_PER_SEC", help_heading = "Forwarding")]
+    pub backlog_rate: Option<RawValue>,
+
+    /// How often the saved-session file (--data-dir/sessions.json: each shard's session id,
+    /// sequence and resume URL) is rewritten while running, so that a restart after a crash
+    /// resumes instead of identifying again.
+    ///
+    /// It is always written at shutdown. After a crash the shards resume from the saved
+    /// sequence, so Discord replays what followed it: shorter intervals replay fewer events to
+    /// the bot, and each rewrite costs a small file write with an fsync. Range 100..=60000.
+    /// Default: 1000.
+    #[arg(long, value_name = "MS", help_heading = "Forwarding")]
+    pub session_save_interval_ms: Option<RawValue>,
 
     // ---- Control plane ----
     /// Address of the admin HTTP API (status, metrics, commands, resharding): IP:PORT.

@@ -252,6 +252,18 @@ pub enum ConfigError {
         /// Where it came from.
         origin: Origin,
     },
+    /// `--spill-bytes-max` between 1 and 1 MiB - 1: too small for a spill, and not 0.
+    #[error(
+        "--spill-bytes-max {value}{origin}: a spill needs at least 1048576 bytes (1 MiB); \
+         raise it, or write 0 for no spill (records then wait in memory and a full \
+         --queue-bytes-max backpressures the cores)"
+    )]
+    SpillTooSmall {
+        /// The value given.
+        value: u64,
+        /// Where it came from.
+        origin: Origin,
+    },
     /// `--log` is not a valid tracing `EnvFilter`.
     #[error(
         "--log {value}{origin}: not a valid log filter ({reason}); write a level \
@@ -344,6 +356,18 @@ pub enum ConfigError {
         cores: u32,
         /// Shards this process owns.
         owned: u64,
+    },
+    /// The memory queue cannot hold one full batch.
+    #[error(
+        "--queue-bytes-max {queue_bytes_max} is below --batch-bytes-max {batch_bytes_max}: \
+         the memory queue must hold a full batch; raise --queue-bytes-max to {batch_bytes_max} \
+         or more, or lower --batch-bytes-max to {queue_bytes_max} or less"
+    )]
+    QueueBelowBatch {
+        /// `--queue-bytes-max`.
+        queue_bytes_max: u64,
+        /// `--batch-bytes-max`.
+        batch_bytes_max: u64,
     },
     /// The admin API would listen beyond loopback without a token.
     #[error(

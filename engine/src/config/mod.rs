@@ -30,6 +30,7 @@ pub use types::{Events, Intents, LogFormat, Secret, ShardPlan, ShardRange, Total
 
 use crate::decode::Compression;
 use crate::shard::Token;
+use crate::spill::{FsyncPolicy, SpillConfig};
 
 /// The resolved settings of `shardgate run`: every value parsed, defaulted and checked.
 ///
@@ -84,6 +85,18 @@ pub struct Settings {
     pub batch_linger_ms: u64,
     /// `--data-dir`.
     pub data_dir: PathBuf,
+    /// `--queue-bytes-max`: payload bytes held in memory for the bot; at least
+    /// `batch_bytes_max`.
+    pub queue_bytes_max: u64,
+    /// `--spill-bytes-max`: 0 (no spill: a full memory queue backpressures the cores) or at
+    /// least [`Settings::SPILL_BYTES_MIN`]. See [`Settings::spill_config`].
+    pub spill_bytes_max: u64,
+    /// `--spill-fsync`.
+    pub spill_fsync: FsyncPolicy,
+    /// `--backlog-rate`, records per second while a backlog drains; 0: unlimited.
+    pub backlog_rate: u32,
+    /// `--session-save-interval-ms`, 100..=60000.
+    pub session_save_interval_ms: u64,
     /// `--admin-addr`.
     pub admin_addr: SocketAddr,
     /// `--admin-token`; always set when `admin_addr` is not loopback.
@@ -121,6 +134,24 @@ impl Settings {
     pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
     /// Default of `--data-dir`.
     pub const DEFAULT_DATA_DIR: &str = "./data";
+    /// Default of `--queue-bytes-max`: 64 MiB, 64 default batches.
+    pub const DEFAULT_QUEUE_BYTES_MAX: u64 = 64 << 20;
+    /// Largest `--queue-bytes-max`: 1 TiB.
+    pub const QUEUE_BYTES_MAX_LIMIT: u64 = 1 << 40;
+    /// Default of `--spill-bytes-max`: 1 GiB.
+    pub const DEFAULT_SPILL_BYTES_MAX: u64 = SpillConfig::DEFAULT_MAX_BYTES;
+    /// Smallest non-zero `--spill-bytes-max`: 1 MiB (four 256 KiB segments).
+    pub const SPILL_BYTES_MIN: u64 = 1 << 20;
+    /// Largest `--spill-bytes-max`: 1 PiB.
+    pub const SPILL_BYTES_MAX_LIMIT: u64 = 1 << 50;
+    /// Largest spill segment: 64 MiB, used from a 256 MiB spill up.
+    pub const SPILL_SEGMENT_BYTES_MAX: u64 = SpillConfig::DEFAULT_SEGMENT_BYTES;
+    /// Default of `--spill-fsync`: `1000ms`.
+    pub const DEFAULT_SPILL_FSYNC: FsyncPolicy = SpillConfig::DEFAULT_FSYNC;
+    /// Default of `--backlog-rate`, records per second.
+    pub const DEFAULT_BACKLOG_RATE: u32 = 20_000;
+    /// Default of `--session-save-interval-ms`.
+    pub const DEFAULT_SESSION_SAVE_INTERVAL_MS: u64 = 1_000;
     /// Default of `--admin-addr`.
     pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7878";
     /// Default of `--log`.
@@ -135,7 +166,8 @@ impl Settings {
     /// have one), its file key, its default. Checks run in this order and the first failure is
     /// returned: the file (TOML syntax, unknown keys), every value on its own, the required
     /// settings (`--token`, `--forward-url`), then combinations (shards against the shard count,
-    /// placement, admin exposure, the identify window). Pure: no I/O, no process environment.
+    /// placement, the memory queue against the batch size, admin exposure, the identify
+    /// window). Pure: no I/O, no process environment.
     pub fn load(
         args: &RunArgs,
         env: &Environment,
@@ -296,6 +328,65 @@ impl Settings {
             Some(input) => input.path("--data-dir")?,
             None => PathBuf::from(Self::DEFAULT_DATA_DIR),
         };
+        let queue_bytes_max = match src.get(|a| &a.queue_bytes_max) {
+            Some(input) => input.number(
+                "--queue-bytes-max",
+                1,
+                Some(Self::QUEUE_BYTES_MAX_LIMIT),
+                Self::QUEUE_BYTES_MAX_LIMIT,
+                Self::DEFAULT_QUEUE_BYTES_MAX,
+            )?,
+            None => Self::DEFAULT_QUEUE_BYTES_MAX,
+        };
+        let spill_bytes_max = match src.get(|a| &a.spill_bytes_max) {
+            Some(input) => {
+                let value = input.number(
+                    "--spill-bytes-max",
+                    0,
+                    Some(Self::SPILL_BYTES_MAX_LIMIT),
+                    Self::SPILL_BYTES_MAX_LIMIT,
+                    Self::DEFAULT_SPILL_BYTES_MAX,
+                )?;
+                if value != 0 && value < Self::SPILL_BYTES_MIN {
+                    return Err(ConfigError::SpillTooSmall {
+                        value,
+                        origin: input.origin.clone(),
+                    });
+                }
+                value
+            }
+            None => Self::DEFAULT_SPILL_BYTES_MAX,
+        };
+        let spill_fsync = match src.get(|a| &a.spill_fsync) {
+            Some(input) => input
+                .text
+                .trim()
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|_| {
+                    input.invalid_choice(
+                        "--spill-fsync",
+                        "always, never, <N>ms (fsync at most every N milliseconds, e.g. 1000ms)",
+                    )
+                })?,
+            None => Self::DEFAULT_SPILL_FSYNC,
+        };
+        let backlog_rate = match src.get(|a| &a.backlog_rate) {
+            Some(input) => input.number_u32(
+                "--backlog-rate",
+                0,
+                None,
+                u64::from(Self::DEFAULT_BACKLOG_RATE),
+            )?,
+            None => Self::DEFAULT_BACKLOG_RATE,
+        };
+        let session_save_interval_ms = src.millis(
+            |a| &a.session_save_interval_ms,
+            "--session-save-interval-ms",
+            100,
+            60_000,
+            Self::DEFAULT_SESSION_SAVE_INTERVAL_MS,
+        )?;
 
         // Control plane.
         let admin_addr = match src.get(|a| &a.admin_addr) {
@@ -374,6 +465,11 @@ impl Settings {
             batch_bytes_max,
             batch_linger_ms,
             data_dir,
+            queue_bytes_max,
+            spill_bytes_max,
+            spill_fsync,
+            backlog_rate,
+            session_save_interval_ms,
             admin_addr,
             admin_token,
             ca_file,
@@ -387,6 +483,12 @@ impl Settings {
             settings.plan(total)?;
         } else if let Some(shards) = settings.shards {
             settings.placement(shards.len())?;
+        }
+        if settings.queue_bytes_max < settings.batch_bytes_max as u64 {
+            return Err(ConfigError::QueueBelowBatch {
+                queue_bytes_max: settings.queue_bytes_max,
+                batch_bytes_max: settings.batch_bytes_max as u64,
+            });
         }
         if !settings.admin_addr.ip().is_loopback() && settings.admin_token.is_none() {
             return Err(ConfigError::AdminTokenRequired {
@@ -537,6 +639,18 @@ impl Settings {
             ("batch_bytes_max", self.batch_bytes_max.to_string()),
             ("batch_linger_ms", self.batch_linger_ms.to_string()),
             ("data_dir", self.data_dir.display().to_string()),
+            ("queue_bytes_max", self.queue_bytes_max.to_string()),
+            ("spill_bytes_max", self.spill_bytes_max.to_string()),
+            (
+                "spill_segment_bytes",
+                self.spill_segment_bytes().to_string(),
+            ),
+            ("spill_fsync", self.spill_fsync.to_string()),
+            ("backlog_rate", self.backlog_rate.to_string()),
+            (
+                "session_save_interval_ms",
+                self.session_save_interval_ms.to_string(),
+            ),
             ("admin_addr", self.admin_addr.to_string()),
             ("admin_token", set(&self.admin_token).to_owned()),
             ("api_base", self.api_base.clone()),
@@ -563,6 +677,32 @@ impl Settings {
             .into_iter()
             .map(|(key, value)| (key, quoted(value)))
             .collect()
+    }
+
+    /// The saved-sessions file: `{data_dir}/sessions.json`.
+    pub fn sessions_file(&self) -> PathBuf {
+        self.data_dir.join("sessions.json")
+    }
+
+    /// The disk spill's directory: `{data_dir}/spill`.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.data_dir.join("spill")
+    }
+
+    /// The spill's segment size: min(64 MiB, `spill_bytes_max` / 4), so that freeing a segment
+    /// never takes more than a quarter of the spill; 0 when there is no spill.
+    pub fn spill_segment_bytes(&self) -> u64 {
+        Self::SPILL_SEGMENT_BYTES_MAX.min(self.spill_bytes_max / 4)
+    }
+
+    /// The spill's configuration; `None` when `--spill-bytes-max` is 0 (no spill).
+    pub fn spill_config(&self) -> Option<SpillConfig> {
+        (self.spill_bytes_max != 0).then(|| SpillConfig {
+            dir: self.spill_dir(),
+            max_bytes: self.spill_bytes_max,
+            segment_bytes: self.spill_segment_bytes(),
+            fsync: self.spill_fsync,
+        })
     }
 
     /// Cores used and shards per core for `owned` shards.

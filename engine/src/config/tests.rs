@@ -7,6 +7,10 @@ use clap::{Args, Command, FromArgMatches};
 
 use super::*;
 
+/// `--spill-fsync`'s accepted forms, as its error lists them.
+const SPILL_FSYNC_CHOICES: &str =
+    "always, never, <N>ms (fsync at most every N milliseconds, e.g. 1000ms)";
+
 const TOKEN: &str = "MTIz.token-value.SECRET";
 const FORWARD_URL: &str = "http://127.0.0.1:9000/events";
 const CPUS: usize = 4;
@@ -85,6 +89,20 @@ fn defaults() {
     assert_eq!(settings.batch_bytes_max, 1 << 20);
     assert_eq!(settings.batch_linger_ms, 5);
     assert_eq!(settings.data_dir, PathBuf::from("./data"));
+    assert_eq!(settings.queue_bytes_max, 64 << 20);
+    assert_eq!(settings.spill_bytes_max, 1 << 30);
+    assert_eq!(settings.spill_fsync, FsyncPolicy::IntervalMs(1_000));
+    assert_eq!(settings.backlog_rate, 20_000);
+    assert_eq!(settings.session_save_interval_ms, 1_000);
+    assert_eq!(
+        settings.sessions_file(),
+        PathBuf::from("./data/sessions.json")
+    );
+    assert_eq!(settings.spill_dir(), PathBuf::from("./data/spill"));
+    assert_eq!(
+        settings.spill_config(),
+        Some(SpillConfig::new(PathBuf::from("./data/spill")))
+    );
     assert_eq!(settings.admin_addr.to_string(), "127.0.0.1:7878");
     assert_eq!(settings.admin_token, None);
     assert_eq!(settings.ca_file, None);
@@ -136,6 +154,16 @@ fn every_flag_is_read() {
         "0",
         "--data-dir",
         "/var/lib/shardgate",
+        "--queue-bytes-max",
+        "4096",
+        "--spill-bytes-max",
+        "0",
+        "--spill-fsync",
+        "always",
+        "--backlog-rate",
+        "0",
+        "--session-save-interval-ms",
+        "100",
         "--admin-addr",
         "0.0.0.0:0",
         "--admin-token",
@@ -174,6 +202,20 @@ fn every_flag_is_read() {
     );
     assert_eq!(settings.batch_linger_ms, 0);
     assert_eq!(settings.data_dir, PathBuf::from("/var/lib/shardgate"));
+    assert_eq!(settings.queue_bytes_max, 4096);
+    assert_eq!(settings.spill_bytes_max, 0);
+    assert_eq!(settings.spill_config(), None);
+    assert_eq!(settings.spill_fsync, FsyncPolicy::Always);
+    assert_eq!(settings.backlog_rate, 0);
+    assert_eq!(settings.session_save_interval_ms, 100);
+    assert_eq!(
+        settings.sessions_file(),
+        PathBuf::from("/var/lib/shardgate/sessions.json")
+    );
+    assert_eq!(
+        settings.spill_dir(),
+        PathBuf::from("/var/lib/shardgate/spill")
+    );
     assert_eq!(settings.admin_addr.to_string(), "0.0.0.0:0");
     assert_eq!(settings.admin_token, Some(Secret::new("admin-s3cret")));
     assert_eq!(settings.ca_file, Some(PathBuf::from("ca.pem")));
@@ -289,6 +331,11 @@ fn the_file_sets_every_key() {
         batch_bytes_max = 65536
         batch_linger_ms = 1
         data_dir = "/tmp/shardgate data"
+        queue_bytes_max = 131072
+        spill_bytes_max = "2_097_152"
+        spill_fsync = "250ms"
+        backlog_rate = 500
+        session_save_interval_ms = 60000
         admin_addr = "127.0.0.1:0"
         admin_token = "file-admin"
         ca_file = "ca.pem"
@@ -308,6 +355,11 @@ fn the_file_sets_every_key() {
     assert_eq!(settings.dedup_cache_entries, 1_024);
     assert_eq!(settings.forward_url, "https://bot.internal/events");
     assert_eq!(settings.data_dir, PathBuf::from("/tmp/shardgate data"));
+    assert_eq!(settings.queue_bytes_max, 131_072);
+    assert_eq!(settings.spill_bytes_max, 2 << 20);
+    assert_eq!(settings.spill_fsync, FsyncPolicy::IntervalMs(250));
+    assert_eq!(settings.backlog_rate, 500);
+    assert_eq!(settings.session_save_interval_ms, 60_000);
     assert_eq!(settings.identify_interval_ms, 6_000);
     assert!(
         settings
@@ -388,6 +440,20 @@ fn help_states_every_default() {
             Settings::DEFAULT_BATCH_LINGER_MS.to_string(),
         ),
         ("data_dir", Settings::DEFAULT_DATA_DIR.to_owned()),
+        (
+            "queue_bytes_max",
+            Settings::DEFAULT_QUEUE_BYTES_MAX.to_string(),
+        ),
+        (
+            "spill_bytes_max",
+            Settings::DEFAULT_SPILL_BYTES_MAX.to_string(),
+        ),
+        ("spill_fsync", Settings::DEFAULT_SPILL_FSYNC.to_string()),
+        ("backlog_rate", Settings::DEFAULT_BACKLOG_RATE.to_string()),
+        (
+            "session_save_interval_ms",
+            Settings::DEFAULT_SESSION_SAVE_INTERVAL_MS.to_string(),
+        ),
         ("admin_addr", Settings::DEFAULT_ADMIN_ADDR.to_owned()),
         ("log", Settings::DEFAULT_LOG.to_owned()),
         ("log_format", LogFormat::default().to_string()),
@@ -726,6 +792,156 @@ fn errors_name_the_setting() {
                 env: ENV_ADMIN_TOKEN,
             },
         ),
+        (
+            &["--queue-bytes-max", "0"],
+            ConfigError::OutOfRange {
+                setting: "--queue-bytes-max",
+                value: 0,
+                origin: flag(),
+                min: 1,
+                max: Some(1 << 40),
+            },
+        ),
+        (
+            &["--queue-bytes-max", "64MiB"],
+            ConfigError::NotANumber {
+                setting: "--queue-bytes-max",
+                value: "64MiB".into(),
+                origin: flag(),
+                example: 64 << 20,
+            },
+        ),
+        (
+            &["--queue-bytes-max", "1048575"],
+            ConfigError::QueueBelowBatch {
+                queue_bytes_max: (1 << 20) - 1,
+                batch_bytes_max: 1 << 20,
+            },
+        ),
+        (
+            &["--queue-bytes-max", "4096", "--batch-bytes-max", "4097"],
+            ConfigError::QueueBelowBatch {
+                queue_bytes_max: 4096,
+                batch_bytes_max: 4097,
+            },
+        ),
+        (
+            &["--spill-bytes-max", "1048575"],
+            ConfigError::SpillTooSmall {
+                value: (1 << 20) - 1,
+                origin: flag(),
+            },
+        ),
+        (
+            &["--spill-bytes-max", "1"],
+            ConfigError::SpillTooSmall {
+                value: 1,
+                origin: flag(),
+            },
+        ),
+        (
+            &["--spill-bytes-max", "1125899906842625"],
+            ConfigError::OutOfRange {
+                setting: "--spill-bytes-max",
+                value: (1 << 50) + 1,
+                origin: flag(),
+                min: 0,
+                max: Some(1 << 50),
+            },
+        ),
+        (
+            &["--spill-bytes-max", "1GiB"],
+            ConfigError::NotANumber {
+                setting: "--spill-bytes-max",
+                value: "1GiB".into(),
+                origin: flag(),
+                example: 1 << 30,
+            },
+        ),
+        (
+            &["--spill-fsync", "sometimes"],
+            ConfigError::InvalidChoice {
+                setting: "--spill-fsync",
+                value: "sometimes".into(),
+                origin: flag(),
+                choices: SPILL_FSYNC_CHOICES,
+            },
+        ),
+        (
+            &["--spill-fsync", "1000"],
+            ConfigError::InvalidChoice {
+                setting: "--spill-fsync",
+                value: "1000".into(),
+                origin: flag(),
+                choices: SPILL_FSYNC_CHOICES,
+            },
+        ),
+        (
+            &["--spill-fsync", "1s"],
+            ConfigError::InvalidChoice {
+                setting: "--spill-fsync",
+                value: "1s".into(),
+                origin: flag(),
+                choices: SPILL_FSYNC_CHOICES,
+            },
+        ),
+        (
+            &["--spill-fsync", "ms"],
+            ConfigError::InvalidChoice {
+                setting: "--spill-fsync",
+                value: "ms".into(),
+                origin: flag(),
+                choices: SPILL_FSYNC_CHOICES,
+            },
+        ),
+        (
+            &["--backlog-rate", "4294967296"],
+            ConfigError::OutOfRange {
+                setting: "--backlog-rate",
+                value: 1 << 32,
+                origin: flag(),
+                min: 0,
+                max: Some(u64::from(u32::MAX)),
+            },
+        ),
+        (
+            &["--backlog-rate", "fast"],
+            ConfigError::NotANumber {
+                setting: "--backlog-rate",
+                value: "fast".into(),
+                origin: flag(),
+                example: 20_000,
+            },
+        ),
+        (
+            &["--session-save-interval-ms", "99"],
+            ConfigError::OutOfRange {
+                setting: "--session-save-interval-ms",
+                value: 99,
+                origin: flag(),
+                min: 100,
+                max: Some(60_000),
+            },
+        ),
+        (
+            &["--session-save-interval-ms", "60001"],
+            ConfigError::OutOfRange {
+                setting: "--session-save-interval-ms",
+                value: 60_001,
+                origin: flag(),
+                min: 100,
+                max: Some(60_000),
+            },
+        ),
+        (
+            &["--session-save-interval-ms", "1s"],
+            ConfigError::NotANumber {
+                setting: "--session-save-interval-ms",
+                value: "1s".into(),
+                origin: flag(),
+                example: 1_000,
+            },
+        ),
     ];
     for (argv, expected) in cases {
         assert_eq!(load(argv).map(|_| ()), Err(expected), "{argv:?}");
@@ -782,6 +998,35 @@ fn messages_say_the_setting_and_the_fix() {
         (
             &["--compression", "lz4"],
             "--compression lz4: choose one of zstd-stream, zlib-stream, payload, none",
+        ),
+        (
+            &["--queue-bytes-max", "0"],
+            "--queue-bytes-max 0: must be 1..=1099511627776",
+        ),
+        (
+            &["--queue-bytes-max", "65536", "--batch-bytes-max", "131072"],
+            "--queue-bytes-max 65536 is below --batch-bytes-max 131072: the memory queue must \
+             hold a full batch; raise --queue-bytes-max to 131072 or more, or lower \
+             --batch-bytes-max to 65536 or less",
+        ),
+        (
+            &["--spill-bytes-max", "1000"],
+            "--spill-bytes-max 1000: a spill needs at least 1048576 bytes (1 MiB); raise it, or \
+             write 0 for no spill (records then wait in memory and a full --queue-bytes-max \
+             backpressures the cores)",
+        ),
+        (
+            &["--spill-fsync", "sometimes"],
+            "--spill-fsync sometimes: choose one of always, never, <N>ms (fsync at most every N \
+             milliseconds, e.g. 1000ms)",
+        ),
+        (
+            &["--backlog-rate", "fast"],
+            "--backlog-rate fast: not a whole number; write digits, e.g. --backlog-rate 20000",
+        ),
+        (
+            &["--session-save-interval-ms", "50"],
+            "--session-save-interval-ms 50: must be 100..=60000",
         ),
     ];
     for (argv, expected) in cases {
@@ -865,6 +1110,20 @@ fn file_errors() {
             value: "2.5".into(),
             origin: from_file(),
             example: 5,
+        })
+    );
+    assert_eq!(
+        load_file(&[], "spill_fsync = 1000")
+            .expect_err("no unit")
+            .to_string(),
+        "--spill-fsync 1000 (from config file data.toml): choose one of always, never, <N>ms \
+         (fsync at most every N milliseconds, e.g. 1000ms)"
+    );
+    assert_eq!(
+        load_file(&[], "spill_bytes_max = 4096").map(|_| ()),
+        Err(ConfigError::SpillTooSmall {
+            value: 4096,
+            origin: from_file(),
         })
     );
     // A flag overrides a bad file value without complaint.
@@ -1075,6 +1334,84 @@ fn identify_interval_is_for_mocks_only() {
         &["--identify-interval-ms", "6000"][..],
     ] {
         assert!(load(argv).is_ok(), "{argv:?}");
+    }
+}
+
+#[test]
+fn spill_and_backlog_settings() {
+    // --spill-fsync: the three forms, any case, surrounding spaces.
+    let cases: &[(&'static str, FsyncPolicy)] = &[
+        ("always", FsyncPolicy::Always),
+        ("never", FsyncPolicy::Never),
+        ("1000ms", FsyncPolicy::IntervalMs(1_000)),
+        ("0ms", FsyncPolicy::IntervalMs(0)),
+        (" NEVER ", FsyncPolicy::Never),
+        ("250MS", FsyncPolicy::IntervalMs(250)),
+    ];
+    for &(text, policy) in cases {
+        let settings =
+            load(&["--spill-fsync", text]).unwrap_or_else(|error| panic!("{text}: {error}"));
+        assert_eq!(settings.spill_fsync, policy, "{text}");
+        // The summary writes it back in a form that parses to the same policy.
+        let (_, shown) = settings
+            .summary_fields()
+            .into_iter()
+            .find(|(key, _)| *key == "spill_fsync")
+            .expect("listed");
+        assert_eq!(shown.parse::<FsyncPolicy>(), Ok(policy), "{text}");
+    }
+
+    // Segments are min(64 MiB, spill / 4); 0 is no spill; 1 MiB is the smallest spill.
+    let cases: &[(&'static str, u64)] = &[
+        ("0", 0),
+        ("1048576", 256 << 10),
+        ("4194305", (4 << 20) / 4),
+        ("268435456", 64 << 20),
+        ("1073741824", 64 << 20),
+        ("1125899906842624", 64 << 20),
+    ];
+    for &(text, segment_bytes) in cases {
+        let settings =
+            load(&["--spill-bytes-max", text]).unwrap_or_else(|error| panic!("{text}: {error}"));
+        assert_eq!(settings.spill_segment_bytes(), segment_bytes, "{text}");
+        match settings.spill_config() {
+            None => assert_eq!(settings.spill_bytes_max, 0),
+            Some(config) => {
+                assert_eq!(config.max_bytes, settings.spill_bytes_max);
+                assert_eq!(config.segment_bytes, segment_bytes);
+                assert!(config.max_bytes >= 4 * config.segment_bytes, "{text}");
+                assert_eq!(config.dir, PathBuf::from("./data/spill"));
+                assert_eq!(config.fsync, Settings::DEFAULT_SPILL_FSYNC);
+            }
+        }
+    }
+
+    // The queue may equal one batch; the bounds of each range are accepted.
+    for argv in [
+        &["--queue-bytes-max", "1048576"][..],
+        &["--queue-bytes-max", "1", "--batch-bytes-max", "1"][..],
+        &["--queue-bytes-max", "1099511627776"][..],
+        &["--backlog-rate", "4294967295"][..],
+        &["--session-save-interval-ms", "60000"][..],
+    ] {
+        assert!(load(argv).is_ok(), "{argv:?}");
+    }
+
+    let summary = load(&["--spill-bytes-max", "0", "--backlog-rate", "0"])
+        .expect("valid")
+        .summary();
+    for field in [
+        "queue_bytes_max=67108864",
+        "spill_bytes_max=0",
+        "spill_segment_bytes=0",
+        "spill_fsync=1000ms",
+        "backlog_rate=0",
+        "session_save_interval_ms=1000",
+    ] {
+        assert!(
+            summary.split(' ').any(|pair| pair == field),
+            "{field} not in {summary}"
+        );
     }
 }
 
