@@ -7,7 +7,7 @@
 //! heartbeats go on), and the identify limiter's lock covers a few instructions.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +24,7 @@ use crate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
 use crate::limiter::IdentifyLimiter;
 use crate::record::{Notice, Record, RecordKind};
 use crate::shard::{
-    ConnectTarget, LossCause, PayloadAction, Shard, ShardConfig, ShardEvent, Token,
+    ConnectTarget, LossCause, PayloadAction, Session, Shard, ShardConfig, ShardEvent, Token,
 };
 use crate::transport::{Connection, GatewayUrl};
 
@@ -52,6 +52,10 @@ pub struct CoreStats {
     pub shards_ready: AtomicU64,
     pub shards_fatal: AtomicU64,
     pub shards_running: AtomicU64,
+    /// Saved sessions (from the last run) that Discord resumed, and that it rejected (the
+    /// shard identified instead).
+    pub saved_sessions_resumed: AtomicU64,
+    pub saved_sessions_rejected: AtomicU64,
 }
 
 /// What every shard of the process shares.
@@ -81,11 +85,14 @@ pub struct CorePlan {
     pub filter: FilterConfig,
     pub ring: Sender<Record>,
     pub stats: Arc<CoreStats>,
+    /// Sessions saved by the last run for this core's shards: they resume instead of
+    /// identifying.
+    pub sessions: HashMap<u32, Session>,
 }
 
 /// Runs a core until every shard task ended (after a stop, or all fatal). Call it inside the
 /// core's executor.
-pub async fn run_core(shared: Arc<Shared>, plan: CorePlan) {
+pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
     let filter = Rc::new(RefCell::new(Filter::new(plan.filter.clone())));
     let mut controls: Vec<LocalSender<Control>> = Vec::new();
     let mut tasks = Vec::new();
@@ -99,6 +106,7 @@ pub async fn run_core(shared: Arc<Shared>, plan: CorePlan) {
             ring: plan.ring.clone(),
             stats: Arc::clone(&plan.stats),
             control: control_rx,
+            saved: plan.sessions.remove(&shard_id),
         };
         tasks.push(glommio::spawn_local(driver.run()).detach());
     }
@@ -143,6 +151,7 @@ struct Driver {
     ring: Sender<Record>,
     stats: Arc<CoreStats>,
     control: LocalReceiver<Control>,
+    saved: Option<Session>,
 }
 
 impl Driver {
@@ -154,6 +163,7 @@ impl Driver {
             ring,
             stats,
             control,
+            saved,
         } = self;
         let mut config = ShardConfig::new(
             shard_id,
@@ -164,7 +174,18 @@ impl Driver {
         config.payload_compression = shared.compression.identify_compress();
         config.large_threshold = shared.large_threshold;
         config.rng_seed = shared.rng_seed;
-        let mut machine = match Shard::new(config, Instant::now()) {
+        let mut saved_pending = saved.is_some();
+        let built = match saved {
+            Some(session) => {
+                Shard::with_session(config.clone(), session, Instant::now()).or_else(|error| {
+                    tracing::warn!(shard = shard_id, %error, "saved session unusable; identifying");
+                    saved_pending = false;
+                    Shard::new(config, Instant::now())
+                })
+            }
+            None => Shard::new(config, Instant::now()),
+        };
+        let mut machine = match built {
             Ok(machine) => machine,
             Err(error) => {
                 tracing::error!(shard = shard_id, %error, "shard configuration rejected");
@@ -260,10 +281,19 @@ impl Driver {
                     }
                     ShardEvent::Ready { .. } => {
                         stats.identifies.fetch_add(1, Ordering::Relaxed);
+                        if std::mem::take(&mut saved_pending) {
+                            stats
+                                .saved_sessions_rejected
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(shard = shard_id, "saved session rejected; identified");
+                        }
                         tracing::debug!(shard = shard_id, "ready");
                     }
                     ShardEvent::Resumed => {
                         stats.resumes.fetch_add(1, Ordering::Relaxed);
+                        if std::mem::take(&mut saved_pending) {
+                            stats.saved_sessions_resumed.fetch_add(1, Ordering::Relaxed);
+                        }
                         tracing::debug!(shard = shard_id, "resumed");
                     }
                     ShardEvent::Reconnecting {
@@ -480,6 +510,21 @@ fn handle_frame(
         return false;
     }
     stats.dispatches_in.fetch_add(1, Ordering::Relaxed);
+    if head.t == Some("READY")
+        && let Some(session) = machine.session()
+    {
+        // Ahead of READY on the ring: the sink learns which session the sequences that follow
+        // belong to.
+        match serde_json::to_vec(session) {
+            Ok(payload) => outbox.push_back(Record {
+                shard_id,
+                seq: 0,
+                kind: RecordKind::Session,
+                payload,
+            }),
+            Err(error) => tracing::error!(shard = shard_id, %error, "cannot note the session"),
+        }
+    }
     let verdict = filter
         .borrow_mut()
         .dispatch(shard_filter, &head, payload, now);

@@ -17,7 +17,10 @@ use crate::decode::DecoderLimits;
 use crate::filter::FilterConfig;
 use crate::limiter::{IdentifyLimiter, SessionStartLimit};
 use crate::sink::http::{ForwardUrl, HttpClient};
-use crate::sink::{SinkConfig, SinkStats};
+use crate::sink::queue::Queue;
+use crate::sink::sessions::SavedSessions;
+use crate::sink::{Sink, SinkConfig, SinkStats};
+use crate::spill::Spill;
 use crate::transport::GatewayUrl;
 
 /// Locked memory glommio needs per executor (io_uring rings and buffers).
@@ -62,6 +65,8 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("--data-dir spill: {0}")]
+    Spill(#[from] crate::spill::SpillError),
 }
 
 /// What `/gateway/bot` said.
@@ -111,7 +116,10 @@ pub struct Engine {
     shared: Arc<Shared>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     /// Taken by [`Engine::wait`].
-    sink: Option<std::thread::JoinHandle<()>>,
+    sink: Option<Sink>,
+    sessions_path: std::path::PathBuf,
+    session_save_interval: Duration,
+    sessions_saved_at: std::cell::Cell<Instant>,
     /// Cores whose executor future ended, normally or by a panic (see [`CoreDone`]).
     cores_done: Arc<AtomicUsize>,
     core_stats: Vec<Arc<CoreStats>>,
@@ -150,6 +158,12 @@ pub struct Snapshot {
     pub bytes_delivered: u64,
     pub delivery_failures: u64,
     pub records_dropped_shutdown: u64,
+    pub records_spilled: u64,
+    pub records_dropped_spill_full: u64,
+    pub queue_memory_records: u64,
+    pub queue_spill_records: u64,
+    pub saved_sessions_resumed: u64,
+    pub saved_sessions_rejected: u64,
     /// The sink's batch latency histogram (bounds in [`crate::sink::LATENCY_BUCKETS_US`]).
     pub batch_latency_buckets: Vec<u64>,
 }
@@ -266,8 +280,35 @@ impl Engine {
             batch_bytes_max: settings.batch_bytes_max,
             batch_linger: Duration::from_millis(settings.batch_linger_ms),
             shutdown_grace: Duration::from_secs(10),
+            backlog_rate: settings.backlog_rate,
         };
         let sink_stats = Arc::new(SinkStats::default());
+
+        // Durable state: the spill first (it locks the directory against a second process),
+        // then the sessions the last run saved.
+        let spill = match settings.spill_config() {
+            Some(config) => {
+                let (spill, recovered) = Spill::open(config)?;
+                if recovered.records > 0 {
+                    tracing::info!(
+                        records = recovered.records,
+                        bytes = recovered.bytes,
+                        torn_tails = recovered.torn_tails,
+                        "the spill holds undelivered records from the last run: they go first"
+                    );
+                }
+                Some(spill)
+            }
+            None => None,
+        };
+        let sessions_path = settings.sessions_file();
+        let saved = load_sessions(&sessions_path, plan.total_shards.get(), &owned);
+        let queue = Queue::new(
+            settings.queue_bytes_max,
+            spill,
+            plan.total_shards.get(),
+            &saved,
+        );
 
         // Cores.
         let core_ids: Vec<usize> = core_affinity::get_core_ids()
@@ -289,6 +330,10 @@ impl Engine {
                 filter: FilterConfig::from_settings(&settings),
                 ring: ring_tx,
                 stats,
+                sessions: shard_ids
+                    .iter()
+                    .filter_map(|id| saved.shards.get(id).map(|s| (*id, s.clone())))
+                    .collect(),
             };
             let placement = match core_ids.get(index % core_ids.len().max(1)) {
                 Some(cpu) if !core_ids.is_empty() => Placement::Fixed(*cpu),
@@ -308,19 +353,23 @@ impl Engine {
                 })?;
             executors.push(handle);
         }
-        let sink = {
-            let stats = Arc::clone(&sink_stats);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("shardgate-sink".into())
-                .spawn(move || crate::sink::run(sink_config, rings, client, stats, stop))
-                .map_err(RunError::Thread)?
-        };
+        let sink = Sink::start(
+            sink_config,
+            queue,
+            rings,
+            client,
+            Arc::clone(&sink_stats),
+            Arc::clone(&stop),
+        )
+        .map_err(RunError::Thread)?;
         Ok(Engine {
             stop,
             shared,
             executors,
             sink: Some(sink),
+            sessions_path,
+            session_save_interval: Duration::from_millis(settings.session_save_interval_ms),
+            sessions_saved_at: std::cell::Cell::new(Instant::now()),
             cores_done,
             core_stats,
             sink_stats,
@@ -335,7 +384,22 @@ impl Engine {
             tracing::info!("stopping: closing every shard resumably (4000) and flushing");
             self.shared.stop.store(true, Ordering::Release);
         }
+        if self.sessions_saved_at.get().elapsed() >= self.session_save_interval {
+            self.sessions_saved_at.set(Instant::now());
+            self.save_sessions();
+        }
         self.cores_done.load(Ordering::Acquire) >= self.executors.len()
+    }
+
+    /// Writes every shard's session and durable sequence to the data dir.
+    fn save_sessions(&self) {
+        let Some(sink) = self.sink.as_ref() else {
+            return;
+        };
+        let saved = sink.saved_sessions();
+        if let Err(error) = crate::sink::sessions::save(&self.sessions_path, &saved) {
+            tracing::error!(%error, "cannot save the sessions; a restart would identify");
+        }
     }
 
     /// The shard plan this engine runs.
@@ -371,6 +435,12 @@ impl Engine {
             bytes_delivered: sink.bytes_delivered.load(Ordering::Relaxed),
             delivery_failures: sink.delivery_failures.load(Ordering::Relaxed),
             records_dropped_shutdown: sink.records_dropped_shutdown.load(Ordering::Relaxed),
+            records_spilled: sink.records_spilled.load(Ordering::Relaxed),
+            records_dropped_spill_full: sink.records_dropped_spill_full.load(Ordering::Relaxed),
+            queue_memory_records: sink.queue_memory_records.load(Ordering::Relaxed),
+            queue_spill_records: sink.queue_spill_records.load(Ordering::Relaxed),
+            saved_sessions_resumed: sum(|s| &s.saved_sessions_resumed),
+            saved_sessions_rejected: sum(|s| &s.saved_sessions_rejected),
             batch_latency_buckets: sink.latency_buckets(),
         }
     }
@@ -387,11 +457,23 @@ impl Engine {
                 tracing::error!(?error, "a core ended abnormally");
             }
         }
-        // Cores gone → rings disconnected → the sink drains, delivers and returns.
-        if let Some(sink) = self.sink.take()
-            && sink.join().is_err()
-        {
-            tracing::error!("the sink thread panicked");
+        // Cores gone → rings disconnected → the sink delivers (or spills) and returns; then
+        // the sessions are saved with their final sequences.
+        if let Some(sink) = self.sink.take() {
+            let (clean, saved) = sink.finish();
+            if !clean {
+                tracing::error!("a sink thread panicked");
+            }
+            match crate::sink::sessions::save(&self.sessions_path, &saved) {
+                Ok(()) => tracing::info!(
+                    sessions = saved.shards.len(),
+                    path = %self.sessions_path.display(),
+                    "sessions saved"
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "cannot save the sessions; a restart will identify");
+                }
+            }
         }
         let last = self.snapshot();
         log_status(&last);
@@ -401,6 +483,34 @@ impl Engine {
             shards_fatal: last.shards_fatal,
         }
     }
+}
+
+/// The sessions the last run saved for the `owned` shards, if they were identified with the
+/// same shard count. Anything unreadable is reported and ignored (left on disk as it is).
+fn load_sessions(path: &std::path::Path, total_shards: u32, owned: &[u32]) -> SavedSessions {
+    let mut saved = match crate::sink::sessions::load(path) {
+        Ok(Some(saved)) if saved.total_shards == total_shards => saved,
+        Ok(Some(saved)) => {
+            tracing::warn!(
+                saved_total_shards = saved.total_shards,
+                total_shards,
+                "the saved sessions are for another shard count; every shard identifies"
+            );
+            return SavedSessions::new(total_shards);
+        }
+        Ok(None) => return SavedSessions::new(total_shards),
+        Err(error) => {
+            tracing::warn!(%error, "cannot use the saved sessions; every shard identifies");
+            return SavedSessions::new(total_shards);
+        }
+    };
+    saved.shards.retain(|shard, _| owned.contains(shard));
+    tracing::info!(
+        sessions = saved.shards.len(),
+        shards = owned.len(),
+        "resuming saved sessions; the other shards identify"
+    );
+    saved
 }
 
 fn log_status(snapshot: &Snapshot) {
@@ -417,6 +527,12 @@ fn log_status(snapshot: &Snapshot) {
         reconnects = snapshot.reconnects,
         decode_errors = snapshot.decode_errors,
         ring_full_waits = snapshot.ring_full_waits,
+        queued_memory = snapshot.queue_memory_records,
+        queued_spill = snapshot.queue_spill_records,
+        spilled = snapshot.records_spilled,
+        dropped_spill_full = snapshot.records_dropped_spill_full,
+        saved_sessions_resumed = snapshot.saved_sessions_resumed,
+        saved_sessions_rejected = snapshot.saved_sessions_rejected,
         "status"
     );
 }

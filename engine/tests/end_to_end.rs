@@ -6,103 +6,19 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Engine, engine_command, expected, expected_in, received, steady, wait_until};
 use fake_bot::{BotConfig, FakeBot, Secret};
 use mock_gateway::{Ledger, MockConfig, MockGateway};
 
 const SHARDS: u32 = 4;
 const EVENTS_PER_SHARD: u64 = 400;
 const SECRET: &str = "forward-s3cret";
-
-struct Engine(Child);
-
-impl Engine {
-    /// SIGTERM, then the exit status and whatever it wrote to stderr (if piped).
-    fn terminate(&mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.0.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = self.0.wait().unwrap();
-        let mut stderr = String::new();
-        if let Some(pipe) = self.0.stderr.as_mut() {
-            std::io::Read::read_to_string(pipe, &mut stderr).unwrap();
-        }
-        (status, stderr)
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Seqs the bot must get for a shard: everything the mock sent minus redundant updates.
-fn expected(ledger: &Ledger, shard: u32) -> BTreeSet<u64> {
-    expected_in(&ledger.shards[&shard].sessions[0])
-}
-
-fn expected_in(session: &mock_gateway::SessionLedger) -> BTreeSet<u64> {
-    let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
-    (session.first_seq..=session.last_seq)
-        .filter(|s| !redundant.contains(s))
-        .collect()
-}
-
-/// Steady-stream dispatches in a session (what `events_per_shard` counts): all but READY,
-/// RESUMED and GUILD_CREATE.
-fn steady(session: &mock_gateway::SessionLedger) -> u64 {
-    session
-        .by_type
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "READY" | "RESUMED" | "GUILD_CREATE"))
-        .map(|(_, count)| count)
-        .sum()
-}
-
-fn received(run: &fake_bot::RunReport) -> BTreeSet<u64> {
-    run.ranges
-        .iter()
-        .flat_map(|[start, end]| *start..=*end)
-        .collect()
-}
-
-/// `shardgate run` pointed at the mock (REST over TLS, its CA trusted) and the bot, with the
-/// mock's token; callers add what differs.
-fn engine_command(mock: &MockGateway, bot: &FakeBot, dir: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
-    command
-        .args([
-            "run",
-            "--api-base",
-            &mock.api_base(),
-            "--forward-url",
-            &bot.url(),
-        ])
-        .args(["--ca-file", dir.join("ca.pem").to_str().unwrap()])
-        .args(["--data-dir", dir.to_str().unwrap(), "--log", "warn"])
-        .env("DISCORD_TOKEN", mock.token())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    command
-}
 
 fn spawn_engine(
     mock: &MockGateway,

@@ -1,26 +1,40 @@
-//! The sink: drains every core's ring, builds batches bounded by events, bytes and linger
-//! time, and delivers them to the bot over HTTP, in order per shard, at least once.
+//! The sink: drains every core's ring into a queue (memory up to a bound, then the disk spill)
+//! and delivers it to the bot over HTTP in batches, in order per shard, at least once.
 //!
-//! Runs on its own thread, never on a core; blocking I/O is allowed here and nowhere else.
-//! A batch is done only on a 2xx; anything else is retried with backoff, and while it is
-//! retried nothing behind it moves, so per shard order holds (a shard feeds one ring, rings
-//! are FIFO, batches go one at a time). A full ring is the cores' backpressure.
+//! Two threads, never on a core (blocking I/O is allowed here and nowhere else):
+//! - the collector (`shardgate-sink`) drains the rings into the [`queue::Queue`] and writes the
+//!   spill; it never waits on the bot, so the cores keep reading while the bot is away. Only
+//!   when memory is full and there is no spill does it stop draining: a full ring is then the
+//!   cores' backpressure.
+//! - the deliverer (`shardgate-deliver`) takes batches from the queue (memory first, then the
+//!   spill), posts them, and acknowledges them on a 2xx. Anything else is retried with backoff,
+//!   and nothing behind a batch moves while it is retried, so per shard order holds.
+//!
+//! Saved sessions come from the queue: [`Sink::saved_sessions`] gives every shard's session
+//! with the last sequence that reached the bot or the spill.
 
 pub mod batch;
 pub mod http;
+pub mod queue;
+pub mod sessions;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::record::Record;
 use http::HttpClient;
+use queue::{Queue, Source};
+use sessions::SavedSessions;
 
 /// First retry delay after a failed delivery; doubles up to [`RETRY_DELAY_MAX`].
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
+/// Records the collector moves per lock of the queue.
+const COLLECT_CHUNK: usize = 1024;
 
 /// Batching and delivery settings (sizes decided at startup).
 #[derive(Clone, Debug)]
@@ -29,8 +43,11 @@ pub struct SinkConfig {
     pub batch_bytes_max: usize,
     pub batch_linger: Duration,
     /// After the cores stopped, how long undelivered batches are still retried before they
-    /// are counted as dropped (reason `shutdown_undelivered`).
+    /// are written to the spill (or, without one, counted as dropped:
+    /// `shutdown_undelivered`).
     pub shutdown_grace: Duration,
+    /// The most records per second delivered while a backlog drains; 0: no limit.
+    pub backlog_rate: u32,
 }
 
 /// Counters read by the reporter.
@@ -40,7 +57,19 @@ pub struct SinkStats {
     pub records_delivered: AtomicU64,
     pub bytes_delivered: AtomicU64,
     pub delivery_failures: AtomicU64,
+    /// Records neither delivered nor written to the spill when the process stopped (their
+    /// shards' saved sequence stops before them: Discord replays them on resume).
     pub records_dropped_shutdown: AtomicU64,
+    /// Records written to the spill.
+    pub records_spilled: AtomicU64,
+    /// Spilled records deleted unread because the spill reached its disk bound.
+    pub records_dropped_spill_full: AtomicU64,
+    /// Spill writes that failed (retried; the rings fill meanwhile).
+    pub spill_errors: AtomicU64,
+    /// Queue depth now: records and bytes in memory, records on the spill.
+    pub queue_memory_records: AtomicU64,
+    pub queue_memory_bytes: AtomicU64,
+    pub queue_spill_records: AtomicU64,
     /// Sum and count of batch latencies (first record in → 2xx), for a mean.
     pub batch_latency_us_sum: AtomicU64,
     /// Latency histogram buckets (µs upper bounds in [`LATENCY_BUCKETS_US`]), for p50/p99.
@@ -97,103 +126,358 @@ pub fn latency_quantile_us(counts: &[u64], quantile: f64) -> Option<u64> {
     None
 }
 
-/// Runs until every ring is disconnected (all cores ended) and drained.
-pub fn run(
+/// The running sink: its two threads and the queue they share.
+pub struct Sink {
+    shared: Arc<SinkShared>,
+    collector: Option<std::thread::JoinHandle<()>>,
+    deliverer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct SinkShared {
+    queue: Mutex<Queue>,
+    /// Signalled when the queue gains records or the collector ends.
+    changed: Condvar,
+    collector_done: AtomicBool,
     config: SinkConfig,
-    rings: Vec<Receiver<Record>>,
-    mut client: HttpClient,
     stats: Arc<SinkStats>,
     stop: Arc<AtomicBool>,
-) {
-    let mut batch: Vec<Record> = Vec::with_capacity(config.batch_events_max);
-    let mut body: Vec<u8> = Vec::with_capacity(config.batch_bytes_max + 64 * 1024);
+}
+
+impl SinkShared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // The queue's invariants hold between calls; a panic elsewhere does not break them.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish_depth(&self, queue: &Queue) {
+        let (records, bytes, spilled) = queue.depth();
+        self.stats
+            .queue_memory_records
+            .store(records, Ordering::Relaxed);
+        self.stats
+            .queue_memory_bytes
+            .store(bytes, Ordering::Relaxed);
+        self.stats
+            .queue_spill_records
+            .store(spilled, Ordering::Relaxed);
+    }
+}
+
+impl Sink {
+    /// Starts the collector and the deliverer. They end once every ring is disconnected (all
+    /// cores ended) and the queue is delivered, or, once `stop` is set, after the shutdown
+    /// grace (the rest goes to the spill).
+    pub fn start(
+        config: SinkConfig,
+        queue: Queue,
+        rings: Vec<Receiver<Record>>,
+        client: HttpClient,
+        stats: Arc<SinkStats>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Sink> {
+        let shared = Arc::new(SinkShared {
+            queue: Mutex::new(queue),
+            changed: Condvar::new(),
+            collector_done: AtomicBool::new(false),
+            config,
+            stats,
+            stop,
+        });
+        let collector = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("shardgate-sink".into())
+                .spawn(move || collect(&shared, rings))?
+        };
+        let deliverer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("shardgate-deliver".into())
+                .spawn(move || deliver_loop(&shared, client))?
+        };
+        Ok(Sink {
+            shared,
+            collector: Some(collector),
+            deliverer: Some(deliverer),
+        })
+    }
+
+    /// Every shard's session with the last sequence that reached the bot or the spill.
+    pub fn saved_sessions(&self) -> SavedSessions {
+        self.shared.queue().saved_sessions()
+    }
+
+    /// Waits for both threads (false if one panicked) and returns the final sessions.
+    pub fn finish(mut self) -> (bool, SavedSessions) {
+        let collector = self.collector.take().is_none_or(|t| t.join().is_ok());
+        // A collector that panicked never says it is done; say it for it.
+        self.shared.collector_done.store(true, Ordering::Release);
+        self.shared.changed.notify_all();
+        let deliverer = self.deliverer.take().is_none_or(|t| t.join().is_ok());
+        (collector && deliverer, self.saved_sessions())
+    }
+}
+
+/// The collector: rings → queue, until every ring is disconnected and drained.
+fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>) {
     let mut open = vec![true; rings.len()];
+    let mut chunk: VecDeque<Record> = VecDeque::with_capacity(COLLECT_CHUNK);
     let mut next_ring = 0;
     loop {
-        let mut batch_bytes = 0;
-        let mut first_at: Option<Instant> = None;
-        // Fill a batch: drain rings round-robin; wait (not spin) when all are empty.
-        loop {
-            let mut progressed = false;
-            for offset in 0..rings.len() {
-                let index = (next_ring + offset) % rings.len();
-                if !open[index] {
-                    continue;
-                }
-                loop {
-                    if batch.len() >= config.batch_events_max
-                        || batch_bytes >= config.batch_bytes_max
-                    {
-                        break;
-                    }
-                    match rings[index].try_recv() {
-                        Ok(record) => {
-                            batch_bytes += record.encoded_len();
-                            first_at.get_or_insert_with(Instant::now);
-                            batch.push(record);
-                            progressed = true;
-                        }
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
-                            open[index] = false;
-                            break;
-                        }
-                    }
+        // Backpressure: without a spill, a full memory queue waits for the deliverer.
+        {
+            let mut queue = shared.queue();
+            while queue.is_full() {
+                queue = shared
+                    .changed
+                    .wait_timeout(queue, Duration::from_millis(100))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        for offset in 0..rings.len() {
+            let index = (next_ring + offset) % rings.len();
+            while open[index] && chunk.len() < COLLECT_CHUNK {
+                match rings[index].try_recv() {
+                    Ok(record) => chunk.push_back(record),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open[index] = false,
                 }
             }
-            next_ring = (next_ring + 1) % rings.len().max(1);
-            let full =
-                batch.len() >= config.batch_events_max || batch_bytes >= config.batch_bytes_max;
-            let lingered = first_at.is_some_and(|at| at.elapsed() >= config.batch_linger);
-            let all_closed = open.iter().all(|o| !o);
-            if full || lingered || (all_closed && !progressed) {
+        }
+        next_ring = (next_ring + 1) % rings.len().max(1);
+        if chunk.is_empty() {
+            if open.iter().all(|o| !o) {
                 break;
             }
-            if !progressed {
-                let wait = match first_at {
-                    Some(at) => config.batch_linger.saturating_sub(at.elapsed()),
-                    None => Duration::from_millis(100),
-                };
-                let mut select = Select::new();
-                for (index, ring) in rings.iter().enumerate() {
-                    if open[index] {
-                        select.recv(ring);
-                    }
+            let mut select = Select::new();
+            for (index, ring) in rings.iter().enumerate() {
+                if open[index] {
+                    select.recv(ring);
                 }
-                // Wakes when any ring has a record (or closes), or the linger ends.
-                let _ = select.ready_timeout(wait);
             }
-        }
-        if batch.is_empty() {
-            if open.iter().all(|o| !o) {
-                return;
-            }
+            // Wakes when any ring has a record (or closes).
+            let _ = select.ready_timeout(Duration::from_millis(100));
             continue;
         }
+        let now = Instant::now();
+        let mut queue = shared.queue();
+        let mut spilled = 0;
+        let mut failed = None;
+        while let Some(record) = chunk.pop_front() {
+            match queue.push(record, now) {
+                Ok(pushed) => {
+                    spilled += pushed.to_spill;
+                    if pushed.spill_dropped > 0 {
+                        shared
+                            .stats
+                            .records_dropped_spill_full
+                            .fetch_add(pushed.spill_dropped, Ordering::Relaxed);
+                    }
+                }
+                Err((error, record)) => {
+                    // Keep it and everything after it: retried below, in order.
+                    chunk.push_front(record);
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        if spilled > 0 {
+            shared
+                .stats
+                .records_spilled
+                .fetch_add(spilled, Ordering::Relaxed);
+            if let Err(error) = queue.flush_spill() {
+                shared.stats.spill_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "cannot flush the spill");
+            }
+        }
+        shared.publish_depth(&queue);
+        drop(queue);
+        shared.changed.notify_all();
+        if let Some(error) = failed {
+            // The cores wait behind the full rings meanwhile; nothing is dropped.
+            shared.stats.spill_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "cannot write the spill; retrying in 1 s");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    shared.collector_done.store(true, Ordering::Release);
+    shared.changed.notify_all();
+}
+
+/// The deliverer: queue → bot, until the collector is done and the queue empty (or the stop's
+/// grace ran out).
+fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
+    let config = &shared.config;
+    let stats = &shared.stats;
+    let mut batch: Vec<Record> = Vec::with_capacity(config.batch_events_max);
+    let mut body: Vec<u8> = Vec::with_capacity(config.batch_bytes_max + 64 * 1024);
+    let mut stop_seen: Option<Instant> = None;
+    let mut paced_until = Instant::now();
+    loop {
+        // Wait for a batch worth sending: full, lingered, or the end.
+        let taken = {
+            let mut queue = shared.queue();
+            loop {
+                let done = shared.collector_done.load(Ordering::Acquire);
+                if queue.is_empty() {
+                    if done {
+                        return;
+                    }
+                    queue = shared
+                        .changed
+                        .wait_timeout(queue, Duration::from_millis(100))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    continue;
+                }
+                let (memory_records, memory_bytes, _) = queue.depth();
+                let full = memory_records as usize >= config.batch_events_max
+                    || memory_bytes as usize >= config.batch_bytes_max;
+                let linger_left = queue.oldest_at().map_or(Duration::ZERO, |at| {
+                    config.batch_linger.saturating_sub(at.elapsed())
+                });
+                let spill_only = memory_records == 0;
+                if full || done || linger_left.is_zero() || spill_only {
+                    break;
+                }
+                queue = shared
+                    .changed
+                    .wait_timeout(queue, linger_left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            let backlog = queue.has_backlog(config.batch_events_max);
+            let taken = queue.take(config.batch_events_max, config.batch_bytes_max, &mut batch);
+            shared.publish_depth(&queue);
+            match taken {
+                Ok(Some(source)) => (source, backlog),
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the spill; retrying");
+                    drop(queue);
+                    std::thread::sleep(RETRY_DELAY_MIN);
+                    continue;
+                }
+            }
+        };
+        let (source, backlog) = taken;
+        // A returning bot gets the backlog at most at backlog_rate records per second.
+        if backlog && config.backlog_rate > 0 {
+            let now = Instant::now();
+            if paced_until > now {
+                std::thread::sleep(paced_until - now);
+            }
+            let spacing =
+                Duration::from_secs_f64(batch.len() as f64 / f64::from(config.backlog_rate));
+            paced_until = paced_until.max(now) + spacing;
+        }
+        let first_in = Instant::now();
         body.clear();
         batch::encode(&batch, &mut body);
-        let delivered = deliver(&mut client, &body, &stats, &stop, config.shutdown_grace);
-        if delivered {
-            stats.batches_delivered.fetch_add(1, Ordering::Relaxed);
-            stats
-                .records_delivered
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            stats
-                .bytes_delivered
-                .fetch_add(body.len() as u64, Ordering::Relaxed);
-            if let Some(at) = first_at {
-                stats.record_latency(at.elapsed());
+        // A batch from memory is tried once; if the bot is away it goes back, with all of
+        // memory, to the spill (durable and in order) and delivery continues from there.
+        let mut hand_back = matches!(source, Source::Memory(_)) && shared.queue().can_hand_back();
+        let outcome = loop {
+            match deliver(
+                &mut client,
+                &body,
+                stats,
+                &shared.stop,
+                &mut stop_seen,
+                config.shutdown_grace,
+                hand_back,
+            ) {
+                Outcome::Failed => {
+                    let mut queue = shared.queue();
+                    let generations = match &source {
+                        Source::Memory(generations) => generations.clone(),
+                        Source::Spill(_) => Vec::new(),
+                    };
+                    match queue.move_memory_to_spill(Some((&mut batch, generations))) {
+                        Ok(true) => {
+                            tracing::info!(
+                                spilled = queue.depth().2,
+                                "the bot is away: the queue moved to the spill"
+                            );
+                            shared.publish_depth(&queue);
+                            break None;
+                        }
+                        Ok(false) => {}
+                        Err(error) => {
+                            stats.spill_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(%error, "cannot move the queue to the spill");
+                            shared.publish_depth(&queue);
+                            break None;
+                        }
+                    }
+                    hand_back = false;
+                }
+                other => break Some(other),
             }
-        } else {
-            stats
-                .records_dropped_shutdown
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            tracing::error!(
-                records = batch.len(),
-                "the bot did not accept a batch before the shutdown grace ended; records dropped"
-            );
+        };
+        match outcome {
+            // Handed back: the next batch comes from the spill.
+            None => continue,
+            Some(Outcome::Delivered) => {
+                stats.batches_delivered.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .records_delivered
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats
+                    .bytes_delivered
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                stats.record_latency(first_in.elapsed());
+                let mut queue = shared.queue();
+                if let Err(error) = queue.acknowledge(&batch, source) {
+                    tracing::error!(%error, "cannot record the spill's progress; a restart may deliver some records again");
+                }
+                shared.publish_depth(&queue);
+            }
+            Some(Outcome::Failed | Outcome::GraceOver) => {
+                // The stop's grace ran out with the bot away. The spill keeps what it holds;
+                // records only in memory are lost with the process, and their shards' saved
+                // sequence stops before them, so Discord replays them on resume.
+                while !shared.collector_done.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let mut queue = shared.queue();
+                let mut generations = match &source {
+                    Source::Memory(generations) => Some(generations.clone()),
+                    Source::Spill(_) => None,
+                };
+                if let Some(generations) = generations.take() {
+                    // Try once more to keep everything on disk, in order.
+                    if let Err(error) = queue.move_memory_to_spill(Some((&mut batch, generations)))
+                    {
+                        tracing::error!(%error, "cannot spill at shutdown");
+                    }
+                } else if let Err(error) = queue.move_memory_to_spill(None) {
+                    tracing::error!(%error, "cannot spill at shutdown");
+                }
+                let left = queue.memory_records() + batch.len() as u64;
+                if left > 0 {
+                    stats
+                        .records_dropped_shutdown
+                        .fetch_add(left, Ordering::Relaxed);
+                    tracing::warn!(
+                        records = left,
+                        "the bot is away at shutdown and these records are not on the spill; \
+                         their shards' saved sequence stops before them, so Discord replays \
+                         them on resume"
+                    );
+                } else {
+                    tracing::info!(
+                        spilled = queue.depth().2,
+                        "the bot is away at shutdown: undelivered records are on the spill"
+                    );
+                }
+                shared.publish_depth(&queue);
+                return;
+            }
         }
-        batch.clear();
         // Keep memory bounded after a burst of big payloads.
         if body.capacity() > 4 * (config.batch_bytes_max + 64 * 1024) {
             body = Vec::with_capacity(config.batch_bytes_max + 64 * 1024);
@@ -201,20 +485,32 @@ pub fn run(
     }
 }
 
-/// Posts `body` until a 2xx, backing off between tries. Once `stop` is set, keeps trying for
-/// `grace` more and then gives up (the caller counts the loss).
+/// How [`deliver`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    /// The first try failed and the caller asked to hear about it.
+    Failed,
+    /// Stopping, and the grace ran out.
+    GraceOver,
+}
+
+/// Posts `body` until a 2xx, backing off between tries; with `first_failure_returns`, returns
+/// [`Outcome::Failed`] after the first failed try instead. Once `stop` is set, keeps trying for
+/// `grace` more and then gives up.
 fn deliver(
     client: &mut HttpClient,
     body: &[u8],
     stats: &SinkStats,
     stop: &AtomicBool,
+    stop_seen: &mut Option<Instant>,
     grace: Duration,
-) -> bool {
+    first_failure_returns: bool,
+) -> Outcome {
     let mut delay = RETRY_DELAY_MIN;
-    let mut stop_seen: Option<Instant> = None;
     loop {
         match client.post_json(body) {
-            Ok(status) if (200..300).contains(&status) => return true,
+            Ok(status) if (200..300).contains(&status) => return Outcome::Delivered,
             Ok(status) => {
                 stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -228,10 +524,13 @@ fn deliver(
                 tracing::warn!(%error, retry_ms = delay.as_millis() as u64, "cannot deliver a batch; retrying");
             }
         }
+        if first_failure_returns {
+            return Outcome::Failed;
+        }
         if stop.load(Ordering::Acquire) {
             let since = *stop_seen.get_or_insert_with(Instant::now);
             if since.elapsed() + delay > grace {
-                return false;
+                return Outcome::GraceOver;
             }
         }
         std::thread::sleep(delay);

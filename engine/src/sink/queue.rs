@@ -1,0 +1,429 @@
+//! The sink's queue: records between the rings and the bot, in memory up to a byte bound and
+//! on the disk spill beyond it, with each shard's durable position for the saved sessions.
+//!
+//! Order: one FIFO. While the spill holds anything, every new record goes to the spill too
+//! (the memory part only ever holds records older than the spill's), so delivering memory
+//! first, then the spill, keeps every shard in sequence order.
+//!
+//! Durable position: a record is durable once the bot acknowledged it or it was written to the
+//! spill. A shard's saved sequence is the last one such that it and everything before it on
+//! that shard are durable: records still in memory (or in the batch being delivered) hold it
+//! back, since they are older than anything spilled. After a crash the shard resumes from
+//! there and Discord replays the rest: duplicates are possible, loss is not.
+//!
+//! Sessions: a [`RecordKind::Session`] marker from a core starts a new generation for its
+//! shard; acknowledgements of older records no longer move the new session's position.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use crate::record::{Record, RecordKind};
+use crate::shard::Session;
+use crate::spill::{Spill, SpillError};
+
+use super::sessions::SavedSessions;
+
+/// Where a taken batch came from, for [`Queue::acknowledge`].
+#[derive(Debug)]
+pub enum Source {
+    /// Popped from memory: each record's session generation.
+    Memory(Vec<u32>),
+    /// Peeked from the spill: acknowledged there.
+    Spill(usize),
+}
+
+/// One shard's session and durable position.
+#[derive(Debug, Default, Clone)]
+struct Track {
+    generation: u32,
+    session: Option<Session>,
+    /// Highest sequence of the current generation the bot acknowledged from memory.
+    delivered_seq: u64,
+    /// Highest sequence of the current generation written to the spill.
+    spilled_seq: u64,
+    /// Records of this shard in memory or in the batch being delivered from memory.
+    in_memory: u64,
+}
+
+impl Track {
+    fn durable_seq(&self) -> u64 {
+        if self.in_memory > 0 {
+            self.delivered_seq
+        } else {
+            self.delivered_seq.max(self.spilled_seq)
+        }
+    }
+}
+
+/// What [`Queue::push`] did with a record.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    pub to_spill: u64,
+    /// Older spilled records the disk bound deleted to make room.
+    pub spill_dropped: u64,
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    memory: VecDeque<(Record, u32)>,
+    memory_bytes: u64,
+    memory_bytes_max: u64,
+    /// When the oldest record in memory arrived (for the linger).
+    oldest_at: Option<Instant>,
+    spill: Option<Spill>,
+    tracks: HashMap<u32, Track>,
+    /// The shard count sessions are saved with.
+    total_shards: u32,
+}
+
+impl Queue {
+    /// `saved`: the sessions loaded at startup; their positions start at the saved sequence.
+    pub fn new(
+        memory_bytes_max: u64,
+        spill: Option<Spill>,
+        total_shards: u32,
+        saved: &SavedSessions,
+    ) -> Queue {
+        let tracks = saved
+            .shards
+            .iter()
+            .map(|(shard, session)| {
+                let track = Track {
+                    generation: 0,
+                    delivered_seq: session.sequence,
+                    spilled_seq: session.sequence,
+                    session: Some(session.clone()),
+                    in_memory: 0,
+                };
+                (*shard, track)
+            })
+            .collect();
+        Queue {
+            memory: VecDeque::new(),
+            memory_bytes: 0,
+            memory_bytes_max,
+            oldest_at: None,
+            spill,
+            tracks,
+            total_shards,
+        }
+    }
+
+    /// True when the memory part is at its bound and there is no spill to take more: the
+    /// collector must stop draining the rings (backpressure to the cores).
+    pub fn is_full(&self) -> bool {
+        self.spill.is_none() && self.memory_bytes >= self.memory_bytes_max
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_empty() && self.spill.as_ref().is_none_or(Spill::is_empty)
+    }
+
+    /// Records waiting: in memory, and on the spill.
+    pub fn depth(&self) -> (u64, u64, u64) {
+        (
+            self.memory.len() as u64,
+            self.memory_bytes,
+            self.spill.as_ref().map_or(0, Spill::records),
+        )
+    }
+
+    pub fn oldest_at(&self) -> Option<Instant> {
+        self.oldest_at
+    }
+
+    /// A backlog is being drained: more than one batch in memory, or anything on the spill.
+    pub fn has_backlog(&self, batch_events_max: usize) -> bool {
+        self.memory.len() > batch_events_max || self.spill.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    /// Takes a record from a ring. Session markers update their shard and go no further. When
+    /// the spill cannot take it, the record comes back with the error.
+    pub fn push(&mut self, record: Record, now: Instant) -> Result<Pushed, (SpillError, Record)> {
+        if record.kind == RecordKind::Session {
+            self.start_session(&record);
+            return Ok(Pushed::default());
+        }
+        let bytes = record.encoded_len() as u64;
+        if self.spill.as_ref().is_some_and(Spill::is_empty)
+            && self.memory_bytes + bytes > self.memory_bytes_max
+            && let Err(error) = self.move_memory_to_spill(None)
+        {
+            return Err((error, record));
+        }
+        let track = self.tracks.entry(record.shard_id).or_default();
+        if let Some(spill) = self.spill.as_mut()
+            && (!spill.is_empty() || self.memory_bytes + bytes > self.memory_bytes_max)
+        {
+            let appended = match spill.append(&record) {
+                Ok(appended) => appended,
+                Err(error) => return Err((error, record)),
+            };
+            if record.seq > 0 {
+                track.spilled_seq = record.seq;
+            }
+            return Ok(Pushed {
+                to_spill: 1,
+                spill_dropped: appended.dropped_records,
+            });
+        }
+        track.in_memory += 1;
+        let generation = track.generation;
+        self.memory_bytes += bytes;
+        self.oldest_at.get_or_insert(now);
+        self.memory.push_back((record, generation));
+        Ok(Pushed::default())
+    }
+
+    /// Writes what [`Queue::push`] appended to the spill (fsync per its policy).
+    pub fn flush_spill(&mut self) -> Result<(), SpillError> {
+        match self.spill.as_mut() {
+            Some(spill) => spill.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// The next batch, oldest first: from memory while it has records, else from the spill.
+    pub fn take(
+        &mut self,
+        events_max: usize,
+        bytes_max: usize,
+        batch: &mut Vec<Record>,
+    ) -> Result<Option<Source>, SpillError> {
+        batch.clear();
+        if !self.memory.is_empty() {
+            let mut generations = Vec::new();
+            let mut bytes = 0;
+            while batch.len() < events_max && bytes < bytes_max {
+                let Some((record, generation)) = self.memory.pop_front() else {
+                    break;
+                };
+                let size = record.encoded_len();
+                bytes += size;
+                self.memory_bytes -= size as u64;
+                generations.push(generation);
+                batch.push(record);
+            }
+            self.oldest_at = if self.memory.is_empty() {
+                None
+            } else {
+                Some(Instant::now())
+            };
+            return Ok(Some(Source::Memory(generations)));
+        }
+        match self.spill.as_mut() {
+            Some(spill) if !spill.is_empty() => {
+                let count = spill.peek(events_max, bytes_max, batch)?;
+                Ok(Some(Source::Spill(count)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The bot took the batch `take` returned.
+    pub fn acknowledge(&mut self, batch: &[Record], source: Source) -> Result<(), SpillError> {
+        match source {
+            Source::Spill(count) => {
+                if let Some(spill) = self.spill.as_mut() {
+                    spill.ack(count)?;
+                }
+            }
+            Source::Memory(generations) => {
+                for (record, generation) in batch.iter().zip(generations) {
+                    let track = self.tracks.entry(record.shard_id).or_default();
+                    track.in_memory = track.in_memory.saturating_sub(1);
+                    if generation == track.generation && record.seq > 0 {
+                        track.delivered_seq = record.seq;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a batch taken from memory could go back to the spill in order right now.
+    pub fn can_hand_back(&self) -> bool {
+        self.spill.as_ref().is_some_and(Spill::is_empty)
+    }
+
+    /// The bot is away: puts `returned` (a batch taken from memory, with its generations) back in
+    /// front and moves all of memory to the spill, in order, so that all of it is durable (it
+    /// survives a crash, and the saved positions move past it). Only while the spill is empty
+    /// ([`Queue::can_hand_back`]); otherwise nothing changes and `false` comes back.
+    pub fn move_memory_to_spill(
+        &mut self,
+        returned: Option<(&mut Vec<Record>, Vec<u32>)>,
+    ) -> Result<bool, SpillError> {
+        if !self.can_hand_back() {
+            return Ok(false);
+        }
+        if let Some((batch, generations)) = returned {
+            for (record, generation) in batch.drain(..).zip(generations).rev() {
+                self.memory_bytes += record.encoded_len() as u64;
+                self.memory.push_front((record, generation));
+            }
+        }
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(false);
+        };
+        while let Some((record, generation)) = self.memory.pop_front() {
+            if let Err(error) = spill.append(&record) {
+                // A failing disk: the record stays in memory, now newer than the spill's part.
+                // Delivery still goes memory first, so these shards may see this stretch out of
+                // order; the caller counts and logs the error.
+                self.memory.push_front((record, generation));
+                return Err(error);
+            }
+            self.memory_bytes -= record.encoded_len() as u64;
+            let track = self.tracks.entry(record.shard_id).or_default();
+            track.in_memory = track.in_memory.saturating_sub(1);
+            if generation == track.generation && record.seq > 0 {
+                track.spilled_seq = record.seq;
+            }
+        }
+        self.oldest_at = None;
+        spill.flush()?;
+        Ok(true)
+    }
+
+    /// Records only in memory (none once they went to the spill).
+    pub fn memory_records(&self) -> u64 {
+        self.memory.len() as u64
+    }
+
+    /// The sessions to save: each shard's session with its durable position.
+    pub fn saved_sessions(&self) -> SavedSessions {
+        let mut saved = SavedSessions::new(self.total_shards);
+        for (shard, track) in &self.tracks {
+            if let Some(session) = &track.session {
+                saved.shards.insert(
+                    *shard,
+                    Session {
+                        sequence: track.durable_seq(),
+                        ..session.clone()
+                    },
+                );
+            }
+        }
+        saved
+    }
+
+    pub fn spill_stats(&self) -> Option<crate::spill::SpillStats> {
+        self.spill.as_ref().map(Spill::stats)
+    }
+
+    fn start_session(&mut self, marker: &Record) {
+        let session: Session = match serde_json::from_slice(&marker.payload) {
+            Ok(session) => session,
+            Err(error) => {
+                // Built by the core from its own machine: a broken one is a bug, not input.
+                debug_assert!(false, "session marker: {error}");
+                tracing::error!(shard = marker.shard_id, %error, "unreadable session marker");
+                return;
+            }
+        };
+        let track = self.tracks.entry(marker.shard_id).or_default();
+        track.generation = track.generation.wrapping_add(1);
+        track.delivered_seq = 0;
+        track.spilled_seq = 0;
+        track.session = Some(session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(shard_id: u32, seq: u64) -> Record {
+        Record {
+            shard_id,
+            seq,
+            kind: RecordKind::Dispatch,
+            payload: format!(r#"{{"t":"X","s":{seq},"op":0,"d":{{}}}}"#).into_bytes(),
+        }
+    }
+
+    fn marker(shard_id: u32, id: &str) -> Record {
+        Record {
+            shard_id,
+            seq: 0,
+            kind: RecordKind::Session,
+            payload: serde_json::to_vec(&Session {
+                session_id: id.into(),
+                resume_url: Some("wss://resume.example".into()),
+                sequence: 1,
+            })
+            .unwrap(),
+        }
+    }
+
+    fn seq_of(queue: &Queue, shard: u32) -> Option<(String, u64)> {
+        queue
+            .saved_sessions()
+            .shards
+            .get(&shard)
+            .map(|s| (s.session_id.clone(), s.sequence))
+    }
+
+    #[test]
+    fn memory_positions_move_on_acknowledgement_only() {
+        let mut queue = Queue::new(1 << 20, None, 4, &SavedSessions::new(4));
+        let now = Instant::now();
+        queue.push(marker(1, "a"), now).unwrap();
+        for seq in 1..=5 {
+            queue.push(record(1, seq), now).unwrap();
+        }
+        assert_eq!(seq_of(&queue, 1), Some(("a".into(), 0)));
+        let mut batch = Vec::new();
+        let source = queue.take(3, usize::MAX, &mut batch).unwrap().unwrap();
+        assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        // Taken is not delivered.
+        assert_eq!(seq_of(&queue, 1), Some(("a".into(), 0)));
+        queue.acknowledge(&batch, source).unwrap();
+        assert_eq!(seq_of(&queue, 1), Some(("a".into(), 3)));
+        assert_eq!(queue.depth().0, 2);
+    }
+
+    #[test]
+    fn a_new_session_is_not_moved_by_the_old_one() {
+        let mut queue = Queue::new(1 << 20, None, 4, &SavedSessions::new(4));
+        let now = Instant::now();
+        queue.push(marker(2, "old"), now).unwrap();
+        queue.push(record(2, 40), now).unwrap();
+        queue.push(marker(2, "new"), now).unwrap();
+        queue.push(record(2, 1), now).unwrap();
+        let mut batch = Vec::new();
+        let source = queue.take(1, usize::MAX, &mut batch).unwrap().unwrap();
+        queue.acknowledge(&batch, source).unwrap();
+        // Seq 40 belonged to "old": "new" has nothing durable yet.
+        assert_eq!(seq_of(&queue, 2), Some(("new".into(), 0)));
+        let source = queue.take(1, usize::MAX, &mut batch).unwrap().unwrap();
+        queue.acknowledge(&batch, source).unwrap();
+        assert_eq!(seq_of(&queue, 2), Some(("new".into(), 1)));
+    }
+
+    #[test]
+    fn saved_sessions_start_where_they_were() {
+        let mut saved = SavedSessions::new(4);
+        saved.shards.insert(
+            0,
+            Session {
+                session_id: "s".into(),
+                resume_url: None,
+                sequence: 77,
+            },
+        );
+        let queue = Queue::new(1 << 20, None, 4, &saved);
+        assert_eq!(seq_of(&queue, 0), Some(("s".into(), 77)));
+    }
+
+    #[test]
+    fn without_a_spill_a_full_memory_is_backpressure() {
+        let mut queue = Queue::new(150, None, 1, &SavedSessions::new(1));
+        let now = Instant::now();
+        assert!(!queue.is_full());
+        queue.push(record(0, 1), now).unwrap();
+        queue.push(record(0, 2), now).unwrap();
+        assert!(queue.is_full());
+    }
+}

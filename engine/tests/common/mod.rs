@@ -1,0 +1,104 @@
+//! What the engine's integration tests share: the real binary pointed at the mock and the
+//! bot, and the ledger arithmetic that says what the bot must have received.
+
+#![allow(clippy::unwrap_used, dead_code)] // test helpers fail loudly; not every test uses all
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_bot::FakeBot;
+use mock_gateway::{Ledger, MockGateway};
+
+pub struct Engine(pub Child);
+
+impl Engine {
+    /// SIGTERM, then the exit status and whatever it wrote to stderr (if piped).
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.0.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(pipe) = self.0.stderr.as_mut() {
+            std::io::Read::read_to_string(pipe, &mut stderr).unwrap();
+        }
+        (status, stderr)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Seqs the bot must get for a shard: everything the mock sent minus redundant updates.
+pub fn expected(ledger: &Ledger, shard: u32) -> BTreeSet<u64> {
+    expected_in(&ledger.shards[&shard].sessions[0])
+}
+
+pub fn expected_in(session: &mock_gateway::SessionLedger) -> BTreeSet<u64> {
+    let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
+    (session.first_seq..=session.last_seq)
+        .filter(|s| !redundant.contains(s))
+        .collect()
+}
+
+/// Steady-stream dispatches in a session (what `events_per_shard` counts): all but READY,
+/// RESUMED and GUILD_CREATE.
+pub fn steady(session: &mock_gateway::SessionLedger) -> u64 {
+    session
+        .by_type
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "READY" | "RESUMED" | "GUILD_CREATE"))
+        .map(|(_, count)| count)
+        .sum()
+}
+
+pub fn received(run: &fake_bot::RunReport) -> BTreeSet<u64> {
+    run.ranges
+        .iter()
+        .flat_map(|[start, end]| *start..=*end)
+        .collect()
+}
+
+/// `shardgate run` pointed at the mock (REST over TLS, its CA trusted) and the bot, with the
+/// mock's token, data in `dir` and warnings only; callers add what differs.
+pub fn engine_command(mock: &MockGateway, bot: &FakeBot, dir: &std::path::Path) -> Command {
+    let mut command = bare_engine_command(mock, bot, dir);
+    command.args(["--data-dir", dir.to_str().unwrap(), "--log", "warn"]);
+    command
+}
+
+/// [`engine_command`] without `--data-dir` and `--log`.
+pub fn bare_engine_command(mock: &MockGateway, bot: &FakeBot, dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
+    command
+        .args([
+            "run",
+            "--api-base",
+            &mock.api_base(),
+            "--forward-url",
+            &bot.url(),
+        ])
+        .args(["--ca-file", dir.join("ca.pem").to_str().unwrap()])
+        .env("DISCORD_TOKEN", mock.token())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}

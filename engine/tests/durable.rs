@@ -1,0 +1,367 @@
+//! Nothing lost: the real binary with its data dir, the mock gateway over TLS and the fake bot,
+//! across a bot that goes away, a graceful restart, a `kill -9` while the bot is away (with a
+//! torn write at the spill's tail), and a spill that reaches its disk bound.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Engine, bare_engine_command, expected_in, received, steady, wait_until};
+use fake_bot::{BotConfig, FakeBot};
+use mock_gateway::{MockConfig, MockGateway};
+
+const SHARDS: u32 = 4;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardgate-durable-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mock(dir: &Path, rate: f64, events_per_shard: u64) -> MockGateway {
+    MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            ca_out: Some(dir.join("ca.pem")),
+            seed: Some(11),
+            guilds: 16,
+            max_concurrency: 16,
+            rate,
+            events_per_shard,
+            guild_create_bytes: 2000,
+            heartbeat_interval_ms: 2000,
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .unwrap()
+}
+
+/// `shardgate run` on the data dir `dir/data`, 4 shards on 2 cores, small spill fsync cost.
+fn engine(mock: &MockGateway, bot: &FakeBot, dir: &Path, extra: &[&str]) -> Command {
+    let mut command = bare_engine_command(mock, bot, dir);
+    command
+        .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
+        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+        .args([
+            "--spill-fsync",
+            "never",
+            "--session-save-interval-ms",
+            "200",
+        ])
+        .args(["--log", "info", "--log-format", "json"])
+        .args(extra);
+    command
+}
+
+fn start(mut command: Command) -> Engine {
+    Engine(command.stderr(Stdio::piped()).spawn().unwrap())
+}
+
+/// Every shard's stream ended and the bot has at least what the ledger says it must.
+fn all_arrived(mock: &MockGateway, bot: &FakeBot, events_per_shard: u64) -> bool {
+    let ledger = mock.ledger();
+    let report = bot.report();
+    (0..SHARDS).all(|shard| {
+        let Some(shard_ledger) = ledger.shards.get(&shard) else {
+            return false;
+        };
+        let sent: u64 = shard_ledger.sessions.iter().map(steady).sum();
+        let got: BTreeSet<u64> = report
+            .shards
+            .get(&shard)
+            .map(|r| r.runs.iter().flat_map(received).collect())
+            .unwrap_or_default();
+        sent >= events_per_shard
+            && shard_ledger
+                .sessions
+                .iter()
+                .all(|session| expected_in(session).is_subset(&got))
+    })
+}
+
+/// Per shard: one session in the ledger and one run at the bot with every expected sequence,
+/// in order, and nothing else but (after a restart, whose dedup cache starts empty) updates
+/// the mock marked redundant. Returns the duplicates the bot counted.
+fn check_exactly_expected(mock: &MockGateway, bot: &FakeBot) -> u64 {
+    let ledger = mock.ledger();
+    let report = bot.report();
+    assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
+    for shard in 0..SHARDS {
+        let shard_ledger = &ledger.shards[&shard];
+        assert_eq!(shard_ledger.sessions.len(), 1, "shard {shard}: one session");
+        let got = &report.shards[&shard];
+        assert_eq!(got.runs.len(), 1, "shard {shard}: one run at the bot");
+        assert_eq!(got.out_of_order, 0, "shard {shard}");
+        let session = &shard_ledger.sessions[0];
+        let want = expected_in(session);
+        let got = received(&got.runs[0]);
+        let missing: Vec<_> = want.difference(&got).collect();
+        assert!(missing.is_empty(), "shard {shard}: missing {missing:?}");
+        let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
+        let extra: BTreeSet<u64> = got.difference(&want).copied().collect();
+        assert!(
+            extra.is_subset(&redundant),
+            "shard {shard}: unexpected {extra:?}"
+        );
+    }
+    report.totals.duplicates
+}
+
+/// The last JSON status line's `field`.
+fn last_status(stderr: &str, field: &str) -> Option<u64> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "status")
+        .filter_map(|line| line["fields"][field].as_u64())
+        .next_back()
+}
+
+#[test]
+fn bot_away_for_30_seconds_loses_nothing() {
+    let dir = scratch("bot-away");
+    const EVENTS: u64 = 3000;
+    let mock = mock(&dir, 60.0, EVENTS);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    // A 1 MiB memory queue: the 30 s backlog (about 7 MB) goes through the disk spill.
+    let mut engine = start(engine(&mock, &bot, &dir, &["--queue-bytes-max", "1048576"]));
+    wait_until(
+        "a steady stream at the bot",
+        Duration::from_secs(30),
+        || bot.report().totals.records > 400,
+    );
+    bot.refuse_for(Duration::from_secs(30));
+    wait_until(
+        "everything to arrive after the bot is back",
+        Duration::from_secs(150),
+        || all_arrived(&mock, &bot, EVENTS),
+    );
+    let duplicates = check_exactly_expected(&mock, &bot);
+    // Refused connections never took a batch, so nothing was sent twice.
+    assert_eq!(duplicates, 0);
+    let ledger = mock.ledger();
+    for shard in 0..SHARDS {
+        assert_eq!(
+            ledger.shards[&shard].identifies, 1,
+            "shard {shard} stayed up"
+        );
+    }
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        last_status(&stderr, "spilled").unwrap() > 1000,
+        "the backlog went through the spill"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_and_restart_resumes_every_session() {
+    let dir = scratch("restart");
+    const EVENTS: u64 = 2400;
+    let mock = mock(&dir, 150.0, EVENTS);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let mut first = start(engine(&mock, &bot, &dir, &[]));
+    wait_until(
+        "a steady stream at the bot",
+        Duration::from_secs(30),
+        || bot.report().totals.records > 1000,
+    );
+    let (status, stderr) = first.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("sessions saved"), "{stderr}");
+    let mut second = start(engine(&mock, &bot, &dir, &[]));
+    wait_until(
+        "everything to arrive after the restart",
+        Duration::from_secs(90),
+        || all_arrived(&mock, &bot, EVENTS),
+    );
+    let duplicates = check_exactly_expected(&mock, &bot);
+    assert_eq!(
+        duplicates, 0,
+        "a graceful restart resumes exactly where it stopped"
+    );
+    let ledger = mock.ledger();
+    for shard in 0..SHARDS {
+        let shard_ledger = &ledger.shards[&shard];
+        assert_eq!(shard_ledger.identifies, 1, "shard {shard}: no new identify");
+        assert!(shard_ledger.resumes >= 1, "shard {shard} resumed");
+        assert_eq!(
+            shard_ledger.client_closes.get("4000"),
+            Some(&1),
+            "shard {shard} closed resumably"
+        );
+    }
+    let (status, stderr) = second.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(last_status(&stderr, "saved_sessions_resumed"), Some(4));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kill_9_while_the_bot_is_away_loses_nothing_and_a_torn_tail_is_skipped() {
+    let dir = scratch("kill");
+    const EVENTS: u64 = 2400;
+    let mock = mock(&dir, 150.0, EVENTS);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let mut first = start(engine(&mock, &bot, &dir, &["--queue-bytes-max", "1048576"]));
+    wait_until(
+        "a steady stream at the bot",
+        Duration::from_secs(30),
+        || bot.report().totals.records > 300,
+    );
+    bot.refuse_for(Duration::from_secs(12));
+    let spill = dir.join("data").join("spill");
+    wait_until("records on the spill", Duration::from_secs(30), || {
+        spill_bytes(&spill) > 200_000
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    // A write torn by the crash: half a record header at the tail of the newest segment.
+    let newest = newest_segment(&spill);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"SGR1\x40\x00").unwrap();
+    drop(file);
+
+    let mut second = start(engine(&mock, &bot, &dir, &[]));
+    wait_until(
+        "everything to arrive after the crash",
+        Duration::from_secs(120),
+        || all_arrived(&mock, &bot, EVENTS),
+    );
+    let ledger = mock.ledger();
+    let report = bot.report();
+    assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
+    for shard in 0..SHARDS {
+        let shard_ledger = &ledger.shards[&shard];
+        assert_eq!(
+            shard_ledger.identifies, 1,
+            "shard {shard}: resumed, no identify"
+        );
+        let got = &report.shards[&shard];
+        let session = &shard_ledger.sessions[0];
+        let want = expected_in(session);
+        let arrived = received(&got.runs[0]);
+        assert!(want.is_subset(&arrived), "shard {shard}: 0 lost");
+        // Discord's replay after the crash repeats what the spill already delivered, and the
+        // new process's empty dedup cache lets through redundant updates the old one dropped:
+        // those are the only extras, and the only records that can arrive behind a higher seq.
+        let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
+        let extra: BTreeSet<u64> = arrived.difference(&want).copied().collect();
+        assert!(extra.is_subset(&redundant), "shard {shard}: {extra:?}");
+        assert!(
+            got.out_of_order <= extra.len() as u64,
+            "shard {shard}: {} out of order, {} late redundant updates",
+            got.out_of_order,
+            extra.len()
+        );
+    }
+    eprintln!(
+        "kill -9 with the bot away: {} records, {} duplicates (allowed after a crash)",
+        report.totals.records, report.totals.duplicates
+    );
+    let (status, stderr) = second.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("torn"),
+        "the torn tail was reported: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_spill_drops_exactly_what_it_counts() {
+    let dir = scratch("spill-full");
+    const EVENTS: u64 = 1500;
+    let mock = mock(&dir, 300.0, EVENTS);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let mut engine = start(engine(
+        &mock,
+        &bot,
+        &dir,
+        &[
+            "--batch-bytes-max",
+            "65536",
+            "--queue-bytes-max",
+            "65536",
+            "--spill-bytes-max",
+            "1048576",
+        ],
+    ));
+    wait_until("every shard ready", Duration::from_secs(30), || {
+        bot.report().totals.notices.get("ALL_SHARDS_READY") == Some(&1)
+    });
+    // Away for the whole stream (about 6.6 MB against a 1 MiB spill).
+    bot.refuse_for(Duration::from_secs(8));
+    wait_until("the stream to end", Duration::from_secs(60), || {
+        let ledger = mock.ledger();
+        (0..SHARDS).all(|s| ledger.shards[&s].sessions.iter().map(steady).sum::<u64>() >= EVENTS)
+    });
+    // The bot comes back; wait until it stops receiving.
+    let mut last = u64::MAX;
+    wait_until("delivery to settle", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = bot.report().totals.records;
+        let settled = now == last;
+        last = now;
+        settled
+    });
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "the process stays healthy: {stderr}");
+    let dropped = last_status(&stderr, "dropped_spill_full").unwrap();
+    let ledger = mock.ledger();
+    let report = bot.report();
+    let mut missing = 0;
+    for shard in 0..SHARDS {
+        let want = expected_in(&ledger.shards[&shard].sessions[0]);
+        let got = received(&report.shards[&shard].runs[0]);
+        missing += want.difference(&got).count() as u64;
+    }
+    assert!(dropped > 0, "the bound was reached");
+    assert_eq!(
+        dropped, missing,
+        "every drop is counted, and only drops are missing"
+    );
+    assert_eq!(report.totals.out_of_order, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn spill_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn newest_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("segment-")
+        })
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
+}
