@@ -12,12 +12,16 @@
 //!   `payload_bytes_max + 1` bytes of capacity;
 //! - only zlib-stream answers "more frames needed";
 //! - after an error the decoder refuses frames until reset;
-//! - where the classifier's fast path answers for a UTF-8 payload, its fallback gives the same head.
+//! - where the classifier's fast path answers for a UTF-8 payload, its fallback gives the same head;
+//! - the field helpers' scanner agrees with the sonic-rs readers it replaced ([`check_fields`]).
 
+use std::fmt::Debug;
 use std::hint::black_box;
 
 use super::classify::{classify, classify_lazy, classify_prefix};
-use super::fields::{guild_id, guild_unavailable, message_id_and_content_hash, ready_guild_ids};
+use super::fields::{
+    guild_id, guild_unavailable, message_id_and_content_hash, ready_guild_ids, sonic,
+};
 use super::{Compression, DecodeError, Decoder, DecoderLimits, Frame};
 
 /// The fuzzing decoder's limits: small enough that bombs and long messages hit them quickly.
@@ -98,19 +102,63 @@ fn check_payload(payload: &[u8]) {
             String::from_utf8_lossy(payload)
         );
     }
-    if let Ok(head) = head {
-        match head.t {
-            Some("MESSAGE_CREATE" | "MESSAGE_UPDATE") => {
-                black_box(message_id_and_content_hash(payload));
-            }
-            Some("READY") => {
-                black_box(ready_guild_ids(payload));
-            }
-            _ => {}
-        }
+    if let Ok(head) = head
+        && head.t == Some("READY")
+    {
+        black_box(ready_guild_ids(payload));
     }
-    black_box(guild_id(payload));
-    black_box(guild_unavailable(payload));
+    check_fields(payload);
+}
+
+/// The field helpers against the sonic-rs readers they replaced, on any bytes: the same answers
+/// wherever sonic-rs parses the whole payload; wherever both answer, the same value (the scanner
+/// may refuse a malformed payload sonic-rs reads, or read one whose damage it skips over).
+pub(crate) fn check_fields(payload: &[u8]) {
+    let valid = sonic_rs::from_slice::<sonic_rs::Value>(payload).is_ok();
+    if sonic::can_read_message_fields(payload) {
+        check_field(
+            "message_id_and_content_hash",
+            payload,
+            valid,
+            message_id_and_content_hash(payload),
+            sonic::message_id_and_content_hash(payload),
+        );
+    } else {
+        black_box(message_id_and_content_hash(payload));
+    }
+    check_field(
+        "guild_id",
+        payload,
+        valid,
+        guild_id(payload),
+        sonic::guild_id(payload),
+    );
+    check_field(
+        "guild_unavailable",
+        payload,
+        valid,
+        guild_unavailable(payload),
+        sonic::guild_unavailable(payload),
+    );
+}
+
+fn check_field<T: PartialEq + Debug>(
+    name: &str,
+    payload: &[u8],
+    valid: bool,
+    scanned: Option<T>,
+    parsed: Option<T>,
+) {
+    let agree = if valid {
+        scanned == parsed
+    } else {
+        scanned.is_none() || parsed.is_none() || scanned == parsed
+    };
+    assert!(
+        agree,
+        "{name}: scanner {scanned:?}, sonic-rs {parsed:?} (valid JSON: {valid}) on {:?}",
+        String::from_utf8_lossy(payload)
+    );
 }
 
 /// Builds a [`fuzz_entry`] input from `(control, bytes)` frames of at most 64 KiB each.
@@ -324,6 +372,23 @@ mod tests {
         seeds.push((
             "zstd-stream-text".to_owned(),
             encode_input(Compression::ZstdStream, &records),
+        ));
+        // Text frames the field helpers' scanner reads: escapes in strings and keys, `id` and
+        // `content` nested before the real ones, repeated keys and `d`s, whitespace, numbers last.
+        let texts: [&[u8]; 8] = [
+            br#"{"t":"MESSAGE_CREATE","s":1,"op":0,"d":{"author":{"id":"9","content":"no"},"x":"\"}]\\","content":"say \"hi\"","id":"42","guild_id":"7"}}"#,
+            br#"{"t":"MESSAGE_UPDATE","s":2,"op":0,"\u0064":{"\u0069d":"7","con\u0074ent":"k"}}"#,
+            br#"{"t":"MESSAGE_UPDATE","s":3,"op":0,"d":{"id":"1"},"d":{"content":"x"}}"#,
+            br#"{"t":"MESSAGE_UPDATE","s":4,"op":0,"d":{"id":"1","id":"2","content":"x"}}"#,
+            b"{ \"t\" : \"GUILD_DELETE\" , \"s\" : 5 , \"op\" : 0 , \"d\" : { \"unavailable\" : true , \"id\" : \"9\" } }",
+            br#"{"t":"TYPING_START","s":6,"op":0,"d":{"member":{"guild_id":"1"},"guild_id":123456}}"#,
+            br#"{"t":"GUILD_CREATE","s":7,"op":0,"d":{"channels":[[[{"id":"1"}]]],"unavailable":false,"id":8}}"#,
+            br#"{"t":"MESSAGE_CREATE","s":8,"op":0,"d":{"content":"\ud83d\ude00 caf\u00e9","id":18446744073709551615}}"#,
+        ];
+        let records: Vec<(u8, &[u8])> = texts.iter().map(|text| (CONTROL_TEXT, *text)).collect();
+        seeds.push((
+            "none-fields".to_owned(),
+            encode_input(Compression::None, &records),
         ));
 
         let directory = corpus_dir("decode");

@@ -6,9 +6,10 @@
 //! [`ready_guild_ids`]).
 //!
 //! Must not: perform I/O, read the clock, build a DOM for an ordinary event, or allocate per
-//! message in steady state (buffers are sized at construction and recycled; the one exception is
-//! the field helpers' small sonic-rs scratch buffer). Sizes and their reasons are in
-//! [`DecoderLimits`] and [`OUTPUT_INITIAL_BYTES`].
+//! message in steady state (buffers are sized at construction and recycled; the hot field helpers
+//! scan without allocating, and only [`ready_guild_ids`] and a payload with escaped keys take
+//! sonic-rs's small scratch buffer). Sizes and their reasons are in [`DecoderLimits`] and
+//! [`OUTPUT_INITIAL_BYTES`].
 //!
 //! # Driver contract
 //!
@@ -27,6 +28,7 @@ mod decoder;
 mod fields;
 #[doc(hidden)]
 pub mod fuzz;
+mod scan;
 #[cfg(test)]
 mod test_support;
 

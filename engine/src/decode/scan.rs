@@ -1,0 +1,474 @@
+//! The field helpers' fast path: a forward-only scanner that walks a payload's top-level object
+//! to `d`, then `d`'s members, and hands back the raw bytes of the values it was asked for. What
+//! it skips it does not validate: a string ends at its first unescaped quote, an object or array
+//! at the bracket that brings the count of open brackets (outside strings) back to zero, a
+//! number or literal at the next delimiter. What it walks — the two objects on the path, their
+//! keys, colons and commas — it checks as a parser would.
+//!
+//! Must not: allocate, recurse, panic, read out of bounds, or loop without moving forward. Each
+//! step consumes at least one byte or stops, so a scan ends within one pass over the payload;
+//! nesting is a counter, so depth costs nothing. (sonic-rs's checked skip recurses once per
+//! level: on a 2 MiB thread stack it overflows at about 19,000 levels in a release build and
+//! about 70 in a debug one. The scanner never hands a payload to it.)
+//!
+//! # Agreement with sonic-rs
+//!
+//! On valid JSON each walk gives exactly what sonic-rs's checked lazy readers give, quirks
+//! included: [`d_member`] is `get_from_slice(payload, ["d", key])` (the first `d`, its first
+//! `key`) and [`message_id_and_content`] is `get_many` over `d.id` and `d.content` (later
+//! duplicates overwrite earlier ones until two values have been seen, and a second `d` is walked
+//! if the first lacked one). An empty object on the path answers nothing, as sonic-rs's
+//! `GetInEmptyObject` does. Keys are compared as text: a key written with escapes
+//! (`"\u0069d"` is `"id"`) is unescaped as it is compared, without a copy.
+//!
+//! On malformed input the scanner answers `None` wherever its walk meets something it does not
+//! expect (a truncated payload, a missing colon, unbalanced brackets, a number or literal at the
+//! very end that may have lost bytes). What it does not look at — the inside of skipped values,
+//! UTF-8, escapes inside values — it does not check, so on such a payload it may read a field
+//! that sonic-rs, which validates everything it skips, would refuse. Payloads reach the filter
+//! only after [`classify`](super::classify); the bot parses them in full.
+
+/// The raw bytes of `d.<name>` as `sonic_rs::get_from_slice(payload, ["d", name])` finds them:
+/// the first top-level `d`, which must be an object, and its first member named `name` (ASCII).
+pub(crate) fn d_member<'a>(payload: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut cursor = Cursor::new(payload);
+    cursor.enter_object()?;
+    while !cursor.key()?.is(b"d") {
+        cursor.value()?;
+        if !cursor.next_member()? {
+            return None;
+        }
+    }
+    cursor.enter_object()?;
+    while !cursor.key()?.is(name) {
+        cursor.value()?;
+        if !cursor.next_member()? {
+            return None;
+        }
+    }
+    cursor.value()
+}
+
+/// The raw bytes of `d.id` and `d.content` as `sonic_rs::get_many` finds them for those two
+/// paths: both members of every top-level `d` count, each one found overwrites the last of its
+/// name, and the walk ends after the second one found (or at the end of the payload's object).
+/// `None` unless both were found.
+pub(crate) fn message_id_and_content(payload: &[u8]) -> Option<MessageFields<'_>> {
+    message_id_and_content_traced(payload).0
+}
+
+/// A message's `d.id` and `d.content`, raw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MessageFields<'a> {
+    pub(crate) id: &'a [u8],
+    pub(crate) content: &'a [u8],
+}
+
+/// [`message_id_and_content`], and whether the walk entered a `d` after reading a key written
+/// with escapes. sonic-rs's `get_many` fails a debug assertion there (`strbuf.is_empty()` in its
+/// `get_many_keys`: the buffer that held the unescaped key is not cleared), so a debug build of
+/// the sonic-rs reader panics on such a payload; the fuzz check has to know.
+pub(crate) fn message_id_and_content_traced(payload: &[u8]) -> (Option<MessageFields<'_>>, bool) {
+    let mut cursor = Cursor::new(payload);
+    let mut escaped_before_d = false;
+    let (mut id, mut content) = (None, None);
+    let mut found = 0;
+    let mut walk = || {
+        cursor.enter_object()?;
+        'payload: loop {
+            if cursor.key()?.is(b"d") {
+                escaped_before_d |= cursor.escaped_keys;
+                cursor.enter_object()?;
+                loop {
+                    let key = cursor.key()?;
+                    let slot = if key.is(b"id") {
+                        Some(&mut id)
+                    } else if key.is(b"content") {
+                        Some(&mut content)
+                    } else {
+                        None
+                    };
+                    let value = cursor.value()?;
+                    if let Some(slot) = slot {
+                        *slot = Some(value);
+                        found += 1;
+                        if found == 2 {
+                            break 'payload;
+                        }
+                    }
+                    if !cursor.next_member()? {
+                        break;
+                    }
+                }
+            } else {
+                cursor.value()?;
+            }
+            if !cursor.next_member()? {
+                break;
+            }
+        }
+        Some(MessageFields {
+            id: id?,
+            content: content?,
+        })
+    };
+    let fields = walk();
+    (fields, escaped_before_d)
+}
+
+/// A key as written between its quotes.
+#[derive(Debug, Clone, Copy)]
+struct Key<'a> {
+    raw: &'a [u8],
+    escaped: bool,
+}
+
+impl Key<'_> {
+    /// Whether the key's text is `name` (ASCII).
+    fn is(&self, name: &[u8]) -> bool {
+        if self.escaped {
+            unescaped_equals(self.raw, name)
+        } else {
+            self.raw == name
+        }
+    }
+}
+
+/// A position in a payload; everything before it has been walked.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    /// Whether a key read so far was written with escapes (the key the cursor just read included).
+    escaped_keys: bool,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Cursor {
+            bytes,
+            at: 0,
+            escaped_keys: false,
+        }
+    }
+
+    /// Skips whitespace and answers the next byte without consuming it.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&byte) = self.bytes.get(self.at) {
+            if !is_whitespace(byte) {
+                return Some(byte);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    /// Skips whitespace and consumes `expected`.
+    fn expect(&mut self, expected: u8) -> Option<()> {
+        if self.peek() != Some(expected) {
+            return None;
+        }
+        self.at += 1;
+        Some(())
+    }
+
+    /// An object's `{` and the opening quote of its first key. An empty object is `None`.
+    fn enter_object(&mut self) -> Option<()> {
+        self.expect(b'{')?;
+        self.expect(b'"')
+    }
+
+    /// A key (the cursor is past its opening quote) and the colon after it.
+    fn key(&mut self) -> Option<Key<'a>> {
+        let start = self.at;
+        let (end, escaped) = string_end(self.bytes, start)?;
+        let raw = self.bytes.get(start..end)?;
+        self.at = end + 1;
+        self.escaped_keys |= escaped;
+        self.expect(b':')?;
+        Some(Key { raw, escaped })
+    }
+
+    /// After a member's value: `,` and the next key's opening quote (true), or `}` (false).
+    fn next_member(&mut self) -> Option<bool> {
+        match self.peek()? {
+            b',' => {
+                self.at += 1;
+                self.expect(b'"')?;
+                Some(true)
+            }
+            b'}' => {
+                self.at += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// Skips one value and answers its raw bytes: a string with its quotes, a whole object or
+    /// array, or a number or literal up to the delimiter after it (which must be there).
+    fn value(&mut self) -> Option<&'a [u8]> {
+        let first = self.peek()?;
+        let start = self.at;
+        let after_first = start + 1;
+        let end = match first {
+            b'"' => string_end(self.bytes, after_first).map(|(end, _)| end + 1),
+            b'{' | b'[' => container_end(self.bytes, after_first),
+            b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => scalar_end(self.bytes, after_first),
+            _ => None,
+        }?;
+        self.at = end;
+        self.bytes.get(start..end)
+    }
+}
+
+/// JSON's whitespace.
+fn is_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Whether a key written with escapes (`raw`, between its quotes) has the text `name`, which is
+/// ASCII. An escape that is not JSON's, or that stands for a character outside ASCII, cannot
+/// match. Nothing is copied.
+fn unescaped_equals(raw: &[u8], name: &[u8]) -> bool {
+    let (mut rest, mut name) = (raw, name);
+    loop {
+        let (byte, after) = match rest {
+            [] => return name.is_empty(),
+            [b'\\', b'u', digits @ ..] => {
+                let Some((hex, after)) = digits.split_first_chunk::<4>() else {
+                    return false;
+                };
+                match hex_u16(hex) {
+                    Some(unit) if unit < 0x80 => (unit as u8, after),
+                    _ => return false,
+                }
+            }
+            [b'\\', escape, after @ ..] => {
+                let byte = match escape {
+                    b'"' | b'\\' | b'/' => *escape,
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    _ => return false,
+                };
+                (byte, after)
+            }
+            [byte, after @ ..] => (*byte, after),
+        };
+        match name.split_first() {
+            Some((&expected, more)) if expected == byte => (rest, name) = (after, more),
+            _ => return false,
+        }
+    }
+}
+
+/// Four hexadecimal digits (either case) as a number.
+fn hex_u16(digits: &[u8; 4]) -> Option<u16> {
+    digits.iter().try_fold(0u16, |value, &digit| {
+        let nibble = char::from(digit).to_digit(16)?;
+        Some((value << 4) | nibble as u16)
+    })
+}
+
+/// The index of the quote that closes a string whose contents start at `at`, and whether the
+/// string has an escape. A backslash escapes the byte after it (`\"` and `\\` included); what
+/// follows it is not checked further. `None` if the string does not end.
+fn string_end(bytes: &[u8], mut at: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        // Eight bytes at a time while eight remain: the first quote or backslash among them.
+        while let Some(chunk) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+            let word = u64::from_le_bytes(*chunk);
+            let hits = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
+            if hits != 0 {
+                at += (hits.trailing_zeros() / 8) as usize;
+                break;
+            }
+            at += 8;
+        }
+        match *bytes.get(at)? {
+            b'"' => return Some((at, escaped)),
+            b'\\' => {
+                escaped = true;
+                at += 2;
+            }
+            _ => at += 1,
+        }
+    }
+}
+
+/// The index just past the bracket that closes an object or array whose contents start at `at`:
+/// brackets of either kind are counted, outside strings. `None` if it does not close.
+fn container_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    let mut depth = 1usize;
+    loop {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        match byte {
+            b'"' => at = string_end(bytes, at)?.0 + 1,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The index of the delimiter (whitespace, `,`, `}` or `]`) that ends a number or literal whose
+/// remaining bytes start at `at`. `None` at the end of the input: the token may be cut short.
+fn scalar_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let length = bytes
+        .get(at..)?
+        .iter()
+        .position(|&byte| is_whitespace(byte) || matches!(byte, b',' | b'}' | b']'))?;
+    Some(at + length)
+}
+
+/// A word with the high bit of each byte of `word` that equals `needle` set. Bits above the
+/// lowest may be false positives (a borrow runs upward from a matching byte), so only the lowest
+/// set bit is meaningful: that is all [`string_end`] reads.
+fn bytes_equal(word: u64, needle: u8) -> u64 {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero_where_equal = word ^ (ONES * u64::from(needle));
+    zero_where_equal.wrapping_sub(ONES) & !zero_where_equal & HIGHS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_end_at_the_first_unescaped_quote() {
+        type Case = (&'static [u8], Option<(usize, bool)>);
+        let cases: &[Case] = &[
+            (b"\"", Some((0, false))),
+            (b"abc\"", Some((3, false))),
+            (br#"a\"b""#, Some((4, true))),
+            (br#"a\\"b""#, Some((3, true))),
+            (br#"a\\\"b""#, Some((6, true))),
+            // Long enough for the eight-byte steps, with the quote in each lane.
+            (b"0123456789abcdef\"", Some((16, false))),
+            (b"0123456\"89abcdef\"", Some((7, false))),
+            (br#"0123456\"9abcdef""#, Some((16, true))),
+            (br#"01234567\\\\\\\\\\\\""#, Some((20, true))),
+            ("caf\u{e9} \u{1F600} \"".as_bytes(), Some((11, false))),
+            (b"", None),
+            (b"abc", None),
+            (b"abc\\", None),
+            (br#"abc\""#, None),
+            (b"0123456789abcdef\\", None),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                string_end(bytes, 0),
+                *expected,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn the_lowest_match_in_a_word_is_exact() {
+        for needle in [b'"', b'\\', 0, 0xff] {
+            for position in 0..8 {
+                // Bytes one bit away from the needle everywhere else, and matches above it, must
+                // not move the answer.
+                let mut bytes = [needle ^ 1; 8];
+                bytes[position] = needle;
+                let lowest = |bytes: [u8; 8]| bytes_equal(u64::from_le_bytes(bytes), needle);
+                assert_eq!((lowest(bytes).trailing_zeros() / 8) as usize, position);
+                for above in bytes.iter_mut().skip(position + 1).step_by(2) {
+                    *above = needle;
+                }
+                assert_eq!((lowest(bytes).trailing_zeros() / 8) as usize, position);
+            }
+            assert_eq!(
+                bytes_equal(u64::from_le_bytes([needle.wrapping_add(1); 8]), needle),
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn containers_count_brackets_outside_strings() {
+        assert_eq!(container_end(b"}", 0), Some(1));
+        assert_eq!(container_end(br#""a":[1,{"b":"}]"}]},"#, 0), Some(19));
+        assert_eq!(container_end(br#""\"}":1}x"#, 0), Some(8));
+        assert_eq!(container_end(br#""\\":1}x"#, 0), Some(7));
+        assert_eq!(container_end(b"[[[]]", 0), None);
+        assert_eq!(container_end(br#""}"#, 0), None);
+    }
+
+    #[test]
+    fn scalars_need_a_delimiter() {
+        assert_eq!(scalar_end(b"23,", 0), Some(2));
+        assert_eq!(scalar_end(b"rue}", 0), Some(3));
+        assert_eq!(scalar_end(b"23 ", 0), Some(2));
+        assert_eq!(scalar_end(b"23", 0), None);
+        assert_eq!(scalar_end(b"", 5), None);
+    }
+
+    #[test]
+    fn members_of_d() {
+        let payload = br#"{"op":0,"d":{"a":{"guild_id":"1"},"guild_id":"2","x":[[]"#;
+        assert_eq!(d_member(payload, b"guild_id"), Some(&br#""2""#[..]));
+        assert_eq!(d_member(payload, b"x"), None);
+        assert_eq!(d_member(payload, b"missing"), None);
+        assert_eq!(
+            d_member(br#"{"op":0,"\u0064":{"\u0061":1,"b":2}}"#, b"b"),
+            Some(&b"2"[..])
+        );
+        assert_eq!(
+            message_id_and_content(br#"{"d":{"content":"x","id":"1"}}"#),
+            Some(MessageFields {
+                id: br#""1""#,
+                content: br#""x""#
+            })
+        );
+    }
+
+    #[test]
+    fn escaped_keys_are_compared_as_text() {
+        let equal: &[(&[u8], &[u8])] = &[
+            (br"\u0069d", b"id"),
+            (br"\u0069\u0044", b"iD"),
+            (br"guild\u005Fid", b"guild_id"),
+            (br"guild\u005fid", b"guild_id"),
+            (br#"a\"b\\c\/d\b\f\n\r\t"#, b"a\"b\\c/d\x08\x0c\n\r\t"),
+            (br"\u0000", b"\0"),
+        ];
+        for (raw, name) in equal {
+            assert!(
+                unescaped_equals(raw, name),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let different: &[(&[u8], &[u8])] = &[
+            (br"\u0069", b"id"),
+            (br"\u0069dd", b"id"),
+            (br"\u00e9", b"\xe9"),
+            (br"\u0069\u006", b"id"),
+            (br"\u00g9d", b"id"),
+            (br"\x69d", b"id"),
+            (br"i\", b"i"),
+            (br"\", b""),
+            (br"\ud83d\ude00", b"??"),
+        ];
+        for (raw, name) in different {
+            assert!(
+                !unescaped_equals(raw, name),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+}
