@@ -673,12 +673,18 @@ impl DedupCache {
 
 /// MESSAGE_DELETE's `d.id`.
 fn message_id(payload: &[u8]) -> Option<u64> {
+    if crate::decode::too_deep(payload) {
+        return None;
+    }
     let value = sonic_rs::get_from_slice(payload, ["d", "id"]).ok()?;
     snowflake(value.as_raw_str())
 }
 
 /// MESSAGE_DELETE_BULK: forgets every readable id of `d.ids`.
 fn forget_bulk(cache: &mut DedupCache, payload: &[u8]) {
+    if crate::decode::too_deep(payload) {
+        return;
+    }
     let Ok(ids) = sonic_rs::get_from_slice(payload, ["d", "ids"]) else {
         return;
     };

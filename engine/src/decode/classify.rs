@@ -32,6 +32,8 @@ use crate::shard::PayloadHead;
 pub enum ClassifyError {
     #[error("payload is not a JSON object")]
     NotAnObject,
+    #[error("payload nests deeper than {NESTING_MAX} levels")]
+    TooDeep,
     #[error("payload is not valid JSON (or not UTF-8) before its head was read")]
     InvalidJson,
     #[error("payload has no `op`")]
@@ -47,6 +49,11 @@ pub enum ClassifyError {
 }
 
 /// Reads `op`, `s` and `t` from the top level of a gateway payload.
+/// The deepest nesting the recursive (sonic-rs) readers are given. Discord's payloads nest
+/// about 8 levels; sonic-rs recurses once per level, and an unoptimised build overflows a 2 MiB
+/// stack at about 70.
+pub const NESTING_MAX: usize = 32;
+
 pub fn classify(payload: &[u8]) -> Result<PayloadHead<'_>, ClassifyError> {
     match classify_prefix(payload) {
         Some(head) => Ok(head),
@@ -96,6 +103,9 @@ pub(crate) fn classify_lazy(payload: &[u8]) -> Result<PayloadHead<'_>, ClassifyE
         .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(&b'{') {
         return Err(ClassifyError::NotAnObject);
+    }
+    if super::scan::nests_deeper_than(payload, NESTING_MAX) {
+        return Err(ClassifyError::TooDeep);
     }
     let mut op = None;
     let mut s = None;
@@ -373,5 +383,22 @@ mod tests {
             let offset = name.as_ptr() as usize - payload.as_ptr() as usize;
             assert_eq!(&payload[offset..offset + name.len()], b"GUILD_CREATE");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_recursive_reader() {
+        // Not Discord's prefix, so the fallback runs; 100,000 levels would overflow its stack.
+        let mut payload = b"{\"op\":0,\"d\":".to_vec();
+        payload.extend(std::iter::repeat_n(b'[', 100_000));
+        payload.extend(std::iter::repeat_n(b']', 100_000));
+        payload.push(b'}');
+        assert_eq!(classify(&payload).unwrap_err(), ClassifyError::TooDeep);
+        assert!(super::super::too_deep(&payload));
+        // Brackets inside strings do not count.
+        let quoted = format!(
+            r#"{{"op":0,"s":1,"t":"X","d":{{"a":"{}"}}}}"#,
+            "[".repeat(500)
+        );
+        assert_eq!(classify(quoted.as_bytes()).unwrap().op, 0);
     }
 }

@@ -62,6 +62,9 @@ pub fn guild_unavailable(payload: &[u8]) -> Option<bool> {
 /// READY's `d.guilds[*].id`, in order; entries without a readable id are skipped. Once per
 /// session: sonic-rs reads it.
 pub fn ready_guild_ids(payload: &[u8]) -> Vec<u64> {
+    if super::scan::nests_deeper_than(payload, super::classify::NESTING_MAX) {
+        return Vec::new();
+    }
     sonic::ready_guild_ids(payload)
 }
 

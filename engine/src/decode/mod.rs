@@ -32,7 +32,13 @@ mod scan;
 #[cfg(test)]
 mod test_support;
 
-pub use classify::{ClassifyError, classify};
+pub use classify::{ClassifyError, NESTING_MAX, classify};
+
+/// Whether a payload nests deeper than [`NESTING_MAX`]: such a payload is not given to the
+/// recursive readers.
+pub fn too_deep(payload: &[u8]) -> bool {
+    scan::nests_deeper_than(payload, NESTING_MAX)
+}
 pub use compression::{Compression, UnknownCompression};
 pub use decoder::{
     DecodeError, Decoder, DecoderLimits, Frame, LIBDEFLATE_DECOMPRESSOR_BYTES, LimitsError,

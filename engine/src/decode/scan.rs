@@ -299,6 +299,32 @@ fn string_end(bytes: &[u8], mut at: usize) -> Option<(usize, bool)> {
     }
 }
 
+/// Whether `bytes` nests objects and arrays deeper than `max` anywhere (brackets outside
+/// strings). Linear, no recursion. Guards the readers that recurse per level (sonic-rs), so
+/// that a hostile payload costs a reconnect, never a core's stack.
+pub(crate) fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
+        match byte {
+            b'"' => match string_end(bytes, at) {
+                Some((end, _)) => at = end + 1,
+                None => return false,
+            },
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The index just past the bracket that closes an object or array whose contents start at `at`:
 /// brackets of either kind are counted, outside strings. `None` if it does not close.
 fn container_end(bytes: &[u8], mut at: usize) -> Option<usize> {
