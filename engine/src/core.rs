@@ -25,6 +25,7 @@ use crate::limiter::IdentifyLimiter;
 use crate::record::{Notice, Record, RecordKind};
 use crate::shard::{
     ConnectTarget, LossCause, PayloadAction, Session, Shard, ShardConfig, ShardEvent, Token,
+    TransmitKind,
 };
 use crate::transport::{Connection, GatewayUrl};
 
@@ -215,7 +216,9 @@ impl Driver {
             // 1. What the machine wants written.
             if let Some(conn) = connection.as_mut() {
                 let mut failed = false;
-                while machine.poll_transmit(now, &mut transmit).is_some() {
+                let mut identified = false;
+                while let Some(sent) = machine.poll_transmit(now, &mut transmit) {
+                    identified |= sent.kind == TransmitKind::Identify;
                     if conn.queue_text(&transmit).is_err() {
                         failed = true;
                         break;
@@ -224,6 +227,8 @@ impl Driver {
                 if failed || conn.flush().await.is_err() {
                     connection = None;
                     machine.connection_lost(Instant::now(), LossCause::Transport);
+                } else if identified {
+                    shared.limiter.identified(shard_id, Instant::now());
                 }
             }
             // 2. What the machine wants done.
@@ -399,8 +404,11 @@ impl Driver {
             match wake {
                 Wake::Timer => {
                     if identify_at.is_some_and(|at| now >= at) {
-                        identify_at = None;
-                        if let Err(error) = machine.identify_permitted(now) {
+                        // The bucket's previous identify may have gone out late.
+                        identify_at = shared.limiter.hold_until(shard_id, now);
+                        if identify_at.is_none()
+                            && let Err(error) = machine.identify_permitted(now)
+                        {
                             tracing::debug!(shard = shard_id, %error, "identify slot unused");
                         }
                     }

@@ -52,6 +52,9 @@ struct Inner {
     interval: Duration,
     /// Per bucket: the earliest instant its next identify may go out.
     next_free: Vec<Instant>,
+    /// Per bucket: when its last identify actually went out (a slot's shard may be late: a
+    /// busy core, a slow handshake), so the next one keeps the full interval from it.
+    last_sent: Vec<Option<Instant>>,
     total: u32,
     /// Identifies left in the budget period that starts at `budget_from`.
     remaining: u32,
@@ -76,6 +79,7 @@ impl IdentifyLimiter {
             inner: Mutex::new(Inner {
                 interval,
                 next_free: vec![now; limit.max_concurrency as usize],
+                last_sent: vec![None; limit.max_concurrency as usize],
                 total: limit.total,
                 remaining: limit.remaining,
                 budget_from: now,
@@ -106,6 +110,25 @@ impl IdentifyLimiter {
         let interval = inner.interval;
         inner.next_free[bucket as usize] = at + interval;
         Reservation { at, bucket }
+    }
+
+    /// At a reserved slot, before identifying: `None` to go ahead, or the later instant to wait
+    /// for because the bucket's previous identify went out late.
+    pub fn hold_until(&self, shard_id: u32, now: Instant) -> Option<Instant> {
+        let inner = self.lock();
+        let bucket = (shard_id % inner.next_free.len() as u32) as usize;
+        let earliest = inner.last_sent[bucket]? + inner.interval;
+        (earliest > now).then_some(earliest)
+    }
+
+    /// The shard's IDENTIFY went out at `at`; the bucket's next one waits a full interval from
+    /// there, whatever its reservation said.
+    pub fn identified(&self, shard_id: u32, at: Instant) {
+        let mut inner = self.lock();
+        let bucket = (shard_id % inner.next_free.len() as u32) as usize;
+        let interval = inner.interval;
+        inner.last_sent[bucket] = Some(inner.last_sent[bucket].map_or(at, |last| last.max(at)));
+        inner.next_free[bucket] = inner.next_free[bucket].max(at + interval);
     }
 
     /// Replaces the budget with a fresh `/gateway/bot` answer (other processes may share the
@@ -206,6 +229,23 @@ mod tests {
             );
         }
         assert_eq!(limiter.stats(), (20, 1000 - 18));
+    }
+
+    #[test]
+    fn a_late_identify_pushes_the_next_in_its_bucket() {
+        let now = Instant::now();
+        let five = IDENTIFY_INTERVAL_DEFAULT;
+        let limiter = IdentifyLimiter::new(limit(2, 100), five, now).unwrap();
+        assert_eq!(limiter.reserve(0, now).at, now);
+        assert_eq!(limiter.reserve(2, now).at, now + five);
+        // Shard 0 went out 300 ms late: shard 2 must wait until 5 s after that.
+        let late = now + Duration::from_millis(300);
+        limiter.identified(0, late);
+        assert_eq!(limiter.hold_until(2, now + five), Some(late + five));
+        assert_eq!(limiter.hold_until(2, late + five), None);
+        // The other bucket is untouched, and later reservations start after the late one.
+        assert_eq!(limiter.hold_until(1, now), None);
+        assert_eq!(limiter.reserve(4, now).at, now + five * 2);
     }
 
     #[test]
