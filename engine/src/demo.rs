@@ -214,13 +214,13 @@ fn run_in(
     );
     if let Some(engine_cpu) = engine_cpu {
         let forwarded = before_stop.records_delivered.max(1);
+        // CPU-seconds per million events and µs per event are the same number.
+        let per_million = engine_cpu.as_secs_f64() * 1e6 / forwarded as f64;
         let _ = writeln!(
             text,
-            "  engine CPU           {:.2} s on cores + sink = {:.2} CPU-s per million forwarded \
-             events ({:.2} µs each)",
+            "  engine CPU           {:.2} s on cores + sink = {per_million:.2} CPU-s per million \
+             forwarded events ({per_million:.2} µs each)",
             engine_cpu.as_secs_f64(),
-            engine_cpu.as_secs_f64() * 1e6 / forwarded as f64,
-            engine_cpu.as_secs_f64() * 1e6 / forwarded as f64,
         );
         let _ = writeln!(
             text,
