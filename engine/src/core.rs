@@ -595,9 +595,9 @@ pub fn gateway_query(compression: Compression) -> String {
 }
 
 fn ws_config(limits: &DecoderLimits) -> WebSocketConfig {
-    // A frame bigger than the decompressed cap cannot decode into anything we accept.
+    // A frame bigger than the decompressed cap cannot decode into anything we accept. (No
+    // read_buffer_size: the transport keeps no per-connection read buffer, see transport.rs.)
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
         .max_message_size(Some(limits.payload_bytes_max))
         .max_frame_size(Some(limits.payload_bytes_max))
 }

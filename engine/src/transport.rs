@@ -1,29 +1,65 @@
 //! A shard's connection: TCP on the core's io_uring executor (glommio) → TLS (rustls, driven
-//! sans-IO) → WebSocket framing (tungstenite over an in-memory pipe).
+//! sans-IO) → WebSocket.
 //!
-//! No async-tungstenite or futures-rustls in between: bytes move from the socket into rustls,
-//! plaintext into the pipe tungstenite reads from, and back the same way, with buffers owned
-//! here and reused for the life of the connection.
+//! No async-tungstenite or futures-rustls in between. The read half of the WebSocket is
+//! `FrameReader`, sans-IO: plaintext in, messages out. The write half is tungstenite (framing,
+//! masking, the close state) writing into a buffer this module moves on to TLS. The upgrade
+//! request comes from tungstenite and its answer is checked here, so that the first frames, which
+//! may arrive with the answer, stay in a buffer this module owns.
+//!
+//! Memory: an idle connection holds no receive buffer, whatever size its last message had (a
+//! GUILD_CREATE can be megabytes).
+//! - The socket is read into one buffer per core (`SOCKET_READ_BUFFER`, a thread-local): a read
+//!   hands every byte on, to rustls or to the frame reader, before the poll that made it returns.
+//! - The frame reader keeps plaintext only while a frame is incomplete; frames are cut out of it
+//!   without a copy, and once the last one is handed out it holds nothing (see `FrameReader`).
+//! - rustls keeps its own deframer buffer (4 KiB, which rustls shrinks back when it is empty) and
+//!   session state (~5 KiB).
 //!
 //! Cancel safety: [`Connection::read_message`] may be dropped at any await (the driver races it
 //! with timers); everything received stays in the connection's buffers. Writes are queued in
 //! `pending` and written by [`Connection::flush`], which is never raced.
 
-use std::io::{self, Read, Write};
+use std::cell::RefCell;
+use std::io::{self, BufRead, Cursor, Read, Write};
+use std::mem;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
-use tungstenite::handshake::HandshakeError;
-use tungstenite::protocol::WebSocketConfig;
-use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Message, WebSocket};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::error::{CapacityError, ProtocolError, SubProtocolError};
+use tungstenite::handshake::client::generate_request;
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
 /// Bytes read from the socket per read call.
 const SOCKET_READ_BYTES: usize = 16 * 1024;
+
+/// Largest upgrade answer (status line and headers) accepted, in bytes.
+pub const UPGRADE_RESPONSE_BYTES_MAX: usize = 16 * 1024;
+
+/// Most headers accepted in the upgrade answer.
+const UPGRADE_RESPONSE_HEADERS_MAX: usize = 64;
+
+/// Largest control frame payload (RFC 6455 section 5.5).
+const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
+
+thread_local! {
+    /// The socket read buffer of the core running on this thread, shared by all its connections.
+    /// It is borrowed only inside one synchronous poll (read, then ingest) and never across an
+    /// await, so no two connections use it at once. 16 KiB per core instead of per connection.
+    static SOCKET_READ_BUFFER: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0; SOCKET_READ_BYTES].into_boxed_slice());
+}
 
 /// A `ws://` or `wss://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,52 +143,22 @@ pub enum TransportError {
     ServerName(String),
     #[error("WebSocket: {0}")]
     WebSocket(#[from] tungstenite::Error),
+    #[error("WebSocket upgrade refused: HTTP status {status}")]
+    UpgradeRefused { status: u16 },
+    #[error("WebSocket upgrade: the answer exceeds {limit_bytes} bytes")]
+    UpgradeResponseTooLarge { limit_bytes: usize },
     #[error("the server closed the TCP connection")]
     Eof,
-}
-
-/// In-memory duplex the WebSocket reads from and writes to.
-#[derive(Debug, Default)]
-struct Pipe {
-    incoming: Vec<u8>,
-    incoming_pos: usize,
-    outgoing: Vec<u8>,
-}
-
-impl Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = &self.incoming[self.incoming_pos..];
-        if available.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.incoming_pos += n;
-        if self.incoming_pos == self.incoming.len() {
-            self.incoming.clear();
-            self.incoming_pos = 0;
-        }
-        Ok(n)
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outgoing.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// An open gateway WebSocket.
 pub struct Connection {
     tcp: TcpStream,
     tls: Option<rustls::ClientConnection>,
-    ws: WebSocket<Pipe>,
-    read_buf: Box<[u8]>,
+    reader: FrameReader,
+    /// The write half: tungstenite frames and masks what is sent and tracks the close; it never
+    /// reads (its read buffer is configured empty).
+    writer: WebSocket<Outgoing>,
     /// Ciphertext (or plaintext without TLS) waiting for the socket.
     pending: Vec<u8>,
 }
@@ -161,6 +167,8 @@ impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("tls", &self.tls.is_some())
+            .field("reader", &self.reader)
+            .field("pending_bytes", &self.pending.len())
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +177,9 @@ impl Connection {
     /// Opens TCP (+ TLS) and performs the WebSocket handshake for `url` with `query`.
     /// Resolution of a host name uses the system resolver once per call; IP literals (and
     /// the mock) never block.
+    ///
+    /// Of `ws_config`, the reader applies `max_frame_size` and `max_message_size`, the writer the
+    /// write settings; `read_buffer_size` is not used (see the module note on memory).
     pub async fn connect(
         url: &GatewayUrl,
         query: &str,
@@ -189,71 +200,35 @@ impl Connection {
         } else {
             None
         };
-        let mut io = Io {
-            tcp,
-            tls,
-            read_buf: vec![0; SOCKET_READ_BYTES].into_boxed_slice(),
-            pending: Vec::new(),
-        };
-        io.finish_tls_handshake().await?;
-
-        let request = url.request_url(query);
-        let mut attempt =
-            tungstenite::client::client_with_config(request, Pipe::default(), Some(ws_config));
-        let ws = loop {
-            match attempt {
-                Ok((ws, _response)) => break ws,
-                Err(HandshakeError::Failure(error)) => return Err(error.into()),
-                Err(HandshakeError::Interrupted(mut mid)) => {
-                    let pipe = mid.get_mut().get_mut();
-                    io.queue_plaintext(&mut pipe.outgoing)?;
-                    io.flush().await?;
-                    let n = io.read_socket().await?;
-                    io.ingest(n, &mut mid.get_mut().get_mut().incoming)?;
-                    attempt = mid.handshake();
-                }
-            }
-        };
-        let Io {
-            tcp,
-            tls,
-            read_buf,
-            pending,
-        } = io;
+        let writer = WebSocket::from_raw_socket(
+            Outgoing::default(),
+            Role::Client,
+            Some(ws_config.read_buffer_size(0)),
+        );
         let mut connection = Connection {
             tcp,
             tls,
-            ws,
-            read_buf,
-            pending,
+            reader: FrameReader::new(&ws_config),
+            writer,
+            pending: Vec::new(),
         };
-        connection.queue_ws_output()?;
-        connection.flush().await?;
+        connection.finish_tls_handshake().await?;
+        connection.upgrade(&url.request_url(query)).await?;
         Ok(connection)
     }
 
     /// The next WebSocket message (text, binary, close, ping/pong). Cancel safe.
+    ///
+    /// A ping is answered with a pong and a close with the same close (RFC 6455 sections 5.5.2
+    /// and 5.5.1); both go out with the next [`flush`](Self::flush). After a close, reading
+    /// fails with [`tungstenite::Error::ConnectionClosed`].
     pub async fn read_message(&mut self) -> Result<Message, TransportError> {
         loop {
-            match self.ws.read() {
-                Ok(message) => {
-                    // Pongs and close replies tungstenite queued go out with the next flush.
-                    self.queue_ws_output()?;
-                    return Ok(message);
-                }
-                Err(tungstenite::Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.queue_ws_output()?;
-                    let n = read_into(&mut self.tcp, &mut self.read_buf).await?;
-                    let incoming = &mut self.ws.get_mut().incoming;
-                    ingest(
-                        &mut self.tls,
-                        &self.read_buf[..n],
-                        incoming,
-                        &mut self.pending,
-                    )?;
-                }
-                Err(error) => return Err(error.into()),
+            if let Some(message) = self.reader.next_message()? {
+                self.answer(&message)?;
+                return Ok(message);
             }
+            self.receive().await?;
         }
     }
 
@@ -261,7 +236,7 @@ impl Connection {
     pub fn queue_text(&mut self, text: &[u8]) -> Result<(), TransportError> {
         let text = std::str::from_utf8(text)
             .map_err(|_| tungstenite::Error::Utf8(String::from("outbound payload")))?;
-        self.ws.write(Message::text(text))?;
+        self.writer.write(Message::text(text))?;
         self.queue_ws_output()
     }
 
@@ -271,11 +246,7 @@ impl Connection {
             code: CloseCode::from(code),
             reason: "".into(),
         };
-        match self.ws.close(Some(frame)) {
-            Ok(())
-            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {}
-            Err(error) => return Err(error.into()),
-        }
+        self.close_writer(Some(frame))?;
         self.queue_ws_output()
     }
 
@@ -289,27 +260,12 @@ impl Connection {
         self.pending.len()
     }
 
-    fn queue_ws_output(&mut self) -> Result<(), TransportError> {
-        match self.ws.flush() {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {}
-            Err(error) => return Err(error.into()),
-        }
-        let outgoing = &mut self.ws.get_mut().outgoing;
-        queue_plaintext(&mut self.tls, outgoing, &mut self.pending)
+    /// Bytes the connection holds for received data that was not handed out yet (0 when idle
+    /// between messages), not counting rustls's own buffer.
+    pub fn receive_buffer_bytes(&self) -> usize {
+        self.reader.retained_bytes()
     }
-}
 
-/// The socket and TLS halves before the WebSocket exists (during the handshakes).
-struct Io {
-    tcp: TcpStream,
-    tls: Option<rustls::ClientConnection>,
-    read_buf: Box<[u8]>,
-    pending: Vec<u8>,
-}
-
-impl Io {
     async fn finish_tls_handshake(&mut self) -> Result<(), TransportError> {
         loop {
             let Some(tls) = &mut self.tls else {
@@ -321,38 +277,425 @@ impl Io {
             if !tls.is_handshaking() {
                 break;
             }
-            write_pending(&mut self.tcp, &mut self.pending).await?;
-            let n = read_into(&mut self.tcp, &mut self.read_buf).await?;
-            let mut discard = Vec::new();
-            ingest(
-                &mut self.tls,
-                &self.read_buf[..n],
-                &mut discard,
-                &mut self.pending,
-            )?;
+            self.flush().await?;
+            self.receive().await?;
         }
         self.flush().await
     }
 
-    fn queue_plaintext(&mut self, plaintext: &mut Vec<u8>) -> Result<(), TransportError> {
-        queue_plaintext(&mut self.tls, plaintext, &mut self.pending)
+    /// Sends the upgrade request and waits for its answer; bytes after the answer stay in the
+    /// reader as the first frames.
+    async fn upgrade(&mut self, request_url: &str) -> Result<(), TransportError> {
+        let request = request_url.into_client_request()?;
+        let (mut request, key) = generate_request(request)?;
+        let accept_key = derive_accept_key(key.as_bytes());
+        queue_plaintext(&mut self.tls, &mut request, &mut self.pending)?;
+        self.flush().await?;
+        loop {
+            if let Some(answer_bytes) = parse_upgrade_response(self.reader.buffered(), &accept_key)?
+            {
+                self.reader.discard(answer_bytes);
+                return Ok(());
+            }
+            self.receive().await?;
+        }
     }
 
-    async fn flush(&mut self) -> Result<(), TransportError> {
-        write_pending(&mut self.tcp, &mut self.pending).await
+    /// Reads the socket once (waiting until it is readable) and hands what came to TLS and the
+    /// reader. Cancel safe: the bytes are read and handed on in the same poll.
+    async fn receive(&mut self) -> Result<(), TransportError> {
+        std::future::poll_fn(|cx| self.poll_receive(cx)).await
     }
 
-    async fn read_socket(&mut self) -> Result<usize, TransportError> {
-        read_into(&mut self.tcp, &mut self.read_buf).await
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        SOCKET_READ_BUFFER.with(|buffer| {
+            // Never borrowed twice: this closure does not await and polls nothing but the socket.
+            let mut buffer = buffer.borrow_mut();
+            let n = match Pin::new(&mut self.tcp).poll_read(cx, &mut buffer[..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(TransportError::Eof)),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+            };
+            Poll::Ready(ingest(
+                &mut self.tls,
+                &buffer[..n],
+                &mut self.reader,
+                &mut self.pending,
+            ))
+        })
     }
 
-    fn ingest(&mut self, n: usize, incoming: &mut Vec<u8>) -> Result<(), TransportError> {
-        ingest(
-            &mut self.tls,
-            &self.read_buf[..n],
-            incoming,
-            &mut self.pending,
-        )
+    /// Queues what the protocol requires in answer to `message`.
+    fn answer(&mut self, message: &Message) -> Result<(), TransportError> {
+        match message {
+            Message::Ping(payload) => match self.writer.write(Message::Pong(payload.clone())) {
+                // After a close no pong is due.
+                Ok(()) | Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => {}
+                Err(error) => return Err(error.into()),
+            },
+            Message::Close(frame) => {
+                // Echo the code (as tungstenite does); one it may not send becomes 1002.
+                let reply = frame.as_ref().map(|frame| {
+                    if frame.code.is_allowed() {
+                        frame.clone()
+                    } else {
+                        CloseFrame {
+                            code: CloseCode::Protocol,
+                            reason: Utf8Bytes::from_static("Protocol violation"),
+                        }
+                    }
+                });
+                // A no-op when this side closed first: the server's close is then the reply.
+                self.close_writer(reply)?;
+            }
+            _ => return Ok(()),
+        }
+        self.queue_ws_output()
+    }
+
+    fn close_writer(&mut self, frame: Option<CloseFrame>) -> Result<(), TransportError> {
+        match self.writer.close(frame) {
+            Ok(())
+            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn queue_ws_output(&mut self) -> Result<(), TransportError> {
+        match self.writer.flush() {
+            Ok(()) => {}
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let outgoing = &mut self.writer.get_mut().bytes;
+        queue_plaintext(&mut self.tls, outgoing, &mut self.pending)
+    }
+}
+
+/// The read half of the WebSocket, sans-IO: plaintext in ([`push`](Self::push)), messages out
+/// ([`next_message`](Self::next_message)). Server frames are unmasked, so a payload is a plain
+/// slice of what was received.
+///
+/// Plaintext is appended to `unsealed` until it holds a whole frame; then that buffer becomes
+/// `sealed` (a [`Bytes`], no copy), and frames are cut from its front without a copy, as the
+/// payloads of the messages handed out. When `sealed` ends in a partial frame, that tail moves
+/// back to `unsealed` (one copy of at most one frame per receive); a frame bigger than what has
+/// arrived has its whole size reserved once its header is known, so each of its bytes is copied
+/// once. When everything received has been handed out, the reader holds no buffer: the
+/// allocation lives on only in the payloads the caller still holds.
+#[derive(Debug)]
+struct FrameReader {
+    sealed: Bytes,
+    unsealed: Vec<u8>,
+    /// A message sent in several frames, joined (servers rarely fragment; Discord does not).
+    fragments: Option<Fragments>,
+    frame_bytes_max: usize,
+    message_bytes_max: usize,
+    close_received: bool,
+}
+
+#[derive(Debug)]
+struct Fragments {
+    text: bool,
+    payload: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new(config: &WebSocketConfig) -> FrameReader {
+        FrameReader {
+            sealed: Bytes::new(),
+            unsealed: Vec::new(),
+            fragments: None,
+            frame_bytes_max: config.max_frame_size.unwrap_or(usize::MAX),
+            message_bytes_max: config.max_message_size.unwrap_or(usize::MAX),
+            close_received: false,
+        }
+    }
+
+    /// Appends received plaintext.
+    fn push(&mut self, plaintext: &[u8]) {
+        if !self.sealed.is_empty() {
+            self.unseal();
+        }
+        self.unsealed.extend_from_slice(plaintext);
+    }
+
+    /// Plaintext received and not yet parsed (the upgrade answer, before any frame).
+    fn buffered(&self) -> &[u8] {
+        debug_assert!(self.sealed.is_empty(), "only before the first frame");
+        &self.unsealed
+    }
+
+    /// Drops the first `bytes` of [`buffered`](Self::buffered).
+    fn discard(&mut self, bytes: usize) {
+        self.unsealed.drain(..bytes);
+        if self.unsealed.is_empty() {
+            self.unsealed = Vec::new();
+        }
+    }
+
+    /// Heap held for data not handed out yet (the capacity of `unsealed`, what is left of
+    /// `sealed`, and joined fragments).
+    fn retained_bytes(&self) -> usize {
+        self.unsealed.capacity()
+            + self.sealed.len()
+            + self.fragments.as_ref().map_or(0, |f| f.payload.capacity())
+    }
+
+    /// The next complete message, or `None` until more plaintext arrives.
+    fn next_message(&mut self) -> Result<Option<Message>, tungstenite::Error> {
+        if self.close_received {
+            return Err(tungstenite::Error::ConnectionClosed);
+        }
+        while let Some((header, payload)) = self.next_frame()? {
+            if let Some(message) = self.on_frame(&header, payload)? {
+                return Ok(Some(message));
+            }
+        }
+        Ok(None)
+    }
+
+    fn next_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, tungstenite::Error> {
+        if self.sealed.is_empty() {
+            let Some(frame_bytes) = self.frame_bytes(&self.unsealed)? else {
+                return Ok(None);
+            };
+            if self.unsealed.len() < frame_bytes {
+                self.unsealed
+                    .reserve_exact(frame_bytes - self.unsealed.len());
+                return Ok(None);
+            }
+            self.sealed = Bytes::from(mem::take(&mut self.unsealed));
+        }
+        let mut cursor = Cursor::new(&self.sealed[..]);
+        if let Some((header, length)) = FrameHeader::parse(&mut cursor)? {
+            let header_bytes =
+                usize::try_from(cursor.position()).expect("a frame header is at most 14 bytes");
+            let payload_bytes = self.check_frame_length(length)?;
+            if self.sealed.len() - header_bytes >= payload_bytes {
+                let mut frame = self.sealed.split_to(header_bytes + payload_bytes);
+                if self.sealed.is_empty() {
+                    // Let the allocation go with the last payload cut from it.
+                    self.sealed = Bytes::new();
+                }
+                let payload = frame.split_off(header_bytes);
+                return Ok(Some((header, payload)));
+            }
+        }
+        self.unseal();
+        let frame_bytes = self.frame_bytes(&self.unsealed)?.unwrap_or(0);
+        self.unsealed
+            .reserve_exact(frame_bytes.saturating_sub(self.unsealed.len()));
+        Ok(None)
+    }
+
+    /// Moves the rest of `sealed` (a partial frame) to the front of `unsealed`.
+    fn unseal(&mut self) {
+        debug_assert!(
+            self.unsealed.is_empty(),
+            "sealed and unsealed never both hold data"
+        );
+        let tail = mem::take(&mut self.sealed);
+        self.unsealed.extend_from_slice(&tail);
+    }
+
+    /// Header plus payload bytes of the frame `received` starts with, once its header is there.
+    fn frame_bytes(&self, received: &[u8]) -> Result<Option<usize>, tungstenite::Error> {
+        let mut cursor = Cursor::new(received);
+        let Some((_, length)) = FrameHeader::parse(&mut cursor)? else {
+            return Ok(None);
+        };
+        let payload_bytes = self.check_frame_length(length)?;
+        let header_bytes =
+            usize::try_from(cursor.position()).expect("a frame header is at most 14 bytes");
+        Ok(Some(header_bytes + payload_bytes))
+    }
+
+    /// Refuses a frame above `max_frame_size` or `max_message_size` before anything is reserved
+    /// for it.
+    fn check_frame_length(&self, length: u64) -> Result<usize, tungstenite::Error> {
+        let max_size = self.frame_bytes_max.min(self.message_bytes_max);
+        match usize::try_from(length) {
+            Ok(bytes) if bytes <= max_size => Ok(bytes),
+            _ => Err(CapacityError::MessageTooLong {
+                size: usize::try_from(length).unwrap_or(usize::MAX),
+                max_size,
+            }
+            .into()),
+        }
+    }
+
+    /// Checks one frame as RFC 6455 (and tungstenite) do for a client, and returns the message it
+    /// completes, if any.
+    fn on_frame(
+        &mut self,
+        header: &FrameHeader,
+        payload: Bytes,
+    ) -> Result<Option<Message>, tungstenite::Error> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(ProtocolError::NonZeroReservedBits.into());
+        }
+        if header.mask.is_some() {
+            return Err(ProtocolError::MaskedFrameFromServer.into());
+        }
+        match header.opcode {
+            OpCode::Control(control) => {
+                if !header.is_final {
+                    return Err(ProtocolError::FragmentedControlFrame.into());
+                }
+                if payload.len() > CONTROL_PAYLOAD_BYTES_MAX {
+                    return Err(ProtocolError::ControlFrameTooBig.into());
+                }
+                let message = match control {
+                    Control::Close => {
+                        self.close_received = true;
+                        Message::Close(close_frame(payload)?)
+                    }
+                    Control::Ping => Message::Ping(payload),
+                    Control::Pong => Message::Pong(payload),
+                    Control::Reserved(code) => {
+                        return Err(ProtocolError::UnknownControlFrameType(code).into());
+                    }
+                };
+                Ok(Some(message))
+            }
+            OpCode::Data(data) => match (data, self.fragments.as_mut()) {
+                (Data::Reserved(code), _) => Err(ProtocolError::UnknownDataFrameType(code).into()),
+                (Data::Continue, None) => Err(ProtocolError::UnexpectedContinueFrame.into()),
+                (Data::Text | Data::Binary, Some(_)) => {
+                    Err(ProtocolError::ExpectedFragment(data).into())
+                }
+                (Data::Continue, Some(fragments)) => {
+                    let size = fragments.payload.len() + payload.len();
+                    if size > self.message_bytes_max {
+                        return Err(CapacityError::MessageTooLong {
+                            size,
+                            max_size: self.message_bytes_max,
+                        }
+                        .into());
+                    }
+                    fragments.payload.extend_from_slice(&payload);
+                    if !header.is_final {
+                        return Ok(None);
+                    }
+                    let Fragments { text, payload } =
+                        self.fragments.take().expect("matched Some above");
+                    data_message(text, Bytes::from(payload)).map(Some)
+                }
+                (Data::Text | Data::Binary, None) => {
+                    let text = data == Data::Text;
+                    if header.is_final {
+                        return data_message(text, payload).map(Some);
+                    }
+                    self.fragments = Some(Fragments {
+                        text,
+                        payload: payload.to_vec(),
+                    });
+                    Ok(None)
+                }
+            },
+        }
+    }
+}
+
+fn data_message(text: bool, payload: Bytes) -> Result<Message, tungstenite::Error> {
+    if !text {
+        return Ok(Message::Binary(payload));
+    }
+    Utf8Bytes::try_from(payload)
+        .map(Message::Text)
+        .map_err(|error| tungstenite::Error::Utf8(error.to_string()))
+}
+
+fn close_frame(payload: Bytes) -> Result<Option<CloseFrame>, tungstenite::Error> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(ProtocolError::InvalidCloseSequence.into()),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let reason = Utf8Bytes::try_from(payload.slice(2..))
+                .map_err(|error| tungstenite::Error::Utf8(error.to_string()))?;
+            Ok(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason,
+            }))
+        }
+    }
+}
+
+/// Checks the answer to the upgrade request once `received` holds all of it: the length of the
+/// answer when it is a valid 101, `None` while it is incomplete.
+fn parse_upgrade_response(
+    received: &[u8],
+    accept_key: &str,
+) -> Result<Option<usize>, TransportError> {
+    let mut headers = [httparse::EMPTY_HEADER; UPGRADE_RESPONSE_HEADERS_MAX];
+    let mut response = httparse::Response::new(&mut headers);
+    let parsed = response
+        .parse(received)
+        .map_err(|error| tungstenite::Error::from(ProtocolError::HttparseError(error)))?;
+    let answer_bytes = match parsed {
+        httparse::Status::Complete(bytes) => bytes,
+        httparse::Status::Partial if received.len() > UPGRADE_RESPONSE_BYTES_MAX => {
+            return Err(TransportError::UpgradeResponseTooLarge {
+                limit_bytes: UPGRADE_RESPONSE_BYTES_MAX,
+            });
+        }
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = response.code.unwrap_or_default();
+    if status != 101 {
+        return Err(TransportError::UpgradeRefused { status });
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|header| header.name.eq_ignore_ascii_case(name))
+            .map(|header| header.value)
+    };
+    // RFC 6455 section 4.1, the checks tungstenite's own client makes.
+    let protocol_error = |error: ProtocolError| Err(tungstenite::Error::from(error).into());
+    if !header("Upgrade").is_some_and(|value| value.eq_ignore_ascii_case(b"websocket")) {
+        return protocol_error(ProtocolError::MissingUpgradeWebSocketHeader);
+    }
+    if !header("Connection").is_some_and(|value| value.eq_ignore_ascii_case(b"upgrade")) {
+        return protocol_error(ProtocolError::MissingConnectionUpgradeHeader);
+    }
+    if header("Sec-WebSocket-Accept") != Some(accept_key.as_bytes()) {
+        return protocol_error(ProtocolError::SecWebSocketAcceptKeyMismatch);
+    }
+    if header("Sec-WebSocket-Protocol").is_some() {
+        return protocol_error(ProtocolError::SecWebSocketSubProtocolError(
+            SubProtocolError::ServerSentSubProtocolNoneRequested,
+        ));
+    }
+    Ok(Some(answer_bytes))
+}
+
+/// What the write half of the WebSocket produced, on its way to TLS. Never read.
+#[derive(Debug, Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+}
+
+impl Read for Outgoing {
+    fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl Write for Outgoing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -368,14 +711,6 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, TransportError> {
         .ok_or_else(|| resolve_error(io::Error::new(io::ErrorKind::NotFound, "no address")))
 }
 
-async fn read_into(tcp: &mut TcpStream, buf: &mut [u8]) -> Result<usize, TransportError> {
-    use futures_lite::AsyncReadExt;
-    match tcp.read(buf).await? {
-        0 => Err(TransportError::Eof),
-        n => Ok(n),
-    }
-}
-
 async fn write_pending(tcp: &mut TcpStream, pending: &mut Vec<u8>) -> Result<(), TransportError> {
     use futures_lite::AsyncWriteExt;
     while !pending.is_empty() {
@@ -388,34 +723,34 @@ async fn write_pending(tcp: &mut TcpStream, pending: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
-/// Moves bytes read from the socket through TLS (if any) into the WebSocket's input.
+/// Moves bytes read from the socket through TLS (if any) into the reader.
 fn ingest(
     tls: &mut Option<rustls::ClientConnection>,
     mut received: &[u8],
-    incoming: &mut Vec<u8>,
+    reader: &mut FrameReader,
     pending: &mut Vec<u8>,
 ) -> Result<(), TransportError> {
     let Some(tls) = tls else {
-        incoming.extend_from_slice(received);
+        reader.push(received);
         return Ok(());
     };
     while !received.is_empty() {
         tls.read_tls(&mut received)?;
-        let state = tls.process_new_packets()?;
-        let mut plaintext = state.plaintext_bytes_to_read();
-        while plaintext > 0 {
-            let start = incoming.len();
-            incoming.resize(start + plaintext, 0);
-            let n = match tls.reader().read(&mut incoming[start..]) {
-                Ok(n) => n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+        tls.process_new_packets()?;
+        // Straight from rustls's decrypted records into the reader.
+        let mut plaintext = tls.reader();
+        loop {
+            match plaintext.fill_buf() {
+                // A close_notify: the socket's end follows.
+                Ok([]) => break,
+                Ok(chunk) => {
+                    let n = chunk.len();
+                    reader.push(chunk);
+                    plaintext.consume(n);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) => return Err(error.into()),
-            };
-            incoming.truncate(start + n);
-            if n == 0 {
-                break;
             }
-            plaintext -= n;
         }
         while tls.wants_write() {
             tls.write_tls(pending)?;
@@ -448,6 +783,8 @@ fn queue_plaintext(
 
 #[cfg(test)]
 mod tests {
+    use tungstenite::protocol::frame::Frame;
+
     use super::*;
 
     #[test]
@@ -486,18 +823,256 @@ mod tests {
         ));
     }
 
+    /// A frame as a server sends it (unmasked).
+    fn server_frame(frame: Frame) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        frame.format(&mut bytes).unwrap();
+        bytes
+    }
+
+    fn text_frame(text: &str, opcode: Data, is_final: bool) -> Vec<u8> {
+        server_frame(Frame::message(
+            Bytes::copy_from_slice(text.as_bytes()),
+            OpCode::Data(opcode),
+            is_final,
+        ))
+    }
+
+    fn reader() -> FrameReader {
+        FrameReader::new(&WebSocketConfig::default().max_message_size(Some(1 << 20)))
+    }
+
+    /// Pushes `stream` in pieces of `piece` bytes, reading every message as soon as it is whole.
+    fn read_all(stream: &[u8], piece: usize) -> (Vec<Message>, FrameReader) {
+        let mut reader = reader();
+        let mut messages = Vec::new();
+        for chunk in stream.chunks(piece) {
+            reader.push(chunk);
+            while let Some(message) = reader.next_message().unwrap() {
+                messages.push(message);
+            }
+        }
+        (messages, reader)
+    }
+
     #[test]
-    fn the_pipe_would_block_when_empty() {
-        let mut pipe = Pipe::default();
-        let mut buf = [0u8; 4];
+    fn frames_come_out_whole_however_the_bytes_arrive() {
+        let big: String = (0..70_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let mut stream = Vec::new();
+        stream.extend(text_frame(r#"{"op":10}"#, Data::Text, true));
+        stream.extend(server_frame(Frame::ping(Bytes::from_static(b"p"))));
+        stream.extend(server_frame(Frame::message(
+            Bytes::from(vec![7u8; 300]),
+            OpCode::Data(Data::Binary),
+            true,
+        )));
+        stream.extend(text_frame(&big, Data::Text, true));
+        stream.extend(text_frame("frag", Data::Text, false));
+        stream.extend(text_frame("men", Data::Continue, false));
+        stream.extend(text_frame("ted", Data::Continue, true));
+        let expected = vec![
+            Message::text(r#"{"op":10}"#),
+            Message::Ping(Bytes::from_static(b"p")),
+            Message::Binary(Bytes::from(vec![7u8; 300])),
+            Message::text(big.as_str()),
+            Message::text("fragmented"),
+        ];
+        for piece in [1, 2, 3, 7, 100, 4096, 16 * 1024, stream.len()] {
+            let (messages, reader) = read_all(&stream, piece);
+            assert_eq!(messages, expected, "pieces of {piece} bytes");
+            assert_eq!(reader.retained_bytes(), 0, "pieces of {piece} bytes");
+        }
+    }
+
+    #[test]
+    fn an_idle_reader_holds_no_buffer() {
+        let big = "x".repeat(300_000);
+        let frame = text_frame(&big, Data::Text, true);
+        let mut reader = reader();
+        // The header of a big frame reserves the whole frame once.
+        reader.push(&frame[..10]);
+        assert_eq!(reader.next_message().unwrap(), None);
+        assert!(reader.retained_bytes() >= frame.len());
+        reader.push(&frame[10..]);
+        let message = reader.next_message().unwrap().unwrap();
+        assert_eq!(reader.next_message().unwrap(), None);
+        // The payload still holds the allocation; the reader does not.
+        assert_eq!(reader.retained_bytes(), 0);
+        assert_eq!(message.len(), big.len());
+        // A partial frame is kept, and only it.
+        let small = text_frame("{}", Data::Text, true);
+        reader.push(&small[..3]);
+        assert_eq!(reader.next_message().unwrap(), None);
+        assert!(reader.retained_bytes() < 64, "{}", reader.retained_bytes());
+    }
+
+    #[test]
+    fn a_close_is_the_last_message() {
+        let mut stream = server_frame(Frame::close(Some(CloseFrame {
+            code: CloseCode::from(4004),
+            reason: "Authentication failed.".into(),
+        })));
+        stream.extend(text_frame("{}", Data::Text, true));
+        let mut reader = reader();
+        reader.push(&stream);
+        let Some(Message::Close(Some(frame))) = reader.next_message().unwrap() else {
+            panic!("expected a close");
+        };
         assert_eq!(
-            pipe.read(&mut buf).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
+            (u16::from(frame.code), frame.reason.as_str()),
+            (4004, "Authentication failed.")
         );
-        pipe.incoming.extend_from_slice(b"abcdef");
-        assert_eq!(pipe.read(&mut buf).unwrap(), 4);
-        assert_eq!(pipe.read(&mut buf).unwrap(), 2);
-        assert_eq!(&buf[..2], b"ef");
-        assert!(pipe.incoming.is_empty());
+        assert!(matches!(
+            reader.next_message(),
+            Err(tungstenite::Error::ConnectionClosed)
+        ));
+    }
+
+    fn first_error(stream: &[u8]) -> tungstenite::Error {
+        let mut reader = reader();
+        reader.push(stream);
+        loop {
+            match reader.next_message() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("no error"),
+                Err(error) => return error,
+            }
+        }
+    }
+
+    #[test]
+    fn protocol_violations_fail() {
+        let protocol = |stream: &[u8]| match first_error(stream) {
+            tungstenite::Error::Protocol(error) => error,
+            other => panic!("{other:?}"),
+        };
+        let mut masked = text_frame("{}", Data::Text, true);
+        masked[1] |= 0x80;
+        masked.splice(2..2, [1, 2, 3, 4]);
+        assert_eq!(protocol(&masked), ProtocolError::MaskedFrameFromServer);
+        let mut reserved_bits = text_frame("{}", Data::Text, true);
+        reserved_bits[0] |= 0x40;
+        assert_eq!(protocol(&reserved_bits), ProtocolError::NonZeroReservedBits);
+        assert_eq!(
+            protocol(&text_frame("x", Data::Continue, true)),
+            ProtocolError::UnexpectedContinueFrame
+        );
+        let mut interleaved = text_frame("a", Data::Text, false);
+        interleaved.extend(text_frame("b", Data::Text, true));
+        assert_eq!(
+            protocol(&interleaved),
+            ProtocolError::ExpectedFragment(Data::Text)
+        );
+        let mut fragmented_ping = server_frame(Frame::ping(Bytes::from_static(b"p")));
+        fragmented_ping[0] &= 0x7f;
+        assert_eq!(
+            protocol(&fragmented_ping),
+            ProtocolError::FragmentedControlFrame
+        );
+        assert_eq!(protocol(&[0x83, 0]), ProtocolError::InvalidOpcode(3));
+        assert_eq!(protocol(&[0x88, 1, 3]), ProtocolError::InvalidCloseSequence);
+        assert!(matches!(
+            first_error(&[0x81, 2, 0xff, 0xfe]),
+            tungstenite::Error::Utf8(_)
+        ));
+    }
+
+    #[test]
+    fn an_oversized_frame_fails_on_its_header() {
+        let mut reader = FrameReader::new(
+            &WebSocketConfig::default()
+                .max_frame_size(Some(1000))
+                .max_message_size(Some(2000)),
+        );
+        // Only the header of a 1 GiB frame: refused before anything is reserved.
+        reader.push(&[0x82, 127, 0, 0, 0, 0, 0x40, 0, 0, 0]);
+        match reader.next_message() {
+            Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                assert_eq!((size, max_size), (1 << 30, 1000))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(reader.retained_bytes() < 100);
+        // Fragments add up against max_message_size.
+        let mut reader = FrameReader::new(
+            &WebSocketConfig::default()
+                .max_frame_size(Some(1000))
+                .max_message_size(Some(2000)),
+        );
+        let part = "y".repeat(900);
+        for (opcode, is_final) in [(Data::Text, false), (Data::Continue, false)] {
+            reader.push(&text_frame(&part, opcode, is_final));
+            assert_eq!(reader.next_message().unwrap(), None);
+        }
+        reader.push(&text_frame(&part, Data::Continue, true));
+        assert!(matches!(
+            reader.next_message(),
+            Err(tungstenite::Error::Capacity(
+                CapacityError::MessageTooLong { size: 2700, .. }
+            ))
+        ));
+    }
+
+    const ANSWER: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    /// RFC 6455 section 1.3's example key and its accept value.
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    #[test]
+    fn the_upgrade_answer_is_checked_and_what_follows_it_kept() {
+        let accept_key = derive_accept_key(KEY.as_bytes());
+        let hello = text_frame(r#"{"op":10}"#, Data::Text, true);
+        let mut received = ANSWER.as_bytes().to_vec();
+        received.extend(&hello);
+        for cut in [1, 20, ANSWER.len() - 1] {
+            assert!(
+                parse_upgrade_response(&received[..cut], &accept_key)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        let mut reader = reader();
+        reader.push(&received);
+        let answer_bytes = parse_upgrade_response(reader.buffered(), &accept_key)
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer_bytes, ANSWER.len());
+        reader.discard(answer_bytes);
+        assert_eq!(
+            reader.next_message().unwrap(),
+            Some(Message::text(r#"{"op":10}"#))
+        );
+
+        let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(
+            parse_upgrade_response(refused, &accept_key),
+            Err(TransportError::UpgradeRefused { status: 403 })
+        ));
+        let protocol = |answer: &str| match parse_upgrade_response(answer.as_bytes(), &accept_key) {
+            Err(TransportError::WebSocket(tungstenite::Error::Protocol(error))) => error,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            protocol(&ANSWER.replace("s3pP", "xxxx")),
+            ProtocolError::SecWebSocketAcceptKeyMismatch
+        );
+        assert_eq!(
+            protocol(&ANSWER.replace("Upgrade: websocket", "Upgrade: h2c")),
+            ProtocolError::MissingUpgradeWebSocketHeader
+        );
+        assert_eq!(
+            protocol(&ANSWER.replace("Connection: Upgrade", "Connection: close")),
+            ProtocolError::MissingConnectionUpgradeHeader
+        );
+        let endless = format!(
+            "HTTP/1.1 101 OK\r\nX: {}",
+            "y".repeat(UPGRADE_RESPONSE_BYTES_MAX)
+        );
+        assert!(matches!(
+            parse_upgrade_response(endless.as_bytes(), &accept_key),
+            Err(TransportError::UpgradeResponseTooLarge { .. })
+        ));
     }
 }
