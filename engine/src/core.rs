@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use tungstenite::Message;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::control::{Board, CONTROL_POLL, CoreRequest, Nudge};
 use crate::decode::{self, Compression, Decoder, DecoderLimits, Frame};
 use crate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
 use crate::limiter::IdentifyLimiter;
@@ -31,8 +32,6 @@ use crate::transport::{Connection, GatewayUrl};
 
 /// How long a full ring waits before trying again.
 const RING_RETRY: Duration = Duration::from_millis(1);
-/// How often a core checks the process-wide stop flag.
-const STOP_POLL: Duration = Duration::from_millis(50);
 /// Bound on writing a close frame before dropping the socket anyway.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -50,6 +49,7 @@ pub struct CoreStats {
     pub identifies: AtomicU64,
     pub resumes: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Shards that were ready (READY and their guilds in) at least once in this process.
     pub shards_ready: AtomicU64,
     pub shards_fatal: AtomicU64,
     pub shards_running: AtomicU64,
@@ -89,60 +89,74 @@ pub struct CorePlan {
     /// Sessions saved by the last run for this core's shards: they resume instead of
     /// identifying.
     pub sessions: HashMap<u32, Session>,
+    /// Requests from the control plane (admin API).
+    pub requests: Receiver<CoreRequest>,
 }
 
 /// Runs a core until every shard task ended (after a stop, or all fatal). Call it inside the
 /// core's executor.
 pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
     let filter = Rc::new(RefCell::new(Filter::new(plan.filter.clone())));
-    let mut controls: Vec<LocalSender<Control>> = Vec::new();
+    let board = Rc::new(Board::new(plan.index, &plan.shard_ids));
+    let mut nudges: Vec<LocalSender<Nudge>> = Vec::new();
     let mut tasks = Vec::new();
-    for shard_id in plan.shard_ids.iter().copied() {
-        let (control_tx, control_rx) = local_channel::new_unbounded();
-        controls.push(control_tx);
+    for (index, shard_id) in plan.shard_ids.iter().copied().enumerate() {
+        let (nudge_tx, nudge_rx) = local_channel::new_unbounded();
+        nudges.push(nudge_tx);
         let driver = Driver {
             shared: Arc::clone(&shared),
             shard_id,
             filter: Rc::clone(&filter),
             ring: plan.ring.clone(),
             stats: Arc::clone(&plan.stats),
-            control: control_rx,
+            nudges: nudge_rx,
+            board: Rc::clone(&board),
+            slot: index,
             saved: plan.sessions.remove(&shard_id),
         };
         tasks.push(glommio::spawn_local(driver.run()).detach());
     }
-    drop(plan.ring);
-    // Watch the process-wide stop flag and relay it to every shard.
-    let stop_watch = glommio::spawn_local({
+    // The control task: relays the process-wide stop flag to every shard and answers the
+    // control plane. It keeps a ring sender only to read its occupancy; it is cancelled below,
+    // before the sink can see the rings disconnect.
+    let control = glommio::spawn_local({
         let shared = Arc::clone(&shared);
+        let requests = plan.requests.clone();
+        let ring = plan.ring.clone();
+        let board = Rc::clone(&board);
         async move {
-            while !shared.stop.load(Ordering::Acquire) {
-                glommio::timer::sleep(STOP_POLL).await;
-            }
-            for control in &controls {
-                // A shard that already ended has dropped its receiver; nothing to tell it.
-                let _ = control.try_send(Control::Stop);
+            let mut stopped = false;
+            loop {
+                if !stopped && shared.stop.load(Ordering::Acquire) {
+                    stopped = true;
+                    for nudge in &nudges {
+                        // A shard that already ended has dropped its receiver; nothing to tell.
+                        let _ = nudge.try_send(Nudge::Stop);
+                    }
+                }
+                while let Ok(request) = requests.try_recv() {
+                    let occupancy = (ring.len(), ring.capacity().unwrap_or(0));
+                    board.answer(request, Instant::now(), occupancy, |index, what| {
+                        let _ = nudges[index].try_send(what);
+                    });
+                }
+                glommio::timer::sleep(CONTROL_POLL).await;
             }
         }
     })
     .detach();
+    drop(plan.ring);
     for task in tasks {
         task.await;
     }
-    stop_watch.cancel();
-}
-
-/// Messages from the core to a shard task.
-#[derive(Debug)]
-enum Control {
-    Stop,
+    control.cancel();
 }
 
 /// What woke the shard's loop.
 enum Wake {
     Message(Result<Message, crate::transport::TransportError>),
     Timer,
-    Control(Option<Control>),
+    Nudge(Option<Nudge>),
 }
 
 struct Driver {
@@ -151,7 +165,10 @@ struct Driver {
     filter: Rc<RefCell<Filter>>,
     ring: Sender<Record>,
     stats: Arc<CoreStats>,
-    control: LocalReceiver<Control>,
+    nudges: LocalReceiver<Nudge>,
+    board: Rc<Board>,
+    /// This shard's index on the board.
+    slot: usize,
     saved: Option<Session>,
 }
 
@@ -163,9 +180,12 @@ impl Driver {
             filter,
             ring,
             stats,
-            control,
+            nudges,
+            board,
+            slot,
             saved,
         } = self;
+        let slot = board.slot(slot);
         let mut config = ShardConfig::new(
             shard_id,
             shared.total_shards,
@@ -209,11 +229,16 @@ impl Driver {
         let mut outbox: VecDeque<Record> = VecDeque::new();
         let mut identify_at: Option<Instant> = None;
         let mut stopping = false;
+        // When the current session began (READY here, or the resume of a saved session).
+        let mut session_since: Option<Instant> = None;
+        // Ready at least once in this process: counted once, however many sessions follow.
+        let mut ever_ready = false;
         let query = gateway_query(shared.compression);
 
         loop {
             let now = Instant::now();
-            // 1. What the machine wants written.
+            // 1. What the machine wants written (commands from the control plane first).
+            slot.take_commands(&mut machine);
             if let Some(conn) = connection.as_mut() {
                 let mut failed = false;
                 let mut identified = false;
@@ -242,15 +267,32 @@ impl Driver {
                         };
                         stats.connects.fetch_add(1, Ordering::Relaxed);
                         let opened = match url {
-                            Ok(url) => Connection::connect(
-                                &url,
-                                &query,
-                                &shared.tls,
-                                ws_config(&shared.decoder_limits),
-                                shared.connect_timeout,
-                            )
-                            .await
-                            .map_err(|e| e.to_string()),
+                            // The whole connect (TCP, TLS, upgrade) is bounded: a server that
+                            // accepts and then says nothing must not hold the shard.
+                            Ok(url) => {
+                                future::or(
+                                    async {
+                                        Connection::connect(
+                                            &url,
+                                            &query,
+                                            &shared.tls,
+                                            ws_config(&shared.decoder_limits),
+                                            shared.connect_timeout,
+                                        )
+                                        .await
+                                        .map_err(|e| e.to_string())
+                                    },
+                                    async {
+                                        glommio::timer::sleep(shared.connect_timeout).await;
+                                        Err(format!(
+                                            "no WebSocket within {} ms (TCP, TLS handshake and \
+                                         upgrade)",
+                                            shared.connect_timeout.as_millis()
+                                        ))
+                                    },
+                                )
+                                .await
+                            }
                             Err(error) => Err(error.to_string()),
                         };
                         match opened {
@@ -285,6 +327,7 @@ impl Driver {
                         identify_at = Some(reservation.at);
                     }
                     ShardEvent::Ready { .. } => {
+                        session_since = Some(Instant::now());
                         stats.identifies.fetch_add(1, Ordering::Relaxed);
                         if std::mem::take(&mut saved_pending) {
                             stats
@@ -295,6 +338,7 @@ impl Driver {
                         tracing::debug!(shard = shard_id, "ready");
                     }
                     ShardEvent::Resumed => {
+                        session_since.get_or_insert_with(Instant::now);
                         stats.resumes.fetch_add(1, Ordering::Relaxed);
                         if std::mem::take(&mut saved_pending) {
                             stats.saved_sessions_resumed.fetch_add(1, Ordering::Relaxed);
@@ -360,7 +404,11 @@ impl Driver {
                 }
             }
 
-            // 4. Wait for a frame, a deadline or the core.
+            // 4. Publish for the control plane, then wait for a frame, a deadline or the core.
+            if machine.session().is_none() {
+                session_since = None;
+            }
+            slot.publish(&machine, shard_filter.guilds(), session_since, now);
             let mut deadline = machine.poll_timeout();
             for candidate in [identify_at, shard_filter.poll_timeout()]
                 .into_iter()
@@ -394,7 +442,7 @@ impl Driver {
                     if stopping {
                         future::pending().await
                     } else {
-                        Wake::Control(control.recv().await)
+                        Wake::Nudge(nudges.recv().await)
                     }
                 };
                 future::or(read, future::or(timer, control)).await
@@ -422,12 +470,21 @@ impl Driver {
                             notice,
                             &shard_filter,
                             &mut outbox,
+                            &mut ever_ready,
                         );
                     }
                 }
-                Wake::Control(Some(Control::Stop)) | Wake::Control(None) => {
+                Wake::Nudge(Some(Nudge::Stop)) | Wake::Nudge(None) => {
                     stopping = true;
                     machine.request_shutdown(now, true);
+                }
+                // Taken at the top of the loop.
+                Wake::Nudge(Some(Nudge::Commands)) => {}
+                Wake::Nudge(Some(Nudge::Reconnect { new_session })) => {
+                    tracing::info!(shard = shard_id, new_session, "reconnect requested");
+                    if let Err(error) = machine.request_reconnect(now, new_session) {
+                        tracing::info!(shard = shard_id, %error, "reconnect not possible");
+                    }
                 }
                 Wake::Message(Err(error)) => {
                     tracing::debug!(shard = shard_id, %error, "connection lost");
@@ -477,6 +534,7 @@ impl Driver {
                             notice,
                             &shard_filter,
                             &mut outbox,
+                            &mut ever_ready,
                         );
                     }
                 }
@@ -556,6 +614,7 @@ fn handle_frame(
     false
 }
 
+#[allow(clippy::too_many_arguments)]
 fn queue_notice(
     shared: &Shared,
     stats: &CoreStats,
@@ -563,6 +622,7 @@ fn queue_notice(
     notice: Notice,
     shard_filter: &ShardFilter,
     outbox: &mut VecDeque<Record>,
+    ever_ready: &mut bool,
 ) {
     let payload = format!(r#"{{"guilds":{}}}"#, shard_filter.guilds()).into_bytes();
     outbox.push_back(Record {
@@ -571,7 +631,9 @@ fn queue_notice(
         kind: RecordKind::Notice(notice),
         payload,
     });
-    if notice == Notice::ShardReady {
+    // Every session's SHARD_READY reaches the bot; the counts (startup progress, and the one
+    // ALL_SHARDS_READY) take each shard once.
+    if notice == Notice::ShardReady && !std::mem::replace(ever_ready, true) {
         stats.shards_ready.fetch_add(1, Ordering::Relaxed);
         let ready = shared.shards_ready.fetch_add(1, Ordering::AcqRel) + 1;
         if ready == shared.shards_owned {

@@ -107,6 +107,9 @@ fn run_in(
         args.duration,
         mock.seed(),
     );
+    if let Some(addr) = engine.admin_addr() {
+        println!("admin API: http://{addr}/shards and http://{addr}/metrics while it runs");
+    }
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
@@ -287,6 +290,9 @@ fn demo_settings(
         args.compression.to_string(),
         "--total-shards".into(),
         args.shards.to_string(),
+        // Any free port: a shardgate already running on 7878 must not stop the demo.
+        "--admin-addr".into(),
+        "127.0.0.1:0".into(),
     ];
     if let Some(cores) = args.cores {
         flags.extend(["--cores".into(), cores.to_string()]);

@@ -3,7 +3,9 @@
 //! The crate mirrors the pipeline in DESIGN.md: shard → decode → filter → ring → sink. Each stage
 //! lives in its own module and opens with a `//!` note on what it must not do.
 
+pub mod admin;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod decode;
 #[cfg(feature = "demo")]
@@ -11,6 +13,7 @@ pub mod demo;
 pub mod filter;
 pub mod limiter;
 pub mod procfs;
+pub mod progress;
 pub mod record;
 pub mod runtime;
 pub mod shard;

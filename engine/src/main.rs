@@ -94,8 +94,10 @@ fn run(args: &RunArgs, check: bool) -> ExitCode {
 /// Logs go to stderr; `--log` is an EnvFilter, `--log-format` pretty or json.
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::new(&settings.log);
+    // Colours only for a person at a terminal, never into a file or a journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match settings.log_format {
         shardgate::config::LogFormat::Json => builder.json().init(),

@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::admin::{AdminContext, AdminListener, AdminServer};
 use crate::config::{Settings, ShardPlan};
+use crate::control::ControlHandle;
 use crate::core::{CorePlan, CoreStats, Shared};
 use crate::decode::DecoderLimits;
 use crate::filter::FilterConfig;
 use crate::limiter::{IdentifyLimiter, SessionStartLimit};
+use crate::progress::{IdentifyPace, Output, ShardCounts, StartupProgress};
 use crate::sink::http::{ForwardUrl, HttpClient};
 use crate::sink::queue::Queue;
 use crate::sink::sessions::SavedSessions;
@@ -67,6 +70,8 @@ pub enum RunError {
     Thread(std::io::Error),
     #[error("--data-dir spill: {0}")]
     Spill(#[from] crate::spill::SpillError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// What `/gateway/bot` said.
@@ -88,6 +93,7 @@ pub struct RunSummary {
 /// Runs until SIGINT/SIGTERM (then closes every shard resumably and flushes), or until every
 /// shard stopped on a fatal close code.
 pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while stopping exits at once (the operator insists).
@@ -96,13 +102,39 @@ pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(RunError::Signals)?;
     }
     let engine = Engine::start(settings, Arc::clone(&stop))?;
+    // Startup progress until every shard is ready: a bar on a terminal, log lines otherwise.
+    let output = Output::detect();
+    let mut progress =
+        StartupProgress::new(engine.identify_pace(), output.report_interval(), started);
+    let shard_counts = |snapshot: &Snapshot| ShardCounts {
+        ready: snapshot.shards_ready,
+        owned: snapshot.shards_owned,
+        fatal: snapshot.shards_fatal,
+    };
     let mut last_status = Instant::now();
     while !engine.poll() {
         std::thread::sleep(Duration::from_millis(50));
+        if !progress.is_finished() {
+            let counts = shard_counts(&engine.snapshot());
+            let now = Instant::now();
+            // Seen here before the next poll logs the stop, so the bar's line ends first.
+            let report = if stop.load(Ordering::Acquire) {
+                progress.stop(counts, now)
+            } else {
+                progress.poll(counts, now)
+            };
+            if let Some(report) = report {
+                output.show(&report);
+            }
+        }
         if last_status.elapsed() >= STATUS_INTERVAL {
             last_status = Instant::now();
             log_status(&engine.snapshot());
         }
+    }
+    // Every core ended (every shard fatal) while shards were still starting.
+    if let Some(report) = progress.stop(shard_counts(&engine.snapshot()), Instant::now()) {
+        output.show(&report);
     }
     Ok(engine.wait())
 }
@@ -122,9 +154,79 @@ pub struct Engine {
     sessions_saved_at: std::cell::Cell<Instant>,
     /// Cores whose executor future ended, normally or by a panic (see [`CoreDone`]).
     cores_done: Arc<AtomicUsize>,
+    stats: Arc<EngineStats>,
+    plan: ShardPlan,
+    identify_pace: IdentifyPace,
+    control: ControlHandle,
+    /// Stopped first in [`Engine::wait`]; `None` in the demo without an admin API.
+    admin: Option<AdminServer>,
+}
+
+/// Every counter of the engine: the cores' and the sink's. Shared with the admin API.
+pub struct EngineStats {
+    shared: Arc<Shared>,
     core_stats: Vec<Arc<CoreStats>>,
     sink_stats: Arc<SinkStats>,
-    plan: ShardPlan,
+}
+
+impl EngineStats {
+    /// Per core, in core order.
+    pub fn cores(&self) -> &[Arc<CoreStats>] {
+        &self.core_stats
+    }
+
+    /// Whether the engine was asked to stop.
+    pub fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+
+    /// Payload bytes in the sink's memory queue.
+    pub fn queue_memory_bytes(&self) -> u64 {
+        self.sink_stats.queue_memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sum of every delivered batch's latency.
+    pub fn batch_latency_sum(&self) -> Duration {
+        Duration::from_micros(self.sink_stats.batch_latency_us_sum.load(Ordering::Relaxed))
+    }
+
+    /// The counters summed over cores, now.
+    pub fn snapshot(&self) -> Snapshot {
+        let sum = |f: fn(&CoreStats) -> &AtomicU64| {
+            self.core_stats
+                .iter()
+                .map(|s| f(s).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        let sink = &self.sink_stats;
+        Snapshot {
+            shards_owned: self.shared.shards_owned as u64,
+            shards_ready: sum(|s| &s.shards_ready),
+            shards_running: sum(|s| &s.shards_running),
+            shards_fatal: sum(|s| &s.shards_fatal),
+            dispatches_in: sum(|s| &s.dispatches_in),
+            records_to_sink: sum(|s| &s.records_forwarded),
+            dropped_redundant_update: sum(|s| &s.dropped_redundant_update),
+            dropped_not_allowed: sum(|s| &s.dropped_not_allowed),
+            decode_errors: sum(|s| &s.decode_errors),
+            ring_full_waits: sum(|s| &s.ring_full_waits),
+            identifies: sum(|s| &s.identifies),
+            resumes: sum(|s| &s.resumes),
+            reconnects: sum(|s| &s.reconnects),
+            records_delivered: sink.records_delivered.load(Ordering::Relaxed),
+            batches_delivered: sink.batches_delivered.load(Ordering::Relaxed),
+            bytes_delivered: sink.bytes_delivered.load(Ordering::Relaxed),
+            delivery_failures: sink.delivery_failures.load(Ordering::Relaxed),
+            records_dropped_shutdown: sink.records_dropped_shutdown.load(Ordering::Relaxed),
+            records_spilled: sink.records_spilled.load(Ordering::Relaxed),
+            records_dropped_spill_full: sink.records_dropped_spill_full.load(Ordering::Relaxed),
+            queue_memory_records: sink.queue_memory_records.load(Ordering::Relaxed),
+            queue_spill_records: sink.queue_spill_records.load(Ordering::Relaxed),
+            saved_sessions_resumed: sum(|s| &s.saved_sessions_resumed),
+            saved_sessions_rejected: sum(|s| &s.saved_sessions_rejected),
+            batch_latency_buckets: sink.latency_buckets(),
+        }
+    }
 }
 
 /// Counts a core as done when its executor's future ends, also by unwinding from a panic, so
@@ -173,6 +275,15 @@ impl Engine {
     /// locked-memory check, one pinned executor per core and the sink thread. Returns once they
     /// run; shards connect in the background, paced by the identify limiter.
     pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> Result<Engine, RunError> {
+        Engine::start_with(settings, stop, true)
+    }
+
+    /// [`Engine::start`], with the admin API on `--admin-addr` or without it (`admin: false`).
+    pub fn start_with(
+        settings: Settings,
+        stop: Arc<AtomicBool>,
+        admin: bool,
+    ) -> Result<Engine, RunError> {
         let started = Instant::now();
         let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
 
@@ -186,6 +297,12 @@ impl Engine {
         let recommended = gateway_bot.as_ref().map_or(1, |g| g.shards).max(1);
         let plan = settings.plan(NonZeroU32::new(recommended).unwrap_or(NonZeroU32::MIN))?;
         check_locked_memory(plan.cores)?;
+        // Before anything starts: a taken port fails here, with every session as it was.
+        let admin_listener = if admin {
+            Some(AdminListener::bind(settings.admin_addr)?)
+        } else {
+            None
+        };
 
         let url_text = settings
             .gateway_url
@@ -255,7 +372,7 @@ impl Engine {
                 ..DecoderLimits::default()
             },
             tls: Arc::clone(&tls),
-            limiter,
+            limiter: Arc::clone(&limiter),
             connect_timeout: Duration::from_secs(10),
             shards_ready: AtomicUsize::new(0),
             shards_owned: owned.len(),
@@ -316,12 +433,18 @@ impl Engine {
             .unwrap_or_default();
         let per_core = plan.shards_per_core.max(1) as usize;
         let mut rings = Vec::new();
+        let mut core_links = Vec::new();
         let mut core_stats = Vec::new();
         let mut executors = Vec::new();
         let cores_done = Arc::new(AtomicUsize::new(0));
         for (index, shard_ids) in owned.chunks(per_core).enumerate() {
             let (ring_tx, ring_rx) = crossbeam_channel::bounded(settings.ring_capacity);
             rings.push(ring_rx);
+            // Unbounded: only the admin API sends, one request per HTTP request in flight.
+            let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
+            let first = shard_ids.first().copied().unwrap_or_default();
+            let last = shard_ids.last().copied().unwrap_or_default();
+            core_links.push((requests_tx, first, last));
             let stats = Arc::new(CoreStats::default());
             core_stats.push(Arc::clone(&stats));
             let core_plan = CorePlan {
@@ -334,6 +457,7 @@ impl Engine {
                     .iter()
                     .filter_map(|id| saved.shards.get(id).map(|s| (*id, s.clone())))
                     .collect(),
+                requests: requests_rx,
             };
             let placement = match core_ids.get(index % core_ids.len().max(1)) {
                 Some(cpu) if !core_ids.is_empty() => Placement::Fixed(*cpu),
@@ -362,7 +486,13 @@ impl Engine {
             Arc::clone(&stop),
         )
         .map_err(RunError::Thread)?;
-        Ok(Engine {
+        let stats = Arc::new(EngineStats {
+            shared: Arc::clone(&shared),
+            core_stats,
+            sink_stats,
+        });
+        let control = ControlHandle::new(core_links, plan);
+        let mut engine = Engine {
             stop,
             shared,
             executors,
@@ -371,10 +501,43 @@ impl Engine {
             session_save_interval: Duration::from_millis(settings.session_save_interval_ms),
             sessions_saved_at: std::cell::Cell::new(Instant::now()),
             cores_done,
-            core_stats,
-            sink_stats,
+            stats: Arc::clone(&stats),
             plan,
-        })
+            identify_pace: IdentifyPace {
+                shards_per_interval: session_start_limit.max_concurrency,
+                interval: identify_interval,
+            },
+            control: control.clone(),
+            admin: None,
+        };
+        if let Some(listener) = admin_listener {
+            let context = AdminContext {
+                control,
+                stats,
+                limiter,
+                token: settings.admin_token.clone(),
+                started,
+            };
+            match AdminServer::start(listener, context) {
+                Ok(server) => engine.admin = Some(server),
+                Err(error) => {
+                    // Only a thread that cannot start: stop what runs (sessions saved).
+                    engine.wait();
+                    return Err(error.into());
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Where the admin API listens, if it runs.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// The control plane's handle (what the admin API uses).
+    pub fn control(&self) -> &ControlHandle {
+        &self.control
     }
 
     /// Relays a requested stop to the cores; true once every core has ended (after a stop, or
@@ -407,47 +570,22 @@ impl Engine {
         self.plan
     }
 
+    /// How fast the identify buckets let shards start (for startup progress).
+    pub fn identify_pace(&self) -> IdentifyPace {
+        self.identify_pace
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> Snapshot {
-        let sum = |f: fn(&CoreStats) -> &AtomicU64| {
-            self.core_stats
-                .iter()
-                .map(|s| f(s).load(Ordering::Relaxed))
-                .sum::<u64>()
-        };
-        let sink = &self.sink_stats;
-        Snapshot {
-            shards_owned: self.shared.shards_owned as u64,
-            shards_ready: sum(|s| &s.shards_ready),
-            shards_running: sum(|s| &s.shards_running),
-            shards_fatal: sum(|s| &s.shards_fatal),
-            dispatches_in: sum(|s| &s.dispatches_in),
-            records_to_sink: sum(|s| &s.records_forwarded),
-            dropped_redundant_update: sum(|s| &s.dropped_redundant_update),
-            dropped_not_allowed: sum(|s| &s.dropped_not_allowed),
-            decode_errors: sum(|s| &s.decode_errors),
-            ring_full_waits: sum(|s| &s.ring_full_waits),
-            identifies: sum(|s| &s.identifies),
-            resumes: sum(|s| &s.resumes),
-            reconnects: sum(|s| &s.reconnects),
-            records_delivered: sink.records_delivered.load(Ordering::Relaxed),
-            batches_delivered: sink.batches_delivered.load(Ordering::Relaxed),
-            bytes_delivered: sink.bytes_delivered.load(Ordering::Relaxed),
-            delivery_failures: sink.delivery_failures.load(Ordering::Relaxed),
-            records_dropped_shutdown: sink.records_dropped_shutdown.load(Ordering::Relaxed),
-            records_spilled: sink.records_spilled.load(Ordering::Relaxed),
-            records_dropped_spill_full: sink.records_dropped_spill_full.load(Ordering::Relaxed),
-            queue_memory_records: sink.queue_memory_records.load(Ordering::Relaxed),
-            queue_spill_records: sink.queue_spill_records.load(Ordering::Relaxed),
-            saved_sessions_resumed: sum(|s| &s.saved_sessions_resumed),
-            saved_sessions_rejected: sum(|s| &s.saved_sessions_rejected),
-            batch_latency_buckets: sink.latency_buckets(),
-        }
+        self.stats.snapshot()
     }
 
     /// Stops (if no one asked yet), waits for every core to close its shards and for the sink
     /// to deliver what it holds, and sums up.
     pub fn wait(mut self) -> RunSummary {
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
         self.stop.store(true, Ordering::Release);
         while !self.poll() {
             std::thread::sleep(Duration::from_millis(20));

@@ -199,6 +199,39 @@ fn run_fails_clearly_when_discord_is_unreachable() {
 }
 
 #[test]
+fn a_taken_admin_port_fails_startup_before_any_shard_or_file() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = taken.local_addr().expect("bound").to_string();
+    let dir = scratch("admin-taken");
+    let data = dir.join("data");
+    let (code, stdout, stderr) = output(
+        shardgate(&[
+            "run",
+            "--gateway-url",
+            "ws://127.0.0.1:9",
+            "--total-shards",
+            "1",
+            "--forward-url",
+            "http://127.0.0.1:9/",
+            "--admin-addr",
+            &addr,
+            "--data-dir",
+            data.to_str().expect("UTF-8 path"),
+        ])
+        .env("DISCORD_TOKEN", TOKEN),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("shardgate: --admin-addr {addr}: cannot listen")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("choose a free address"), "{stderr}");
+    assert!(!data.exists(), "nothing written before the port was ours");
+    assert!(stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn demo_runs_the_whole_pipeline_and_checks_it() {
     // The real binary, its built-in simulated Discord over TLS and its bot: 4 shards on both
     // cores, zlib-stream, for 4 s. Each second prints a line; the summary's checks pass.

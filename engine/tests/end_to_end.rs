@@ -457,3 +457,57 @@ fn identify_budget_is_never_overspent() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A gateway that accepts TCP and then never answers the upgrade must not hold a shard: the
+/// whole connect (TCP, TLS, upgrade) has a deadline, after which the shard tries again.
+#[test]
+fn a_server_that_accepts_and_says_nothing_costs_one_connect_timeout() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = std::env::temp_dir().join(format!("shardgate-silent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn({
+        let accepted = Arc::clone(&accepted);
+        move || {
+            // Hold every socket open, read nothing.
+            let mut held = Vec::new();
+            for stream in silent.incoming().take(8) {
+                held.push(stream);
+                accepted.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["run", "--token", "t0ken", "--forward-url", &bot.url()])
+        .args([
+            "--gateway-url",
+            &format!("ws://{addr}"),
+            "--total-shards",
+            "1",
+        ])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--log", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut engine = Engine(child);
+    wait_until(
+        "a second connect after the first one's deadline",
+        Duration::from_secs(30),
+        || accepted.load(Ordering::SeqCst) >= 2,
+    );
+    let (status, _) = engine.terminate();
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1594,3 +1594,19 @@ fn urls_are_normalised() {
     assert_eq!(settings.forward_url, "https://bot:8443/events?x=1");
     assert!(crate::sink::http::ForwardUrl::parse(&settings.forward_url).is_ok());
 }
+
+#[test]
+fn a_secret_matches_only_itself() {
+    let secret = Secret::new("admin-s3cret");
+    assert!(secret.matches(b"admin-s3cret"));
+    for other in [
+        &b""[..],
+        b"admin-s3cre",
+        b"admin-s3cret!",
+        b"admin-s3creT",
+        b"x",
+    ] {
+        assert!(!secret.matches(other), "{other:?}");
+    }
+    assert!(Secret::new("").matches(b""));
+}

@@ -29,6 +29,19 @@ impl Secret {
     pub fn expose_secret(&self) -> &str {
         &self.0
     }
+
+    /// Whether `candidate` is the secret, in time that depends only on the lengths (a caller
+    /// cannot learn the secret byte by byte from how long a refusal takes).
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        let difference = secret
+            .iter()
+            .zip(candidate)
+            .fold(secret.len() ^ candidate.len(), |acc, (a, b)| {
+                acc | usize::from(a ^ b)
+            });
+        difference == 0
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -297,6 +297,36 @@ impl ShardState {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Stopped | Self::Fatal)
     }
+
+    /// Every state, in lifecycle order (for per-state metrics).
+    pub const ALL: [Self; 10] = [
+        Self::Connecting,
+        Self::AwaitingHello,
+        Self::AwaitingIdentifyPermit,
+        Self::Identifying,
+        Self::Resuming,
+        Self::Active,
+        Self::Closing,
+        Self::WaitingToReconnect,
+        Self::Stopped,
+        Self::Fatal,
+    ];
+
+    /// The name in the admin API and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::AwaitingHello => "awaiting_hello",
+            Self::AwaitingIdentifyPermit => "awaiting_identify_permit",
+            Self::Identifying => "identifying",
+            Self::Resuming => "resuming",
+            Self::Active => "active",
+            Self::Closing => "closing",
+            Self::WaitingToReconnect => "waiting_to_reconnect",
+            Self::Stopped => "stopped",
+            Self::Fatal => "fatal",
+        }
+    }
 }
 
 /// What the decode stage learned about a payload without parsing it.
@@ -1600,30 +1630,34 @@ impl Shard {
         if self.state.is_terminal() {
             return Err(CommandError::ShardStopped { state: self.state });
         }
-        if payload.len() > PAYLOAD_BYTES_MAX {
-            return Err(CommandError::TooLarge {
-                bytes: payload.len(),
-                max_bytes: PAYLOAD_BYTES_MAX,
-            });
-        }
-        match json::command_opcode(payload) {
-            CommandShape::NotJsonObject => return Err(CommandError::NotJsonObject),
-            CommandShape::MissingOpcode => return Err(CommandError::MissingOpcode),
-            CommandShape::Opcode(op) => {
-                if !COMMAND_OPCODES
-                    .iter()
-                    .any(|&allowed| u64::from(allowed) == op)
-                {
-                    return Err(CommandError::OpcodeNotAllowed { op });
-                }
-            }
-        }
+        check_command_shape(payload)?;
         if self.commands.len() >= self.config.command_queue_capacity {
             return Err(CommandError::QueueFull {
                 capacity: self.config.command_queue_capacity,
             });
         }
         Ok(())
+    }
+}
+
+/// Checks what [`Shard::send_command`] checks of the payload itself: at most
+/// [`PAYLOAD_BYTES_MAX`] bytes, a JSON object whose `op` is in [`COMMAND_OPCODES`]. Returns the op.
+/// (The admin API checks commands with it before routing them to a core.)
+pub fn check_command_shape(payload: &[u8]) -> Result<u8, CommandError> {
+    if payload.len() > PAYLOAD_BYTES_MAX {
+        return Err(CommandError::TooLarge {
+            bytes: payload.len(),
+            max_bytes: PAYLOAD_BYTES_MAX,
+        });
+    }
+    match json::command_opcode(payload) {
+        CommandShape::NotJsonObject => Err(CommandError::NotJsonObject),
+        CommandShape::MissingOpcode => Err(CommandError::MissingOpcode),
+        CommandShape::Opcode(op) => COMMAND_OPCODES
+            .iter()
+            .copied()
+            .find(|&allowed| u64::from(allowed) == op)
+            .ok_or(CommandError::OpcodeNotAllowed { op }),
     }
 }
 

@@ -22,6 +22,6 @@ pub use machine::{
     PayloadAction, PayloadHead, PermitError, RECONNECT_BACKOFF_BASE_MS, RECONNECT_BACKOFF_CAP_MS,
     ReconnectCause, SEND_LIMIT_PER_WINDOW, SEND_WINDOW_MS, SEND_WINDOW_SAFETY_MARGIN_MS, Session,
     Shard, ShardConfig, ShardCounters, ShardEvent, ShardState, Transmit, TransmitKind,
-    backoff_ceiling, close_policy,
+    backoff_ceiling, check_command_shape, close_policy,
 };
 pub use token::Token;

@@ -85,8 +85,16 @@ pub fn engine_command(mock: &MockGateway, bot: &FakeBot, dir: &std::path::Path) 
     command
 }
 
-/// [`engine_command`] without `--data-dir` and `--log`.
+/// [`engine_command`] without `--data-dir` and `--log`; the admin API on any free port (tests
+/// run side by side).
 pub fn bare_engine_command(mock: &MockGateway, bot: &FakeBot, dir: &std::path::Path) -> Command {
+    let mut command = command_without_admin(mock, bot, dir);
+    command.args(["--admin-addr", "127.0.0.1:0"]);
+    command
+}
+
+/// [`bare_engine_command`] without `--admin-addr`.
+pub fn command_without_admin(mock: &MockGateway, bot: &FakeBot, dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
     command
         .args([

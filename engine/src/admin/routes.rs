@@ -1,0 +1,293 @@
+//! The admin API's endpoints: request in, response out. No I/O beyond the control handle.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves (no token needed) |
+//! | `GET /readyz` | 200 when every owned shard's session is live, else 503 |
+//! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /shards`, `GET /shards/{id}` | shard status as JSON |
+//! | `POST /shards/{id}/reconnect[?identify=true]` | 202: resume (or identify anew) |
+//! | `POST /commands[?shard_id=N\|all]` | 202: a gateway command queued on its shard(s) |
+
+use serde_json::{Value, json};
+
+use super::AdminContext;
+use super::http::{Request, Response};
+use crate::control::{CommandReceipt, ControlError, Selection, ShardStatus};
+use crate::shard::ShardState;
+
+/// Seconds a refused command should wait: a shard frees a command slot about every
+/// 60 s / (120 − heartbeat reserve) ≈ 0.5 s.
+const COMMAND_RETRY_AFTER_S: u64 = 1;
+
+/// Routes one request.
+pub fn handle(context: &AdminContext, request: &Request) -> Response {
+    let path = request.path.trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = request.method.as_str();
+    if segments == ["healthz"] {
+        return match method {
+            "GET" => Response::json(200, &json!({ "status": "ok" })),
+            _ => method_not_allowed(method, "GET"),
+        };
+    }
+    if let Err(refusal) = authorize(context, request) {
+        return refusal;
+    }
+    match (method, segments.as_slice()) {
+        ("GET", ["readyz"]) => readyz(context),
+        ("GET", ["metrics"]) => metrics(context),
+        ("GET", ["shards"]) => shards(context),
+        ("GET", ["shards", id]) => shard(context, id),
+        ("POST", ["shards", id, "reconnect"]) => reconnect(context, id, request),
+        ("POST", ["commands"]) => command(context, request),
+        (_, ["readyz" | "metrics" | "shards"] | ["shards", _]) => method_not_allowed(method, "GET"),
+        (_, ["shards", _, "reconnect"] | ["commands"]) => method_not_allowed(method, "POST"),
+        _ => Response::error(404, format!("no such endpoint: {method} {}", request.path)),
+    }
+}
+
+/// 401 unless the request carries the token (when one is set).
+fn authorize(context: &AdminContext, request: &Request) -> Result<(), Response> {
+    let Some(token) = &context.token else {
+        return Ok(());
+    };
+    let presented = request
+        .authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix(b"Bearer "));
+    match presented {
+        Some(presented) if token.matches(presented) => Ok(()),
+        Some(_) => Err(unauthorized("the admin token is wrong")),
+        None => Err(unauthorized(
+            "this endpoint needs Authorization: Bearer <--admin-token>",
+        )),
+    }
+}
+
+fn unauthorized(reason: &str) -> Response {
+    Response::error(401, reason).with_header("WWW-Authenticate", "Bearer".into())
+}
+
+fn method_not_allowed(method: &str, allowed: &'static str) -> Response {
+    Response::error(405, format!("{method} is not allowed here; use {allowed}"))
+        .with_header("Allow", allowed.into())
+}
+
+fn control_error(error: &ControlError) -> Response {
+    let status = match error {
+        ControlError::NotOwned { .. } => 404,
+        ControlError::ShardStopped { .. } => 409,
+        ControlError::CoreUnresponsive { .. } => 503,
+    };
+    Response::error(status, error)
+}
+
+fn readyz(context: &AdminContext) -> Response {
+    let reports = match context.control.reports() {
+        Ok(reports) => reports,
+        Err(error) => return control_error(&error),
+    };
+    let statuses = reports.iter().flat_map(|report| &report.shards);
+    let owned = statuses.clone().count();
+    let active = statuses
+        .clone()
+        .filter(|status| status.state == ShardState::Active)
+        .count();
+    let stopping = context.stats.stopping();
+    let ready = active == owned && !stopping;
+    let mut body = json!({
+        "ready": ready,
+        "shards_active": active,
+        "shards_owned": owned,
+    });
+    if !ready {
+        let reason = if stopping {
+            "the engine is stopping".to_owned()
+        } else {
+            format!("{} of {owned} shards have no live session", owned - active)
+        };
+        body["reason"] = Value::from(reason);
+    }
+    Response::json(if ready { 200 } else { 503 }, &body)
+}
+
+fn metrics(context: &AdminContext) -> Response {
+    let reports = match context.control.reports() {
+        Ok(reports) => reports,
+        Err(error) => return control_error(&error),
+    };
+    let text = super::metrics::render(context, &reports);
+    Response {
+        status: 200,
+        content_type: Response::PROMETHEUS,
+        headers: Vec::new(),
+        body: text.into_bytes(),
+    }
+}
+
+fn shards(context: &AdminContext) -> Response {
+    match context.control.reports() {
+        Ok(reports) => {
+            let shards: Vec<Value> = reports
+                .iter()
+                .flat_map(|report| &report.shards)
+                .map(shard_json)
+                .collect();
+            Response::json(200, &Value::Array(shards))
+        }
+        Err(error) => control_error(&error),
+    }
+}
+
+fn shard(context: &AdminContext, id: &str) -> Response {
+    let shard_id = match parse_shard_id(id) {
+        Ok(shard_id) => shard_id,
+        Err(refusal) => return refusal,
+    };
+    match context.control.shard(shard_id) {
+        Ok(status) => Response::json(200, &shard_json(&status)),
+        Err(error) => control_error(&error),
+    }
+}
+
+fn reconnect(context: &AdminContext, id: &str, request: &Request) -> Response {
+    let shard_id = match parse_shard_id(id) {
+        Ok(shard_id) => shard_id,
+        Err(refusal) => return refusal,
+    };
+    let new_session = match request.query_value("identify") {
+        None | Some("false") => false,
+        Some("true" | "") => true,
+        Some(other) => {
+            return Response::error(400, format!("identify={other}: use identify=true or false"));
+        }
+    };
+    match context.control.reconnect(shard_id, new_session) {
+        Ok(()) => Response::json(
+            202,
+            &json!({
+                "shard_id": shard_id,
+                "reconnect": if new_session { "identify" } else { "resume" },
+            }),
+        ),
+        Err(error) => control_error(&error),
+    }
+}
+
+/// `POST /commands`: the body is the gateway payload exactly as Discord expects it
+/// (`{"op":…,"d":…}`), sent as it is. Routed by `?shard_id=N`, else by `d.guild_id`; a presence
+/// update (op 3) without either goes to every shard (`?shard_id=all` says so explicitly).
+fn command(context: &AdminContext, request: &Request) -> Response {
+    // The gateway closes the connection (4002) on a payload it cannot decode: check it all,
+    // after the size (no parsing of what would be refused anyway).
+    let payload: Value = if request.body.len() > crate::shard::PAYLOAD_BYTES_MAX {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&request.body) {
+            Ok(payload) => payload,
+            Err(error) => {
+                return Response::error(400, format!("command is not valid JSON: {error}"));
+            }
+        }
+    };
+    let op = match crate::shard::check_command_shape(&request.body) {
+        Ok(op) => op,
+        Err(error) => return Response::error(400, error),
+    };
+    let selection = match request.query_value("shard_id") {
+        Some("all") if op == 3 => Selection::All,
+        Some("all") => {
+            return Response::error(
+                400,
+                format!("shard_id=all is only for presence updates (op 3), not op {op}"),
+            );
+        }
+        Some(id) => match parse_shard_id(id) {
+            Ok(shard_id) => Selection::One(shard_id),
+            Err(refusal) => return refusal,
+        },
+        None => match guild_id(&payload) {
+            Some(Ok(guild_id)) => Selection::One(context.control.shard_for_guild(guild_id)),
+            Some(Err(reason)) => return Response::error(400, reason),
+            None if op == 3 => Selection::All,
+            None => {
+                return Response::error(
+                    400,
+                    format!("cannot route op {op}: give ?shard_id=N or a d.guild_id"),
+                );
+            }
+        },
+    };
+    match context.control.command(selection, request.body.clone()) {
+        Ok(receipt) => command_answer(&receipt),
+        Err(error) => control_error(&error),
+    }
+}
+
+fn command_answer(receipt: &CommandReceipt) -> Response {
+    let body = json!({
+        "queued": receipt.queued,
+        "full": receipt.full,
+        "stopped": receipt.stopped,
+    });
+    if !receipt.queued.is_empty() {
+        let mut response = Response::json(202, &body);
+        if !receipt.full.is_empty() {
+            response = response.with_header("Retry-After", COMMAND_RETRY_AFTER_S.to_string());
+        }
+        return response;
+    }
+    if !receipt.full.is_empty() {
+        let mut refusal = body;
+        refusal["error"] = Value::from(format!(
+            "the command queue of shard(s) {:?} is full (Discord allows 120 payloads per \
+             minute per connection); retry later",
+            receipt.full
+        ));
+        return Response::json(429, &refusal)
+            .with_header("Retry-After", COMMAND_RETRY_AFTER_S.to_string());
+    }
+    let mut refusal = body;
+    refusal["error"] = Value::from(format!(
+        "shard(s) {:?} stopped and will not send again",
+        receipt.stopped
+    ));
+    Response::json(409, &refusal)
+}
+
+/// `d.guild_id` as a snowflake (a string, as Discord sends them, or a number).
+fn guild_id(payload: &Value) -> Option<Result<u64, String>> {
+    let value = payload.get("d")?.get("guild_id")?;
+    let parsed = match value {
+        Value::String(text) => text.parse().ok(),
+        Value::Number(number) => number.as_u64(),
+        _ => None,
+    };
+    Some(parsed.ok_or_else(|| format!("d.guild_id {value} is not a snowflake")))
+}
+
+fn parse_shard_id(id: &str) -> Result<u32, Response> {
+    id.parse()
+        .map_err(|_| Response::error(400, format!("'{id}' is not a shard id")))
+}
+
+fn shard_json(status: &ShardStatus) -> Value {
+    let millis = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+    json!({
+        "shard_id": status.shard_id,
+        "core": status.core,
+        "state": status.state.as_str(),
+        "session_age_ms": millis(status.session_age),
+        "sequence": status.sequence,
+        "heartbeat_latency_ms": millis(status.heartbeat_latency),
+        "guilds": status.guilds,
+        "last_event_age_ms": millis(status.last_event_age),
+        "reconnects": status.counters.reconnects_total(),
+        "identifies": status.counters.identifies_sent_total,
+        "resumes": status.counters.resumes_sent_total,
+        "dispatches": status.counters.dispatches_total,
+        "commands_waiting": status.commands_waiting,
+        "commands_sent": status.counters.commands_sent_total,
+    })
+}

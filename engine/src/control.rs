@@ -1,0 +1,597 @@
+//! Control plane ↔ cores: what the admin API asks a core, the board a core's shard tasks
+//! publish their status to, and the handle the admin API holds.
+//!
+//! The admin thread never touches a shard. It sends a [`CoreRequest`] over a crossbeam channel;
+//! the core's control task (on the core's own executor, every [`CONTROL_POLL`]) answers from the
+//! [`Board`] at once, or stages the request for the shard's task and nudges it. Nothing here
+//! waits on a shard task: a shard busy connecting cannot hold up an answer.
+//!
+//! Shard tasks publish to the board with plain `Cell` writes (same thread: no atomics, no
+//! locks), once per loop turn, and copy their counters at most every
+//! [`COUNTERS_PUBLISH_INTERVAL`]: the hot path pays a few stores per frame.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::config::ShardPlan;
+use crate::shard::{Shard, ShardConfig, ShardCounters, ShardState};
+
+/// How often a core's control task looks for requests (and for the stop flag).
+pub const CONTROL_POLL: Duration = Duration::from_millis(10);
+/// Most time between two copies of a shard's counters to its board slot.
+pub const COUNTERS_PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+/// Bot commands a shard accepts beyond those its machine already queues: staged on the board
+/// until the shard task moves them into the machine (it does every loop turn). A shard holds at
+/// most this plus [`ShardConfig::DEFAULT_COMMAND_QUEUE_CAPACITY`] commands of at most 4 KiB.
+pub const COMMANDS_STAGED_MAX: usize = ShardConfig::DEFAULT_COMMAND_QUEUE_CAPACITY;
+/// How long the admin API waits for a core's answer (a core answers within [`CONTROL_POLL`]
+/// unless it is stuck, which this then reports).
+pub const CORE_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A request from the control plane to one core.
+#[derive(Debug)]
+pub enum CoreRequest {
+    /// Every shard's status and the core's ring occupancy.
+    Report { reply: Sender<CoreReport> },
+    /// Queue a bot command (already checked by [`crate::shard::check_command_shape`]) on the
+    /// selected shards of this core.
+    Command {
+        selection: Selection,
+        payload: Vec<u8>,
+        reply: Sender<CommandReceipt>,
+    },
+    /// Reconnect a shard: resume, or with `new_session` identify anew (through the limiter).
+    Reconnect {
+        shard_id: u32,
+        new_session: bool,
+        reply: Sender<Result<(), ControlError>>,
+    },
+}
+
+/// Which shards a command goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    One(u32),
+    All,
+}
+
+impl Selection {
+    fn includes(self, shard_id: u32) -> bool {
+        match self {
+            Selection::One(id) => id == shard_id,
+            Selection::All => true,
+        }
+    }
+}
+
+/// What became of a command, per shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandReceipt {
+    /// Queued: it goes out as soon as the shard's send allowance permits.
+    pub queued: Vec<u32>,
+    /// Refused: the shard holds as many commands as it may.
+    pub full: Vec<u32>,
+    /// Refused: the shard stopped (shutdown or a fatal close code).
+    pub stopped: Vec<u32>,
+}
+
+impl CommandReceipt {
+    fn merge(&mut self, other: CommandReceipt) {
+        self.queued.extend(other.queued);
+        self.full.extend(other.full);
+        self.stopped.extend(other.stopped);
+    }
+}
+
+/// One core's answer to [`CoreRequest::Report`].
+#[derive(Debug, Clone)]
+pub struct CoreReport {
+    pub core: usize,
+    pub shards: Vec<ShardStatus>,
+    /// Records waiting in the core's ring to the sink, and its capacity.
+    pub ring_records: usize,
+    pub ring_capacity: usize,
+}
+
+/// A shard as its core last saw it.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    pub shard_id: u32,
+    pub core: usize,
+    pub state: ShardState,
+    /// Since the session's READY in this process (or its resume, for a session saved by the
+    /// last run); `None` without a session.
+    pub session_age: Option<Duration>,
+    /// The last dispatch sequence of the session.
+    pub sequence: Option<u64>,
+    /// The last heartbeat round trip.
+    pub heartbeat_latency: Option<Duration>,
+    /// Guilds of the session (from READY, joins and leaves).
+    pub guilds: u64,
+    /// Since the last dispatch; `None` before the first.
+    pub last_event_age: Option<Duration>,
+    /// Commands waiting: staged on the board and queued in the machine.
+    pub commands_waiting: u64,
+    /// The machine's counters, at most [`COUNTERS_PUBLISH_INTERVAL`] old.
+    pub counters: ShardCounters,
+}
+
+/// Why the control plane could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("shard {shard_id} is not run by this process (it runs shards {first}..={last})")]
+    NotOwned {
+        shard_id: u32,
+        first: u32,
+        last: u32,
+    },
+    #[error("core {core} did not answer within {} ms", CORE_ANSWER_TIMEOUT.as_millis())]
+    CoreUnresponsive { core: usize },
+    #[error("shard {shard_id} is {} and will not connect again", state.as_str())]
+    ShardStopped { shard_id: u32, state: ShardState },
+}
+
+// ---- The admin side -------------------------------------------------------------------------
+
+/// The control plane's link to every core. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct ControlHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    /// Per core: its request channel and the (contiguous) shard ids it owns.
+    cores: Vec<(Sender<CoreRequest>, u32, u32)>,
+    plan: ShardPlan,
+}
+
+impl ControlHandle {
+    /// `cores[i]`: core `i`'s request channel and its first and last shard id.
+    pub fn new(cores: Vec<(Sender<CoreRequest>, u32, u32)>, plan: ShardPlan) -> ControlHandle {
+        ControlHandle {
+            inner: Arc::new(HandleInner { cores, plan }),
+        }
+    }
+
+    /// The plan the engine runs.
+    pub fn plan(&self) -> ShardPlan {
+        self.inner.plan
+    }
+
+    /// The core that runs `shard_id`.
+    pub fn core_of(&self, shard_id: u32) -> Result<usize, ControlError> {
+        self.inner
+            .cores
+            .iter()
+            .position(|(_, first, last)| (*first..=*last).contains(&shard_id))
+            .ok_or(ControlError::NotOwned {
+                shard_id,
+                first: self.inner.plan.shards.start(),
+                last: self.inner.plan.shards.end(),
+            })
+    }
+
+    /// The shard that receives a guild's events and commands: `(guild_id >> 22) % total`.
+    pub fn shard_for_guild(&self, guild_id: u64) -> u32 {
+        let total = u64::from(self.inner.plan.total_shards.get());
+        // The remainder is below `total`, a u32.
+        u32::try_from((guild_id >> 22) % total).unwrap_or(0)
+    }
+
+    /// Every core's report, in core order.
+    pub fn reports(&self) -> Result<Vec<CoreReport>, ControlError> {
+        let mut waiting = Vec::with_capacity(self.inner.cores.len());
+        for (core, (requests, _, _)) in self.inner.cores.iter().enumerate() {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            // A core that ended has dropped its receiver: it reports as unresponsive below.
+            let _ = requests.send(CoreRequest::Report { reply });
+            waiting.push((core, answer));
+        }
+        let deadline = Instant::now() + CORE_ANSWER_TIMEOUT;
+        waiting
+            .into_iter()
+            .map(|(core, answer)| {
+                answer
+                    .recv_deadline(deadline)
+                    .map_err(|_| ControlError::CoreUnresponsive { core })
+            })
+            .collect()
+    }
+
+    /// One shard's status.
+    pub fn shard(&self, shard_id: u32) -> Result<ShardStatus, ControlError> {
+        let core = self.core_of(shard_id)?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let report = self.ask(core, CoreRequest::Report { reply }, &answer)?;
+        report
+            .shards
+            .into_iter()
+            .find(|status| status.shard_id == shard_id)
+            .ok_or(ControlError::CoreUnresponsive { core })
+    }
+
+    /// Queues a command on one shard or on every shard of the process.
+    pub fn command(
+        &self,
+        selection: Selection,
+        payload: Vec<u8>,
+    ) -> Result<CommandReceipt, ControlError> {
+        let cores: Vec<usize> = match selection {
+            Selection::One(shard_id) => vec![self.core_of(shard_id)?],
+            Selection::All => (0..self.inner.cores.len()).collect(),
+        };
+        let mut receipt = CommandReceipt::default();
+        for core in cores {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let request = CoreRequest::Command {
+                selection,
+                payload: payload.clone(),
+                reply,
+            };
+            receipt.merge(self.ask(core, request, &answer)?);
+        }
+        Ok(receipt)
+    }
+
+    /// Reconnects a shard (`new_session`: identify instead of resuming).
+    pub fn reconnect(&self, shard_id: u32, new_session: bool) -> Result<(), ControlError> {
+        let core = self.core_of(shard_id)?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let request = CoreRequest::Reconnect {
+            shard_id,
+            new_session,
+            reply,
+        };
+        self.ask(core, request, &answer)?
+    }
+
+    fn ask<T>(
+        &self,
+        core: usize,
+        request: CoreRequest,
+        answer: &Receiver<T>,
+    ) -> Result<T, ControlError> {
+        let unresponsive = ControlError::CoreUnresponsive { core };
+        let (requests, _, _) = &self.inner.cores[core];
+        requests.send(request).map_err(|_| unresponsive.clone())?;
+        answer
+            .recv_timeout(CORE_ANSWER_TIMEOUT)
+            .map_err(|_| unresponsive)
+    }
+}
+
+// ---- The core side --------------------------------------------------------------------------
+
+/// What the control task asks of a shard task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nudge {
+    /// Close resumably and end (the process stops).
+    Stop,
+    /// Commands are staged on the board.
+    Commands,
+    /// Reconnect; `new_session` identifies anew.
+    Reconnect { new_session: bool },
+}
+
+/// A core's shards as their tasks last published them; slots in the core's shard order.
+pub(crate) struct Board {
+    core: usize,
+    slots: Vec<Slot>,
+}
+
+/// One shard's place on the board.
+pub(crate) struct Slot {
+    shard_id: u32,
+    view: Cell<View>,
+    counters: RefCell<ShardCounters>,
+    counters_at: Cell<Option<Instant>>,
+    /// Commands the control task accepted and the shard task has not moved yet.
+    staged: RefCell<VecDeque<Vec<u8>>>,
+    /// A [`Nudge::Commands`] is on its way (one is enough).
+    nudged: Cell<bool>,
+}
+
+#[derive(Clone, Copy)]
+struct View {
+    state: ShardState,
+    sequence: Option<u64>,
+    latency: Option<Duration>,
+    session_since: Option<Instant>,
+    last_event_at: Option<Instant>,
+    dispatches: u64,
+    guilds: u64,
+    commands_queued: usize,
+}
+
+impl Board {
+    pub(crate) fn new(core: usize, shard_ids: &[u32]) -> Board {
+        let slots = shard_ids
+            .iter()
+            .map(|&shard_id| Slot {
+                shard_id,
+                view: Cell::new(View {
+                    state: ShardState::Connecting,
+                    sequence: None,
+                    latency: None,
+                    session_since: None,
+                    last_event_at: None,
+                    dispatches: 0,
+                    guilds: 0,
+                    commands_queued: 0,
+                }),
+                counters: RefCell::new(ShardCounters::default()),
+                counters_at: Cell::new(None),
+                staged: RefCell::new(VecDeque::new()),
+                nudged: Cell::new(false),
+            })
+            .collect();
+        Board { core, slots }
+    }
+
+    pub(crate) fn slot(&self, index: usize) -> &Slot {
+        &self.slots[index]
+    }
+
+    fn index_of(&self, shard_id: u32) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.shard_id == shard_id)
+    }
+
+    /// Answers `request`; `nudge(index, what)` reaches the shard task at `index`.
+    pub(crate) fn answer(
+        &self,
+        request: CoreRequest,
+        now: Instant,
+        ring: (usize, usize),
+        mut nudge: impl FnMut(usize, Nudge),
+    ) {
+        match request {
+            CoreRequest::Report { reply } => {
+                let report = CoreReport {
+                    core: self.core,
+                    shards: self
+                        .slots
+                        .iter()
+                        .map(|s| s.status(self.core, now))
+                        .collect(),
+                    ring_records: ring.0,
+                    ring_capacity: ring.1,
+                };
+                // The asker may have given up; nothing to do then.
+                let _ = reply.send(report);
+            }
+            CoreRequest::Command {
+                selection,
+                payload,
+                reply,
+            } => {
+                let mut receipt = CommandReceipt::default();
+                for (index, slot) in self.slots.iter().enumerate() {
+                    if !selection.includes(slot.shard_id) {
+                        continue;
+                    }
+                    let view = slot.view.get();
+                    let mut staged = slot.staged.borrow_mut();
+                    if view.state.is_terminal() {
+                        receipt.stopped.push(slot.shard_id);
+                    } else if staged.len() >= COMMANDS_STAGED_MAX {
+                        receipt.full.push(slot.shard_id);
+                    } else {
+                        staged.push_back(payload.clone());
+                        receipt.queued.push(slot.shard_id);
+                        if !slot.nudged.replace(true) {
+                            nudge(index, Nudge::Commands);
+                        }
+                    }
+                }
+                let _ = reply.send(receipt);
+            }
+            CoreRequest::Reconnect {
+                shard_id,
+                new_session,
+                reply,
+            } => {
+                let answer = match self.index_of(shard_id) {
+                    None => Err(ControlError::CoreUnresponsive { core: self.core }),
+                    Some(index) => {
+                        let state = self.slots[index].view.get().state;
+                        if state.is_terminal() {
+                            Err(ControlError::ShardStopped { shard_id, state })
+                        } else {
+                            nudge(index, Nudge::Reconnect { new_session });
+                            Ok(())
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Called by the shard task once per loop turn: what the admin API shows.
+    pub(crate) fn publish(
+        &self,
+        machine: &Shard,
+        guilds: usize,
+        session_since: Option<Instant>,
+        now: Instant,
+    ) {
+        let before = self.view.get();
+        let counters = machine.counters();
+        let state = machine.state();
+        self.view.set(View {
+            state,
+            sequence: machine.session().map(|session| session.sequence),
+            latency: machine.latency(),
+            session_since: machine.session().and(session_since),
+            last_event_at: if counters.dispatches_total != before.dispatches {
+                Some(now)
+            } else {
+                before.last_event_at
+            },
+            dispatches: counters.dispatches_total,
+            guilds: guilds as u64,
+            commands_queued: machine.queued_commands(),
+        });
+        let stale = self
+            .counters_at
+            .get()
+            .is_none_or(|at| now.saturating_duration_since(at) >= COUNTERS_PUBLISH_INTERVAL);
+        if stale || state != before.state {
+            self.counters.borrow_mut().clone_from(counters);
+            self.counters_at.set(Some(now));
+        }
+    }
+
+    /// Moves staged commands into the machine, as far as its queue takes them; the rest stay.
+    pub(crate) fn take_commands(&self, machine: &mut Shard) {
+        self.nudged.set(false);
+        let mut staged = self.staged.borrow_mut();
+        while let Some(command) = staged.pop_front() {
+            if machine.queued_commands() >= ShardConfig::DEFAULT_COMMAND_QUEUE_CAPACITY {
+                staged.push_front(command);
+                break;
+            }
+            if let Err(error) = machine.send_command(command) {
+                // Checked before staging; only a stopped shard refuses here (counted by the
+                // machine as rejected).
+                tracing::debug!(shard = self.shard_id, %error, "staged command refused");
+            }
+        }
+    }
+
+    fn status(&self, core: usize, now: Instant) -> ShardStatus {
+        let view = self.view.get();
+        let age = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
+        ShardStatus {
+            shard_id: self.shard_id,
+            core,
+            state: view.state,
+            session_age: age(view.session_since),
+            sequence: view.sequence,
+            heartbeat_latency: view.latency,
+            guilds: view.guilds,
+            last_event_age: age(view.last_event_at),
+            commands_waiting: (view.commands_queued + self.staged.borrow().len()) as u64,
+            counters: self.counters.borrow().clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Token;
+
+    fn machine(shard_id: u32) -> Shard {
+        let config = ShardConfig::new(shard_id, 8, Token::new("t0ken"), 1);
+        Shard::new(config, Instant::now()).unwrap()
+    }
+
+    fn report(board: &Board) -> CoreReport {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        board.answer(
+            CoreRequest::Report { reply },
+            Instant::now(),
+            (3, 8),
+            |_, _| {},
+        );
+        answer.try_recv().unwrap()
+    }
+
+    #[test]
+    fn a_report_shows_what_the_shard_tasks_published() {
+        let board = Board::new(1, &[2, 3]);
+        let now = Instant::now();
+        board.slot(1).publish(&machine(3), 7, Some(now), now);
+        let report = report(&board);
+        assert_eq!(report.core, 1);
+        assert_eq!((report.ring_records, report.ring_capacity), (3, 8));
+        let ids: Vec<u32> = report.shards.iter().map(|s| s.shard_id).collect();
+        assert_eq!(ids, [2, 3]);
+        let published = &report.shards[1];
+        assert_eq!(published.guilds, 7);
+        assert_eq!(published.state, ShardState::Connecting);
+        // No session yet: no age, whatever the task passed.
+        assert_eq!(published.session_age, None);
+        assert_eq!(published.counters.connects_total, 1);
+    }
+
+    #[test]
+    fn commands_are_staged_bounded_and_nudge_once() {
+        let board = Board::new(0, &[0, 1]);
+        let mut nudges = Vec::new();
+        let mut send = |selection| {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let request = CoreRequest::Command {
+                selection,
+                payload: br#"{"op":3,"d":{}}"#.to_vec(),
+                reply,
+            };
+            board.answer(request, Instant::now(), (0, 0), |index, nudge| {
+                nudges.push((index, nudge))
+            });
+            answer.try_recv().unwrap()
+        };
+        let first = send(Selection::All);
+        assert_eq!(first.queued, [0, 1]);
+        for _ in 1..COMMANDS_STAGED_MAX {
+            assert_eq!(send(Selection::One(1)).queued, [1]);
+        }
+        let full = send(Selection::All);
+        assert_eq!((full.queued, full.full), (vec![0], vec![1]));
+        assert_eq!(
+            nudges,
+            [(0, Nudge::Commands), (1, Nudge::Commands)],
+            "one nudge until the task takes the commands"
+        );
+
+        // The task moves what its machine's queue takes; the rest stays staged.
+        let mut shard = machine(1);
+        board.slot(1).take_commands(&mut shard);
+        assert_eq!(
+            shard.queued_commands(),
+            ShardConfig::DEFAULT_COMMAND_QUEUE_CAPACITY
+        );
+        assert_eq!(
+            board.slot(1).staged.borrow().len(),
+            COMMANDS_STAGED_MAX - ShardConfig::DEFAULT_COMMAND_QUEUE_CAPACITY
+        );
+        assert!(!board.slot(1).nudged.get());
+    }
+
+    #[test]
+    fn a_stopped_shard_refuses_commands_and_reconnects() {
+        let board = Board::new(0, &[5]);
+        let mut shard = machine(5);
+        shard.request_shutdown(Instant::now(), true);
+        board.slot(0).publish(&shard, 0, None, Instant::now());
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let request = CoreRequest::Command {
+            selection: Selection::One(5),
+            payload: b"{}".to_vec(),
+            reply,
+        };
+        board.answer(request, Instant::now(), (0, 0), |_, _| panic!("no nudge"));
+        assert_eq!(answer.try_recv().unwrap().stopped, [5]);
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let request = CoreRequest::Reconnect {
+            shard_id: 5,
+            new_session: false,
+            reply,
+        };
+        board.answer(request, Instant::now(), (0, 0), |_, _| panic!("no nudge"));
+        assert_eq!(
+            answer.try_recv().unwrap(),
+            Err(ControlError::ShardStopped {
+                shard_id: 5,
+                state: shard.state()
+            })
+        );
+    }
+}
