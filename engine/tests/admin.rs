@@ -22,7 +22,7 @@ const TOKEN: &str = "admin-t0ken";
 /// The mock, the bot and the engine, with the admin API on a free port.
 struct World {
     mock: MockGateway,
-    _bot: FakeBot,
+    bot: FakeBot,
     _engine: Engine,
     admin: SocketAddr,
 }
@@ -62,7 +62,7 @@ impl World {
         let engine = Engine(command.spawn().unwrap());
         let world = World {
             mock,
-            _bot: bot,
+            bot,
             _engine: engine,
             admin,
         };
@@ -533,4 +533,43 @@ fn reconnect_resumes_or_identifies_on_request() {
     assert_eq!(shard["reconnects"], json!(1), "{shard}");
     let (status, _, answer) = world.post("/shards/1/reconnect?identify=maybe", None, b"");
     assert_eq!(status, 400, "{answer}");
+}
+
+#[test]
+fn answers_to_commands_and_rate_limits_reach_the_bot_like_any_dispatch() {
+    let world = World::start("rate-limited", None);
+    let guild_id: u64 = 175_928_847_299_117_063;
+    let shard = ((guild_id >> 22) % u64::from(SHARDS)) as u32;
+    let members =
+        json!({"op": 8, "d": {"guild_id": guild_id.to_string(), "query": "", "limit": 0}});
+    let by_type = |name: &str| {
+        world
+            .bot
+            .report()
+            .shards
+            .get(&shard)
+            .and_then(|s| s.by_type.get(name).copied())
+            .unwrap_or(0)
+    };
+    let (status, _, answer) = world.post("/commands", None, members.to_string().as_bytes());
+    assert_eq!(status, 202, "{answer}");
+    wait_until(
+        "GUILD_MEMBERS_CHUNK at the bot",
+        Duration::from_secs(10),
+        || by_type("GUILD_MEMBERS_CHUNK") == 1,
+    );
+    // All members of the same guild again within 30 s: Discord answers RATE_LIMITED.
+    let (status, _, answer) = world.post("/commands", None, members.to_string().as_bytes());
+    assert_eq!(status, 202, "{answer}");
+    wait_until("RATE_LIMITED at the bot", Duration::from_secs(10), || {
+        by_type("RATE_LIMITED") == 1
+    });
+    let ledger = world.mock.ledger();
+    assert_eq!(
+        ledger.violations_of(ViolationKind::GuildMembersRateLimited),
+        1,
+        "the bot's own second request, nothing else: {:?}",
+        ledger.violations
+    );
+    assert_eq!(ledger.violations.len(), 1);
 }
