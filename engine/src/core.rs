@@ -25,13 +25,16 @@ use crate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
 use crate::limiter::IdentifyLimiter;
 use crate::record::{Notice, Record, RecordKind};
 use crate::shard::{
-    ConnectTarget, LossCause, PayloadAction, Session, Shard, ShardConfig, ShardEvent, Token,
-    TransmitKind,
+    ConnectTarget, LossCause, PayloadAction, Session, Shard, ShardConfig, ShardEvent, ShardState,
+    Token, TransmitKind,
 };
 use crate::transport::{Connection, GatewayUrl};
 
 /// How long a full ring waits before trying again.
 const RING_RETRY: Duration = Duration::from_millis(1);
+/// A new session's socket opens this long before its identify slot (TCP, TLS, upgrade and
+/// HELLO take well under a second against Discord).
+const IDENTIFY_CONNECT_LEAD: Duration = Duration::from_secs(3);
 /// Bound on writing a close frame before dropping the socket anyway.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -227,7 +230,10 @@ impl Driver {
         let mut connection: Option<Connection> = None;
         let mut transmit = Vec::with_capacity(1024);
         let mut outbox: VecDeque<Record> = VecDeque::new();
+        // The identify slot reserved for this shard's next new session.
         let mut identify_at: Option<Instant> = None;
+        // A connect held until shortly before that slot.
+        let mut deferred_connect: Option<(ConnectTarget, Instant)> = None;
         let mut stopping = false;
         // When the current session began (READY here, or the resume of a saved session).
         let mut session_since: Option<Instant> = None;
@@ -254,6 +260,7 @@ impl Driver {
                     machine.connection_lost(Instant::now(), LossCause::Transport);
                 } else if identified {
                     shared.limiter.identified(shard_id, Instant::now());
+                    tracing::debug!(shard = shard_id, "identify sent");
                 }
             }
             // 2. What the machine wants done.
@@ -261,52 +268,23 @@ impl Driver {
                 match event {
                     ShardEvent::Connect { target } => {
                         connection = None;
-                        let url = match &target {
-                            ConnectTarget::Main => Ok(shared.main_url.clone()),
-                            ConnectTarget::Resume(url) => GatewayUrl::parse(url),
-                        };
-                        stats.connects.fetch_add(1, Ordering::Relaxed);
-                        let opened = match url {
-                            // The whole connect (TCP, TLS, upgrade) is bounded: a server that
-                            // accepts and then says nothing must not hold the shard.
-                            Ok(url) => {
-                                future::or(
-                                    async {
-                                        Connection::connect(
-                                            &url,
-                                            &query,
-                                            &shared.tls,
-                                            ws_config(&shared.decoder_limits),
-                                            shared.connect_timeout,
-                                        )
-                                        .await
-                                        .map_err(|e| e.to_string())
-                                    },
-                                    async {
-                                        glommio::timer::sleep(shared.connect_timeout).await;
-                                        Err(format!(
-                                            "no WebSocket within {} ms (TCP, TLS handshake and \
-                                         upgrade)",
-                                            shared.connect_timeout.as_millis()
-                                        ))
-                                    },
-                                )
-                                .await
-                            }
-                            Err(error) => Err(error.to_string()),
-                        };
-                        match opened {
-                            Ok(opened) => {
-                                connection = Some(opened);
-                                decoder.reset();
-                                machine.connect_succeeded(Instant::now());
-                            }
-                            Err(reason) => {
-                                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(shard = shard_id, %reason, "connect failed");
-                                machine.connect_failed(Instant::now(), &reason);
+                        // A new session takes its identify slot now and opens its socket just
+                        // before it: a cold start opens connections round by round.
+                        if machine.session().is_none() {
+                            let now = Instant::now();
+                            let at = *identify_at
+                                .get_or_insert_with(|| shared.limiter.reserve(shard_id, now).at);
+                            let start = at.checked_sub(IDENTIFY_CONNECT_LEAD).unwrap_or(at);
+                            if start > now {
+                                machine.defer_connect(start);
+                                deferred_connect = Some((target, start));
+                                continue;
                             }
                         }
+                        deferred_connect = None;
+                        connection =
+                            open(&shared, &stats, &query, &target, &mut machine, &mut decoder)
+                                .await;
                     }
                     ShardEvent::Close { code } => {
                         if let Some(mut conn) = connection.take()
@@ -323,8 +301,11 @@ impl Driver {
                         machine.connection_lost(Instant::now(), LossCause::Transport);
                     }
                     ShardEvent::NeedIdentify => {
-                        let reservation = shared.limiter.reserve(shard_id, Instant::now());
-                        identify_at = Some(reservation.at);
+                        // Usually reserved when the connect was asked for.
+                        if identify_at.is_none() {
+                            let reservation = shared.limiter.reserve(shard_id, Instant::now());
+                            identify_at = Some(reservation.at);
+                        }
                     }
                     ShardEvent::Ready { .. } => {
                         session_since = Some(Instant::now());
@@ -410,9 +391,14 @@ impl Driver {
             }
             slot.publish(&machine, shard_filter.guilds(), session_since, now);
             let mut deadline = machine.poll_timeout();
-            for candidate in [identify_at, shard_filter.poll_timeout()]
-                .into_iter()
-                .flatten()
+            let awaiting_permit = machine.state() == ShardState::AwaitingIdentifyPermit;
+            for candidate in [
+                identify_at.filter(|_| awaiting_permit),
+                deferred_connect.as_ref().map(|(_, start)| *start),
+                shard_filter.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 deadline = Some(deadline.map_or(candidate, |d| d.min(candidate)));
             }
@@ -451,7 +437,16 @@ impl Driver {
             let now = Instant::now();
             match wake {
                 Wake::Timer => {
-                    if identify_at.is_some_and(|at| now >= at) {
+                    if let Some((target, _)) = deferred_connect.take_if(|(_, start)| now >= *start)
+                    {
+                        connection =
+                            open(&shared, &stats, &query, &target, &mut machine, &mut decoder)
+                                .await;
+                        continue;
+                    }
+                    if identify_at.is_some_and(|at| now >= at)
+                        && machine.state() == ShardState::AwaitingIdentifyPermit
+                    {
                         // The bucket's previous identify may have gone out late.
                         identify_at = shared.limiter.hold_until(shard_id, now);
                         if identify_at.is_none()
@@ -539,6 +534,61 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Opens the connection a [`ShardEvent::Connect`] asked for and tells the machine how it went.
+/// The whole connect (TCP, TLS, upgrade) is bounded: a server that accepts and then says
+/// nothing must not hold the shard.
+async fn open(
+    shared: &Shared,
+    stats: &CoreStats,
+    query: &str,
+    target: &ConnectTarget,
+    machine: &mut Shard,
+    decoder: &mut Decoder,
+) -> Option<Connection> {
+    let url = match target {
+        ConnectTarget::Main => Ok(shared.main_url.clone()),
+        ConnectTarget::Resume(url) => GatewayUrl::parse(url),
+    };
+    stats.connects.fetch_add(1, Ordering::Relaxed);
+    let opened = match url {
+        Ok(url) => {
+            let connect = async {
+                Connection::connect(
+                    &url,
+                    query,
+                    &shared.tls,
+                    ws_config(&shared.decoder_limits),
+                    shared.connect_timeout,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            };
+            let deadline = async {
+                glommio::timer::sleep(shared.connect_timeout).await;
+                Err(format!(
+                    "no WebSocket within {} ms (TCP, TLS handshake and upgrade)",
+                    shared.connect_timeout.as_millis()
+                ))
+            };
+            future::or(connect, deadline).await
+        }
+        Err(error) => Err(error.to_string()),
+    };
+    match opened {
+        Ok(opened) => {
+            decoder.reset();
+            machine.connect_succeeded(Instant::now());
+            Some(opened)
+        }
+        Err(reason) => {
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(shard = machine.shard_id(), %reason, "connect failed");
+            machine.connect_failed(Instant::now(), &reason);
+            None
         }
     }
 }

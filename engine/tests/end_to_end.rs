@@ -382,15 +382,36 @@ fn identify_buckets_are_respected() {
         .unwrap();
         let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
         let started = Instant::now();
-        let child = engine_command(&mock, &bot, &dir)
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = common::command_without_admin(&mock, &bot, &dir)
+            .args(["--data-dir", dir.to_str().unwrap(), "--log", "warn"])
+            .args(["--admin-addr", &admin.to_string()])
             .args(["--total-shards", &shards.to_string(), "--cores", "2"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut engine = Engine(child);
+        wait_until(
+            "the first shard to be ready",
+            Duration::from_secs(30),
+            || bot.report().totals.notices.contains_key("SHARD_READY"),
+        );
+        // Sockets open shortly before their bucket's slot, not all at once: with one bucket,
+        // the last shard's slot is 5 s × (shards − 1) away.
+        let connects = connects_total(admin);
+        if max_concurrency == 1 {
+            assert!(
+                connects < u64::from(shards),
+                "{connects} sockets opened at once"
+            );
+        }
         wait_until("every shard to be ready", Duration::from_secs(60), || {
             bot.report().totals.notices.get("ALL_SHARDS_READY") == Some(&1)
         });
+        assert_eq!(connects_total(admin), u64::from(shards));
         let elapsed = started.elapsed();
         let floor = Duration::from_secs(5) * (shards.div_ceil(max_concurrency) - 1);
         eprintln!(
@@ -510,4 +531,20 @@ fn a_server_that_accepts_and_says_nothing_costs_one_connect_timeout() {
     let (status, _) = engine.terminate();
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `shardgate_connects_total` summed over cores, from `/metrics`.
+fn connects_total(admin: std::net::SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .lines()
+        .filter(|line| line.starts_with("shardgate_connects_total{"))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }

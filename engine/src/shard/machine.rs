@@ -832,6 +832,16 @@ impl Shard {
 
     // ---- Inputs ---------------------------------------------------------------------------
 
+    /// The driver holds the requested connect until `at`: a new session waits for its
+    /// identify slot before opening a socket (a cold start of thousands of shards then opens
+    /// them bucket round by bucket round, not all at once). The connect deadline counts from
+    /// `at`. Ignored unless a connect is pending.
+    pub fn defer_connect(&mut self, at: Instant) {
+        if self.state == ShardState::Connecting {
+            self.connect_deadline = Some(after(at, ms(self.config.connect_timeout_ms)));
+        }
+    }
+
     /// The WebSocket opened.
     pub fn connect_succeeded(&mut self, now: Instant) {
         match self.state {
@@ -2931,6 +2941,22 @@ mod tests {
                 .counters()
                 .reconnects(ReconnectCause::HelloTimeout),
             1
+        );
+    }
+
+    #[test]
+    fn a_deferred_connect_times_out_only_after_its_start() {
+        let mut driver = Driver::new(config());
+        driver.run_until_connect();
+        let start = driver.now + Duration::from_secs(120);
+        driver.shard.defer_connect(start);
+        driver.run_for(Duration::from_secs(119));
+        assert!(driver.events.is_empty(), "{:?}", driver.events);
+        assert_eq!(driver.shard.state(), ShardState::Connecting);
+        driver.run_for(Duration::from_secs(1) + ms(ShardConfig::DEFAULT_CONNECT_TIMEOUT_MS));
+        assert_eq!(
+            reconnecting(&driver.events).0,
+            ReconnectCause::ConnectTimeout
         );
     }
 
