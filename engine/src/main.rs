@@ -84,6 +84,12 @@ fn run(args: &RunArgs, check: bool) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        // A plan that only fails against Discord's answer (`--shards` past an `auto` count)
+        // is still a settings error.
+        Err(error @ shardgate::runtime::RunError::Plan(_)) => {
+            eprintln!("shardgate: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("shardgate: {error}");
             ExitCode::from(1)

@@ -72,6 +72,17 @@ pub enum RunError {
     Spill(#[from] crate::spill::SpillError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    #[error(
+        "--data-dir {}: in use by another shardgate process; give each process its own \
+         --data-dir",
+        path.display()
+    )]
+    DataDirLocked { path: std::path::PathBuf },
+    #[error("--data-dir {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What `/gateway/bot` said.
@@ -160,6 +171,8 @@ pub struct Engine {
     control: ControlHandle,
     /// Stopped first in [`Engine::wait`]; `None` in the demo without an admin API.
     admin: Option<AdminServer>,
+    /// Held (`flock`) until the engine is dropped, after the last sessions save.
+    _data_dir_lock: std::fs::File,
 }
 
 /// Every counter of the engine: the cores' and the sink's. Shared with the admin API.
@@ -323,7 +336,8 @@ impl Engine {
             },
             |g| g.session_start_limit,
         );
-        let identify_interval = Duration::from_millis(settings.identify_interval_ms);
+        let identify_interval = Duration::from_millis(settings.identify_interval_ms)
+            + crate::limiter::IDENTIFY_SAFETY_MARGIN;
         let limiter = Arc::new(IdentifyLimiter::new(
             session_start_limit,
             identify_interval,
@@ -401,8 +415,9 @@ impl Engine {
         };
         let sink_stats = Arc::new(SinkStats::default());
 
-        // Durable state: the spill first (it locks the directory against a second process),
-        // then the sessions the last run saved.
+        // Durable state: the data dir's lock (a second process would overwrite the saved
+        // sessions), the spill, then the sessions the last run saved.
+        let data_dir_lock = lock_data_dir(&settings.data_dir)?;
         let spill = match settings.spill_config() {
             Some(config) => {
                 let (spill, recovered) = Spill::open(config)?;
@@ -509,6 +524,7 @@ impl Engine {
             },
             control: control.clone(),
             admin: None,
+            _data_dir_lock: data_dir_lock,
         };
         if let Some(listener) = admin_listener {
             let context = AdminContext {
@@ -620,6 +636,29 @@ impl Engine {
             records_dropped_shutdown: last.records_dropped_shutdown,
             shards_fatal: last.shards_fatal,
         }
+    }
+}
+
+/// Creates the data dir and takes `{data_dir}/shardgate.lock` for this process.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    let path = dir.join("shardgate.lock");
+    let failed = |source| RunError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(failed)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::DataDirLocked {
+            path: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(failed(source)),
     }
 }
 

@@ -284,6 +284,12 @@ fn metrics_parse_as_prometheus_and_move_with_the_stream() {
     let first = scrape();
     for name in first.families.keys() {
         assert!(name.starts_with("shardgate_"), "{name}");
+        // The README's metric list cannot fall behind what /metrics exposes.
+        let listed = format!("`{name}`");
+        assert!(
+            include_str!("../../README.md").contains(&listed),
+            "{name} is not in README.md's metric list"
+        );
     }
     for (name, kind) in [
         (

@@ -232,6 +232,75 @@ fn a_taken_admin_port_fails_startup_before_any_shard_or_file() {
 }
 
 #[test]
+fn a_data_dir_in_use_by_another_process_is_refused() {
+    let dir = scratch("data-dir-locked");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    // Another shardgate holds it (here: this test, the same way).
+    let held = std::fs::File::create(data.join("shardgate.lock")).expect("lock file");
+    held.try_lock().expect("the lock is free");
+    let (code, _, stderr) = output(
+        shardgate(&[
+            "run",
+            "--gateway-url",
+            "ws://127.0.0.1:9",
+            "--total-shards",
+            "1",
+            "--forward-url",
+            "http://127.0.0.1:9/",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--spill-bytes-max",
+            "0",
+            "--data-dir",
+            data.to_str().expect("UTF-8 path"),
+        ])
+        .env("DISCORD_TOKEN", TOKEN),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("in use by another shardgate process"),
+        "{stderr}"
+    );
+    assert!(!data.join("sessions.json").exists());
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_shard_range_past_discords_count_is_a_settings_error() {
+    // `--total-shards auto`: the plan is checked against /gateway/bot's answer (2 shards).
+    let mock = mock_gateway::MockGateway::spawn(
+        mock_gateway::MockConfig {
+            recommended_shards: Some(2),
+            ..mock_gateway::MockConfig::default()
+        },
+        1,
+    )
+    .expect("the mock starts");
+    let dir = scratch("plan-after-discord");
+    let (code, _, stderr) = output(
+        shardgate(&[
+            "run",
+            "--api-base",
+            &mock.api_base(),
+            "--shards",
+            "0..=5",
+            "--forward-url",
+            "http://127.0.0.1:9/",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.join("data").to_str().expect("UTF-8 path"),
+        ])
+        .env("DISCORD_TOKEN", mock.token()),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--shards"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn demo_runs_the_whole_pipeline_and_checks_it() {
     // The real binary, its built-in simulated Discord over TLS and its bot: 4 shards on both
     // cores, zlib-stream, for 4 s. Each second prints a line; the summary's checks pass.
@@ -309,4 +378,37 @@ fn help_lists_the_fixed_flags() {
     }
     // Tests-only knob stays out of the operator's help.
     assert!(!stdout.contains("--identify-interval-ms"));
+}
+
+/// The README's flag reference cannot fall behind `run --help`: every flag the help prints
+/// (hidden ones it does not print) appears in README.md as a whole flag.
+#[test]
+fn readme_documents_every_run_flag() {
+    const README: &str = include_str!("../../README.md");
+    let (code, stdout, _) = output(&mut shardgate(&["run", "--help"]));
+    assert_eq!(code, 0);
+    let is_flag_char = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    // Definition lines (`      --token <TOKEN>`, `  -h, --help`) are indented less than the
+    // help text under them, which may also start with a flag.
+    let flags: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.len() - line.trim_start().len() <= 6)
+        .filter_map(|line| {
+            line.trim_start()
+                .trim_start_matches("-h, ")
+                .strip_prefix("--")
+        })
+        .map(|rest| &rest[..rest.find(|c: char| !is_flag_char(c)).unwrap_or(rest.len())])
+        .collect();
+    assert!(
+        flags.len() > 30,
+        "parsed too few flags from run --help: {flags:?}"
+    );
+    for flag in flags {
+        let flag = format!("--{flag}");
+        let documented = README
+            .match_indices(&flag)
+            .any(|(at, _)| !README[at + flag.len()..].starts_with(is_flag_char));
+        assert!(documented, "{flag} is in run --help but not in README.md");
+    }
 }

@@ -1,9 +1,9 @@
 //! `GET /metrics`: Prometheus text exposition (format 0.0.4).
 //!
 //! Names are `shardgate_<thing>_<unit>[_total]`. Labels are bounded: `core` (the cores),
-//! `shard` (the owned shards), and fixed sets (`state`, `cause`, `reason`, `tier`, `le`). Read
-//! from the counters the cores and the sink keep and from the cores' reports; nothing here
-//! touches the hot path.
+//! `shard` (the owned shards), and fixed sets (`state`, `cause`, `reason`, `tier`, `result`,
+//! `le`). Read from the counters the cores and the sink keep and from the cores' reports;
+//! nothing here touches the hot path.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -313,7 +313,7 @@ pub struct RunArgs {
     pub session_save_interval_ms: Option<RawValue>,
 
     // ---- Control plane ----
-    /// Address of the admin HTTP API (status, metrics, commands, resharding): IP:PORT.
+    /// Address of the admin HTTP API (status, metrics, shard reconnects, gateway commands): IP:PORT.
     ///
     /// An address beyond loopback needs --admin-token. Default: 127.0.0.1:7878.
     #[arg(long, value_name = "IP:PORT", help_heading = "Control plane")]

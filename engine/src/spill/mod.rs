@@ -62,7 +62,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use crate::record::Record;
 use format::{BODY_FIXED_BYTES, Fault, HEADER_BYTES, Position};
@@ -872,7 +872,7 @@ impl Drop for Spill {
     /// nothing on a clean shutdown.
     fn drop(&mut self) {
         if let Err(error) = self.writer.write_out() {
-            warn!(%error, "disk spill: cannot write the buffered records at close; they are lost");
+            error!(%error, "disk spill: cannot write the buffered records at close; they are lost");
         }
     }
 }
