@@ -8,6 +8,9 @@
 //! - `decompress+classify`: plus `op`/`s`/`t` (the whole stage as the shard machine sees it);
 //! - `decompress+classify+copy`: plus copying each payload into a reused record buffer, as the
 //!   driver does before the next frame (DESIGN.md's "decode + classify + copy" floors).
+//! - `stage`: the whole per-frame work of a core before the ring: decompress, classify, the
+//!   filter (allow list, redundant MESSAGE_UPDATE drop) and an owned copy of each forwarded
+//!   payload for its record. `stage` minus `decompress-only` is shardgate's own overhead.
 //!
 //! `/bytes` variants report decompressed bytes per second, `/events` events per second (ns per
 //! event = 1e9 / rate). Times are the bench thread's CPU time (`/proc/thread-self/schedstat`;
@@ -28,6 +31,7 @@ use mock_gateway::events::{EventMix, SessionEvents, guild_ids};
 use shardgate::decode::{
     Compression, Decoder, DecoderLimits, Frame, classify, guild_id, message_id_and_content_hash,
 };
+use shardgate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
 
 const SEED: u64 = 0x5EED;
 /// Guilds of the benchmarked shard: a busy shard of a mid-size bot.
@@ -106,10 +110,27 @@ enum Work {
     DecompressOnly,
     Classify,
     ClassifyAndCopy,
+    /// What a core does per frame before the ring: decompress, classify, filter (allow list,
+    /// redundant MESSAGE_UPDATE drop), and the record's own copy of a forwarded payload.
+    Stage,
+}
+
+/// The filter state of [`Work::Stage`], kept across iterations (a MESSAGE_CREATE resets its
+/// message's cached content, so a second pass sees what the first saw).
+struct StageFilter {
+    filter: Filter,
+    shard: ShardFilter,
+    now: Instant,
 }
 
 /// Replays the whole stream once through a reset decoder.
-fn replay(decoder: &mut Decoder, frames: &[OwnedFrame], work: Work, record: &mut Vec<u8>) -> u64 {
+fn replay(
+    decoder: &mut Decoder,
+    frames: &[OwnedFrame],
+    work: Work,
+    record: &mut Vec<u8>,
+    stage: &mut StageFilter,
+) -> u64 {
     decoder.reset();
     let mut checksum = 0u64;
     for frame in frames {
@@ -130,6 +151,18 @@ fn replay(decoder: &mut Decoder, frames: &[OwnedFrame], work: Work, record: &mut
                 record.clear();
                 record.extend_from_slice(payload);
                 checksum += record.len() as u64;
+            }
+            Work::Stage => {
+                let head = classify(payload).expect("generated payloads classify");
+                let verdict = stage
+                    .filter
+                    .dispatch(&mut stage.shard, &head, payload, stage.now);
+                if let Verdict::Forward(_) = verdict {
+                    // The record owns its payload (it moves through the ring).
+                    let owned = payload.to_vec();
+                    checksum += owned.len() as u64;
+                    black_box(owned);
+                }
             }
         }
     }
@@ -161,17 +194,27 @@ fn decode(criterion: &mut Criterion) {
             ("decompress-only", Work::DecompressOnly, true),
             ("decompress+classify", Work::Classify, true),
             ("decompress+classify+copy", Work::ClassifyAndCopy, false),
+            ("stage", Work::Stage, false),
         ];
+        let mut stage = StageFilter {
+            filter: Filter::new(FilterConfig::default()),
+            shard: ShardFilter::new(),
+            now: Instant::now(),
+        };
         for (name, work, with_bytes) in cases {
             if with_bytes {
                 group.throughput(Throughput::Bytes(payload_bytes));
                 group.bench_function(format!("{compression}/{name}/bytes"), |bencher| {
-                    cpu_time(bencher, || replay(&mut decoder, &frames, work, &mut record))
+                    cpu_time(bencher, || {
+                        replay(&mut decoder, &frames, work, &mut record, &mut stage)
+                    })
                 });
             }
             group.throughput(Throughput::Elements(STREAM_EVENTS));
             group.bench_function(format!("{compression}/{name}/events"), |bencher| {
-                cpu_time(bencher, || replay(&mut decoder, &frames, work, &mut record))
+                cpu_time(bencher, || {
+                    replay(&mut decoder, &frames, work, &mut record, &mut stage)
+                })
             });
         }
     }

@@ -448,7 +448,7 @@ impl Driver {
                         && machine.state() == ShardState::AwaitingIdentifyPermit
                     {
                         // The bucket's previous identify may have gone out late.
-                        identify_at = shared.limiter.hold_until(shard_id, now);
+                        identify_at = shared.limiter.claim(shard_id, now);
                         if identify_at.is_none()
                             && let Err(error) = machine.identify_permitted(now)
                         {

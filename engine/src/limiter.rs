@@ -118,13 +118,26 @@ impl IdentifyLimiter {
         Reservation { at, bucket }
     }
 
-    /// At a reserved slot, before identifying: `None` to go ahead, or the later instant to wait
-    /// for because the bucket's previous identify went out late.
-    pub fn hold_until(&self, shard_id: u32, now: Instant) -> Option<Instant> {
-        let inner = self.lock();
+    /// At (or after) a reserved slot, before identifying: `None` to go ahead, the bucket being
+    /// this shard's from `now` (the claim is atomic: a shard of the same bucket on another core
+    /// checking a moment later waits a full interval); or the later instant to wait for,
+    /// because the bucket's last identify went out (or was claimed) less than an interval ago.
+    ///
+    /// A shard can come to its slot late (its connect took longer than the lead) after the
+    /// next slot's shard identified on time; the claim keeps the two an interval apart, and
+    /// each later shard of the bucket moves back by the same amount.
+    pub fn claim(&self, shard_id: u32, now: Instant) -> Option<Instant> {
+        let mut inner = self.lock();
         let bucket = (shard_id % inner.next_free.len() as u32) as usize;
-        let earliest = inner.last_sent[bucket]? + inner.interval;
-        (earliest > now).then_some(earliest)
+        let interval = inner.interval;
+        if let Some(last) = inner.last_sent[bucket]
+            && last + interval > now
+        {
+            return Some(last + interval);
+        }
+        inner.last_sent[bucket] = Some(now);
+        inner.next_free[bucket] = inner.next_free[bucket].max(now + interval);
+        None
     }
 
     /// The shard's IDENTIFY went out at `at`; the bucket's next one waits a full interval from
@@ -247,11 +260,29 @@ mod tests {
         // Shard 0 went out 300 ms late: shard 2 must wait until 5 s after that.
         let late = now + Duration::from_millis(300);
         limiter.identified(0, late);
-        assert_eq!(limiter.hold_until(2, now + five), Some(late + five));
-        assert_eq!(limiter.hold_until(2, late + five), None);
+        assert_eq!(limiter.claim(2, now + five), Some(late + five));
+        assert_eq!(limiter.claim(2, late + five), None);
         // The other bucket is untouched, and later reservations start after the late one.
-        assert_eq!(limiter.hold_until(1, now), None);
-        assert_eq!(limiter.reserve(4, now).at, now + five * 2);
+        assert_eq!(limiter.claim(1, now), None);
+        assert_eq!(limiter.reserve(4, now).at, late + five * 2);
+    }
+
+    #[test]
+    fn a_shard_late_for_its_slot_never_identifies_next_to_the_one_after_it() {
+        let now = Instant::now();
+        let five = IDENTIFY_INTERVAL_DEFAULT;
+        let limiter = IdentifyLimiter::new(limit(1, 100), five, now).unwrap();
+        let slots: Vec<Instant> = (0..4).map(|shard| limiter.reserve(shard, now).at).collect();
+        assert_eq!(limiter.claim(0, slots[0]), None);
+        // Shard 1's connect is slow; shard 2 comes on time and goes first.
+        assert_eq!(limiter.claim(2, slots[2]), None);
+        let late = slots[2] + Duration::from_millis(1500);
+        assert_eq!(limiter.claim(1, late), Some(slots[2] + five));
+        // Shard 1 then goes at slots[2] + 5 s, and shard 3, due then too, one interval later:
+        // the claim is taken before either has flushed its identify.
+        assert_eq!(limiter.claim(1, slots[2] + five), None);
+        assert_eq!(limiter.claim(3, slots[3]), Some(slots[2] + five * 2));
+        assert_eq!(limiter.claim(3, slots[2] + five * 2), None);
     }
 
     #[test]
