@@ -32,6 +32,9 @@ use crate::transport::{Connection, GatewayUrl};
 
 /// How long a full ring waits before trying again.
 const RING_RETRY: Duration = Duration::from_millis(1);
+/// Frames already received that a shard handles in one turn of its loop before it looks at
+/// its timers, its commands and the ring again.
+const FRAMES_PER_TURN_MAX: usize = 32;
 /// A new session's socket opens this long before its identify slot (TCP, TLS, upgrade and
 /// HELLO take well under a second against Discord).
 const IDENTIFY_CONNECT_LEAD: Duration = Duration::from_secs(3);
@@ -486,51 +489,76 @@ impl Driver {
                     connection = None;
                     machine.connection_lost(now, LossCause::Transport);
                 }
-                Wake::Message(Ok(message)) => {
-                    let frame = match &message {
-                        Message::Text(text) => Frame::Text(text.as_bytes()),
-                        Message::Binary(bytes) => Frame::Binary(bytes),
-                        Message::Close(frame) => {
-                            let code = frame.as_ref().map(|f| u16::from(f.code));
-                            let reason = frame
-                                .as_ref()
-                                .map(|f| f.reason.to_string())
-                                .unwrap_or_default();
-                            if let Some(conn) = connection.as_mut() {
-                                // The close reply tungstenite queued; best effort.
-                                let _ = conn.flush().await;
+                Wake::Message(Ok(first)) => {
+                    // Frames that came with the same read are handled in this turn, without a
+                    // round through the wait (a timer armed and a wake each), up to
+                    // FRAMES_PER_TURN_MAX so that timers, commands and the ring get their turn.
+                    let mut message = first;
+                    let mut handled = 0;
+                    loop {
+                        let frame = match &message {
+                            Message::Text(text) => Some(Frame::Text(text.as_bytes())),
+                            Message::Binary(bytes) => Some(Frame::Binary(bytes)),
+                            Message::Close(frame) => {
+                                let code = frame.as_ref().map(|f| u16::from(f.code));
+                                let reason = frame
+                                    .as_ref()
+                                    .map(|f| f.reason.to_string())
+                                    .unwrap_or_default();
+                                if let Some(conn) = connection.as_mut() {
+                                    // The close reply tungstenite queued; best effort.
+                                    let _ = conn.flush().await;
+                                }
+                                connection = None;
+                                machine.close_received(now, code, &reason);
+                                break;
                             }
-                            connection = None;
-                            machine.close_received(now, code, &reason);
-                            continue;
+                            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+                        };
+                        if let Some(frame) = frame {
+                            let lost = handle_frame(
+                                frame,
+                                now,
+                                shard_id,
+                                &mut decoder,
+                                &mut machine,
+                                &filter,
+                                &mut shard_filter,
+                                &stats,
+                                &mut outbox,
+                            );
+                            if lost {
+                                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                                connection = None;
+                                machine.connection_lost(now, LossCause::Decode);
+                                break;
+                            }
+                            if let Some(notice) = shard_filter.take_notice() {
+                                queue_notice(
+                                    &shared,
+                                    &stats,
+                                    shard_id,
+                                    notice,
+                                    &shard_filter,
+                                    &mut outbox,
+                                    &mut ever_ready,
+                                );
+                            }
                         }
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-                    };
-                    let lost = handle_frame(
-                        frame,
-                        now,
-                        shard_id,
-                        &mut decoder,
-                        &mut machine,
-                        &filter,
-                        &mut shard_filter,
-                        &stats,
-                        &mut outbox,
-                    );
-                    if lost {
-                        stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                        connection = None;
-                        machine.connection_lost(now, LossCause::Decode);
-                    } else if let Some(notice) = shard_filter.take_notice() {
-                        queue_notice(
-                            &shared,
-                            &stats,
-                            shard_id,
-                            notice,
-                            &shard_filter,
-                            &mut outbox,
-                            &mut ever_ready,
-                        );
+                        handled += 1;
+                        if handled == FRAMES_PER_TURN_MAX {
+                            break;
+                        }
+                        match connection.as_mut().map(Connection::next_buffered) {
+                            Some(Ok(Some(next))) => message = next,
+                            Some(Err(error)) => {
+                                tracing::debug!(shard = shard_id, %error, "connection lost");
+                                connection = None;
+                                machine.connection_lost(now, LossCause::Transport);
+                                break;
+                            }
+                            Some(Ok(None)) | None => break,
+                        }
                     }
                 }
             }

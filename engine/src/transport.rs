@@ -232,6 +232,17 @@ impl Connection {
         }
     }
 
+    /// The next message among those already received, without reading the socket: `None`
+    /// when [`read_message`](Self::read_message) would have to wait. Answers pings and closes
+    /// as `read_message` does.
+    pub fn next_buffered(&mut self) -> Result<Option<Message>, TransportError> {
+        let message = self.reader.next_message()?;
+        if let Some(message) = &message {
+            self.answer(message)?;
+        }
+        Ok(message)
+    }
+
     /// Queues a text message; [`flush`](Self::flush) writes it.
     pub fn queue_text(&mut self, text: &[u8]) -> Result<(), TransportError> {
         let text = std::str::from_utf8(text)
