@@ -792,6 +792,73 @@ fn queue_plaintext(
     Ok(())
 }
 
+/// Fuzzing entry point for `FrameReader` (`fuzz/fuzz_targets/frame_reader.rs`). Byte 0 picks the
+/// limits (low nibble: frame, high nibble: message, each `16 << n` bytes), byte 1 seeds the sizes
+/// of the pieces the rest arrives in. The plaintext pushed whole and pushed in pieces must give
+/// the same messages and the same first error, none over the limits, and after every piece the
+/// reader holds at most one partial frame, within the limits.
+#[doc(hidden)]
+pub fn frame_reader_fuzz_entry(data: &[u8]) {
+    let [limits, seed, stream @ ..] = data else {
+        return;
+    };
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(16 << (limits & 0x0f)))
+        .max_message_size(Some(16 << (limits >> 4)));
+    let whole = read_in_pieces(&config, stream, 0);
+    let pieces = read_in_pieces(&config, stream, *seed);
+    assert_eq!(whole, pieces, "the messages depend on how the bytes arrive");
+}
+
+/// Messages and the first error (as text) of `stream` pushed in pieces of 1 to 256 bytes drawn
+/// from `seed` (0: all at once), each piece read out to the end before the next.
+fn read_in_pieces(
+    config: &WebSocketConfig,
+    mut stream: &[u8],
+    seed: u8,
+) -> (Vec<Message>, Option<String>) {
+    const HEADER_BYTES_MAX: usize = 14;
+    let mut reader = FrameReader::new(config);
+    let frame_max = reader.frame_bytes_max.min(reader.message_bytes_max);
+    let mut messages = Vec::new();
+    let mut state = u32::from(seed);
+    while !stream.is_empty() {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let piece_bytes = if seed == 0 {
+            stream.len()
+        } else {
+            1 + (state >> 16) as usize % 256
+        };
+        let (piece, rest) = stream.split_at(piece_bytes.min(stream.len()));
+        stream = rest;
+        reader.push(piece);
+        loop {
+            match reader.next_message() {
+                Ok(Some(message)) => {
+                    assert!(message.len() <= reader.message_bytes_max, "{message:?}");
+                    messages.push(message);
+                }
+                Ok(None) => break,
+                Err(error) => return (messages, Some(error.to_string())),
+            }
+        }
+        assert!(reader.sealed.is_empty(), "a complete frame left unread");
+        assert!(
+            reader.unsealed.len() < HEADER_BYTES_MAX + frame_max,
+            "{} bytes held, frames of at most {frame_max}",
+            reader.unsealed.len()
+        );
+        let joined_max = reader.message_bytes_max;
+        let retained_max = 2 * (HEADER_BYTES_MAX + frame_max + piece.len()) + 2 * joined_max;
+        assert!(
+            reader.retained_bytes() <= retained_max,
+            "{} bytes retained, at most {retained_max}",
+            reader.retained_bytes()
+        );
+    }
+    (messages, None)
+}
+
 #[cfg(test)]
 mod tests {
     use tungstenite::protocol::frame::Frame;

@@ -10,6 +10,8 @@
 //! set (the settings refuse an address beyond loopback without one). The token is compared in
 //! constant time and never logged.
 
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod metrics;
 mod routes;

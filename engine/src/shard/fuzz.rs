@@ -1,14 +1,19 @@
 //! Fuzzing entry point for the shard machine: bytes become a sequence of driver inputs
-//! (payloads, timeouts, closes, commands, operator requests) and the machine's invariants are
-//! checked after every one. A `fuzz/` target is one line into [`fuzz_entry`]; the unit tests
-//! feed it seeded random bytes.
+//! (connect ok/failed, connection lost, close frames, payloads, timeouts, identify permits,
+//! commands, reconnect and shutdown requests, and arbitrary frames classified as the driver
+//! does) and the machine's invariants are checked after every one. A `fuzz/` target is one line
+//! into [`fuzz_entry`]; the unit tests feed it seeded random bytes.
 //!
 //! Invariants checked (a violation panics, which is what a fuzzer reports):
 //! - never more than 120 payloads in any 60 s on one connection, heartbeats included;
-//! - every payload is valid JSON of at most 4096 bytes; commands only while active;
+//! - every payload is valid JSON of at most 4096 bytes; commands only while active, each one
+//!   accepted command sent once, in order, byte for byte;
+//! - identify only after a permit on this connection (one identify per permit), and one
+//!   `NeedIdentify` at a time; resume only with a session;
 //! - no close with 1000/1001 unless a non-resumable shutdown was requested;
 //! - `Fatal` only after a fatal close code, `Stopped` only after a shutdown request;
-//! - a shard that is not stopped always has a timer (it can never be left silently dead).
+//! - a shard that is not stopped always has a timer (it can never be left silently dead);
+//! - no payload crashes the machine, however deep it nests (a hostile one costs a reconnect).
 //!
 //! The harness reads the clock once for the base of its fake time; the machine never does.
 
@@ -54,6 +59,9 @@ pub(crate) fn run(data: &[u8]) -> ShardCounters {
         end_session_requested: false,
         shutdown_requested: false,
         last_close_fatal: false,
+        commands: VecDeque::new(),
+        permit_unspent: false,
+        identify_requested: false,
     };
     harness.check();
     while let Some(action) = input.byte() {
@@ -96,6 +104,12 @@ struct Harness {
     end_session_requested: bool,
     shutdown_requested: bool,
     last_close_fatal: bool,
+    /// Commands the machine accepted and has not sent, in order.
+    commands: VecDeque<Vec<u8>>,
+    /// A permit was granted on this connection and no identify went out for it yet.
+    permit_unspent: bool,
+    /// A `NeedIdentify` is waiting for [`Harness::permit`].
+    identify_requested: bool,
 }
 
 const CLOSE_CODES: [u16; 24] = [
@@ -184,6 +198,17 @@ impl Harness {
             }
             12 => {
                 let op = input.byte().unwrap_or(0);
+                if op == FRAME_ESCAPE {
+                    let raw = frame(input);
+                    // What the driver does with a decoded payload (core.rs, `handle_frame`).
+                    match crate::decode::classify(&raw) {
+                        Ok(head) => {
+                            self.shard.payload_received(now, &head, &raw);
+                        }
+                        Err(_) => self.shard.connection_lost(now, LossCause::Decode),
+                    }
+                    return self.drain();
+                }
                 let len = usize::from(input.byte().unwrap_or(0));
                 let raw = input.bytes(len).to_vec();
                 let s = if op.is_multiple_of(2) {
@@ -197,14 +222,11 @@ impl Harness {
                 let head = PayloadHead { op, s, t };
                 self.shard.payload_received(now, &head, &raw);
             }
-            13 => {
-                // The shard may not be waiting: an error is a valid answer.
-                let _ = self.shard.identify_permitted(now);
-            }
+            13 => self.permit(),
             14 => {
                 let count = 1 + usize::from(input.byte().unwrap_or(0));
                 for index in 0..count {
-                    let payload = match (input.byte().unwrap_or(0) % 5, index) {
+                    let payload = match (input.byte().unwrap_or(0) % 6, index) {
                         (0, _) => br#"{"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#.to_vec(),
                         (1, _) => {
                             let mut big = br#"{"op":8,"d":{"query":""#.to_vec();
@@ -213,10 +235,16 @@ impl Harness {
                         }
                         (2, _) => br#"{"op":2,"d":{}}"#.to_vec(),
                         (3, _) => br#"{"op":8,"d":"#.to_vec(),
-                        _ => br#"{"op":43,"d":{"guild_id":"1","fields":["status"]}}"#.to_vec(),
+                        (4, _) => br#"{"op":43,"d":{"guild_id":"1","fields":["status"]}}"#.to_vec(),
+                        _ => {
+                            let len = usize::from(input.byte().unwrap_or(0));
+                            input.bytes(len).to_vec()
+                        }
                     };
                     // Rejections are valid answers; the invariants are checked on what is sent.
-                    let _ = self.shard.send_command(payload);
+                    if self.shard.send_command(payload.clone()).is_ok() {
+                        self.commands.push_back(payload);
+                    }
                 }
             }
             15 => {
@@ -252,8 +280,8 @@ impl Harness {
                     self.drain();
                 }
             }
-            // A quarter of the actions do what a well-behaved driver and server would do next,
-            // so that random inputs get deep into sessions instead of dying at the handshake.
+            // A quarter of the actions do what a well-behaved driver and server would do
+            // next, so that random inputs get deep into sessions instead of dying at the handshake.
             _ => self.progress(),
         }
         self.drain();
@@ -266,10 +294,7 @@ impl Harness {
             ShardState::AwaitingHello => {
                 self.payload(10, None, None, br#"{"op":10,"d":{"heartbeat_interval":41250}}"#);
             }
-            ShardState::AwaitingIdentifyPermit => {
-                // An error is a valid answer: the request may belong to an older connection.
-                let _ = self.shard.identify_permitted(now);
-            }
+            ShardState::AwaitingIdentifyPermit => self.permit(),
             ShardState::Identifying => self.payload(
                 0,
                 Some(1),
@@ -292,6 +317,15 @@ impl Harness {
                 }
                 self.fire_timer();
             }
+        }
+    }
+
+    /// The identify limiter's answer. The shard may not be waiting (the request may belong to an
+    /// older connection): an error is a valid answer.
+    fn permit(&mut self) {
+        self.identify_requested = false;
+        if self.shard.identify_permitted(self.now).is_ok() {
+            self.permit_unspent = true;
         }
     }
 
@@ -328,8 +362,26 @@ impl Harness {
                 "invalid JSON sent: {:?}",
                 String::from_utf8_lossy(&self.buf)
             );
-            if transmit.kind == TransmitKind::Command {
-                assert_eq!(state, ShardState::Active, "command sent while {state:?}");
+            match transmit.kind {
+                TransmitKind::Command => {
+                    assert_eq!(state, ShardState::Active, "command sent while {state:?}");
+                    let queued = self.commands.pop_front();
+                    assert_eq!(
+                        queued.as_deref(),
+                        Some(&self.buf[..]),
+                        "a command sent that is not the oldest one accepted"
+                    );
+                }
+                TransmitKind::Identify => {
+                    assert_eq!(state, ShardState::Identifying, "identify while {state:?}");
+                    assert!(self.permit_unspent, "identify without a permit");
+                    self.permit_unspent = false;
+                }
+                TransmitKind::Resume => {
+                    assert_eq!(state, ShardState::Resuming, "resume while {state:?}");
+                    assert!(self.shard.session().is_some(), "resume without a session");
+                }
+                TransmitKind::Heartbeat => {}
             }
             while self
                 .sent_at
@@ -360,7 +412,14 @@ impl Harness {
                     );
                 }
                 ShardEvent::Stopped => assert!(self.shutdown_requested, "stopped unasked"),
-                ShardEvent::Connect { .. } => self.sent_at.clear(),
+                ShardEvent::Connect { .. } => {
+                    self.sent_at.clear();
+                    self.permit_unspent = false;
+                }
+                ShardEvent::NeedIdentify => {
+                    assert!(!self.identify_requested, "NeedIdentify twice");
+                    self.identify_requested = true;
+                }
                 _ => {}
             }
         }
@@ -380,5 +439,89 @@ impl Harness {
                 "stopped without a shutdown request"
             );
         }
+        assert_eq!(
+            self.shard.queued_commands(),
+            self.commands.len(),
+            "commands lost or duplicated"
+        );
+    }
+}
+
+/// Action 12 with this "op": an arbitrary [`frame`] classified as the driver does, instead of a
+/// made-up head. Behind an escape so that random inputs, which rarely classify, mostly keep
+/// their sessions (the unit tests measure how deep they get).
+const FRAME_ESCAPE: u8 = 0xff;
+
+/// Envelopes for [`frame`]: the start of a payload the machine reads (HELLO, READY, op 9) and
+/// its end, around the nesting and bytes the input chooses.
+const FRAME_TEMPLATES: [(&[u8], &[u8]); 3] = [
+    (
+        br#"{"t":null,"s":null,"op":10,"d":{"x":"#,
+        br#","heartbeat_interval":41250}}"#,
+    ),
+    (
+        br#"{"t":"READY","s":1,"op":0,"d":{"x":"#,
+        br#","session_id":"fz","resume_gateway_url":"wss://r.example"}}"#,
+    ),
+    (br#"{"t":null,"s":null,"op":9,"d":"#, b"}"),
+];
+
+/// A frame from the input: `[kind][length][bytes]`, and for kinds 1–3 a depth (u16 LE, doubled)
+/// of `[`…`]` nesting around the bytes, inside a [`FRAME_TEMPLATES`] envelope. Kind 0: the
+/// bytes alone.
+fn frame(input: &mut Input<'_>) -> Vec<u8> {
+    let kind = usize::from(input.byte().unwrap_or(0) % 4);
+    let len = usize::from(input.byte().unwrap_or(0));
+    let Some(&(start, end)) = kind
+        .checked_sub(1)
+        .and_then(|index| FRAME_TEMPLATES.get(index))
+    else {
+        return input.bytes(len).to_vec();
+    };
+    let depth = usize::from(input.u16()) * 2;
+    let bytes = input.bytes(len);
+    let mut raw = Vec::with_capacity(start.len() + 2 * depth + bytes.len() + end.len());
+    raw.extend_from_slice(start);
+    raw.resize(raw.len() + depth, b'[');
+    raw.extend_from_slice(bytes);
+    raw.resize(raw.len() + depth, b']');
+    raw.extend_from_slice(end);
+    raw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The input of a HELLO, READY or op 9 (template `kind`) whose `d` nests `2 × depth` levels,
+    /// after `prefix` (seed, queue capacity, no session, then actions).
+    fn deep(prefix: &[u8], kind: u8, depth: u16) -> Vec<u8> {
+        [
+            prefix,
+            &[12, FRAME_ESCAPE, kind, 0],
+            &depth.to_le_bytes()[..],
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn deeply_nested_payloads_cost_a_reconnect_not_the_stack() {
+        // 200,000 levels: sonic-rs, which recurses per level, would overflow any core's stack.
+        let inputs = [
+            deep(&[0, 8, 0, 2], 1, 50_000),
+            deep(&[0, 8, 0, 2, 6, 0, 13], 2, 50_000),
+            deep(&[0, 8, 0, 2, 6, 0], 3, 50_000),
+        ];
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for input in &inputs {
+                    let counters = run(input);
+                    assert_eq!(counters.malformed_payloads_total, 1, "{counters:?}");
+                }
+            })
+            .expect("a test thread")
+            .join()
+            .expect("no stack overflow");
     }
 }

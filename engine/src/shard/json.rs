@@ -103,9 +103,17 @@ pub(crate) fn write_identify(buf: &mut Vec<u8>, fields: &IdentifyFields<'_>) {
     buf.extend_from_slice(b"}}");
 }
 
+/// `raw`, unless it nests deeper than [`crate::decode::NESTING_MAX`]: sonic-rs recurses once per
+/// level while it skips to a field, and the classifier's fast path reads only the head, so a
+/// deeply nested HELLO, READY or op 9 would otherwise take the core's stack. Such a payload has
+/// no readable fields (a malformed payload: a reconnect).
+fn shallow(raw: &[u8]) -> Option<&[u8]> {
+    (!crate::decode::too_deep(raw)).then_some(raw)
+}
+
 /// HELLO's `d.heartbeat_interval` in milliseconds, if present and a non-negative integer.
 pub(crate) fn hello_interval_ms(raw: &[u8]) -> Option<u64> {
-    sonic_rs::get_from_slice(raw, &["d", "heartbeat_interval"])
+    sonic_rs::get_from_slice(shallow(raw)?, &["d", "heartbeat_interval"])
         .ok()?
         .as_u64()
 }
@@ -115,7 +123,7 @@ pub(crate) fn ready_session(raw: &[u8]) -> Option<(String, Option<String>)> {
     let mut tree = PointerTree::new();
     tree.add_path(&["d", "session_id"]);
     tree.add_path(&["d", "resume_gateway_url"]);
-    let fields = sonic_rs::get_many(raw, &tree).ok()?;
+    let fields = sonic_rs::get_many(shallow(raw)?, &tree).ok()?;
     let session_id = fields.first()?.as_ref()?.as_str()?;
     if session_id.is_empty() {
         return None;
@@ -130,7 +138,9 @@ pub(crate) fn ready_session(raw: &[u8]) -> Option<(String, Option<String>)> {
 
 /// INVALID_SESSION's `d`: whether the session may be resumed. `None` when `d` is not a bool.
 pub(crate) fn invalid_session_resumable(raw: &[u8]) -> Option<bool> {
-    sonic_rs::get_from_slice(raw, &["d"]).ok()?.as_bool()
+    sonic_rs::get_from_slice(shallow(raw)?, &["d"])
+        .ok()?
+        .as_bool()
 }
 
 /// Why a bot command's bytes are not a gateway payload.

@@ -14,6 +14,8 @@
 //! with the last sequence that reached the bot or the spill.
 
 pub mod batch;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod queue;
 pub mod sessions;
