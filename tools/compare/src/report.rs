@@ -1,0 +1,456 @@
+//! Stage: results. Per-run samples, their medians per (mode, client), and the markdown tables
+//! printed on stdout.
+//!
+//! Must not: measure anything or touch a process; plain arithmetic and formatting, unit tested.
+//! A failed run is listed, never averaged: only successful samples enter a median.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{Client, Mode};
+
+/// What one successful run measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    /// Events the client processed in the measured window.
+    pub events: u64,
+    /// Wall time of the window, in seconds.
+    pub wall_secs: f64,
+    /// Process CPU (`utime + stime`, all threads) over the window, in seconds.
+    pub cpu_secs: f64,
+    /// Peak resident set (`VmHWM`) of the client process, in KiB.
+    pub peak_rss_kib: u64,
+    /// CPU the driver process (mock, and the fake bot for shardgate) used meanwhile.
+    pub driver_cpu_secs: f64,
+    /// CPU the client spent before its first gateway connection, NOT in `cpu_secs` (shardgate:
+    /// process start, settings, REST, core setup; 0 for the probe, which starts its clock
+    /// after its runtime is built).
+    pub startup_cpu_secs: f64,
+    /// Redundant MESSAGE_UPDATEs shardgate forwarded anyway (its filter's cache had forgotten
+    /// the message); 0 for twilight, which forwards nothing.
+    pub redundant_forwarded: u64,
+}
+
+impl Sample {
+    pub fn events_per_sec(&self) -> f64 {
+        ratio(self.events as f64, self.wall_secs)
+    }
+
+    /// CPU microseconds per event, which is also CPU seconds per million events.
+    pub fn cpu_us_per_event(&self) -> f64 {
+        ratio(self.cpu_secs * 1e6, self.events as f64)
+    }
+}
+
+/// One run, successful or not.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    pub mode: Mode,
+    pub client: Client,
+    /// 1-based repetition.
+    pub repetition: usize,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Outcome {
+    Ok(Sample),
+    Failed { reason: String },
+}
+
+/// Medians of the successful runs of one (mode, client).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub mode: Mode,
+    pub client: Client,
+    pub runs: usize,
+    pub ok: usize,
+    /// `None` when no run succeeded.
+    pub median: Option<Medians>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Medians {
+    pub events: f64,
+    pub wall_secs: f64,
+    pub events_per_sec: f64,
+    pub cpu_us_per_event: f64,
+    pub peak_rss_kib: f64,
+    pub driver_cpu_secs: f64,
+    pub startup_cpu_secs: f64,
+}
+
+/// One row per (mode, client), in the order the runs were made.
+pub fn summarize(results: &[RunResult]) -> Vec<Row> {
+    let mut keys: Vec<(Mode, Client)> = Vec::new();
+    for result in results {
+        if !keys.contains(&(result.mode, result.client)) {
+            keys.push((result.mode, result.client));
+        }
+    }
+    keys.into_iter()
+        .map(|(mode, client)| {
+            let runs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| (r.mode, r.client) == (mode, client))
+                .collect();
+            let samples: Vec<&Sample> = runs
+                .iter()
+                .filter_map(|r| match &r.outcome {
+                    Outcome::Ok(sample) => Some(sample),
+                    Outcome::Failed { .. } => None,
+                })
+                .collect();
+            let of = |f: fn(&Sample) -> f64| median(samples.iter().map(|s| f(s)).collect());
+            let median = (!samples.is_empty()).then(|| Medians {
+                events: of(|s| s.events as f64),
+                wall_secs: of(|s| s.wall_secs),
+                events_per_sec: of(Sample::events_per_sec),
+                cpu_us_per_event: of(Sample::cpu_us_per_event),
+                peak_rss_kib: of(|s| s.peak_rss_kib as f64),
+                driver_cpu_secs: of(|s| s.driver_cpu_secs),
+                startup_cpu_secs: of(|s| s.startup_cpu_secs),
+            });
+            Row {
+                mode,
+                client,
+                runs: runs.len(),
+                ok: samples.len(),
+                median,
+            }
+        })
+        .collect()
+}
+
+/// The median (the mean of the middle two for an even count); NaN for no values.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The main table: one line per (mode, client) with the medians.
+pub fn results_table(rows: &[Row], shards: u32) -> String {
+    let mut out = String::from(
+        "| mode | client | cores | runs ok | events | wall s | events/s | \
+         CPU-s per M events (= µs CPU/event) | peak RSS MiB | RSS/shard KiB | \
+         driver CPU-s (mock+bot) |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for row in rows {
+        let head = format!(
+            "| {} | {} | {} | {}/{} |",
+            row.mode.name(),
+            row.client.label(),
+            row.client.cores(),
+            row.ok,
+            row.runs
+        );
+        let Some(m) = &row.median else {
+            let _ = writeln!(out, "{head} – | – | – | – | – | – | – |");
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "{head} {} | {:.2} | {} | {:.2} | {:.1} | {:.0} | {:.2} |",
+            thousands(m.events),
+            m.wall_secs,
+            thousands(m.events_per_sec),
+            m.cpu_us_per_event,
+            m.peak_rss_kib / 1024.0,
+            m.peak_rss_kib / f64::from(shards.max(1)),
+            m.driver_cpu_secs,
+        );
+    }
+    out
+}
+
+/// shardgate ÷ each twilight variant, per mode (ratios of medians; < 1 means shardgate uses
+/// less); shardgate is its run with the most cores.
+pub fn ratios_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| mode | shardgate ÷ | CPU per event | events/s | peak RSS |\n|---|---|--:|--:|--:|\n",
+    );
+    let mut any = false;
+    for shardgate in best_shardgate_rows(rows) {
+        let Some(sg) = &shardgate.median else {
+            continue;
+        };
+        for twilight in rows
+            .iter()
+            .filter(|r| r.mode == shardgate.mode && matches!(r.client, Client::Twilight { .. }))
+        {
+            let Some(tw) = &twilight.median else { continue };
+            any = true;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                shardgate.mode.name(),
+                twilight.client.label(),
+                ratio(sg.cpu_us_per_event, tw.cpu_us_per_event),
+                ratio(sg.events_per_sec, tw.events_per_sec),
+                ratio(sg.peak_rss_kib, tw.peak_rss_kib),
+            );
+        }
+    }
+    if any { out } else { String::new() }
+}
+
+/// shardgate's events/s and CPU per event with each core count, per mode, and the speed-up of
+/// the most cores over one.
+pub fn cores_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| mode | shardgate cores | events/s | CPU µs/event | events/s ÷ 1 core |\n\
+         |---|--:|--:|--:|--:|\n",
+    );
+    let mut any = false;
+    for best in best_shardgate_rows(rows) {
+        let one_core = rows.iter().find(|r| {
+            r.mode == best.mode && r.client == Client::Shardgate { cores: 1 } && r.median.is_some()
+        });
+        let (Some(one), Some(_)) = (one_core, &best.median) else {
+            continue;
+        };
+        if one.client == best.client {
+            continue;
+        }
+        let base = one.median.as_ref().map_or(f64::NAN, |m| m.events_per_sec);
+        for row in rows
+            .iter()
+            .filter(|r| r.mode == best.mode && matches!(r.client, Client::Shardgate { .. }))
+        {
+            let Some(m) = &row.median else { continue };
+            any = true;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.2} | {:.2} |",
+                row.mode.name(),
+                row.client.cores(),
+                thousands(m.events_per_sec),
+                m.cpu_us_per_event,
+                ratio(m.events_per_sec, base),
+            );
+        }
+    }
+    if any { out } else { String::new() }
+}
+
+/// The range of shardgate's median startup CPU (before its first connection) over the rows,
+/// in milliseconds; `None` without a shardgate sample.
+pub fn shardgate_startup_ms(rows: &[Row]) -> Option<(f64, f64)> {
+    rows.iter()
+        .filter(|r| matches!(r.client, Client::Shardgate { .. }))
+        .filter_map(|r| r.median.as_ref())
+        .map(|m| m.startup_cpu_secs * 1e3)
+        .fold(None, |range, ms| match range {
+            None => Some((ms, ms)),
+            Some((low, high)) => Some((f64::min(low, ms), f64::max(high, ms))),
+        })
+}
+
+/// Every failed run with its reason.
+pub fn failures_table(results: &[RunResult]) -> String {
+    let mut out = String::new();
+    for result in results {
+        if let Outcome::Failed { reason } = &result.outcome {
+            if out.is_empty() {
+                out.push_str("| mode | client | cores | run | why |\n|---|---|--:|--:|---|\n");
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                result.mode.name(),
+                result.client.label(),
+                result.client.cores(),
+                result.repetition,
+                reason.replace('|', "\\|").replace('\n', " "),
+            );
+        }
+    }
+    out
+}
+
+/// Per mode, the shardgate row with the most cores.
+fn best_shardgate_rows(rows: &[Row]) -> Vec<&Row> {
+    let mut best: Vec<&Row> = Vec::new();
+    for row in rows {
+        let Client::Shardgate { cores } = row.client else {
+            continue;
+        };
+        match best.iter_mut().find(|b| b.mode == row.mode) {
+            Some(b) if b.client.cores() < cores => *b = row,
+            Some(_) => {}
+            None => best.push(row),
+        }
+    }
+    best
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator == 0.0 {
+        f64::NAN
+    } else {
+        numerator / denominator
+    }
+}
+
+/// A non-negative number rounded to an integer, with `,` between thousands.
+fn thousands(value: f64) -> String {
+    if !value.is_finite() {
+        return "–".to_owned();
+    }
+    // Rounded, finite and far below 2^63 for anything this tool counts.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let digits = (value.round().max(0.0) as u64).to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Parse;
+
+    fn sample(events: u64, wall_secs: f64, cpu_secs: f64, peak_rss_kib: u64) -> Sample {
+        Sample {
+            events,
+            wall_secs,
+            cpu_secs,
+            peak_rss_kib,
+            driver_cpu_secs: 1.0,
+            startup_cpu_secs: 0.0,
+            redundant_forwarded: 0,
+        }
+    }
+
+    fn ok(mode: Mode, client: Client, repetition: usize, sample: Sample) -> RunResult {
+        RunResult {
+            mode,
+            client,
+            repetition,
+            outcome: Outcome::Ok(sample),
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert!(median(vec![]).is_nan());
+        assert_eq!(median(vec![3.0]), 3.0);
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1_234_567.6), "1,234,568");
+        assert_eq!(thousands(f64::NAN), "–");
+    }
+
+    #[test]
+    fn failed_runs_are_listed_not_averaged() {
+        let shardgate = Client::Shardgate { cores: 2 };
+        let results = vec![
+            ok(
+                Mode::ZstdStream,
+                shardgate,
+                1,
+                sample(1_000_000, 2.0, 1.0, 8192),
+            ),
+            RunResult {
+                mode: Mode::ZstdStream,
+                client: shardgate,
+                repetition: 2,
+                outcome: Outcome::Failed {
+                    reason: "shard 3: the bot is missing 1 seqs | and\nmore".into(),
+                },
+            },
+            ok(
+                Mode::ZstdStream,
+                shardgate,
+                3,
+                sample(1_000_000, 4.0, 3.0, 4096),
+            ),
+        ];
+        let rows = summarize(&results);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].runs, rows[0].ok), (3, 2));
+        let m = rows[0].median.as_ref().expect("two good runs");
+        assert_eq!(m.cpu_us_per_event, 2.0);
+        assert_eq!(m.events_per_sec, 375_000.0);
+        let failures = failures_table(&results);
+        assert!(failures.contains("| zstd-stream | shardgate | 2 | 2 | shard 3"));
+        assert!(failures.contains("\\| and more |"), "{failures}");
+    }
+
+    #[test]
+    fn tables() {
+        let raw = Client::Twilight {
+            parse: Parse::Raw,
+            threads: None,
+        };
+        let results = vec![
+            ok(
+                Mode::None,
+                Client::Shardgate { cores: 2 },
+                1,
+                sample(400_000, 2.0, 0.4, 16 * 1024),
+            ),
+            ok(
+                Mode::None,
+                Client::Shardgate { cores: 1 },
+                1,
+                sample(400_000, 4.0, 0.36, 12 * 1024),
+            ),
+            ok(Mode::None, raw, 1, sample(400_000, 4.0, 0.8, 8 * 1024)),
+            ok(
+                Mode::Payload,
+                Client::Shardgate { cores: 2 },
+                1,
+                sample(400_000, 2.0, 1.6, 16 * 1024),
+            ),
+        ];
+        let rows = summarize(&results);
+        let table = results_table(&rows, 8);
+        assert!(
+            table.contains("| none | shardgate | 2 | 1/1 | 400,000 | 2.00 | 200,000 | 1.00 | 16.0 | 2048 | 1.00 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| payload | shardgate | 2 | 1/1 |"),
+            "{table}"
+        );
+        let ratios = ratios_table(&rows);
+        assert!(
+            ratios.contains("| none | twilight-gateway 0.18 (raw) | 0.50 | 2.00 | 2.00 |"),
+            "{ratios}"
+        );
+        assert!(!ratios.contains("payload"), "{ratios}");
+        let cores = cores_table(&rows);
+        assert!(
+            cores.contains("| none | 2 | 200,000 | 1.00 | 2.00 |"),
+            "{cores}"
+        );
+        assert!(
+            cores.contains("| none | 1 | 100,000 | 0.90 | 1.00 |"),
+            "{cores}"
+        );
+        assert!(!cores.contains("payload"), "{cores}");
+        assert_eq!(failures_table(&results), "");
+    }
+}
