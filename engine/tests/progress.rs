@@ -76,8 +76,13 @@ fn log_lines_report_startup_until_every_shard_is_ready() {
         let ready = field(fields, "shards_ready");
         assert_eq!(field(fields, "shards_owned"), SHARDS, "{fields}");
         assert!(ready < SHARDS, "{fields}");
-        // Every shard not ready identifies, one per second: that many seconds at most.
-        assert_eq!(field(fields, "eta_s"), SHARDS - ready, "{fields}");
+        // Every shard not ready identifies, one per interval (1 s plus the limiter's safety
+        // margin): that long at most, in whole seconds rounded up.
+        let interval = Duration::from_millis(IDENTIFY_INTERVAL_MS)
+            + shardgate::limiter::IDENTIFY_SAFETY_MARGIN;
+        let eta = interval * u32::try_from(SHARDS - ready).unwrap();
+        let eta_s = eta.as_secs() + u64::from(eta.subsec_nanos() > 0);
+        assert_eq!(field(fields, "eta_s"), eta_s, "{fields}");
     }
     // The first line comes at once: only shard 0 (identified at 0 s) may be ready by then.
     assert!(field(&progress[0], "shards_ready") <= 1, "{stderr}");
