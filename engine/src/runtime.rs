@@ -641,25 +641,16 @@ impl Engine {
 
 /// Creates the data dir and takes `{data_dir}/shardgate.lock` for this process.
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
-    let path = dir.join("shardgate.lock");
     let failed = |source| RunError::DataDir {
         path: dir.to_owned(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(failed)?;
-    let lock = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(failed)?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::DataDirLocked {
+    crate::spill::try_lock_file(&dir.join("shardgate.lock"))
+        .map_err(failed)?
+        .ok_or_else(|| RunError::DataDirLocked {
             path: dir.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(failed(source)),
-    }
+        })
 }
 
 /// The sessions the last run saved for the `owned` shards, if they were identified with the

@@ -889,16 +889,25 @@ impl fmt::Debug for Spill {
 
 fn lock_dir(dir: &Path) -> Result<File, SpillError> {
     let path = dir.join("lock");
-    let lock = OpenOptions::new()
+    match try_lock_file(&path) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(SpillError::Locked { path }),
+        Err(source) => Err(SpillError::io(Operation::Lock, &path, source)),
+    }
+}
+
+/// Opens (creating it) and `flock`s `path` for this process: `None` when another process holds
+/// it. The lock lasts as long as the returned file; the kernel drops it if the process dies.
+pub(crate) fn try_lock_file(path: &Path) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
-        .map_err(|source| SpillError::io(Operation::Lock, &path, source))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(TryLockError::WouldBlock) => Err(SpillError::Locked { path }),
-        Err(TryLockError::Error(source)) => Err(SpillError::io(Operation::Lock, &path, source)),
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(source)) => Err(source),
     }
 }
 
