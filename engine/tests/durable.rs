@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Engine, bare_engine_command, expected_in, received, steady, wait_until};
+use common::{Engine, bare_engine_command, wait_until};
 use fake_bot::{BotConfig, FakeBot};
 use mock_gateway::{MockConfig, MockGateway};
 
@@ -72,17 +72,21 @@ fn all_arrived(mock: &MockGateway, bot: &FakeBot, events_per_shard: u64) -> bool
         let Some(shard_ledger) = ledger.shards.get(&shard) else {
             return false;
         };
-        let sent: u64 = shard_ledger.sessions.iter().map(steady).sum();
+        let sent: u64 = shard_ledger
+            .sessions
+            .iter()
+            .map(mock_gateway::SessionLedger::steady_dispatches)
+            .sum();
         let got: BTreeSet<u64> = report
             .shards
             .get(&shard)
-            .map(|r| r.runs.iter().flat_map(received).collect())
+            .map(|r| r.runs.iter().flat_map(fake_bot::RunReport::seqs).collect())
             .unwrap_or_default();
         sent >= events_per_shard
             && shard_ledger
                 .sessions
                 .iter()
-                .all(|session| expected_in(session).is_subset(&got))
+                .all(|session| session.expected_seqs().is_subset(&got))
     })
 }
 
@@ -100,8 +104,8 @@ fn check_exactly_expected(mock: &MockGateway, bot: &FakeBot) -> u64 {
         assert_eq!(got.runs.len(), 1, "shard {shard}: one run at the bot");
         assert_eq!(got.out_of_order, 0, "shard {shard}");
         let session = &shard_ledger.sessions[0];
-        let want = expected_in(session);
-        let got = received(&got.runs[0]);
+        let want = session.expected_seqs();
+        let got = got.runs[0].seqs();
         let missing: Vec<_> = want.difference(&got).collect();
         assert!(missing.is_empty(), "shard {shard}: missing {missing:?}");
         let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
@@ -251,8 +255,8 @@ fn kill_9_while_the_bot_is_away_loses_nothing_and_a_torn_tail_is_skipped() {
         );
         let got = &report.shards[&shard];
         let session = &shard_ledger.sessions[0];
-        let want = expected_in(session);
-        let arrived = received(&got.runs[0]);
+        let want = session.expected_seqs();
+        let arrived = got.runs[0].seqs();
         assert!(want.is_subset(&arrived), "shard {shard}: 0 lost");
         // Discord's replay after the crash repeats what the spill already delivered, and the
         // new process's empty dedup cache lets through redundant updates the old one dropped:
@@ -306,7 +310,14 @@ fn a_full_spill_drops_exactly_what_it_counts() {
     bot.refuse_for(Duration::from_secs(8));
     wait_until("the stream to end", Duration::from_secs(60), || {
         let ledger = mock.ledger();
-        (0..SHARDS).all(|s| ledger.shards[&s].sessions.iter().map(steady).sum::<u64>() >= EVENTS)
+        (0..SHARDS).all(|s| {
+            ledger.shards[&s]
+                .sessions
+                .iter()
+                .map(mock_gateway::SessionLedger::steady_dispatches)
+                .sum::<u64>()
+                >= EVENTS
+        })
     });
     // The bot comes back; wait until it stops receiving.
     let mut last = u64::MAX;
@@ -324,8 +335,8 @@ fn a_full_spill_drops_exactly_what_it_counts() {
     let report = bot.report();
     let mut missing = 0;
     for shard in 0..SHARDS {
-        let want = expected_in(&ledger.shards[&shard].sessions[0]);
-        let got = received(&report.shards[&shard].runs[0]);
+        let want = ledger.shards[&shard].sessions[0].expected_seqs();
+        let got = report.shards[&shard].runs[0].seqs();
         missing += want.difference(&got).count() as u64;
     }
     assert!(dropped > 0, "the bound was reached");

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Engine, engine_command, expected, expected_in, received, steady, wait_until};
+use common::{Engine, engine_command, expected, wait_until};
 use fake_bot::{BotConfig, FakeBot, Secret};
 use mock_gateway::{Ledger, MockConfig, MockGateway};
 
@@ -76,7 +76,7 @@ fn run(compression: &str) {
                 else {
                     return false;
                 };
-                let sent_all = steady(session) >= EVENTS_PER_SHARD;
+                let sent_all = session.steady_dispatches() >= EVENTS_PER_SHARD;
                 let want = expected(&ledger, shard);
                 sent_all
                     && report.shards.get(&shard).is_some_and(|r| {
@@ -210,16 +210,20 @@ fn seeded_faults_lose_nothing() {
             let Some(shard_ledger) = ledger.shards.get(&shard) else {
                 return false;
             };
-            let sent: u64 = shard_ledger.sessions.iter().map(steady).sum();
+            let sent: u64 = shard_ledger
+                .sessions
+                .iter()
+                .map(mock_gateway::SessionLedger::steady_dispatches)
+                .sum();
             let want: usize = shard_ledger
                 .sessions
                 .iter()
-                .map(|s| expected_in(s).len())
+                .map(|s| s.expected_seqs().len())
                 .sum();
             let got: usize = report
                 .shards
                 .get(&shard)
-                .map_or(0, |r| r.runs.iter().map(|run| received(run).len()).sum());
+                .map_or(0, |r| r.runs.iter().map(|run| run.seqs().len()).sum());
             sent >= 900 && got >= want
         })
     };
@@ -264,8 +268,8 @@ fn seeded_faults_lose_nothing() {
                     )
                 });
             assert_eq!(
-                received(run),
-                expected_in(session),
+                run.seqs(),
+                session.expected_seqs(),
                 "seed {seed}: shard {shard} session {}",
                 session.session_id
             );

@@ -47,34 +47,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-/// Seqs the bot must get for a shard: everything the mock sent minus redundant updates.
+/// Seqs the bot must get for a shard: everything the mock sent in its first session minus the
+/// redundant updates.
 pub fn expected(ledger: &Ledger, shard: u32) -> BTreeSet<u64> {
-    expected_in(&ledger.shards[&shard].sessions[0])
-}
-
-pub fn expected_in(session: &mock_gateway::SessionLedger) -> BTreeSet<u64> {
-    let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
-    (session.first_seq..=session.last_seq)
-        .filter(|s| !redundant.contains(s))
-        .collect()
-}
-
-/// Steady-stream dispatches in a session (what `events_per_shard` counts): all but READY,
-/// RESUMED and GUILD_CREATE.
-pub fn steady(session: &mock_gateway::SessionLedger) -> u64 {
-    session
-        .by_type
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "READY" | "RESUMED" | "GUILD_CREATE"))
-        .map(|(_, count)| count)
-        .sum()
-}
-
-pub fn received(run: &fake_bot::RunReport) -> BTreeSet<u64> {
-    run.ranges
-        .iter()
-        .flat_map(|[start, end]| *start..=*end)
-        .collect()
+    ledger.shards[&shard].sessions[0].expected_seqs()
 }
 
 /// `shardgate run` pointed at the mock (REST over TLS, its CA trusted) and the bot, with the

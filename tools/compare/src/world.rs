@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context as _, bail};
 use mock_gateway::events::EventMix;
-use mock_gateway::{Ledger, MockConfig, MockGateway, SessionLedger};
+use mock_gateway::{Ledger, MockConfig, MockGateway};
 
 /// Every non-privileged intent (shardgate's default), sent by both clients.
 pub const INTENTS: u64 = 53_575_421;
@@ -111,7 +111,7 @@ impl World {
         (0..self.shards)
             .map(|shard| {
                 let session = ledger.shards.get(&shard)?.sessions.first()?;
-                if steady(session) < self.events_per_shard {
+                if session.steady_dispatches() < self.events_per_shard {
                     return None;
                 }
                 (session.first_seq..=session.last_seq)
@@ -156,12 +156,8 @@ impl World {
             let [run] = got.runs.as_slice() else {
                 bail!("shard {shard}: the bot saw {} runs, want 1", got.runs.len());
             };
-            let received: BTreeSet<u64> = run
-                .ranges
-                .iter()
-                .flat_map(|&[first, last]| first..=last)
-                .collect();
-            let want = expected_in(session);
+            let received = run.seqs();
+            let want = session.expected_seqs();
             let missing = want.difference(&received).count();
             let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
             let extra: Vec<u64> = received.difference(&want).copied().collect();
@@ -176,22 +172,4 @@ impl World {
         }
         Ok(redundant_forwarded)
     }
-}
-
-/// Seqs the bot must get from a session: all of them minus the redundant updates.
-fn expected_in(session: &SessionLedger) -> BTreeSet<u64> {
-    let redundant: BTreeSet<u64> = session.redundant_update_seqs.iter().copied().collect();
-    (session.first_seq..=session.last_seq)
-        .filter(|seq| !redundant.contains(seq))
-        .collect()
-}
-
-/// Steady-stream dispatches of a session (what `events_per_shard` counts).
-fn steady(session: &SessionLedger) -> u64 {
-    session
-        .by_type
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "READY" | "RESUMED" | "GUILD_CREATE"))
-        .map(|(_, count)| count)
-        .sum()
 }

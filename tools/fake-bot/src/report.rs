@@ -104,6 +104,14 @@ impl RunReport {
             .collect()
     }
 
+    /// Every sequence received.
+    pub fn seqs(&self) -> std::collections::BTreeSet<u64> {
+        self.ranges
+            .iter()
+            .flat_map(|&[first, last]| first..=last)
+            .collect()
+    }
+
     /// Number of distinct sequences received.
     pub fn distinct(&self) -> u64 {
         self.ranges

@@ -6,7 +6,7 @@
 //!
 //! Updates come from connection tasks in batches (not per dispatch) through [`LedgerWriter`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -81,6 +81,27 @@ pub struct SessionLedger {
     /// Why the session ended, if it did: `invalid_session`, `client_close_1000`, `close_4009`,
     /// `token_reset`, `expired`, `superseded`.
     pub ended: Option<String>,
+}
+
+impl SessionLedger {
+    /// The sequences a forwarding client must deliver: every dispatch of the session but the
+    /// redundant MESSAGE_UPDATEs (which a deduplicating client may drop).
+    pub fn expected_seqs(&self) -> BTreeSet<u64> {
+        let redundant: BTreeSet<u64> = self.redundant_update_seqs.iter().copied().collect();
+        (self.first_seq..=self.last_seq)
+            .filter(|seq| !redundant.contains(seq))
+            .collect()
+    }
+
+    /// Steady-stream dispatches (what `events_per_shard` counts): all but READY, RESUMED and
+    /// GUILD_CREATE.
+    pub fn steady_dispatches(&self) -> u64 {
+        self.by_type
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "READY" | "RESUMED" | "GUILD_CREATE"))
+            .map(|(_, count)| count)
+            .sum()
+    }
 }
 
 /// A gateway command the client sent.
