@@ -175,7 +175,7 @@ mod tests {
 
     use super::*;
     use crate::decode::fuzz::check_fields;
-    use crate::decode::test_support;
+    use crate::decode::test_support::{self, Random};
 
     fn snowflake_of(value: &serde_json::Value) -> Option<u64> {
         value.as_str()?.parse().ok()
@@ -328,22 +328,6 @@ mod tests {
             sonic::guild_unavailable(payload),
             "{text}"
         );
-    }
-
-    /// xorshift64*: enough randomness for mutations, no dependency.
-    struct Random(u64);
-
-    impl Random {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
-        }
     }
 
     #[test]

@@ -494,23 +494,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::decode::test_support::{self, OwnedFrame};
-
-    /// xorshift64*: enough randomness for smoke inputs, no dependency.
-    struct Random(u64);
-
-    impl Random {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next() % bound as u64) as usize
-        }
-    }
+    use crate::decode::test_support::{self, OwnedFrame, Random};
 
     fn frame_record(frame: &OwnedFrame) -> (u8, &[u8]) {
         match frame {

@@ -117,3 +117,19 @@ pub(crate) fn encode(encoder: &mut Encoder, payload: &[u8]) -> OwnedFrame {
         compress::Frame::Binary(bytes) => OwnedFrame::Binary(bytes.to_vec()),
     }
 }
+
+/// xorshift64*: enough randomness for mutations and smoke inputs, no dependency.
+pub(crate) struct Random(pub(crate) u64);
+
+impl Random {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub(crate) fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+}
