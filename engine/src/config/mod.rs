@@ -206,14 +206,9 @@ impl Settings {
             None => None,
         };
         let compression = match src.get(|a| &a.compression) {
-            Some(input) => input
-                .text
-                .trim()
-                .to_ascii_lowercase()
-                .parse()
-                .map_err(|_| {
-                    input.invalid_choice("--compression", "zstd-stream, zlib-stream, payload, none")
-                })?,
+            Some(input) => {
+                input.choice("--compression", "zstd-stream, zlib-stream, payload, none")?
+            }
             None => Compression::default(),
         };
         let intents = match src.get(|a| &a.intents) {
@@ -358,17 +353,10 @@ impl Settings {
             None => Self::DEFAULT_SPILL_BYTES_MAX,
         };
         let spill_fsync = match src.get(|a| &a.spill_fsync) {
-            Some(input) => input
-                .text
-                .trim()
-                .to_ascii_lowercase()
-                .parse()
-                .map_err(|_| {
-                    input.invalid_choice(
-                        "--spill-fsync",
-                        "always, never, <N>ms (fsync at most every N milliseconds, e.g. 1000ms)",
-                    )
-                })?,
+            Some(input) => input.choice(
+                "--spill-fsync",
+                "always, never, <N>ms (fsync at most every N milliseconds, e.g. 1000ms)",
+            )?,
             None => Self::DEFAULT_SPILL_FSYNC,
         };
         let backlog_rate = match src.get(|a| &a.backlog_rate) {
@@ -1019,6 +1007,19 @@ impl Input<'_> {
             });
         }
         Ok(PathBuf::from(self.text))
+    }
+
+    /// One of a setting's named values, case-insensitive, through its `FromStr`.
+    fn choice<T: std::str::FromStr>(
+        &self,
+        setting: &'static str,
+        choices: &'static str,
+    ) -> Result<T, ConfigError> {
+        self.text
+            .trim()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| self.invalid_choice(setting, choices))
     }
 
     fn invalid_choice(&self, setting: &'static str, choices: &'static str) -> ConfigError {
