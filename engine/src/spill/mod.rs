@@ -568,37 +568,26 @@ impl Spill {
         let mut count = 0;
         while count < max_records {
             // Looked up by index each time: cutting a corrupt segment may rotate and release.
-            let slot = match self
+            let found = self
                 .segments
-                .binary_search_by_key(&position.segment, |segment| segment.index)
-            {
-                Ok(slot) => slot,
-                Err(next_slot) => match self.segments.get(next_slot) {
-                    Some(next) => {
-                        position = Position {
-                            segment: next.index,
-                            offset: 0,
-                        };
-                        records_before = 0;
-                        continue;
-                    }
-                    None => break,
-                },
+                .binary_search_by_key(&position.segment, |segment| segment.index);
+            let slot = match found {
+                Ok(slot) if position.offset < self.segments[slot].valid_bytes => slot,
+                // Read to its end, or gone: go on at the start of the next segment, if any.
+                other => {
+                    let next_slot = other.map_or_else(|next_slot| next_slot, |slot| slot + 1);
+                    let Some(next) = self.segments.get(next_slot) else {
+                        break;
+                    };
+                    position = Position {
+                        segment: next.index,
+                        offset: 0,
+                    };
+                    records_before = 0;
+                    continue;
+                }
             };
             let segment = self.segments[slot];
-            if position.offset >= segment.valid_bytes {
-                match self.segments.get(slot + 1) {
-                    Some(next) => {
-                        position = Position {
-                            segment: next.index,
-                            offset: 0,
-                        };
-                        records_before = 0;
-                        continue;
-                    }
-                    None => break,
-                }
-            }
             if segment.index == self.writer.index {
                 self.writer.write_out()?;
             }
