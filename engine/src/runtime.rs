@@ -168,8 +168,7 @@ pub struct Engine {
     stats: Arc<EngineStats>,
     plan: ShardPlan,
     identify_pace: IdentifyPace,
-    control: ControlHandle,
-    /// Stopped first in [`Engine::wait`]; `None` in the demo without an admin API.
+    /// Taken and stopped first by [`Engine::wait`].
     admin: Option<AdminServer>,
     /// Held (`flock`) until the engine is dropped, after the last sessions save.
     _data_dir_lock: std::fs::File,
@@ -286,17 +285,9 @@ pub struct Snapshot {
 impl Engine {
     /// Startup: `/gateway/bot` (unless the URL and shard count are given), the plan, the
     /// locked-memory check, one pinned executor per core and the sink thread. Returns once they
-    /// run; shards connect in the background, paced by the identify limiter.
+    /// run; shards connect in the background, paced by the identify limiter. The admin API
+    /// listens on `--admin-addr`.
     pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> Result<Engine, RunError> {
-        Engine::start_with(settings, stop, true)
-    }
-
-    /// [`Engine::start`], with the admin API on `--admin-addr` or without it (`admin: false`).
-    pub fn start_with(
-        settings: Settings,
-        stop: Arc<AtomicBool>,
-        admin: bool,
-    ) -> Result<Engine, RunError> {
         let started = Instant::now();
         let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
 
@@ -311,11 +302,7 @@ impl Engine {
         let plan = settings.plan(NonZeroU32::new(recommended).unwrap_or(NonZeroU32::MIN))?;
         check_locked_memory(plan.cores)?;
         // Before anything starts: a taken port fails here, with every session as it was.
-        let admin_listener = if admin {
-            Some(AdminListener::bind(settings.admin_addr)?)
-        } else {
-            None
-        };
+        let admin_listener = AdminListener::bind(settings.admin_addr)?;
 
         let url_text = settings
             .gateway_url
@@ -522,38 +509,30 @@ impl Engine {
                 shards_per_interval: session_start_limit.max_concurrency,
                 interval: identify_interval,
             },
-            control: control.clone(),
             admin: None,
             _data_dir_lock: data_dir_lock,
         };
-        if let Some(listener) = admin_listener {
-            let context = AdminContext {
-                control,
-                stats,
-                limiter,
-                token: settings.admin_token.clone(),
-                started,
-            };
-            match AdminServer::start(listener, context) {
-                Ok(server) => engine.admin = Some(server),
-                Err(error) => {
-                    // Only a thread that cannot start: stop what runs (sessions saved).
-                    engine.wait();
-                    return Err(error.into());
-                }
+        let context = AdminContext {
+            control,
+            stats,
+            limiter,
+            token: settings.admin_token.clone(),
+            started,
+        };
+        match AdminServer::start(admin_listener, context) {
+            Ok(server) => engine.admin = Some(server),
+            Err(error) => {
+                // Only a thread that cannot start: stop what runs (sessions saved).
+                engine.wait();
+                return Err(error.into());
             }
         }
         Ok(engine)
     }
 
-    /// Where the admin API listens, if it runs.
+    /// Where the admin API listens (`None` once [`Engine::wait`] stopped it).
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.admin.as_ref().map(AdminServer::local_addr)
-    }
-
-    /// The control plane's handle (what the admin API uses).
-    pub fn control(&self) -> &ControlHandle {
-        &self.control
     }
 
     /// Relays a requested stop to the cores; true once every core has ended (after a stop, or
