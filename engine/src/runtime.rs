@@ -232,6 +232,7 @@ impl EngineStats {
             records_dropped_shutdown: sink.records_dropped_shutdown.load(Ordering::Relaxed),
             records_spilled: sink.records_spilled.load(Ordering::Relaxed),
             records_dropped_spill_full: sink.records_dropped_spill_full.load(Ordering::Relaxed),
+            records_dropped_invalid: sink.records_dropped_invalid.load(Ordering::Relaxed),
             queue_memory_records: sink.queue_memory_records.load(Ordering::Relaxed),
             queue_spill_records: sink.queue_spill_records.load(Ordering::Relaxed),
             saved_sessions_resumed: sum(|s| &s.saved_sessions_resumed),
@@ -274,6 +275,7 @@ pub struct Snapshot {
     pub records_dropped_shutdown: u64,
     pub records_spilled: u64,
     pub records_dropped_spill_full: u64,
+    pub records_dropped_invalid: u64,
     pub queue_memory_records: u64,
     pub queue_spill_records: u64,
     pub saved_sessions_resumed: u64,
@@ -678,6 +680,7 @@ fn log_status(snapshot: &Snapshot) {
         queued_spill = snapshot.queue_spill_records,
         spilled = snapshot.records_spilled,
         dropped_spill_full = snapshot.records_dropped_spill_full,
+        dropped_invalid = snapshot.records_dropped_invalid,
         saved_sessions_resumed = snapshot.saved_sessions_resumed,
         saved_sessions_rejected = snapshot.saved_sessions_rejected,
         "status"

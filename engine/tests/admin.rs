@@ -579,3 +579,79 @@ fn answers_to_commands_and_rate_limits_reach_the_bot_like_any_dispatch() {
     );
     assert_eq!(ledger.violations.len(), 1);
 }
+
+/// A broken gateway's payload, cut short inside `d` but well compressed, passes the cores (they
+/// read only its head) and would make its batch invalid JSON, refused by the bot for ever. The
+/// sink leaves it out at the first refusal, counts it, and every shard's delivery goes on.
+#[test]
+fn a_truncated_payload_is_dropped_counted_and_delivery_goes_on() {
+    let world = World::start("truncated", Some(TOKEN));
+    let cut_shards = [0u32, 2];
+    for shard in cut_shards {
+        assert_eq!(
+            world
+                .mock
+                .inject_fault(shard, mock_gateway::Fault::Truncated),
+            1
+        );
+    }
+    let cut_seq = |shard: u32| -> Option<u64> {
+        let ledger = world.mock.ledger();
+        let seqs = &ledger.shards[&shard].sessions[0].truncated_seqs;
+        seqs.first().copied()
+    };
+    wait_until(
+        "the bot to receive well past the cut payloads",
+        Duration::from_secs(30),
+        || {
+            let report = world.bot.report();
+            cut_shards.iter().all(|&shard| {
+                cut_seq(shard).is_some_and(|cut| {
+                    report
+                        .shards
+                        .get(&shard)
+                        .is_some_and(|r| r.runs[0].max_seq > cut + 50)
+                })
+            })
+        },
+    );
+    let ledger = world.mock.ledger();
+    let report = world.bot.report();
+    assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
+    for shard in 0..SHARDS {
+        let session = &ledger.shards[&shard].sessions[0];
+        let got = &report.shards[&shard];
+        assert_eq!(got.runs.len(), 1, "shard {shard}: one session");
+        assert_eq!(
+            ledger.shards[&shard].connections, 1,
+            "shard {shard}: no reconnect"
+        );
+        let run = &got.runs[0];
+        let received: std::collections::BTreeSet<u64> = run
+            .ranges
+            .iter()
+            .flat_map(|[start, end]| *start..=*end)
+            .collect();
+        let mut want = session.expected_seqs();
+        want.retain(|seq| *seq <= run.max_seq);
+        // The cut payloads are not expected; everything else is, and nothing more.
+        assert_eq!(received, want, "shard {shard}: all but the cut payload");
+        let cuts = usize::from(cut_shards.contains(&shard));
+        assert_eq!(session.truncated_seqs.len(), cuts, "shard {shard}");
+    }
+    let (status, _, text) = world.get("/metrics", Some(TOKEN));
+    assert_eq!(status, 200);
+    let sample = |line_start: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        sample("shardgate_records_dropped_total{reason=\"invalid_payload\"}"),
+        2.0
+    );
+    assert!(sample("shardgate_sink_delivery_failures_total") >= 1.0);
+}

@@ -376,7 +376,8 @@ pub fn render(context: &AdminContext, reports: &[CoreReport]) -> String {
         "shardgate_records_dropped_total",
         "counter",
         "Records lost, by reason: spill_full (the spill's disk bound deleted its oldest), \
-         shutdown (neither delivered nor spilled at exit; Discord replays them on resume).",
+         shutdown (neither delivered nor spilled at exit; Discord replays them on resume), \
+         invalid_payload (not valid JSON, found when the bot refused its batch).",
     );
     out.sample(
         "shardgate_records_dropped_total",
@@ -387,6 +388,11 @@ pub fn render(context: &AdminContext, reports: &[CoreReport]) -> String {
         "shardgate_records_dropped_total",
         &[("reason", "shutdown")],
         snapshot.records_dropped_shutdown as f64,
+    );
+    out.sample(
+        "shardgate_records_dropped_total",
+        &[("reason", "invalid_payload")],
+        snapshot.records_dropped_invalid as f64,
     );
     out.family(
         "shardgate_queue_records",

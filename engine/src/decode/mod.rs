@@ -28,7 +28,7 @@ mod decoder;
 mod fields;
 #[doc(hidden)]
 pub mod fuzz;
-mod scan;
+pub(crate) mod scan;
 #[cfg(test)]
 mod test_support;
 

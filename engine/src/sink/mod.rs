@@ -62,6 +62,9 @@ pub struct SinkStats {
     /// Records neither delivered nor written to the spill when the process stopped (their
     /// shards' saved sequence stops before them: Discord replays them on resume).
     pub records_dropped_shutdown: AtomicU64,
+    /// Records left out of their batch because their payload is not valid JSON (a broken
+    /// gateway's), found when the bot refused the batch.
+    pub records_dropped_invalid: AtomicU64,
     /// Records written to the spill.
     pub records_spilled: AtomicU64,
     /// Spilled records deleted unread because the spill reached its disk bound.
@@ -382,7 +385,15 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
         // A batch from memory is tried once; if the bot is away it goes back, with all of
         // memory, to the spill (durable and in order) and delivery continues from there.
         let mut hand_back = matches!(source, Source::Memory(_)) && shared.queue().can_hand_back();
+        // The first failure also checks the payloads, once per batch (see `drop_invalid`);
+        // `left_out` are the indices in `batch` of those no longer in `body`.
+        let mut checked = false;
+        let mut left_out: Vec<usize> = Vec::new();
         let outcome = loop {
+            if !left_out.is_empty() && left_out.len() == batch.len() {
+                // Every record was invalid: nothing left to send.
+                break Some(Outcome::Delivered);
+            }
             match deliver(
                 &mut client,
                 &body,
@@ -390,14 +401,36 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                 &shared.stop,
                 &mut stop_seen,
                 config.shutdown_grace,
-                hand_back,
+                hand_back || !checked,
             ) {
                 Outcome::Failed => {
+                    if !checked {
+                        checked = true;
+                        left_out = drop_invalid(&batch, &mut body, stats);
+                        if !left_out.is_empty() {
+                            continue;
+                        }
+                    }
+                    if !hand_back {
+                        // Only the check asked to return; back to retrying with backoff.
+                        std::thread::sleep(RETRY_DELAY_MIN);
+                        continue;
+                    }
                     let mut queue = shared.queue();
-                    let generations = match &source {
+                    let mut generations = match &source {
                         Source::Memory(generations) => generations.clone(),
                         Source::Spill(_) => Vec::new(),
                     };
+                    if queue.can_hand_back() && !left_out.is_empty() {
+                        // The dropped ones stay dropped: not to the spill, not counted twice.
+                        let mut dropped = Vec::with_capacity(left_out.len());
+                        for &index in left_out.iter().rev() {
+                            dropped.push(batch.remove(index));
+                            generations.remove(index);
+                        }
+                        queue.forget(&dropped);
+                        left_out.clear();
+                    }
                     match queue.move_memory_to_spill(Some((&mut batch, generations))) {
                         Ok(true) => {
                             tracing::info!(
@@ -424,14 +457,16 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
             // Handed back: the next batch comes from the spill.
             None => continue,
             Some(Outcome::Delivered) => {
-                stats.batches_delivered.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .records_delivered
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                stats
-                    .bytes_delivered
-                    .fetch_add(body.len() as u64, Ordering::Relaxed);
-                stats.record_latency(first_in.elapsed());
+                if left_out.len() < batch.len() {
+                    stats.batches_delivered.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .records_delivered
+                        .fetch_add((batch.len() - left_out.len()) as u64, Ordering::Relaxed);
+                    stats
+                        .bytes_delivered
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                    stats.record_latency(first_in.elapsed());
+                }
                 let mut queue = shared.queue();
                 if let Err(error) = queue.acknowledge(&batch, source) {
                     tracing::error!(%error, "cannot record the spill's progress; a restart may deliver some records again");
@@ -485,6 +520,35 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
             body = Vec::with_capacity(config.batch_bytes_max + 64 * 1024);
         }
     }
+}
+
+/// Leaves the records whose payload no bot could parse out of `body` (re-encoded), and
+/// returns their indices in `batch`, counted and logged as dropped (`invalid_payload`).
+///
+/// The cores read only a payload's head, so a broken gateway's truncated or non-UTF-8 payload
+/// reaches the sink as it came and makes the whole body invalid JSON: without this, the bot
+/// would refuse it for ever and every shard's delivery would stop behind it. Called once per
+/// batch, at its first failure, so the parse costs nothing while the bot acknowledges.
+fn drop_invalid(batch: &[Record], body: &mut Vec<u8>, stats: &SinkStats) -> Vec<usize> {
+    let invalid = batch::invalid_records(batch);
+    if invalid.is_empty() {
+        return invalid;
+    }
+    for &index in &invalid {
+        let record = &batch[index];
+        tracing::error!(
+            shard = record.shard_id,
+            seq = record.seq,
+            bytes = record.payload.len(),
+            "dropped a payload that is not valid JSON; the bot never sees it"
+        );
+    }
+    stats
+        .records_dropped_invalid
+        .fetch_add(invalid.len() as u64, Ordering::Relaxed);
+    body.clear();
+    batch::encode_except(batch, &invalid, body);
+    invalid
 }
 
 /// How [`deliver`] ended.

@@ -241,6 +241,15 @@ impl Queue {
         Ok(())
     }
 
+    /// Records taken from memory that go no further (their payload was invalid and is dropped):
+    /// they no longer hold their shards' durable position back, nor move it past themselves.
+    pub fn forget(&mut self, records: &[Record]) {
+        for record in records {
+            let track = self.tracks.entry(record.shard_id).or_default();
+            track.in_memory = track.in_memory.saturating_sub(1);
+        }
+    }
+
     /// Whether a batch taken from memory could go back to the spill in order right now.
     pub fn can_hand_back(&self) -> bool {
         self.spill.as_ref().is_some_and(Spill::is_empty)

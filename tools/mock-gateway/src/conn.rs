@@ -107,6 +107,7 @@ where
         send_times: VecDeque::new(),
         reconnect_deadline: None,
         stall_until: None,
+        truncate_next: false,
         zombie_since: None,
         draining: false,
         stream_on_connection: 0,
@@ -163,6 +164,8 @@ struct Connection {
     zombie_since: Option<Instant>,
     /// After op 7/op 9 no more dispatches are produced on this connection.
     draining: bool,
+    /// A `truncated` fault: the next dispatch written is cut short.
+    truncate_next: bool,
     stream_on_connection: u64,
     rng: Rng,
     outbox: Vec<Dispatch>,
@@ -464,6 +467,10 @@ impl Connection {
                     Message::Text(r#"{"t":"MESSAGE_CREATE","s":"#.into())
                 };
                 write(ws, vec![message]).await
+            }
+            Fault::Truncated => {
+                self.truncate_next = true;
+                Ok(())
             }
             Fault::ServerHeartbeat => {
                 self.send_control(ws, r#"{"t":null,"s":null,"op":1,"d":null}"#.into())
@@ -1026,6 +1033,17 @@ impl Connection {
             if self.zombie_since.is_some() {
                 continue;
             }
+            // Not a MESSAGE_UPDATE: whether a client forwards or drops a cut one would depend
+            // on its dedup reading the cut content.
+            if self.truncate_next && !dispatch.bytes.starts_with(b"{\"t\":\"MESSAGE_UPDATE\"") {
+                self.truncate_next = false;
+                if let Some(session) = &self.session {
+                    lock(session).delta.truncated_seqs.push(dispatch.seq);
+                }
+                let cut = dispatch.bytes.slice(..truncated_len(&dispatch.bytes));
+                messages.push(self.encode(&cut)?);
+                continue;
+            }
             messages.push(self.encode(&dispatch.bytes)?);
         }
         write(ws, messages).await
@@ -1120,6 +1138,20 @@ fn expire_sessions(shared: &Shared, state: &mut crate::state::State, now: Instan
         }
         !expired && !session.ended
     });
+}
+
+/// Where a `truncated` fault cuts a dispatch: halfway through what follows `"d":`, on a UTF-8
+/// character boundary. Any proper prefix of a JSON object is not JSON.
+fn truncated_len(payload: &[u8]) -> usize {
+    let d_at = payload
+        .windows(4)
+        .position(|w| w == b"\"d\":")
+        .map_or(payload.len() / 2, |at| at + 4);
+    let mut cut = d_at + payload.len().saturating_sub(d_at) / 2;
+    while cut > d_at && payload.get(cut).is_some_and(|byte| byte & 0xC0 == 0x80) {
+        cut -= 1;
+    }
+    cut.min(payload.len().saturating_sub(1))
 }
 
 async fn write<S>(ws: &mut Ws<S>, messages: Vec<Message>) -> Result<(), Exit>

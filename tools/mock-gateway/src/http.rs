@@ -183,7 +183,7 @@ async fn handle(
                     _ => bad_request(
                         "body must be {\"shard\": N, \"kind\": K} with K one of reconnect, \
                          invalid_session_resumable, invalid_session, close_<code>, drop, zombie, \
-                         stall, corrupt, server_heartbeat",
+                         stall, corrupt, truncated, server_heartbeat",
                     ),
                 }
             }

@@ -78,6 +78,10 @@ pub struct SessionLedger {
     /// Sequences of MESSAGE_UPDATEs whose content was unchanged (embed unfurls): the ones a
     /// deduplicating client may drop. Real edits are not listed.
     pub redundant_update_seqs: Vec<u64>,
+    /// Sequences of the dispatches a `truncated` fault cut short on the wire (the session
+    /// still counts them as sent, and a resume from before one replays it whole).
+    #[serde(default)]
+    pub truncated_seqs: Vec<u64>,
     /// Why the session ended, if it did: `invalid_session`, `client_close_1000`, `close_4009`,
     /// `token_reset`, `expired`, `superseded`.
     pub ended: Option<String>,
@@ -85,11 +89,18 @@ pub struct SessionLedger {
 
 impl SessionLedger {
     /// The sequences a forwarding client must deliver: every dispatch of the session but the
-    /// redundant MESSAGE_UPDATEs (which a deduplicating client may drop).
+    /// redundant MESSAGE_UPDATEs (which a deduplicating client may drop) and the ones a
+    /// `truncated` fault cut short (no bot could read them; one arrives whole only if the client
+    /// resumed from before it).
     pub fn expected_seqs(&self) -> BTreeSet<u64> {
-        let redundant: BTreeSet<u64> = self.redundant_update_seqs.iter().copied().collect();
+        let left_out: BTreeSet<u64> = self
+            .redundant_update_seqs
+            .iter()
+            .chain(&self.truncated_seqs)
+            .copied()
+            .collect();
         (self.first_seq..=self.last_seq)
-            .filter(|seq| !redundant.contains(seq))
+            .filter(|seq| !left_out.contains(seq))
             .collect()
     }
 
@@ -266,6 +277,7 @@ pub(crate) struct SessionDelta {
     pub frames_sent: u64,
     pub by_type: Vec<(&'static str, u64)>,
     pub redundant_update_seqs: Vec<u64>,
+    pub truncated_seqs: Vec<u64>,
 }
 
 impl SessionDelta {
@@ -295,6 +307,7 @@ impl SessionDelta {
         session
             .redundant_update_seqs
             .append(&mut self.redundant_update_seqs);
+        session.truncated_seqs.append(&mut self.truncated_seqs);
         self.new_dispatches = 0;
         self.frames_sent = 0;
     }

@@ -44,6 +44,11 @@ pub enum Fault {
     Stall,
     /// A frame that does not decode (bad compressed data, or invalid JSON).
     Corrupt,
+    /// The next dispatch (not a MESSAGE_UPDATE) is cut short inside `d`, then compressed as
+    /// usual: it decodes, its
+    /// head reads fine, and the rest is not JSON (a broken gateway's payload). Its sequence is
+    /// listed in [`crate::ledger::SessionLedger::truncated_seqs`].
+    Truncated,
     /// The server asks for a heartbeat (op 1).
     ServerHeartbeat,
 }
@@ -60,6 +65,7 @@ impl Fault {
             Fault::Zombie => "zombie".into(),
             Fault::Stall => "stall".into(),
             Fault::Corrupt => "corrupt".into(),
+            Fault::Truncated => "truncated".into(),
             Fault::ServerHeartbeat => "server_heartbeat".into(),
         }
     }
@@ -74,6 +80,7 @@ impl Fault {
             "zombie" => Fault::Zombie,
             "stall" => Fault::Stall,
             "corrupt" => Fault::Corrupt,
+            "truncated" => Fault::Truncated,
             "server_heartbeat" => Fault::ServerHeartbeat,
             other => Fault::Close(other.strip_prefix("close_")?.parse().ok()?),
         })
@@ -463,7 +470,10 @@ impl Session {
 
     /// Moves the counters accumulated since the last flush into the ledger.
     pub fn flush_ledger(&mut self, ledger: &LedgerWriter) {
-        if self.delta.is_empty() && self.delta.redundant_update_seqs.is_empty() {
+        if self.delta.is_empty()
+            && self.delta.redundant_update_seqs.is_empty()
+            && self.delta.truncated_seqs.is_empty()
+        {
             return;
         }
         let (shard, index) = (self.shard, self.ledger_index);
