@@ -104,10 +104,14 @@ impl RequestError {
 pub fn read_request(stream: &mut impl Read) -> Result<Request, RequestError> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
+    // Where the search for the blank line goes on: each byte is looked at about once, however
+    // small the pieces a client sends.
+    let mut searched = 0;
     let head_bytes = loop {
-        if let Some(end) = find_head_end(&buffer) {
+        if let Some(end) = find_head_end(&buffer, searched) {
             break end;
         }
+        searched = buffer.len().saturating_sub(3);
         if buffer.len() > HEAD_BYTES_MAX {
             return Err(RequestError::HeadTooLarge);
         }
@@ -133,20 +137,29 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, RequestError> {
     let target = parsed.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (path, query) = (path.to_owned(), query.to_owned());
-    let mut content_length: usize = 0;
+    let mut content_length: Option<usize> = None;
     let mut authorization = None;
     for header in parsed.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
-            content_length = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
+            // Digits only (RFC 9110 §8.6: no sign, no spaces inside); repeats must agree.
+            let value = header.value.trim_ascii();
+            let length = (!value.is_empty() && value.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(value).ok()?.parse::<usize>().ok())
+                .flatten()
                 .ok_or_else(|| RequestError::Malformed("invalid Content-Length".into()))?;
+            if content_length.is_some_and(|earlier| earlier != length) {
+                return Err(RequestError::Malformed(
+                    "conflicting Content-Length headers".into(),
+                ));
+            }
+            content_length = Some(length);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(RequestError::Chunked);
         } else if header.name.eq_ignore_ascii_case("authorization") {
             authorization = Some(header.value.to_vec());
         }
     }
+    let content_length = content_length.unwrap_or(0);
     if content_length > BODY_BYTES_MAX {
         return Err(RequestError::BodyTooLarge);
     }
@@ -189,11 +202,13 @@ pub fn write_response(stream: &mut TcpStream, response: &Response) -> io::Result
     stream.flush()
 }
 
-fn find_head_end(buffer: &[u8]) -> Option<usize> {
+/// The length of the head (through its blank line), searching from `from`.
+fn find_head_end(buffer: &[u8], from: usize) -> Option<usize> {
     buffer
+        .get(from..)?
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
-        .map(|at| at + 4)
+        .map(|at| from + at + 4)
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -239,6 +254,36 @@ mod tests {
         assert_eq!(request.body, b"hello");
     }
 
+    /// A reader that hands out one byte per read, as a client sending tiny segments does.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            out[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_parses() {
+        let bytes = b"POST /commands?shard_id=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        let request = read_request(&mut Trickle(bytes)).unwrap();
+        assert_eq!(
+            (request.path.as_str(), request.body.as_slice()),
+            ("/commands", &b"{}"[..])
+        );
+        // A blank line split across reads at every offset is still found.
+        for at in 0..bytes.len() {
+            let (first, second) = bytes.split_at(at);
+            let mut reader = first.chain(second);
+            assert_eq!(read_request(&mut reader).unwrap().body, b"{}");
+        }
+    }
+
     #[test]
     fn hostile_requests_are_refused_with_the_right_status() {
         let huge_head = [b"GET / HTTP/1.1\r\nX: ".to_vec(), vec![b'a'; 20_000]].concat();
@@ -257,6 +302,19 @@ mod tests {
             Some(400)
         );
         assert_eq!(status(b"\x00\x01 nonsense\r\n\r\n"), Some(400));
+        for length in ["+5", "-5", "5 5", "0x5", ""] {
+            let request = format!("POST / HTTP/1.1\r\nContent-Length: {length}\r\n\r\nhello");
+            assert_eq!(status(request.as_bytes()), Some(400), "{length:?}");
+        }
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 3\r\n\r\nhello"),
+            Some(400)
+        );
+        // Repeats that agree are one length.
+        let agreed =
+            read(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
+                .unwrap();
+        assert_eq!(agreed.body, b"hello");
         // Cut short: the client is gone, nothing to answer.
         assert_eq!(
             status(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"),
