@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use tungstenite::Message;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::control::{Board, CONTROL_POLL, CoreRequest, Nudge};
@@ -28,7 +27,7 @@ use crate::shard::{
     ConnectTarget, LossCause, PayloadAction, Session, Shard, ShardConfig, ShardEvent, ShardState,
     Token, TransmitKind,
 };
-use crate::transport::{Connection, GatewayUrl};
+use crate::transport::{Connection, GatewayUrl, Incoming};
 
 /// How long a full ring waits before trying again.
 const RING_RETRY: Duration = Duration::from_millis(1);
@@ -160,7 +159,7 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
 
 /// What woke the shard's loop.
 enum Wake {
-    Message(Result<Message, crate::transport::TransportError>),
+    Message(Result<Incoming, crate::transport::TransportError>),
     Timer,
     Nudge(Option<Nudge>),
 }
@@ -413,7 +412,7 @@ impl Driver {
             let wake = {
                 let read = async {
                     match reading {
-                        Some(conn) => Wake::Message(conn.read_message().await),
+                        Some(conn) => Wake::Message(conn.read_incoming().await),
                         None => future::pending().await,
                     }
                 };
@@ -497,9 +496,9 @@ impl Driver {
                     let mut handled = 0;
                     loop {
                         let frame = match &message {
-                            Message::Text(text) => Some(Frame::Text(text.as_bytes())),
-                            Message::Binary(bytes) => Some(Frame::Binary(bytes)),
-                            Message::Close(frame) => {
+                            Incoming::Text(text) => Some(Frame::Text(text)),
+                            Incoming::Binary(bytes) => Some(Frame::Binary(bytes)),
+                            Incoming::Close(frame) => {
                                 let code = frame.as_ref().map(|f| u16::from(f.code));
                                 let reason = frame
                                     .as_ref()
@@ -513,7 +512,7 @@ impl Driver {
                                 machine.close_received(now, code, &reason);
                                 break;
                             }
-                            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+                            Incoming::Ping(_) | Incoming::Pong(_) => None,
                         };
                         if let Some(frame) = frame {
                             let lost = handle_frame(

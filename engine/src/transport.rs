@@ -2,7 +2,8 @@
 //! sans-IO) → WebSocket.
 //!
 //! No async-tungstenite or futures-rustls in between. The read half of the WebSocket is
-//! `FrameReader`, sans-IO: plaintext in, messages out. The write half is tungstenite (framing,
+//! `FrameReader`, sans-IO: plaintext in, [`Incoming`] messages out, with a frame header parser of
+//! its own (each header parsed once, from a slice). The write half is tungstenite (framing,
 //! masking, the close state) writing into a buffer this module moves on to TLS. The upgrade
 //! request comes from tungstenite and its answer is checked here, so that the first frames, which
 //! may arrive with the answer, stay in a buffer this module owns.
@@ -16,12 +17,12 @@
 //! - rustls keeps its own deframer buffer (4 KiB, which rustls shrinks back when it is empty) and
 //!   session state (~5 KiB).
 //!
-//! Cancel safety: [`Connection::read_message`] may be dropped at any await (the driver races it
+//! Cancel safety: [`Connection::read_incoming`] may be dropped at any await (the driver races it
 //! with timers); everything received stays in the connection's buffers. Writes are queued in
 //! `pending` and written by [`Connection::flush`], which is never raced.
 
 use std::cell::RefCell;
-use std::io::{self, BufRead, Cursor, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::mem;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
@@ -36,8 +37,8 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::error::{CapacityError, ProtocolError, SubProtocolError};
 use tungstenite::handshake::client::generate_request;
 use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
@@ -52,6 +53,11 @@ const UPGRADE_RESPONSE_HEADERS_MAX: usize = 64;
 
 /// Largest control frame payload (RFC 6455 section 5.5).
 const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
+
+/// Largest payload a frame may declare, whatever the configured limits (none included): RFC 6455
+/// section 5.2 wants the top bit of a 64-bit length clear, and no allocation exceeds
+/// `isize::MAX`; less a header, so that header plus payload always fits in a `usize`.
+const FRAME_PAYLOAD_BYTES_MAX: usize = isize::MAX.unsigned_abs() - FrameHeader::BYTES_MAX;
 
 thread_local! {
     /// The socket read buffer of the core running on this thread, shared by all its connections.
@@ -151,6 +157,57 @@ pub enum TransportError {
     Eof,
 }
 
+/// A WebSocket message as the connection hands it up: a data message (its fragments joined) or a
+/// control message. Payloads are slices of what was received, without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A text message, its bytes NOT checked for UTF-8: that check cost about 8% of a core
+    /// forwarding 1.25 KB events, and nothing downstream needs it. The engine reads only a
+    /// payload's head, and the classifier checks the bytes it reads; the compressed modes
+    /// (binary frames) never checked UTF-8 either; and the sink checks every payload of a batch
+    /// the bot refuses, dropping (and counting) any that is not valid UTF-8 JSON (see
+    /// `sink::batch::invalid_records`). [`Connection::read_message`] checks it, for the callers
+    /// that want tungstenite's `Message`.
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong(Bytes),
+    /// The server's close, its reason checked for UTF-8 (rare, and logged as text).
+    Close(Option<CloseFrame>),
+}
+
+impl Incoming {
+    /// Payload bytes (for a close: code and reason).
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Incoming::Text(payload)
+            | Incoming::Binary(payload)
+            | Incoming::Ping(payload)
+            | Incoming::Pong(payload) => payload.len(),
+            Incoming::Close(frame) => frame.as_ref().map_or(0, |frame| 2 + frame.reason.len()),
+        }
+    }
+}
+
+/// tungstenite's `Message`, checked as tungstenite checks it: a text payload that is not UTF-8
+/// fails with [`tungstenite::Error::Utf8`].
+impl TryFrom<Incoming> for Message {
+    type Error = tungstenite::Error;
+
+    fn try_from(incoming: Incoming) -> Result<Message, tungstenite::Error> {
+        Ok(match incoming {
+            Incoming::Text(payload) => Message::Text(
+                Utf8Bytes::try_from(payload)
+                    .map_err(|error| tungstenite::Error::Utf8(error.to_string()))?,
+            ),
+            Incoming::Binary(payload) => Message::Binary(payload),
+            Incoming::Ping(payload) => Message::Ping(payload),
+            Incoming::Pong(payload) => Message::Pong(payload),
+            Incoming::Close(frame) => Message::Close(frame),
+        })
+    }
+}
+
 /// An open gateway WebSocket.
 pub struct Connection {
     tcp: TcpStream,
@@ -222,7 +279,7 @@ impl Connection {
     /// A ping is answered with a pong and a close with the same close (RFC 6455 sections 5.5.2
     /// and 5.5.1); both go out with the next [`flush`](Self::flush). After a close, reading
     /// fails with [`tungstenite::Error::ConnectionClosed`].
-    pub async fn read_message(&mut self) -> Result<Message, TransportError> {
+    pub async fn read_incoming(&mut self) -> Result<Incoming, TransportError> {
         loop {
             if let Some(message) = self.reader.next_message()? {
                 self.answer(&message)?;
@@ -232,10 +289,16 @@ impl Connection {
         }
     }
 
+    /// [`read_incoming`](Self::read_incoming) as tungstenite's `Message`, a text message checked
+    /// for UTF-8 (a [`tungstenite::Error::Utf8`] if it is not): for callers off the hot path.
+    pub async fn read_message(&mut self) -> Result<Message, TransportError> {
+        Ok(Message::try_from(self.read_incoming().await?)?)
+    }
+
     /// The next message among those already received, without reading the socket: `None`
-    /// when [`read_message`](Self::read_message) would have to wait. Answers pings and closes
-    /// as `read_message` does.
-    pub fn next_buffered(&mut self) -> Result<Option<Message>, TransportError> {
+    /// when [`read_incoming`](Self::read_incoming) would have to wait. Answers pings and closes
+    /// as `read_incoming` does.
+    pub fn next_buffered(&mut self) -> Result<Option<Incoming>, TransportError> {
         let message = self.reader.next_message()?;
         if let Some(message) = &message {
             self.answer(message)?;
@@ -338,14 +401,14 @@ impl Connection {
     }
 
     /// Queues what the protocol requires in answer to `message`.
-    fn answer(&mut self, message: &Message) -> Result<(), TransportError> {
+    fn answer(&mut self, message: &Incoming) -> Result<(), TransportError> {
         match message {
-            Message::Ping(payload) => match self.writer.write(Message::Pong(payload.clone())) {
+            Incoming::Ping(payload) => match self.writer.write(Message::Pong(payload.clone())) {
                 // After a close no pong is due.
                 Ok(()) | Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => {}
                 Err(error) => return Err(error.into()),
             },
-            Message::Close(frame) => {
+            Incoming::Close(frame) => {
                 // Echo the code (as tungstenite does); one it may not send becomes 1002.
                 let reply = frame.as_ref().map(|frame| {
                     if frame.code.is_allowed() {
@@ -397,10 +460,16 @@ impl Connection {
 /// arrived has its whole size reserved once its header is known, so each of its bytes is copied
 /// once. When everything received has been handed out, the reader holds no buffer: the
 /// allocation lives on only in the payloads the caller still holds.
+///
+/// Each frame's header is parsed and checked once, as soon as all of it has arrived (before
+/// anything is reserved for the frame), and kept until the frame is cut out.
 #[derive(Debug)]
 struct FrameReader {
     sealed: Bytes,
     unsealed: Vec<u8>,
+    /// The header of the frame at the front of `sealed` or `unsealed`, checked, with the frame's
+    /// bytes (header and payload); `None` until all of the header has arrived.
+    next_header: Option<(FrameHeader, usize)>,
     /// A message sent in several frames, joined (servers rarely fragment; Discord does not).
     fragments: Option<Fragments>,
     frame_bytes_max: usize,
@@ -419,6 +488,7 @@ impl FrameReader {
         FrameReader {
             sealed: Bytes::new(),
             unsealed: Vec::new(),
+            next_header: None,
             fragments: None,
             frame_bytes_max: config.max_frame_size.unwrap_or(usize::MAX),
             message_bytes_max: config.max_message_size.unwrap_or(usize::MAX),
@@ -442,6 +512,7 @@ impl FrameReader {
 
     /// Drops the first `bytes` of [`buffered`](Self::buffered).
     fn discard(&mut self, bytes: usize) {
+        debug_assert!(self.next_header.is_none(), "only before the first frame");
         self.unsealed.drain(..bytes);
         if self.unsealed.is_empty() {
             self.unsealed = Vec::new();
@@ -457,7 +528,7 @@ impl FrameReader {
     }
 
     /// The next complete message, or `None` until more plaintext arrives.
-    fn next_message(&mut self) -> Result<Option<Message>, tungstenite::Error> {
+    fn next_message(&mut self) -> Result<Option<Incoming>, tungstenite::Error> {
         if self.close_received {
             return Err(tungstenite::Error::ConnectionClosed);
         }
@@ -469,38 +540,49 @@ impl FrameReader {
         Ok(None)
     }
 
+    /// The next whole frame's header and payload, or `None` until more plaintext arrives.
     fn next_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, tungstenite::Error> {
+        let (header, frame_bytes) = match self.next_header {
+            Some(known) => known,
+            None => {
+                let received = if self.sealed.is_empty() {
+                    &self.unsealed[..]
+                } else {
+                    &self.sealed[..]
+                };
+                let Some(header) = FrameHeader::parse(received) else {
+                    if !self.sealed.is_empty() {
+                        self.unseal();
+                    }
+                    return Ok(None);
+                };
+                let payload_bytes = self.check_header(&header)?;
+                // No overflow: the check keeps the payload within FRAME_PAYLOAD_BYTES_MAX.
+                let known = (header, header.header_bytes + payload_bytes);
+                self.next_header = Some(known);
+                known
+            }
+        };
         if self.sealed.is_empty() {
-            let Some(frame_bytes) = self.frame_bytes(&self.unsealed)? else {
-                return Ok(None);
-            };
             if self.unsealed.len() < frame_bytes {
                 self.unsealed
                     .reserve_exact(frame_bytes - self.unsealed.len());
                 return Ok(None);
             }
             self.sealed = Bytes::from(mem::take(&mut self.unsealed));
+        } else if self.sealed.len() < frame_bytes {
+            self.unseal();
+            self.unsealed
+                .reserve_exact(frame_bytes - self.unsealed.len());
+            return Ok(None);
         }
-        let mut cursor = Cursor::new(&self.sealed[..]);
-        if let Some((header, length)) = FrameHeader::parse(&mut cursor)? {
-            let header_bytes =
-                usize::try_from(cursor.position()).expect("a frame header is at most 14 bytes");
-            let payload_bytes = self.check_frame_length(length)?;
-            if self.sealed.len() - header_bytes >= payload_bytes {
-                let mut frame = self.sealed.split_to(header_bytes + payload_bytes);
-                if self.sealed.is_empty() {
-                    // Let the allocation go with the last payload cut from it.
-                    self.sealed = Bytes::new();
-                }
-                let payload = frame.split_off(header_bytes);
-                return Ok(Some((header, payload)));
-            }
+        self.next_header = None;
+        let frame = self.sealed.split_to(frame_bytes);
+        if self.sealed.is_empty() {
+            // Let the allocation go with the last payload cut from it.
+            self.sealed = Bytes::new();
         }
-        self.unseal();
-        let frame_bytes = self.frame_bytes(&self.unsealed)?.unwrap_or(0);
-        self.unsealed
-            .reserve_exact(frame_bytes.saturating_sub(self.unsealed.len()));
-        Ok(None)
+        Ok(Some((header, frame.slice(header.header_bytes..))))
     }
 
     /// Moves the rest of `sealed` (a partial frame) to the front of `unsealed`.
@@ -513,22 +595,40 @@ impl FrameReader {
         self.unsealed.extend_from_slice(&tail);
     }
 
-    /// Header plus payload bytes of the frame `received` starts with, once its header is there.
-    fn frame_bytes(&self, received: &[u8]) -> Result<Option<usize>, tungstenite::Error> {
-        let mut cursor = Cursor::new(received);
-        let Some((_, length)) = FrameHeader::parse(&mut cursor)? else {
-            return Ok(None);
-        };
-        let payload_bytes = self.check_frame_length(length)?;
-        let header_bytes =
-            usize::try_from(cursor.position()).expect("a frame header is at most 14 bytes");
-        Ok(Some(header_bytes + payload_bytes))
+    /// Checks what a header says on its own, as tungstenite does for a client, before anything
+    /// is reserved for its frame; returns the payload bytes. (The rules that depend on the frames
+    /// before, continuation and message size, are [`on_frame`](Self::on_frame)'s.)
+    fn check_header(&self, header: &FrameHeader) -> Result<usize, tungstenite::Error> {
+        if let OpCode::Data(Data::Reserved(code)) | OpCode::Control(Control::Reserved(code)) =
+            header.opcode
+        {
+            return Err(ProtocolError::InvalidOpcode(code).into());
+        }
+        let payload_bytes = self.check_frame_length(header.payload_length)?;
+        if header.reserved_bits != 0 {
+            return Err(ProtocolError::NonZeroReservedBits.into());
+        }
+        if header.mask.is_some() {
+            return Err(ProtocolError::MaskedFrameFromServer.into());
+        }
+        if let OpCode::Control(_) = header.opcode {
+            if !header.is_final {
+                return Err(ProtocolError::FragmentedControlFrame.into());
+            }
+            if payload_bytes > CONTROL_PAYLOAD_BYTES_MAX {
+                return Err(ProtocolError::ControlFrameTooBig.into());
+            }
+        }
+        Ok(payload_bytes)
     }
 
-    /// Refuses a frame above `max_frame_size` or `max_message_size` before anything is reserved
-    /// for it.
+    /// Refuses a frame above `max_frame_size` or `max_message_size` (or
+    /// [`FRAME_PAYLOAD_BYTES_MAX`]) before anything is reserved for it.
     fn check_frame_length(&self, length: u64) -> Result<usize, tungstenite::Error> {
-        let max_size = self.frame_bytes_max.min(self.message_bytes_max);
+        let max_size = self
+            .frame_bytes_max
+            .min(self.message_bytes_max)
+            .min(FRAME_PAYLOAD_BYTES_MAX);
         match usize::try_from(length) {
             Ok(bytes) if bytes <= max_size => Ok(bytes),
             _ => Err(CapacityError::MessageTooLong {
@@ -539,42 +639,32 @@ impl FrameReader {
         }
     }
 
-    /// Checks one frame as RFC 6455 (and tungstenite) do for a client, and returns the message it
-    /// completes, if any.
+    /// Joins a checked frame to the message it belongs to (RFC 6455 section 5.4), and returns
+    /// the message it completes, if any.
     fn on_frame(
         &mut self,
         header: &FrameHeader,
         payload: Bytes,
-    ) -> Result<Option<Message>, tungstenite::Error> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
-            return Err(ProtocolError::NonZeroReservedBits.into());
-        }
-        if header.mask.is_some() {
-            return Err(ProtocolError::MaskedFrameFromServer.into());
-        }
+    ) -> Result<Option<Incoming>, tungstenite::Error> {
         match header.opcode {
             OpCode::Control(control) => {
-                if !header.is_final {
-                    return Err(ProtocolError::FragmentedControlFrame.into());
-                }
-                if payload.len() > CONTROL_PAYLOAD_BYTES_MAX {
-                    return Err(ProtocolError::ControlFrameTooBig.into());
-                }
                 let message = match control {
                     Control::Close => {
                         self.close_received = true;
-                        Message::Close(close_frame(payload)?)
+                        Incoming::Close(close_frame(payload)?)
                     }
-                    Control::Ping => Message::Ping(payload),
-                    Control::Pong => Message::Pong(payload),
+                    Control::Ping => Incoming::Ping(payload),
+                    Control::Pong => Incoming::Pong(payload),
+                    // Refused by check_header already.
                     Control::Reserved(code) => {
-                        return Err(ProtocolError::UnknownControlFrameType(code).into());
+                        return Err(ProtocolError::InvalidOpcode(code).into());
                     }
                 };
                 Ok(Some(message))
             }
             OpCode::Data(data) => match (data, self.fragments.as_mut()) {
-                (Data::Reserved(code), _) => Err(ProtocolError::UnknownDataFrameType(code).into()),
+                // Refused by check_header already.
+                (Data::Reserved(code), _) => Err(ProtocolError::InvalidOpcode(code).into()),
                 (Data::Continue, None) => Err(ProtocolError::UnexpectedContinueFrame.into()),
                 (Data::Text | Data::Binary, Some(_)) => {
                     Err(ProtocolError::ExpectedFragment(data).into())
@@ -594,12 +684,12 @@ impl FrameReader {
                     }
                     let Fragments { text, payload } =
                         self.fragments.take().expect("matched Some above");
-                    data_message(text, Bytes::from(payload)).map(Some)
+                    Ok(Some(data_message(text, Bytes::from(payload))))
                 }
                 (Data::Text | Data::Binary, None) => {
                     let text = data == Data::Text;
                     if header.is_final {
-                        return data_message(text, payload).map(Some);
+                        return Ok(Some(data_message(text, payload)));
                     }
                     self.fragments = Some(Fragments {
                         text,
@@ -612,13 +702,13 @@ impl FrameReader {
     }
 }
 
-fn data_message(text: bool, payload: Bytes) -> Result<Message, tungstenite::Error> {
-    if !text {
-        return Ok(Message::Binary(payload));
+/// A text message is handed up unchecked: see [`Incoming::Text`].
+fn data_message(text: bool, payload: Bytes) -> Incoming {
+    if text {
+        Incoming::Text(payload)
+    } else {
+        Incoming::Binary(payload)
     }
-    Utf8Bytes::try_from(payload)
-        .map(Message::Text)
-        .map_err(|error| tungstenite::Error::Utf8(error.to_string()))
 }
 
 fn close_frame(payload: Bytes) -> Result<Option<CloseFrame>, tungstenite::Error> {
@@ -634,6 +724,54 @@ fn close_frame(payload: Bytes) -> Result<Option<CloseFrame>, tungstenite::Error>
                 reason,
             }))
         }
+    }
+}
+
+/// A frame header as RFC 6455 section 5.2 lays it out, as read; what it may say is
+/// [`FrameReader::check_header`]'s business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FrameHeader {
+    is_final: bool,
+    /// RSV1, RSV2 and RSV3, in the low three bits.
+    reserved_bits: u8,
+    opcode: OpCode,
+    /// The masking key, if the MASK bit is set.
+    mask: Option<[u8; 4]>,
+    /// The payload length as sent (7, 16 or 64 bits).
+    payload_length: u64,
+    /// 2 to [`BYTES_MAX`](Self::BYTES_MAX).
+    header_bytes: usize,
+}
+
+impl FrameHeader {
+    /// The longest header: 2 bytes, a 64-bit length and a masking key.
+    const BYTES_MAX: usize = 14;
+
+    /// The header `received` starts with, or `None` until all of it has arrived. Reads at most
+    /// [`BYTES_MAX`](Self::BYTES_MAX) bytes; allocates nothing and never fails.
+    fn parse(received: &[u8]) -> Option<FrameHeader> {
+        let [first, second, rest @ ..] = received else {
+            return None;
+        };
+        let (payload_length, length_bytes) = match second & 0x7f {
+            126 => (u64::from(u16::from_be_bytes(*rest.first_chunk()?)), 2),
+            127 => (u64::from_be_bytes(*rest.first_chunk()?), 8),
+            length => (u64::from(length), 0),
+        };
+        let mask = if second & 0x80 == 0 {
+            None
+        } else {
+            Some(*rest.get(length_bytes..)?.first_chunk()?)
+        };
+        Some(FrameHeader {
+            is_final: first & 0x80 != 0,
+            reserved_bits: (first >> 4) & 0x07,
+            // Never panics: 0 to 15 are all opcodes, reserved ones included.
+            opcode: OpCode::from(first & 0x0f),
+            mask,
+            payload_length,
+            header_bytes: 2 + length_bytes + if mask.is_some() { 4 } else { 0 },
+        })
     }
 }
 
@@ -796,12 +934,22 @@ fn queue_plaintext(
 /// limits (low nibble: frame, high nibble: message, each `16 << n` bytes), byte 1 seeds the sizes
 /// of the pieces the rest arrives in. The plaintext pushed whole and pushed in pieces must give
 /// the same messages and the same first error, none over the limits, and after every piece the
-/// reader holds at most one partial frame, within the limits.
+/// reader holds at most one partial frame, within the limits. The header parser must read the
+/// first header of the plaintext, and each of its prefixes, as tungstenite's does.
 #[doc(hidden)]
 pub fn frame_reader_fuzz_entry(data: &[u8]) {
     let [limits, seed, stream @ ..] = data else {
         return;
     };
+    let head = &stream[..stream.len().min(FrameHeader::BYTES_MAX)];
+    for end in 0..=head.len() {
+        assert_eq!(
+            FrameHeader::parse(&head[..end]),
+            tungstenite_header(&head[..end]),
+            "{:02x?}",
+            &head[..end]
+        );
+    }
     let config = WebSocketConfig::default()
         .max_frame_size(Some(16 << (limits & 0x0f)))
         .max_message_size(Some(16 << (limits >> 4)));
@@ -810,14 +958,43 @@ pub fn frame_reader_fuzz_entry(data: &[u8]) {
     assert_eq!(whole, pieces, "the messages depend on how the bytes arrive");
 }
 
+/// The header `received` starts with, as tungstenite's parser reads it.
+fn tungstenite_header(received: &[u8]) -> Option<FrameHeader> {
+    let mut cursor = io::Cursor::new(received);
+    let (header, payload_length) =
+        match tungstenite::protocol::frame::FrameHeader::parse(&mut cursor) {
+            Ok(parsed) => parsed?,
+            // Its one refusal, a reserved opcode: ours reads that header (its check refuses it).
+            Err(tungstenite::Error::Protocol(ProtocolError::InvalidOpcode(_))) => {
+                return FrameHeader::parse(received).filter(|header| {
+                    matches!(
+                        header.opcode,
+                        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_))
+                    )
+                });
+            }
+            Err(error) => panic!("tungstenite's parser failed: {error}"),
+        };
+    Some(FrameHeader {
+        is_final: header.is_final,
+        reserved_bits: u8::from(header.rsv1) << 2
+            | u8::from(header.rsv2) << 1
+            | u8::from(header.rsv3),
+        opcode: header.opcode,
+        mask: header.mask,
+        payload_length,
+        header_bytes: usize::try_from(cursor.position()).expect("at most 14 bytes"),
+    })
+}
+
 /// Messages and the first error (as text) of `stream` pushed in pieces of 1 to 256 bytes drawn
 /// from `seed` (0: all at once), each piece read out to the end before the next.
 fn read_in_pieces(
     config: &WebSocketConfig,
     mut stream: &[u8],
     seed: u8,
-) -> (Vec<Message>, Option<String>) {
-    const HEADER_BYTES_MAX: usize = 14;
+) -> (Vec<Incoming>, Option<String>) {
+    const HEADER_BYTES_MAX: usize = FrameHeader::BYTES_MAX;
     let mut reader = FrameReader::new(config);
     let frame_max = reader.frame_bytes_max.min(reader.message_bytes_max);
     let mut messages = Vec::new();
@@ -835,7 +1012,10 @@ fn read_in_pieces(
         loop {
             match reader.next_message() {
                 Ok(Some(message)) => {
-                    assert!(message.len() <= reader.message_bytes_max, "{message:?}");
+                    assert!(
+                        message.payload_bytes() <= reader.message_bytes_max,
+                        "{message:?}"
+                    );
                     messages.push(message);
                 }
                 Ok(None) => break,
@@ -920,8 +1100,12 @@ mod tests {
         FrameReader::new(&WebSocketConfig::default().max_message_size(Some(1 << 20)))
     }
 
+    fn text(text: &str) -> Incoming {
+        Incoming::Text(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
     /// Pushes `stream` in pieces of `piece` bytes, reading every message as soon as it is whole.
-    fn read_all(stream: &[u8], piece: usize) -> (Vec<Message>, FrameReader) {
+    fn read_all(stream: &[u8], piece: usize) -> (Vec<Incoming>, FrameReader) {
         let mut reader = reader();
         let mut messages = Vec::new();
         for chunk in stream.chunks(piece) {
@@ -951,11 +1135,11 @@ mod tests {
         stream.extend(text_frame("men", Data::Continue, false));
         stream.extend(text_frame("ted", Data::Continue, true));
         let expected = vec![
-            Message::text(r#"{"op":10}"#),
-            Message::Ping(Bytes::from_static(b"p")),
-            Message::Binary(Bytes::from(vec![7u8; 300])),
-            Message::text(big.as_str()),
-            Message::text("fragmented"),
+            text(r#"{"op":10}"#),
+            Incoming::Ping(Bytes::from_static(b"p")),
+            Incoming::Binary(Bytes::from(vec![7u8; 300])),
+            text(&big),
+            text("fragmented"),
         ];
         for piece in [1, 2, 3, 7, 100, 4096, 16 * 1024, stream.len()] {
             let (messages, reader) = read_all(&stream, piece);
@@ -978,7 +1162,7 @@ mod tests {
         assert_eq!(reader.next_message().unwrap(), None);
         // The payload still holds the allocation; the reader does not.
         assert_eq!(reader.retained_bytes(), 0);
-        assert_eq!(message.len(), big.len());
+        assert_eq!(message.payload_bytes(), big.len());
         // A partial frame is kept, and only it.
         let small = text_frame("{}", Data::Text, true);
         reader.push(&small[..3]);
@@ -995,7 +1179,7 @@ mod tests {
         stream.extend(text_frame("{}", Data::Text, true));
         let mut reader = reader();
         reader.push(&stream);
-        let Some(Message::Close(Some(frame))) = reader.next_message().unwrap() else {
+        let Some(Incoming::Close(Some(frame))) = reader.next_message().unwrap() else {
             panic!("expected a close");
         };
         assert_eq!(
@@ -1050,11 +1234,222 @@ mod tests {
             ProtocolError::FragmentedControlFrame
         );
         assert_eq!(protocol(&[0x83, 0]), ProtocolError::InvalidOpcode(3));
+        assert_eq!(protocol(&[0x8b, 0]), ProtocolError::InvalidOpcode(11));
         assert_eq!(protocol(&[0x88, 1, 3]), ProtocolError::InvalidCloseSequence);
         assert!(matches!(
-            first_error(&[0x81, 2, 0xff, 0xfe]),
+            first_error(&[0x88, 3, 0x0f, 0xa0, 0xff]),
             tungstenite::Error::Utf8(_)
         ));
+        let mut ping_too_big = server_frame(Frame::ping(Bytes::from(vec![0; 126])));
+        assert_eq!(protocol(&ping_too_big), ProtocolError::ControlFrameTooBig);
+        // A 125-byte ping sent with a 16-bit length is still within the limit.
+        ping_too_big.splice(1..4, [126, 0, 125]);
+        ping_too_big.truncate(4 + 125);
+        let mut reader = reader();
+        reader.push(&ping_too_big);
+        assert_eq!(
+            reader.next_message().unwrap(),
+            Some(Incoming::Ping(Bytes::from(vec![0; 125])))
+        );
+    }
+
+    /// Each refusal that a header alone decides comes with the header, before its payload
+    /// arrives and before anything is reserved for it.
+    #[test]
+    fn a_header_is_refused_before_its_payload_arrives() {
+        let refused = |header: &[u8]| {
+            let mut reader = reader();
+            reader.push(header);
+            let error = reader.next_message().unwrap_err();
+            assert!(reader.retained_bytes() < 64, "{header:02x?}");
+            error
+        };
+        let protocol = |header: &[u8]| match refused(header) {
+            tungstenite::Error::Protocol(error) => error,
+            other => panic!("{other:?}"),
+        };
+        // A masked 64 KiB text frame: refused once its masking key is there.
+        assert_eq!(
+            protocol(&[0x81, 0xfe, 0xff, 0xff, 1, 2, 3, 4]),
+            ProtocolError::MaskedFrameFromServer
+        );
+        for first in [0xc1, 0xa1, 0x91] {
+            assert_eq!(
+                protocol(&[first, 126, 0x10, 0]),
+                ProtocolError::NonZeroReservedBits
+            );
+        }
+        assert_eq!(
+            protocol(&[0x09, 126, 0, 100]),
+            ProtocolError::FragmentedControlFrame
+        );
+        assert_eq!(
+            protocol(&[0x8a, 126, 0x10, 0]),
+            ProtocolError::ControlFrameTooBig
+        );
+        assert_eq!(
+            protocol(&[0x87, 126, 0x10, 0]),
+            ProtocolError::InvalidOpcode(7)
+        );
+        // The length is checked first, as tungstenite did: a frame over the limits is refused
+        // as such whatever else is wrong with it.
+        assert!(matches!(
+            refused(&[0xf1, 0xff, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4]),
+            tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. })
+        ));
+    }
+
+    /// A length with its top bit set (RFC 6455 section 5.2), or one no allocation could hold, is
+    /// refused even without configured limits.
+    #[test]
+    fn a_length_beyond_any_allocation_is_refused_without_limits() {
+        let config = WebSocketConfig::default()
+            .max_frame_size(None)
+            .max_message_size(None);
+        let just_over = u64::try_from(FRAME_PAYLOAD_BYTES_MAX).unwrap() + 1;
+        for length in [u64::MAX, 1 << 63, just_over] {
+            let mut reader = FrameReader::new(&config);
+            reader.push(&[0x82, 127]);
+            reader.push(&length.to_be_bytes());
+            match reader.next_message() {
+                Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong {
+                    size,
+                    max_size,
+                })) => assert_eq!(
+                    (size, max_size),
+                    (usize::try_from(length).unwrap(), FRAME_PAYLOAD_BYTES_MAX)
+                ),
+                other => panic!("{length}: {other:?}"),
+            }
+            assert!(reader.retained_bytes() < 64);
+        }
+    }
+
+    /// Text is handed up unchecked (see `Incoming::Text`); the conversion `read_message` makes
+    /// checks it.
+    #[test]
+    fn a_text_message_that_is_not_utf8_is_handed_up() {
+        let mut stream = vec![0x81, 2, 0xff, 0xfe];
+        stream.extend(text_frame("{", Data::Text, false));
+        stream.extend([0x80, 1, 0xc3]);
+        stream.extend(text_frame("{}", Data::Text, true));
+        let (messages, _) = read_all(&stream, 1);
+        assert_eq!(
+            messages,
+            [
+                Incoming::Text(Bytes::from_static(b"\xff\xfe")),
+                Incoming::Text(Bytes::from_static(b"{\xc3")),
+                text("{}"),
+            ]
+        );
+        assert!(matches!(
+            Message::try_from(messages[0].clone()),
+            Err(tungstenite::Error::Utf8(_))
+        ));
+        assert_eq!(
+            Message::try_from(messages[2].clone()).unwrap(),
+            Message::text("{}")
+        );
+        assert_eq!(
+            Message::try_from(Incoming::Binary(Bytes::from_static(b"\xff"))).unwrap(),
+            Message::Binary(Bytes::from_static(b"\xff"))
+        );
+    }
+
+    /// Every length encoding, masked and not, each header read as tungstenite writes it, and
+    /// every prefix of it incomplete.
+    #[test]
+    fn headers_parse_in_every_length_encoding() {
+        let lengths: [(u64, usize); 9] = [
+            (0, 2),
+            (1, 2),
+            (125, 2),
+            (126, 4),
+            (127, 4),
+            (0xffff, 4),
+            (0x1_0000, 10),
+            (1 << 40, 10),
+            (u64::MAX, 10),
+        ];
+        let opcodes = [
+            OpCode::Data(Data::Continue),
+            OpCode::Data(Data::Text),
+            OpCode::Data(Data::Binary),
+            OpCode::Data(Data::Reserved(3)),
+            OpCode::Control(Control::Close),
+            OpCode::Control(Control::Ping),
+            OpCode::Control(Control::Pong),
+            OpCode::Control(Control::Reserved(15)),
+        ];
+        for (length, unmasked_bytes) in lengths {
+            for opcode in opcodes {
+                for mask in [None, Some([1, 2, 0xfe, 0xff])] {
+                    for (is_final, rsv1, rsv2, rsv3) in [
+                        (true, false, false, false),
+                        (false, true, false, true),
+                        (true, false, true, false),
+                    ] {
+                        let written = tungstenite::protocol::frame::FrameHeader {
+                            is_final,
+                            rsv1,
+                            rsv2,
+                            rsv3,
+                            opcode,
+                            mask,
+                        };
+                        let mut bytes = Vec::new();
+                        written.format(length, &mut bytes).unwrap();
+                        let header_bytes = unmasked_bytes + if mask.is_some() { 4 } else { 0 };
+                        assert_eq!(bytes.len(), header_bytes);
+                        let expected = FrameHeader {
+                            is_final,
+                            reserved_bits: u8::from(rsv1) << 2
+                                | u8::from(rsv2) << 1
+                                | u8::from(rsv3),
+                            opcode,
+                            mask,
+                            payload_length: length,
+                            header_bytes,
+                        };
+                        for end in 0..bytes.len() {
+                            assert_eq!(FrameHeader::parse(&bytes[..end]), None, "{bytes:02x?}");
+                        }
+                        assert_eq!(FrameHeader::parse(&bytes), Some(expected));
+                        // What follows the header is not the header's.
+                        bytes.extend([0xff; 20]);
+                        assert_eq!(FrameHeader::parse(&bytes), Some(expected));
+                        assert_eq!(tungstenite_header(&bytes), Some(expected));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A frame that arrives in many receives has its header parsed once, and a header split
+    /// over receives is read whole.
+    #[test]
+    fn a_header_is_kept_until_its_frame_is_whole() {
+        let payload = "z".repeat(70_000);
+        let frame = text_frame(&payload, Data::Text, true);
+        let mut reader = reader();
+        for byte in &frame[..9] {
+            reader.push(&[*byte]);
+            assert_eq!(reader.next_message().unwrap(), None);
+            assert!(reader.next_header.is_none());
+        }
+        reader.push(&frame[9..10]);
+        assert_eq!(reader.next_message().unwrap(), None);
+        let known = reader.next_header.expect("the header is whole");
+        assert_eq!(known.1, frame.len());
+        // Overwriting the header bytes now would go unnoticed: it is not parsed again.
+        reader.unsealed[1] = 0;
+        reader.push(&frame[10..frame.len() - 1]);
+        assert_eq!(reader.next_message().unwrap(), None);
+        assert_eq!(reader.next_header, Some(known));
+        reader.push(&frame[frame.len() - 1..]);
+        assert_eq!(reader.next_message().unwrap(), Some(text(&payload)));
+        assert_eq!(reader.next_header, None);
+        assert_eq!(reader.retained_bytes(), 0);
     }
 
     #[test]
@@ -1118,10 +1513,7 @@ mod tests {
             .unwrap();
         assert_eq!(answer_bytes, ANSWER.len());
         reader.discard(answer_bytes);
-        assert_eq!(
-            reader.next_message().unwrap(),
-            Some(Message::text(r#"{"op":10}"#))
-        );
+        assert_eq!(reader.next_message().unwrap(), Some(text(r#"{"op":10}"#)));
 
         let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
         assert!(matches!(
