@@ -46,7 +46,7 @@ fn record(seq: u64) -> Record {
         shard_id: 0,
         seq,
         kind: RecordKind::Dispatch,
-        payload,
+        payload: payload.into(),
     }
 }
 

@@ -48,7 +48,7 @@ fn record(seq: u64) -> Record {
         shard_id: (seq % 16) as u32,
         seq,
         kind: RecordKind::Dispatch,
-        payload,
+        payload: payload.into(),
     }
 }
 

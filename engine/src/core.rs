@@ -22,7 +22,7 @@ use crate::control::{Board, CONTROL_POLL, CoreRequest, Nudge};
 use crate::decode::{self, Compression, Decoder, DecoderLimits, Frame};
 use crate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
 use crate::limiter::IdentifyLimiter;
-use crate::record::{Notice, Record, RecordKind};
+use crate::record::{Notice, PayloadArena, Record, RecordKind};
 use crate::shard::{
     ConnectTarget, LossCause, PayloadAction, Session, Shard, ShardConfig, ShardEvent, ShardState,
     Token, TransmitKind,
@@ -102,6 +102,7 @@ pub struct CorePlan {
 /// core's executor.
 pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
     let filter = Rc::new(RefCell::new(Filter::new(plan.filter.clone())));
+    let arena = Rc::new(RefCell::new(PayloadArena::default()));
     let board = Rc::new(Board::new(plan.index, &plan.shard_ids));
     let mut nudges: Vec<LocalSender<Nudge>> = Vec::new();
     let mut tasks = Vec::new();
@@ -112,6 +113,7 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
             shared: Arc::clone(&shared),
             shard_id,
             filter: Rc::clone(&filter),
+            arena: Rc::clone(&arena),
             ring: plan.ring.clone(),
             stats: Arc::clone(&plan.stats),
             nudges: nudge_rx,
@@ -168,6 +170,8 @@ struct Driver {
     shared: Arc<Shared>,
     shard_id: u32,
     filter: Rc<RefCell<Filter>>,
+    /// The core's payload copies, shared by its shards.
+    arena: Rc<RefCell<PayloadArena>>,
     ring: Sender<Record>,
     stats: Arc<CoreStats>,
     nudges: LocalReceiver<Nudge>,
@@ -183,6 +187,7 @@ impl Driver {
             shared,
             shard_id,
             filter,
+            arena,
             ring,
             stats,
             nudges,
@@ -523,6 +528,7 @@ impl Driver {
                                 &mut machine,
                                 &filter,
                                 &mut shard_filter,
+                                &arena,
                                 &stats,
                                 &mut outbox,
                             );
@@ -631,6 +637,7 @@ fn handle_frame(
     machine: &mut Shard,
     filter: &RefCell<Filter>,
     shard_filter: &mut ShardFilter,
+    arena: &RefCell<PayloadArena>,
     stats: &CoreStats,
     outbox: &mut VecDeque<Record>,
 ) -> bool {
@@ -663,7 +670,7 @@ fn handle_frame(
                 shard_id,
                 seq: 0,
                 kind: RecordKind::Session,
-                payload,
+                payload: payload.into(),
             }),
             Err(error) => tracing::error!(shard = shard_id, %error, "cannot note the session"),
         }
@@ -676,7 +683,7 @@ fn handle_frame(
             shard_id,
             seq: head.s.unwrap_or(0),
             kind,
-            payload: payload.to_vec(),
+            payload: arena.borrow_mut().copy(payload),
         }),
         Verdict::Drop(reason) => {
             let counter = match reason {
@@ -706,7 +713,7 @@ fn queue_notice(
         shard_id,
         seq: 0,
         kind: RecordKind::Notice(notice),
-        payload,
+        payload: payload.into(),
     });
     // Every session's SHARD_READY reaches the bot; the counts (startup progress, and the one
     // ALL_SHARDS_READY) take each shard once.
@@ -719,7 +726,7 @@ fn queue_notice(
                 shard_id,
                 seq: 0,
                 kind: RecordKind::Notice(Notice::AllShardsReady),
-                payload,
+                payload: payload.into(),
             });
         }
     }

@@ -16,7 +16,8 @@ fn batch(shard_id: u32, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
             seq,
             kind: RecordKind::Dispatch,
             payload: format!(r#"{{"t":"MESSAGE_CREATE","s":{seq},"op":0,"d":{{"content":"x"}}}}"#)
-                .into_bytes(),
+                .into_bytes()
+                .into(),
         })
         .collect();
     let mut body = Vec::new();

@@ -97,19 +97,19 @@ mod tests {
                 shard_id: 3,
                 seq: 7,
                 kind: RecordKind::Dispatch,
-                payload: dispatch.to_vec(),
+                payload: dispatch.to_vec().into(),
             },
             Record {
                 shard_id: 4,
                 seq: 1,
                 kind: RecordKind::GuildCreate(GuildCreateClass::Join),
-                payload: br#"{"t":"GUILD_CREATE","s":1,"op":0,"d":{}}"#.to_vec(),
+                payload: br#"{"t":"GUILD_CREATE","s":1,"op":0,"d":{}}"#.to_vec().into(),
             },
             Record {
                 shard_id: 4,
                 seq: 0,
                 kind: RecordKind::Notice(Notice::ShardReady),
-                payload: br#"{"guilds":2}"#.to_vec(),
+                payload: br#"{"guilds":2}"#.to_vec().into(),
             },
         ];
         let mut body = Vec::new();
@@ -130,7 +130,7 @@ mod tests {
             shard_id: 1,
             seq,
             kind: RecordKind::Dispatch,
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
         };
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         let records = vec![

@@ -117,7 +117,7 @@ fn records(data: &[u8]) -> Vec<Record> {
             shard_id: u32::from_le_bytes(shard_id),
             seq: 0,
             kind: KINDS[usize::from(kind) % KINDS.len()],
-            payload: json_object(payload),
+            payload: json_object(payload).into(),
         });
     }
     records

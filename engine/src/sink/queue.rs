@@ -348,7 +348,9 @@ mod tests {
             shard_id,
             seq,
             kind: RecordKind::Dispatch,
-            payload: format!(r#"{{"t":"X","s":{seq},"op":0,"d":{{}}}}"#).into_bytes(),
+            payload: format!(r#"{{"t":"X","s":{seq},"op":0,"d":{{}}}}"#)
+                .into_bytes()
+                .into(),
         }
     }
 
@@ -362,7 +364,8 @@ mod tests {
                 resume_url: Some("wss://resume.example".into()),
                 sequence: 1,
             })
-            .unwrap(),
+            .unwrap()
+            .into(),
         }
     }
 

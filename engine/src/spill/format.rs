@@ -149,7 +149,7 @@ pub(super) fn decode_body(header: Header, body: &[u8]) -> Result<Record, Fault> 
         shard_id: le_u32(body, 0),
         seq: le_u64(body, 4),
         kind,
-        payload: body[BODY_FIXED_BYTES..].to_vec(),
+        payload: bytes::Bytes::copy_from_slice(&body[BODY_FIXED_BYTES..]),
     })
 }
 
@@ -256,7 +256,7 @@ mod tests {
             shard_id: 7,
             seq: 0x0102_0304_0506_0708,
             kind,
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
         }
     }
 

@@ -75,7 +75,8 @@ fn record(n: u64) -> Record {
             r#"{{"t":"MESSAGE_CREATE","s":{n},"op":0,"d":{{"content":"{}"}}}}"#,
             "x".repeat((n % 40) as usize)
         )
-        .into_bytes(),
+        .into_bytes()
+        .into(),
     }
 }
 
@@ -87,7 +88,7 @@ fn record_100(n: u64) -> Record {
         shard_id: 1,
         seq: n,
         kind: RecordKind::Dispatch,
-        payload,
+        payload: payload.into(),
     }
 }
 
@@ -705,7 +706,7 @@ fn limits_are_checked() {
     config.segment_bytes = 100;
     let (mut spill, _) = open(&config);
     let mut too_big = record_100(0);
-    too_big.payload.push(b' ');
+    too_big.payload = [&too_big.payload[..], b" "].concat().into();
     assert!(matches!(
         spill.append(&too_big),
         Err(SpillError::RecordTooLarge {
