@@ -10,7 +10,9 @@
 //!
 //! - **Only the head is read.** The rest of the payload (`d`) is neither parsed nor validated
 //!   here: the bot parses it. The fallback checks UTF-8 over the whole payload (sonic-rs does);
-//!   the fast path checks only what it reads. Text frames were UTF-8-checked by the WebSocket layer.
+//!   the fast path checks only what it reads. Nothing before checks UTF-8 either (the transport
+//!   hands text frames up as bytes): a payload that is not UTF-8 or not JSON reaches the sink
+//!   as it came, and the sink leaves it out, counted, when the bot refuses its batch.
 //! - **`op` above 255 is 255** (an unknown opcode, as [`PayloadHead::op`] documents); a negative,
 //!   fractional, exponent or non-number `op` is an error.
 //! - **`t` with an escape sequence is rejected** ([`ClassifyError::EscapedEventName`]): event names
