@@ -571,6 +571,9 @@ impl Driver {
     }
 }
 
+/// Why [`open`] gave up on a connect when the process began to stop.
+const STOPPED_WHILE_CONNECTING: &str = "stopping";
+
 /// Opens the connection a [`ShardEvent::Connect`] asked for and tells the machine how it went.
 /// The whole connect (TCP, TLS, upgrade) is bounded: a server that accepts and then says
 /// nothing must not hold the shard.
@@ -607,7 +610,16 @@ async fn open(
                     shared.connect_timeout.as_millis()
                 ))
             };
-            future::or(connect, deadline).await
+            // A stop does not wait for a connect to finish: its session (if any) is kept for
+            // the next run either way, and a slow server could hold the stop for the whole
+            // connect timeout.
+            let stop = async {
+                while !shared.stop.load(Ordering::Acquire) {
+                    glommio::timer::sleep(CONTROL_POLL).await;
+                }
+                Err(STOPPED_WHILE_CONNECTING.to_owned())
+            };
+            future::or(connect, future::or(deadline, stop)).await
         }
         Err(error) => Err(error.to_string()),
     };
@@ -618,7 +630,9 @@ async fn open(
             Some(opened)
         }
         Err(reason) => {
-            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            if reason != STOPPED_WHILE_CONNECTING {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::debug!(shard = machine.shard_id(), %reason, "connect failed");
             machine.connect_failed(Instant::now(), &reason);
             None

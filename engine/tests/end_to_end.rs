@@ -484,7 +484,8 @@ fn identify_budget_is_never_overspent() {
 }
 
 /// A gateway that accepts TCP and then never answers the upgrade must not hold a shard: the
-/// whole connect (TCP, TLS, upgrade) has a deadline, after which the shard tries again.
+/// whole connect (TCP, TLS, upgrade) has a deadline, after which the shard tries again; and
+/// it must not hold a stop either.
 #[test]
 fn a_server_that_accepts_and_says_nothing_costs_one_connect_timeout() {
     use std::sync::Arc;
@@ -532,8 +533,15 @@ fn a_server_that_accepts_and_says_nothing_costs_one_connect_timeout() {
         Duration::from_secs(30),
         || accepted.load(Ordering::SeqCst) >= 2,
     );
+    // A stop in the middle of that connect does not wait out its 10 s deadline.
+    let stop_asked = Instant::now();
     let (status, _) = engine.terminate();
     assert!(status.success(), "{status:?}");
+    let stop_took = stop_asked.elapsed();
+    assert!(
+        stop_took < Duration::from_secs(5),
+        "the stop waited for the connect: {stop_took:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
