@@ -15,9 +15,9 @@
 //! `/bytes` variants report decompressed bytes per second, `/events` events per second (ns per
 //! event = 1e9 / rate). Times are the bench thread's CPU time (`/proc/thread-self/schedstat`;
 //! wall time where that file is missing), so that other work on a shared machine does not
-//! inflate them (DESIGN.md: measure CPU, not wall time). Also `classify` alone, and the field helpers the filter stage calls:
-//! `fields/message-id-and-content-hash` over the stream's MESSAGE_CREATE/UPDATE events,
-//! `fields/guild-id` over all of them.
+//! inflate them (DESIGN.md: measure CPU, not wall time). Also `classify` alone, and the field
+//! helpers the filter stage calls: `fields/message-id-and-content-hash` over the stream's
+//! MESSAGE_CREATE/UPDATE events, `fields/guild-id` over all of them.
 //!
 //! Run: `cargo bench -p shardgate-bench --bench decode` (add `-- --quick` for a short run).
 
@@ -32,6 +32,7 @@ use shardgate::decode::{
     Compression, Decoder, DecoderLimits, Frame, classify, guild_id, message_id_and_content_hash,
 };
 use shardgate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
+use shardgate::record::PayloadArena;
 
 const SEED: u64 = 0x5EED;
 /// Guilds of the benchmarked shard: a busy shard of a mid-size bot.
@@ -120,6 +121,7 @@ enum Work {
 struct StageFilter {
     filter: Filter,
     shard: ShardFilter,
+    arena: PayloadArena,
     now: Instant,
 }
 
@@ -158,8 +160,9 @@ fn replay(
                     .filter
                     .dispatch(&mut stage.shard, &head, payload, stage.now);
                 if let Verdict::Forward(_) = verdict {
-                    // The record owns its payload (it moves through the ring).
-                    let owned = payload.to_vec();
+                    // The record's payload, cut from the core's arena as the core does (it
+                    // moves through the ring).
+                    let owned = stage.arena.copy(payload);
                     checksum += owned.len() as u64;
                     black_box(owned);
                 }
@@ -199,6 +202,7 @@ fn decode(criterion: &mut Criterion) {
         let mut stage = StageFilter {
             filter: Filter::new(FilterConfig::default()),
             shard: ShardFilter::new(),
+            arena: PayloadArena::default(),
             now: Instant::now(),
         };
         for (name, work, with_bytes) in cases {
@@ -271,10 +275,16 @@ fn cpu_time<Output>(bencher: &mut Bencher<'_>, mut routine: impl FnMut() -> Outp
     });
 }
 
-/// The calling thread's CPU time, in nanoseconds, from `/proc/thread-self/schedstat`.
+/// The calling thread's CPU time, in nanoseconds, from `/proc/thread-self/schedstat`; `None` where
+/// the file is missing or reads 0 (a kernel without scheduler statistics). The kernel brings a
+/// running thread's figure up to date only at a scheduler tick or a switch, milliseconds apart,
+/// so a yield comes first: it updates the figure (the scheduler accounts the time so far), and a
+/// sample no longer reads zero or a tick's worth.
 fn thread_cpu_ns() -> Option<u64> {
+    std::thread::yield_now();
     let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    schedstat.split_whitespace().next()?.parse().ok()
+    let cpu_ns = schedstat.split_whitespace().next()?.parse().ok()?;
+    (cpu_ns > 0).then_some(cpu_ns)
 }
 
 /// A start instant in thread CPU time, or in wall time where the kernel does not say.

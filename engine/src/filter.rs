@@ -617,7 +617,10 @@ impl DedupCache {
 
     /// The bucket of `id`: a multiplicative mix (snowflakes differ mostly in their low and middle
     /// bits), mapped onto `0..buckets` by the high half of a 128-bit product (no modulo, no
-    /// power-of-two size).
+    /// power-of-two size). Unkeyed on purpose: ids are Discord's, not the sender's, and even ids
+    /// chosen to share a bucket cost no more than any others (a lookup reads one bucket of
+    /// [`DEDUP_CACHE_WAYS`] slots, never a chain) and can only evict the entries of that bucket,
+    /// which makes the filter forward more, never drop an edit.
     fn bucket_index(&self, id: u64) -> usize {
         let mixed = (id ^ (id >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         ((u128::from(mixed) * self.buckets.len() as u128) >> 64) as usize
