@@ -18,10 +18,14 @@
 //!
 //! Run: `cargo bench -p shardgate-bench --bench filter` (add `-- --quick` for a short run).
 
+#[path = "support/cpu_clock.rs"]
+mod cpu_clock;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Bencher, Criterion, Throughput, criterion_group, criterion_main};
+use cpu_clock::cpu_time;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mock_gateway::events::{EventMix, SessionEvents, guild_ids};
 use shardgate::config::Events;
 use shardgate::decode::classify;
@@ -177,49 +181,6 @@ fn filter(criterion: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// Times `routine` in the bench thread's CPU time (as the decode bench does).
-fn cpu_time<Output>(bencher: &mut Bencher<'_>, mut routine: impl FnMut() -> Output) {
-    bencher.iter_custom(|iterations| {
-        let start = ThreadClock::now();
-        for _ in 0..iterations {
-            black_box(routine());
-        }
-        start.elapsed()
-    });
-}
-
-/// The calling thread's CPU time, in nanoseconds, from `/proc/thread-self/schedstat`; `None` where
-/// the file is missing or reads 0. The yield first brings the figure up to date (the kernel
-/// otherwise updates it only at a scheduler tick or a switch).
-fn thread_cpu_ns() -> Option<u64> {
-    std::thread::yield_now();
-    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let cpu_ns = schedstat.split_whitespace().next()?.parse().ok()?;
-    (cpu_ns > 0).then_some(cpu_ns)
-}
-
-/// A start instant in thread CPU time, or in wall time where the kernel does not say.
-enum ThreadClock {
-    Cpu(u64),
-    Wall(Instant),
-}
-
-impl ThreadClock {
-    fn now() -> ThreadClock {
-        thread_cpu_ns().map_or_else(|| ThreadClock::Wall(Instant::now()), ThreadClock::Cpu)
-    }
-
-    fn elapsed(&self) -> Duration {
-        match self {
-            ThreadClock::Cpu(start_ns) => {
-                let now_ns = thread_cpu_ns().expect("schedstat was readable at the start");
-                Duration::from_nanos(now_ns.saturating_sub(*start_ns))
-            }
-            ThreadClock::Wall(start) => start.elapsed(),
-        }
-    }
 }
 
 criterion_group!(filter_stage, filter);

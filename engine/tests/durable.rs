@@ -108,14 +108,7 @@ fn check_exactly_expected(mock: &MockGateway, bot: &FakeBot) -> u64 {
         let got = got.runs[0].seqs();
         let missing: Vec<_> = want.difference(&got).collect();
         assert!(missing.is_empty(), "shard {shard}: missing {missing:?}");
-        // Redundant updates (a restart empties the dedup cache), and a cut payload that a
-        // resume from before it replayed whole.
-        let allowed: BTreeSet<u64> = session
-            .redundant_update_seqs
-            .iter()
-            .chain(&session.truncated_seqs)
-            .copied()
-            .collect();
+        let allowed = session.optional_seqs();
         let extra: BTreeSet<u64> = got.difference(&want).copied().collect();
         assert!(
             extra.is_subset(&allowed),

@@ -93,14 +93,20 @@ impl SessionLedger {
     /// `truncated` fault cut short (no bot could read them; one arrives whole only if the client
     /// resumed from before it).
     pub fn expected_seqs(&self) -> BTreeSet<u64> {
-        let left_out: BTreeSet<u64> = self
-            .redundant_update_seqs
+        let optional = self.optional_seqs();
+        (self.first_seq..=self.last_seq)
+            .filter(|seq| !optional.contains(seq))
+            .collect()
+    }
+
+    /// The sequences a client may or may not deliver: the redundant MESSAGE_UPDATEs (a client
+    /// whose dedup cache starts empty, after a restart, forwards some) and the cut payloads (one
+    /// arrives whole after a resume from before it).
+    pub fn optional_seqs(&self) -> BTreeSet<u64> {
+        self.redundant_update_seqs
             .iter()
             .chain(&self.truncated_seqs)
             .copied()
-            .collect();
-        (self.first_seq..=self.last_seq)
-            .filter(|seq| !left_out.contains(seq))
             .collect()
     }
 
