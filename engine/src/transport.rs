@@ -166,8 +166,7 @@ pub enum Incoming {
     /// payload's head, and the classifier checks the bytes it reads; the compressed modes
     /// (binary frames) never checked UTF-8 either; and the sink checks every payload of a batch
     /// the bot refuses, dropping (and counting) any that is not valid UTF-8 JSON (see
-    /// `sink::batch::invalid_records`). [`Connection::read_message`] checks it, for the callers
-    /// that want tungstenite's `Message`.
+    /// `sink::batch::invalid_records`).
     Text(Bytes),
     Binary(Bytes),
     Ping(Bytes),
@@ -191,23 +190,6 @@ impl Incoming {
 
 /// tungstenite's `Message`, checked as tungstenite checks it: a text payload that is not UTF-8
 /// fails with [`tungstenite::Error::Utf8`].
-impl TryFrom<Incoming> for Message {
-    type Error = tungstenite::Error;
-
-    fn try_from(incoming: Incoming) -> Result<Message, tungstenite::Error> {
-        Ok(match incoming {
-            Incoming::Text(payload) => Message::Text(
-                Utf8Bytes::try_from(payload)
-                    .map_err(|error| tungstenite::Error::Utf8(error.to_string()))?,
-            ),
-            Incoming::Binary(payload) => Message::Binary(payload),
-            Incoming::Ping(payload) => Message::Ping(payload),
-            Incoming::Pong(payload) => Message::Pong(payload),
-            Incoming::Close(frame) => Message::Close(frame),
-        })
-    }
-}
-
 /// An open gateway WebSocket.
 pub struct Connection {
     tcp: TcpStream,
@@ -287,12 +269,6 @@ impl Connection {
             }
             self.receive().await?;
         }
-    }
-
-    /// [`read_incoming`](Self::read_incoming) as tungstenite's `Message`, a text message checked
-    /// for UTF-8 (a [`tungstenite::Error::Utf8`] if it is not): for callers off the hot path.
-    pub async fn read_message(&mut self) -> Result<Message, TransportError> {
-        Ok(Message::try_from(self.read_incoming().await?)?)
     }
 
     /// The next message among those already received, without reading the socket: `None`
@@ -1325,8 +1301,7 @@ mod tests {
         }
     }
 
-    /// Text is handed up unchecked (see `Incoming::Text`); the conversion `read_message` makes
-    /// checks it.
+    /// Text is handed up unchecked (see `Incoming::Text`).
     #[test]
     fn a_text_message_that_is_not_utf8_is_handed_up() {
         let mut stream = vec![0x81, 2, 0xff, 0xfe];
@@ -1341,18 +1316,6 @@ mod tests {
                 Incoming::Text(Bytes::from_static(b"{\xc3")),
                 text("{}"),
             ]
-        );
-        assert!(matches!(
-            Message::try_from(messages[0].clone()),
-            Err(tungstenite::Error::Utf8(_))
-        ));
-        assert_eq!(
-            Message::try_from(messages[2].clone()).unwrap(),
-            Message::text("{}")
-        );
-        assert_eq!(
-            Message::try_from(Incoming::Binary(Bytes::from_static(b"\xff"))).unwrap(),
-            Message::Binary(Bytes::from_static(b"\xff"))
         );
     }
 

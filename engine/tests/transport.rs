@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 use mock_gateway::{MockConfig, MockGateway};
-use shardgate::transport::{Connection, GatewayUrl};
-use tungstenite::Message;
+use shardgate::transport::{Connection, GatewayUrl, Incoming};
 use tungstenite::protocol::WebSocketConfig;
 
-fn text(message: Message) -> serde_json::Value {
+fn text(message: Incoming) -> serde_json::Value {
     match message {
-        Message::Text(text) => serde_json::from_str(text.as_str()).unwrap(),
+        Incoming::Text(text) => serde_json::from_slice(&text).unwrap(),
         other => panic!("expected text, got {other:?}"),
     }
 }
@@ -47,19 +46,19 @@ fn hello_identify_ready(tls: bool) {
             )
             .await
             .unwrap();
-            let hello = text(connection.read_message().await.unwrap());
+            let hello = text(connection.read_incoming().await.unwrap());
             assert_eq!(hello["op"], 10);
             let identify = format!(
                 r#"{{"op":2,"d":{{"token":"{token}","intents":513,"properties":{{"os":"linux","browser":"t","device":"t"}}}}}}"#
             );
             connection.queue_text(identify.as_bytes()).unwrap();
             connection.flush().await.unwrap();
-            let ready = text(connection.read_message().await.unwrap());
+            let ready = text(connection.read_incoming().await.unwrap());
             assert_eq!(ready["t"], "READY");
             assert_eq!(ready["s"], 1);
             // Three GUILD_CREATEs follow, in order.
             for seq in 2..=4 {
-                let guild_create = text(connection.read_message().await.unwrap());
+                let guild_create = text(connection.read_incoming().await.unwrap());
                 assert_eq!((guild_create["t"].as_str(), guild_create["s"].as_u64()), (Some("GUILD_CREATE"), Some(seq)));
             }
             connection.queue_close(4000).unwrap();
