@@ -464,17 +464,14 @@ impl Driver {
                     }
                     machine.handle_timeout(now);
                     shard_filter.handle_timeout(now);
-                    if let Some(notice) = shard_filter.take_notice() {
-                        queue_notice(
-                            &shared,
-                            &stats,
-                            shard_id,
-                            notice,
-                            &shard_filter,
-                            &mut outbox,
-                            &mut ever_ready,
-                        );
-                    }
+                    queue_notice(
+                        &shared,
+                        &stats,
+                        shard_id,
+                        &mut shard_filter,
+                        &mut outbox,
+                        &mut ever_ready,
+                    );
                 }
                 Wake::Nudge(Some(Nudge::Stop)) | Wake::Nudge(None) => {
                     stopping = true;
@@ -538,17 +535,14 @@ impl Driver {
                                 machine.connection_lost(now, LossCause::Decode);
                                 break;
                             }
-                            if let Some(notice) = shard_filter.take_notice() {
-                                queue_notice(
-                                    &shared,
-                                    &stats,
-                                    shard_id,
-                                    notice,
-                                    &shard_filter,
-                                    &mut outbox,
-                                    &mut ever_ready,
-                                );
-                            }
+                            queue_notice(
+                                &shared,
+                                &stats,
+                                shard_id,
+                                &mut shard_filter,
+                                &mut outbox,
+                                &mut ever_ready,
+                            );
                         }
                         handled += 1;
                         if handled == FRAMES_PER_TURN_MAX {
@@ -571,8 +565,12 @@ impl Driver {
     }
 }
 
-/// Why [`open`] gave up on a connect when the process began to stop.
-const STOPPED_WHILE_CONNECTING: &str = "stopping";
+/// Why [`open`] has no connection.
+enum Unopened {
+    /// The process began to stop: not a failure, and not counted as one.
+    Stopped,
+    Failed(String),
+}
 
 /// Opens the connection a [`ShardEvent::Connect`] asked for and tells the machine how it went.
 /// The whole connect (TCP, TLS, upgrade) is bounded: a server that accepts and then says
@@ -601,14 +599,14 @@ async fn open(
                     shared.connect_timeout,
                 )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| Unopened::Failed(e.to_string()))
             };
             let deadline = async {
                 glommio::timer::sleep(shared.connect_timeout).await;
-                Err(format!(
+                Err(Unopened::Failed(format!(
                     "no WebSocket within {} ms (TCP, TLS handshake and upgrade)",
                     shared.connect_timeout.as_millis()
-                ))
+                )))
             };
             // A stop does not wait for a connect to finish: its session (if any) is kept for
             // the next run either way, and a slow server could hold the stop for the whole
@@ -617,11 +615,11 @@ async fn open(
                 while !shared.stop.load(Ordering::Acquire) {
                     glommio::timer::sleep(CONTROL_POLL).await;
                 }
-                Err(STOPPED_WHILE_CONNECTING.to_owned())
+                Err(Unopened::Stopped)
             };
             future::or(connect, future::or(deadline, stop)).await
         }
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(Unopened::Failed(error.to_string())),
     };
     match opened {
         Ok(opened) => {
@@ -629,10 +627,14 @@ async fn open(
             machine.connect_succeeded(Instant::now());
             Some(opened)
         }
-        Err(reason) => {
-            if reason != STOPPED_WHILE_CONNECTING {
-                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-            }
+        Err(unopened) => {
+            let reason = match unopened {
+                Unopened::Stopped => "stopping".to_owned(),
+                Unopened::Failed(reason) => {
+                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    reason
+                }
+            };
             tracing::debug!(shard = machine.shard_id(), %reason, "connect failed");
             machine.connect_failed(Instant::now(), &reason);
             None
@@ -712,16 +714,18 @@ fn handle_frame(
     false
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Queues the notice the shard's filter has ready, if any (after a frame or a timer).
 fn queue_notice(
     shared: &Shared,
     stats: &CoreStats,
     shard_id: u32,
-    notice: Notice,
-    shard_filter: &ShardFilter,
+    shard_filter: &mut ShardFilter,
     outbox: &mut VecDeque<Record>,
     ever_ready: &mut bool,
 ) {
+    let Some(notice) = shard_filter.take_notice() else {
+        return;
+    };
     let payload = format!(r#"{{"guilds":{}}}"#, shard_filter.guilds()).into_bytes();
     outbox.push_back(Record {
         shard_id,
