@@ -27,7 +27,7 @@ use crate::shard::{
     ConnectTarget, LossCause, PayloadAction, Session, Shard, ShardConfig, ShardEvent, ShardState,
     Token, TransmitKind,
 };
-use crate::transport::{Connection, GatewayUrl, Incoming};
+use crate::transport::{Connection, GatewayUrl, Incoming, ReadCoalescing};
 
 /// How long a full ring waits before trying again.
 const RING_RETRY: Duration = Duration::from_millis(1);
@@ -76,6 +76,8 @@ pub struct Shared {
     pub tls: Arc<rustls::ClientConfig>,
     pub limiter: Arc<IdentifyLimiter>,
     pub connect_timeout: Duration,
+    /// Socket reads of every connection wait for a tick after draining their socket.
+    pub read_coalescing: Option<ReadCoalescing>,
     /// Shards of this process that are fully ready; the last one announces ALL_SHARDS_READY.
     pub shards_ready: AtomicUsize,
     pub shards_owned: usize,
@@ -622,7 +624,10 @@ async fn open(
         Err(error) => Err(Unopened::Failed(error.to_string())),
     };
     match opened {
-        Ok(opened) => {
+        Ok(mut opened) => {
+            if let Some(coalescing) = shared.read_coalescing {
+                opened.coalesce_reads(coalescing);
+            }
             decoder.reset();
             machine.connect_succeeded(Instant::now());
             Some(opened)

@@ -24,7 +24,7 @@ use crate::sink::queue::Queue;
 use crate::sink::sessions::SavedSessions;
 use crate::sink::{Sink, SinkConfig, SinkStats};
 use crate::spill::Spill;
-use crate::transport::GatewayUrl;
+use crate::transport::{GatewayUrl, ReadCoalescing};
 
 /// Locked memory glommio needs per executor (io_uring rings and buffers).
 pub const LOCKED_MEMORY_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
@@ -377,6 +377,10 @@ impl Engine {
             tls: Arc::clone(&tls),
             limiter: Arc::clone(&limiter),
             connect_timeout: Duration::from_secs(10),
+            read_coalescing: (settings.read_coalesce_ms > 0).then(|| ReadCoalescing {
+                tick: Duration::from_millis(settings.read_coalesce_ms),
+                epoch: Instant::now(),
+            }),
             shards_ready: AtomicUsize::new(0),
             shards_owned: owned.len(),
             stop: AtomicBool::new(false),

@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use mock_gateway::{MockConfig, MockGateway};
-use shardgate::transport::{Connection, GatewayUrl, Incoming};
+use shardgate::transport::{Connection, GatewayUrl, Incoming, ReadCoalescing};
 use tungstenite::protocol::WebSocketConfig;
 
 fn text(message: Incoming) -> serde_json::Value {
@@ -117,4 +117,146 @@ fn tls_without_the_ca_is_refused() {
         .unwrap()
         .join()
         .unwrap();
+}
+
+/// A bare WebSocket server on loopback: it answers one upgrade, then writes each of `writes`
+/// (raw frame bytes) after its delay.
+fn serve_frames(writes: Vec<(Duration, Vec<u8>)>) -> (GatewayUrl, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = GatewayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut byte = [0; 1];
+        while !request.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).unwrap();
+            request.push(byte[0]);
+        }
+        let request = String::from_utf8(request).unwrap();
+        let key = request
+            .lines()
+            .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
+            .or_else(|| {
+                request
+                    .lines()
+                    .find_map(|line| line.strip_prefix("sec-websocket-key: "))
+            })
+            .unwrap();
+        let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+        write!(
+            socket,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .unwrap();
+        for (delay, bytes) in writes {
+            std::thread::sleep(delay);
+            socket.write_all(&bytes).unwrap();
+        }
+        // Keep the socket open until the client is done.
+        let _ = socket.read(&mut byte);
+    });
+    (url, server)
+}
+
+/// An unmasked text frame, as a server sends it.
+fn text_frame(text: &str) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    match text.len() {
+        len @ 0..=125 => frame.push(len as u8),
+        len @ 126..=65_535 => {
+            frame.push(126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+fn text_of(message: Incoming) -> String {
+    match message {
+        Incoming::Text(text) => String::from_utf8(text.to_vec()).unwrap(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+async fn connect_plain(url: &GatewayUrl) -> Connection {
+    Connection::connect(
+        url,
+        "v=10&encoding=json",
+        &shardgate::tls::client_config(None).unwrap(),
+        WebSocketConfig::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+#[test]
+fn a_read_after_one_that_drained_the_socket_waits_for_the_next_tick() {
+    // "1" after the upgrade (not with it); "2" and "3" 100 and 200 ms later, while the read
+    // after "1" is held.
+    let (url, server) = serve_frames(vec![
+        (Duration::from_millis(100), text_frame("1")),
+        (Duration::from_millis(100), text_frame("2")),
+        (Duration::from_millis(100), text_frame("3")),
+    ]);
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let mut connection = connect_plain(&url).await;
+            let tick = Duration::from_secs(2);
+            let epoch = Instant::now();
+            connection.coalesce_reads(ReadCoalescing { tick, epoch });
+            // The first read is at once.
+            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "1");
+            // It drained the socket, so the next read waits for the tick: by then "2" and "3"
+            // have both arrived, and one read takes both.
+            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "2");
+            assert!(epoch.elapsed() >= tick, "read before the tick");
+            let buffered = connection.next_buffered().unwrap().map(text_of);
+            assert_eq!(buffered.as_deref(), Some("3"));
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn a_read_that_filled_the_buffer_is_followed_at_once() {
+    // One write of a small message, a message of several read buffers and a small one: every
+    // read but the last fills the buffer, so none waits for the (long) tick.
+    let big = "x".repeat(40 * 1024);
+    let mut burst = text_frame("1");
+    burst.extend(text_frame(&big));
+    burst.extend(text_frame("3"));
+    let (url, server) = serve_frames(vec![(Duration::ZERO, burst)]);
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let mut connection = connect_plain(&url).await;
+            // Let the whole burst arrive before reading.
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            let tick = Duration::from_secs(30);
+            connection.coalesce_reads(ReadCoalescing {
+                tick,
+                epoch: Instant::now(),
+            });
+            let started = Instant::now();
+            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "1");
+            assert_eq!(
+                text_of(connection.read_incoming().await.unwrap()).len(),
+                big.len()
+            );
+            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "3");
+            assert!(started.elapsed() < tick, "a full read was held");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    server.join().unwrap();
 }

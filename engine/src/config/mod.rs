@@ -55,6 +55,8 @@ pub struct Settings {
     pub cpus_available: usize,
     /// `--shards-per-core`; `None`: spread evenly. [`Settings::plan`] resolves it.
     pub shards_per_core: Option<u32>,
+    /// `--read-coalesce-ms`; 0 is off.
+    pub read_coalesce_ms: u64,
     /// `--compression`.
     pub compression: Compression,
     /// `--intents`.
@@ -122,6 +124,8 @@ impl Settings {
     pub const DEFAULT_LARGE_THRESHOLD: u16 = 50;
     /// Default of `--payload-bytes-max`: 32 MiB.
     pub const DEFAULT_PAYLOAD_BYTES_MAX: usize = 32 << 20;
+    /// Default of `--read-coalesce-ms`.
+    pub const DEFAULT_READ_COALESCE_MS: u64 = 5;
     /// Default of `--ring-capacity`.
     pub const DEFAULT_RING_CAPACITY: usize = 8_192;
     /// Default of `--forward-timeout-ms`.
@@ -239,6 +243,13 @@ impl Settings {
             .get(|a| &a.shards_per_core)
             .map(|input| input.number_u32("--shards-per-core", 1, None, 1))
             .transpose()?;
+        let read_coalesce_ms = src.millis(
+            |a| &a.read_coalesce_ms,
+            "--read-coalesce-ms",
+            0,
+            1_000,
+            Self::DEFAULT_READ_COALESCE_MS,
+        )?;
 
         // Filtering.
         let dedup_message_updates = match src.get(|a| &a.dedup_message_updates) {
@@ -438,6 +449,7 @@ impl Settings {
             cores,
             cpus_available,
             shards_per_core,
+            read_coalesce_ms,
             compression,
             intents,
             events,
@@ -600,6 +612,7 @@ impl Settings {
                     (None, None) => auto(),
                 },
             ),
+            ("read_coalesce_ms", self.read_coalesce_ms.to_string()),
             ("compression", self.compression.to_string()),
             ("intents", self.intents.bits().to_string()),
             ("intent_names", self.intents.to_string()),

@@ -74,6 +74,7 @@ fn defaults() {
         (CPUS as u32, CPUS)
     );
     assert_eq!(settings.shards_per_core, None);
+    assert_eq!(settings.read_coalesce_ms, 5);
     assert_eq!(settings.compression, Compression::ZstdStream);
     assert_eq!(settings.intents, Intents::NON_PRIVILEGED);
     assert_eq!(settings.events, Events::All);
@@ -126,6 +127,8 @@ fn every_flag_is_read() {
         "2",
         "--shards-per-core",
         "3",
+        "--read-coalesce-ms",
+        "0",
         "--compression",
         "zlib-stream",
         "--intents",
@@ -183,6 +186,7 @@ fn every_flag_is_read() {
     assert_eq!(settings.total_shards, TotalShards::Fixed(nonzero(8)));
     assert_eq!(settings.shards, Some(range(4, 7)));
     assert_eq!((settings.cores, settings.shards_per_core), (2, Some(3)));
+    assert_eq!(settings.read_coalesce_ms, 0);
     assert_eq!(settings.compression, Compression::ZlibStream);
     assert_eq!(settings.intents.bits(), 513);
     assert_eq!(
@@ -316,6 +320,7 @@ fn the_file_sets_every_key() {
         shards = "0..=7"
         cores = 2
         shards_per_core = 4
+        read_coalesce_ms = 2
         compression = "none"
         intents = ["GUILDS", "MESSAGE_CONTENT"]
         events = ["MESSAGE_CREATE"]
@@ -351,6 +356,7 @@ fn the_file_sets_every_key() {
     assert_eq!(settings.compression, Compression::None);
     assert_eq!(settings.intents.bits(), 1 | (1 << 15));
     assert_eq!(settings.events, Events::only(vec!["MESSAGE_CREATE"]));
+    assert_eq!(settings.read_coalesce_ms, 2);
     assert!(!settings.dedup_message_updates);
     assert_eq!(settings.dedup_cache_entries, 1_024);
     assert_eq!(settings.forward_url, "https://bot.internal/events");
@@ -421,6 +427,10 @@ fn help_states_every_default() {
         (
             "payload_bytes_max",
             Settings::DEFAULT_PAYLOAD_BYTES_MAX.to_string(),
+        ),
+        (
+            "read_coalesce_ms",
+            Settings::DEFAULT_READ_COALESCE_MS.to_string(),
         ),
         ("ring_capacity", Settings::DEFAULT_RING_CAPACITY.to_string()),
         (
@@ -691,6 +701,16 @@ fn errors_name_the_setting() {
                 origin: flag(),
                 min: 1,
                 max: Some(1 << 24),
+            },
+        ),
+        (
+            &["--read-coalesce-ms", "1001"],
+            ConfigError::OutOfRange {
+                setting: "--read-coalesce-ms",
+                value: 1_001,
+                origin: flag(),
+                min: 0,
+                max: Some(1_000),
             },
         ),
         (
