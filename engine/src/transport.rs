@@ -25,12 +25,10 @@ use std::cell::RefCell;
 use std::io::{self, BufRead, Read, Write};
 use std::mem;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::pin::Pin;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use tungstenite::client::IntoClientRequest;
@@ -204,18 +202,27 @@ pub struct Connection {
     coalescing: Option<ReadCoalescing>,
     /// Whether the last socket read filled the read buffer (more is likely waiting).
     last_read_full: bool,
+    /// Ticks in a row at which a coalesced read found nothing.
+    quiet_ticks: u32,
 }
 
+/// Ticks in a row with nothing to read after which a coalescing connection waits on its socket
+/// again instead of trying at each tick.
+const QUIET_TICKS_MAX: u32 = 8;
+
 /// Read coalescing: after a socket read that drained the socket, the next read of that
-/// connection starts at the next tick (`epoch + n × tick`), not at once. What arrives meanwhile
-/// waits in the kernel and is read in one go.
+/// connection is a non-blocking one at the next tick (`epoch + n × tick`), and so on at each
+/// tick while data keeps coming; nothing waits on the socket meanwhile, so what arrives wakes
+/// nothing and is read in one go. After [`QUIET_TICKS_MAX`] ticks in a row with nothing to read,
+/// the connection waits on its socket again (an idle shard costs no polling).
 ///
 /// Why: a core that waits for its sockets goes to sleep, and each sleep of a glommio executor
 /// costs a process-wide memory barrier (`membarrier`, an interrupt to every CPU running one of
 /// the process's threads) and a wake-up. Reading at once, a core slept after nearly every event
 /// at moderate rates. Every connection of a process ticks on the same boundaries, so a core's
-/// held reads resume in one wake-up. A read that filled the buffer is never held (the socket has
-/// more), so a busy shard reads as fast as before; an event waits at most one tick longer.
+/// busy shards are read in one wake-up per tick. A read that filled the buffer is never held
+/// (the socket has more), so a backlog drains as fast as before; an event waits at most one tick
+/// longer.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadCoalescing {
     pub tick: Duration,
@@ -282,6 +289,7 @@ impl Connection {
             pending: Vec::new(),
             coalescing: None,
             last_read_full: true,
+            quiet_ticks: 0,
         };
         connection.finish_tls_handshake().await?;
         connection.upgrade(&url.request_url(query)).await?;
@@ -299,12 +307,24 @@ impl Connection {
                 self.answer(&message)?;
                 return Ok(message);
             }
-            if let Some(coalescing) = self.coalescing.filter(|_| !self.last_read_full) {
+            if let Some(coalescing) = self.coalescing
+                && !self.last_read_full
+                && self.quiet_ticks < QUIET_TICKS_MAX
+            {
+                // Read again at the next tick, without waiting on the socket in between: what
+                // arrives meanwhile wakes nothing.
                 let now = Instant::now();
                 glommio::timer::sleep(coalescing.next_tick(now).saturating_duration_since(now))
                     .await;
+                if self.try_receive()? {
+                    self.quiet_ticks = 0;
+                } else {
+                    self.quiet_ticks += 1;
+                }
+                continue;
             }
             self.receive().await?;
+            self.quiet_ticks = 0;
         }
     }
 
@@ -313,6 +333,7 @@ impl Connection {
     pub fn coalesce_reads(&mut self, coalescing: ReadCoalescing) {
         self.coalescing = Some(coalescing);
         self.last_read_full = true;
+        self.quiet_ticks = 0;
     }
 
     /// The next message among those already received, without reading the socket: `None`
@@ -396,28 +417,44 @@ impl Connection {
     }
 
     /// Reads the socket once (waiting until it is readable) and hands what came to TLS and the
-    /// reader. Cancel safe: the bytes are read and handed on in the same poll.
+    /// reader. Cancel safe: the bytes are read and handed on in one synchronous step, and the
+    /// wait consumes nothing.
     async fn receive(&mut self) -> Result<(), TransportError> {
-        std::future::poll_fn(|cx| self.poll_receive(cx)).await
+        loop {
+            if self.try_receive()? {
+                return Ok(());
+            }
+            // Waits for one byte to peek at (an io_uring receive that takes nothing). glommio's
+            // own read would also arm a readiness poll after every read that did not fill the
+            // buffer, and its completion wakes the core even while the read is held for a tick.
+            let mut byte = [0; 1];
+            self.tcp.peek(&mut byte).await.map_err(io::Error::from)?;
+        }
     }
 
-    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+    /// Reads what the socket holds, without waiting, and hands it to TLS and the reader:
+    /// `false` when there was nothing to read.
+    fn try_receive(&mut self) -> Result<bool, TransportError> {
         SOCKET_READ_BUFFER.with(|buffer| {
-            // Never borrowed twice: this closure does not await and polls nothing but the socket.
+            // Never borrowed twice: this closure does not await.
             let mut buffer = buffer.borrow_mut();
-            let n = match Pin::new(&mut self.tcp).poll_read(cx, &mut buffer[..]) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(TransportError::Eof)),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+            let n = loop {
+                match receive_now(&self.tcp, &mut buffer[..]) {
+                    Ok(0) => return Err(TransportError::Eof),
+                    Ok(n) => break n,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error.into()),
+                }
             };
             self.last_read_full = n == buffer.len();
-            Poll::Ready(ingest(
+            ingest(
                 &mut self.tls,
                 &buffer[..n],
                 &mut self.reader,
                 &mut self.pending,
-            ))
+            )?;
+            Ok(true)
         })
     }
 
@@ -891,6 +928,16 @@ async fn write_pending(tcp: &mut TcpStream, pending: &mut Vec<u8>) -> Result<(),
         pending.drain(..n);
     }
     Ok(())
+}
+
+/// One non-blocking `recv` on the connection's socket.
+#[allow(unsafe_code)]
+fn receive_now(tcp: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the descriptor belongs to `tcp`, which is borrowed for the whole call, so it is
+    // open and is not closed or reused while the borrowed descriptor exists.
+    let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
+    let (received, _) = rustix::net::recv(fd, buffer, rustix::net::RecvFlags::DONTWAIT)?;
+    Ok(received)
 }
 
 /// Moves bytes read from the socket through TLS (if any) into the reader.

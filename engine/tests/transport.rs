@@ -120,8 +120,12 @@ fn tls_without_the_ca_is_refused() {
 }
 
 /// A bare WebSocket server on loopback: it answers one upgrade, then writes each of `writes`
-/// (raw frame bytes) after its delay.
-fn serve_frames(writes: Vec<(Duration, Vec<u8>)>) -> (GatewayUrl, std::thread::JoinHandle<()>) {
+/// (raw frame bytes) after its delay; then it closes the socket if `close`, or keeps it open
+/// until the client closes.
+fn serve_frames(
+    writes: Vec<(Duration, Vec<u8>)>,
+    close: bool,
+) -> (GatewayUrl, std::thread::JoinHandle<()>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = GatewayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
@@ -154,8 +158,9 @@ fn serve_frames(writes: Vec<(Duration, Vec<u8>)>) -> (GatewayUrl, std::thread::J
             std::thread::sleep(delay);
             socket.write_all(&bytes).unwrap();
         }
-        // Keep the socket open until the client is done.
-        let _ = socket.read(&mut byte);
+        if !close {
+            let _ = socket.read(&mut byte);
+        }
     });
     (url, server)
 }
@@ -201,11 +206,14 @@ async fn connect_plain(url: &GatewayUrl) -> Connection {
 fn a_read_after_one_that_drained_the_socket_waits_for_the_next_tick() {
     // "1" after the upgrade (not with it); "2" and "3" 100 and 200 ms later, while the read
     // after "1" is held.
-    let (url, server) = serve_frames(vec![
-        (Duration::from_millis(100), text_frame("1")),
-        (Duration::from_millis(100), text_frame("2")),
-        (Duration::from_millis(100), text_frame("3")),
-    ]);
+    let (url, server) = serve_frames(
+        vec![
+            (Duration::from_millis(100), text_frame("1")),
+            (Duration::from_millis(100), text_frame("2")),
+            (Duration::from_millis(100), text_frame("3")),
+        ],
+        false,
+    );
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
             let mut connection = connect_plain(&url).await;
@@ -235,7 +243,7 @@ fn a_read_that_filled_the_buffer_is_followed_at_once() {
     let mut burst = text_frame("1");
     burst.extend(text_frame(&big));
     burst.extend(text_frame("3"));
-    let (url, server) = serve_frames(vec![(Duration::ZERO, burst)]);
+    let (url, server) = serve_frames(vec![(Duration::ZERO, burst)], false);
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
             let mut connection = connect_plain(&url).await;
@@ -254,6 +262,37 @@ fn a_read_that_filled_the_buffer_is_followed_at_once() {
             );
             assert_eq!(text_of(connection.read_incoming().await.unwrap()), "3");
             assert!(started.elapsed() < tick, "a full read was held");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn a_coalescing_connection_gone_quiet_still_reads_a_late_message_and_the_end() {
+    // "2" comes long after the connection stopped trying at each tick; then the server goes.
+    let (url, server) = serve_frames(
+        vec![
+            (Duration::from_millis(100), text_frame("1")),
+            (Duration::from_millis(1_500), text_frame("2")),
+        ],
+        true,
+    );
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let mut connection = connect_plain(&url).await;
+            connection.coalesce_reads(ReadCoalescing {
+                tick: Duration::from_millis(100),
+                epoch: Instant::now(),
+            });
+            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "1");
+            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "2");
+            let end = connection.read_incoming().await;
+            assert!(
+                matches!(end, Err(shardgate::transport::TransportError::Eof)),
+                "{end:?}"
+            );
         })
         .unwrap()
         .join()
