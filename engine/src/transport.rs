@@ -12,6 +12,10 @@
 //! GUILD_CREATE can be megabytes).
 //! - The socket is read into one buffer per core (`SOCKET_READ_BUFFER`, a thread-local): a read
 //!   hands every byte on, to rustls or to the frame reader, before the poll that made it returns.
+//!
+//! Reading: one non-blocking `recv` per read; when the socket is empty, the connection waits by
+//! peeking one byte through glommio (an io_uring receive that takes nothing), or, coalescing,
+//! tries again at the next tick without waiting on the socket (see [`ReadCoalescing`]).
 //! - The frame reader keeps plaintext only while a frame is incomplete; frames are cut out of it
 //!   without a copy, and once the last one is handed out it holds nothing (see `FrameReader`).
 //! - rustls keeps its own deframer buffer (4 KiB, which rustls shrinks back when it is empty) and
@@ -198,13 +202,24 @@ pub struct Connection {
     writer: WebSocket<Outgoing>,
     /// Ciphertext (or plaintext without TLS) waiting for the socket.
     pending: Vec<u8>,
-    /// Holds a socket read that would wait until the next tick; see [`ReadCoalescing`].
+    /// Set by [`coalesce_reads`](Self::coalesce_reads); see [`ReadCoalescing`].
     coalescing: Option<ReadCoalescing>,
     /// Whether the last socket read filled the read buffer (more is likely waiting).
     last_read_full: bool,
     /// Ticks in a row at which a coalesced read found nothing.
     quiet_ticks: u32,
+    /// Bytes read since `window_start`.
+    window_bytes: usize,
+    window_start: Instant,
+    /// Whether the last window (at least a tick long) read at least [`HOT_BYTES_PER_TICK`] per
+    /// tick: such a shard reads at once, as without coalescing.
+    hot: bool,
 }
+
+/// Bytes per tick from which a shard's reads are not held (64 KiB: about 50 typical events): it
+/// wakes its core often enough on its own, and holding would cap it at a socket receive buffer
+/// per tick.
+const HOT_BYTES_PER_TICK: usize = 64 * 1024;
 
 /// Ticks in a row with nothing to read after which a coalescing connection waits on its socket
 /// again instead of trying at each tick.
@@ -221,7 +236,8 @@ const QUIET_TICKS_MAX: u32 = 8;
 /// the process's threads) and a wake-up. Reading at once, a core slept after nearly every event
 /// at moderate rates. Every connection of a process ticks on the same boundaries, so a core's
 /// busy shards are read in one wake-up per tick. A read that filled the buffer is never held
-/// (the socket has more), so a backlog drains as fast as before; an event waits at most one tick
+/// (the socket has more), so a backlog drains as fast as before, and a shard that read at least
+/// [`HOT_BYTES_PER_TICK`] over the last tick is not held at all; an event waits at most one tick
 /// longer.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadCoalescing {
@@ -290,6 +306,9 @@ impl Connection {
             coalescing: None,
             last_read_full: true,
             quiet_ticks: 0,
+            window_bytes: 0,
+            window_start: Instant::now(),
+            hot: false,
         };
         connection.finish_tls_handshake().await?;
         connection.upgrade(&url.request_url(query)).await?;
@@ -310,6 +329,7 @@ impl Connection {
             if let Some(coalescing) = self.coalescing
                 && !self.last_read_full
                 && self.quiet_ticks < QUIET_TICKS_MAX
+                && !self.is_hot(coalescing.tick)
             {
                 // Read again at the next tick, without waiting on the socket in between: what
                 // arrives meanwhile wakes nothing.
@@ -328,12 +348,30 @@ impl Connection {
         }
     }
 
+    /// Whether this connection reads so much that its reads are not held: decided again once
+    /// the current window is a tick old, from the bytes per tick it read.
+    fn is_hot(&mut self, tick: Duration) -> bool {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= tick {
+            // bytes / elapsed >= HOT_BYTES_PER_TICK / tick, without dividing.
+            self.hot = self.window_bytes as u128 * tick.as_nanos()
+                >= HOT_BYTES_PER_TICK as u128 * elapsed.as_nanos();
+            self.window_bytes = 0;
+            self.window_start = now;
+        }
+        self.hot
+    }
+
     /// Coalesces this connection's socket reads from now on (see [`ReadCoalescing`]): the
     /// next read is at once, and each read after one that drained the socket waits for a tick.
     pub fn coalesce_reads(&mut self, coalescing: ReadCoalescing) {
         self.coalescing = Some(coalescing);
         self.last_read_full = true;
         self.quiet_ticks = 0;
+        self.window_bytes = 0;
+        self.window_start = Instant::now();
+        self.hot = false;
     }
 
     /// The next message among those already received, without reading the socket: `None`
@@ -448,6 +486,7 @@ impl Connection {
                 }
             };
             self.last_read_full = n == buffer.len();
+            self.window_bytes = self.window_bytes.saturating_add(n);
             ingest(
                 &mut self.tls,
                 &buffer[..n],

@@ -299,3 +299,42 @@ fn a_coalescing_connection_gone_quiet_still_reads_a_late_message_and_the_end() {
         .unwrap();
     server.join().unwrap();
 }
+
+#[test]
+fn a_shard_reading_a_lot_per_tick_is_not_held() {
+    // 1 MiB at once, far above the hot threshold (64 KiB per tick); then, after the first tick,
+    // one small message, which a held read would take only at the second tick.
+    let big = "x".repeat(100 * 1024);
+    let burst: Vec<u8> = (0..10).flat_map(|_| text_frame(&big)).collect();
+    let (url, server) = serve_frames(
+        vec![
+            (Duration::from_millis(100), burst),
+            (Duration::from_millis(2_500), text_frame("late")),
+        ],
+        false,
+    );
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let mut connection = connect_plain(&url).await;
+            let tick = Duration::from_secs(2);
+            let epoch = Instant::now();
+            connection.coalesce_reads(ReadCoalescing { tick, epoch });
+            for _ in 0..10 {
+                assert_eq!(
+                    text_of(connection.read_incoming().await.unwrap()).len(),
+                    big.len()
+                );
+            }
+            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "late");
+            // Sent about 2.6 s after the epoch: read then, not at the tick at 4 s.
+            assert!(
+                epoch.elapsed() < Duration::from_millis(3_800),
+                "held: {:?}",
+                epoch.elapsed()
+            );
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    server.join().unwrap();
+}
