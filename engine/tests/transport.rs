@@ -190,49 +190,54 @@ fn text_of(message: Incoming) -> String {
     }
 }
 
-async fn connect_plain(url: &GatewayUrl) -> Connection {
-    Connection::connect(
-        url,
-        "v=10&encoding=json",
-        &shardgate::tls::client_config(None).unwrap(),
-        WebSocketConfig::default(),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
+/// Runs `client` on a plain connection to a [`serve_frames`] server.
+fn against_server<F, Fut>(writes: Vec<(Duration, Vec<u8>)>, close: bool, client: F)
+where
+    F: FnOnce(Connection) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (url, server) = serve_frames(writes, close);
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let connection = Connection::connect(
+                &url,
+                "v=10&encoding=json",
+                &shardgate::tls::client_config(None).unwrap(),
+                WebSocketConfig::default(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            client(connection).await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    server.join().unwrap();
 }
 
 #[test]
 fn a_read_after_one_that_drained_the_socket_waits_for_the_next_tick() {
     // "1" after the upgrade (not with it); "2" and "3" 100 and 200 ms later, while the read
     // after "1" is held.
-    let (url, server) = serve_frames(
-        vec![
-            (Duration::from_millis(100), text_frame("1")),
-            (Duration::from_millis(100), text_frame("2")),
-            (Duration::from_millis(100), text_frame("3")),
-        ],
-        false,
-    );
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let mut connection = connect_plain(&url).await;
-            let tick = Duration::from_secs(2);
-            let epoch = Instant::now();
-            connection.coalesce_reads(ReadCoalescing { tick, epoch });
-            // The first read is at once.
-            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "1");
-            // It drained the socket, so the next read waits for the tick: by then "2" and "3"
-            // have both arrived, and one read takes both.
-            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "2");
-            assert!(epoch.elapsed() >= tick, "read before the tick");
-            let buffered = connection.next_buffered().unwrap().map(text_of);
-            assert_eq!(buffered.as_deref(), Some("3"));
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    server.join().unwrap();
+    let writes = vec![
+        (Duration::from_millis(100), text_frame("1")),
+        (Duration::from_millis(100), text_frame("2")),
+        (Duration::from_millis(100), text_frame("3")),
+    ];
+    against_server(writes, false, |mut connection| async move {
+        let tick = Duration::from_secs(2);
+        let epoch = Instant::now();
+        connection.coalesce_reads(ReadCoalescing { tick, epoch });
+        // The first read is at once.
+        assert_eq!(text_of(connection.read_incoming().await.unwrap()), "1");
+        // It drained the socket, so the next read waits for the tick: by then "2" and "3"
+        // have both arrived, and one read takes both.
+        assert_eq!(text_of(connection.read_incoming().await.unwrap()), "2");
+        assert!(epoch.elapsed() >= tick, "read before the tick");
+        let buffered = connection.next_buffered().unwrap().map(text_of);
+        assert_eq!(buffered.as_deref(), Some("3"));
+    });
 }
 
 #[test]
@@ -243,10 +248,10 @@ fn a_read_that_filled_the_buffer_is_followed_at_once() {
     let mut burst = text_frame("1");
     burst.extend(text_frame(&big));
     burst.extend(text_frame("3"));
-    let (url, server) = serve_frames(vec![(Duration::ZERO, burst)], false);
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let mut connection = connect_plain(&url).await;
+    against_server(
+        vec![(Duration::ZERO, burst)],
+        false,
+        |mut connection| async move {
             // Let the whole burst arrive before reading.
             glommio::timer::sleep(Duration::from_millis(300)).await;
             let tick = Duration::from_secs(30);
@@ -262,42 +267,30 @@ fn a_read_that_filled_the_buffer_is_followed_at_once() {
             );
             assert_eq!(text_of(connection.read_incoming().await.unwrap()), "3");
             assert!(started.elapsed() < tick, "a full read was held");
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    server.join().unwrap();
+        },
+    );
 }
 
 #[test]
 fn a_coalescing_connection_gone_quiet_still_reads_a_late_message_and_the_end() {
     // "2" comes long after the connection stopped trying at each tick; then the server goes.
-    let (url, server) = serve_frames(
-        vec![
-            (Duration::from_millis(100), text_frame("1")),
-            (Duration::from_millis(1_500), text_frame("2")),
-        ],
-        true,
-    );
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let mut connection = connect_plain(&url).await;
-            connection.coalesce_reads(ReadCoalescing {
-                tick: Duration::from_millis(100),
-                epoch: Instant::now(),
-            });
-            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "1");
-            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "2");
-            let end = connection.read_incoming().await;
-            assert!(
-                matches!(end, Err(shardgate::transport::TransportError::Eof)),
-                "{end:?}"
-            );
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    server.join().unwrap();
+    let writes = vec![
+        (Duration::from_millis(100), text_frame("1")),
+        (Duration::from_millis(1_500), text_frame("2")),
+    ];
+    against_server(writes, true, |mut connection| async move {
+        connection.coalesce_reads(ReadCoalescing {
+            tick: Duration::from_millis(100),
+            epoch: Instant::now(),
+        });
+        assert_eq!(text_of(connection.read_incoming().await.unwrap()), "1");
+        assert_eq!(text_of(connection.read_incoming().await.unwrap()), "2");
+        let end = connection.read_incoming().await;
+        assert!(
+            matches!(end, Err(shardgate::transport::TransportError::Eof)),
+            "{end:?}"
+        );
+    });
 }
 
 #[test]
@@ -306,35 +299,26 @@ fn a_shard_reading_a_lot_per_tick_is_not_held() {
     // one small message, which a held read would take only at the second tick.
     let big = "x".repeat(100 * 1024);
     let burst: Vec<u8> = (0..10).flat_map(|_| text_frame(&big)).collect();
-    let (url, server) = serve_frames(
-        vec![
-            (Duration::from_millis(100), burst),
-            (Duration::from_millis(2_500), text_frame("late")),
-        ],
-        false,
-    );
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let mut connection = connect_plain(&url).await;
-            let tick = Duration::from_secs(2);
-            let epoch = Instant::now();
-            connection.coalesce_reads(ReadCoalescing { tick, epoch });
-            for _ in 0..10 {
-                assert_eq!(
-                    text_of(connection.read_incoming().await.unwrap()).len(),
-                    big.len()
-                );
-            }
-            assert_eq!(text_of(connection.read_incoming().await.unwrap()), "late");
-            // Sent about 2.6 s after the epoch: read then, not at the tick at 4 s.
-            assert!(
-                epoch.elapsed() < Duration::from_millis(3_800),
-                "held: {:?}",
-                epoch.elapsed()
+    let writes = vec![
+        (Duration::from_millis(100), burst),
+        (Duration::from_millis(2_500), text_frame("late")),
+    ];
+    against_server(writes, false, |mut connection| async move {
+        let tick = Duration::from_secs(2);
+        let epoch = Instant::now();
+        connection.coalesce_reads(ReadCoalescing { tick, epoch });
+        for _ in 0..10 {
+            assert_eq!(
+                text_of(connection.read_incoming().await.unwrap()).len(),
+                big.len()
             );
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    server.join().unwrap();
+        }
+        assert_eq!(text_of(connection.read_incoming().await.unwrap()), "late");
+        // Sent about 2.6 s after the epoch: read then, not at the tick at 4 s.
+        assert!(
+            epoch.elapsed() < Duration::from_millis(3_800),
+            "held: {:?}",
+            epoch.elapsed()
+        );
+    });
 }
