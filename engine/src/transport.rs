@@ -12,14 +12,14 @@
 //! GUILD_CREATE can be megabytes).
 //! - The socket is read into one buffer per core (`SOCKET_READ_BUFFER`, a thread-local): a read
 //!   hands every byte on, to rustls or to the frame reader, before the poll that made it returns.
-//!
-//! Reading: one non-blocking `recv` per read; when the socket is empty, the connection waits by
-//! peeking one byte through glommio (an io_uring receive that takes nothing), or, coalescing,
-//! tries again at the next tick without waiting on the socket (see [`ReadCoalescing`]).
 //! - The frame reader keeps plaintext only while a frame is incomplete; frames are cut out of it
 //!   without a copy, and once the last one is handed out it holds nothing (see `FrameReader`).
 //! - rustls keeps its own deframer buffer (4 KiB, which rustls shrinks back when it is empty) and
 //!   session state (~5 KiB).
+//!
+//! Reading: one non-blocking `recv` per read; when the socket is empty, the connection waits by
+//! peeking one byte through glommio (an io_uring receive that takes nothing), or, coalescing,
+//! tries again at the next tick without waiting on the socket (see [`ReadCoalescing`]).
 //!
 //! Cancel safety: [`Connection::read_incoming`] may be dropped at any await (the driver races it
 //! with timers); everything received stays in the connection's buffers. Writes are queued in

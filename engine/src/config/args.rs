@@ -173,7 +173,7 @@ pub struct RunArgs {
     /// all its busy shards instead of once per event.
     ///
     /// Each wake-up of a core costs far more than an event, so at moderate event rates this
-    /// halves the CPU per event; an event waits at most one tick longer. A shard with more
+    /// cuts the CPU per event to about 0.4×; an event waits at most one tick longer. A shard with more
     /// waiting than one read takes is read at once. 0 reads as soon as data arrives. Range
     /// 0..=1000. Default: 5.
     #[arg(long, value_name = "MS", help_heading = "Placement")]
