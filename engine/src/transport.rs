@@ -208,6 +208,8 @@ pub struct Connection {
     last_read_full: bool,
     /// Ticks in a row at which a coalesced read found nothing.
     quiet_ticks: u32,
+    /// When a read last took something (kept while coalescing).
+    last_data_at: Instant,
     /// Bytes read since `window_start`.
     window_bytes: usize,
     window_start: Instant,
@@ -229,7 +231,9 @@ const QUIET_TICKS_MAX: u32 = 8;
 /// connection is a non-blocking one at the next tick (`epoch + n × tick`), and so on at each
 /// tick while data keeps coming; nothing waits on the socket meanwhile, so what arrives wakes
 /// nothing and is read in one go. After [`QUIET_TICKS_MAX`] ticks in a row with nothing to read,
-/// the connection waits on its socket again (an idle shard costs no polling).
+/// the connection waits on its socket again (an idle shard costs no polling), and data that
+/// comes after a longer gap than that is not followed by held reads (a shard with a trickle of
+/// events reads as without coalescing).
 ///
 /// Why: a core that waits for its sockets goes to sleep, and each sleep of a glommio executor
 /// costs a process-wide memory barrier (`membarrier`, an interrupt to every CPU running one of
@@ -306,6 +310,7 @@ impl Connection {
             coalescing: None,
             last_read_full: true,
             quiet_ticks: 0,
+            last_data_at: Instant::now(),
             window_bytes: 0,
             window_start: Instant::now(),
             hot: false,
@@ -338,6 +343,7 @@ impl Connection {
                     .await;
                 if self.try_receive()? {
                     self.quiet_ticks = 0;
+                    self.last_data_at = Instant::now();
                 } else {
                     self.quiet_ticks += 1;
                 }
@@ -345,6 +351,18 @@ impl Connection {
             }
             self.receive().await?;
             self.quiet_ticks = 0;
+            if let Some(coalescing) = self.coalescing {
+                // Data that came more than the quiet ticks after the data before it is not
+                // followed by held reads: they would find the socket empty until the shard
+                // waits on it again anyway (a shard with a trickle of events).
+                let now = Instant::now();
+                if now.saturating_duration_since(self.last_data_at)
+                    > coalescing.tick * QUIET_TICKS_MAX
+                {
+                    self.quiet_ticks = QUIET_TICKS_MAX;
+                }
+                self.last_data_at = now;
+            }
         }
     }
 
@@ -369,6 +387,7 @@ impl Connection {
         self.coalescing = Some(coalescing);
         self.last_read_full = true;
         self.quiet_ticks = 0;
+        self.last_data_at = Instant::now();
         self.window_bytes = 0;
         self.window_start = Instant::now();
         self.hot = false;

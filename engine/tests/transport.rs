@@ -322,3 +322,27 @@ fn a_shard_reading_a_lot_per_tick_is_not_held() {
         );
     });
 }
+
+#[test]
+fn data_after_a_long_gap_is_not_followed_by_held_reads() {
+    // "2" comes 3.5 s after "1", more than the 8 quiet ticks of 400 ms (3.2 s) after it, so
+    // the read after "2" is not held: "3", 50 ms later, is read when it comes, before the tick.
+    let writes = vec![
+        (Duration::from_millis(100), text_frame("1")),
+        (Duration::from_millis(3_500), text_frame("2")),
+        (Duration::from_millis(50), text_frame("3")),
+    ];
+    against_server(writes, false, |mut connection| async move {
+        let coalescing = ReadCoalescing {
+            tick: Duration::from_millis(400),
+            epoch: Instant::now(),
+        };
+        connection.coalesce_reads(coalescing);
+        assert_eq!(text_of(connection.read_incoming().await.unwrap()), "1");
+        assert_eq!(text_of(connection.read_incoming().await.unwrap()), "2");
+        let next_tick = coalescing.next_tick(Instant::now());
+        assert_eq!(text_of(connection.read_incoming().await.unwrap()), "3");
+        let read_at = Instant::now();
+        assert!(read_at < next_tick, "held until the tick");
+    });
+}
