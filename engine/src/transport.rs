@@ -17,9 +17,9 @@
 //! - rustls keeps its own deframer buffer (4 KiB, which rustls shrinks back when it is empty) and
 //!   session state (~5 KiB).
 //!
-//! Reading: one non-blocking `recv` per read; when the socket is empty, the connection waits by
-//! peeking one byte through glommio (an io_uring receive that takes nothing), or, coalescing,
-//! tries again at the next tick without waiting on the socket (see [`ReadCoalescing`]).
+//! Reading: one non-blocking `recv` per read; when the socket is empty, the connection waits for
+//! it to be readable (an io_uring readiness poll, through glommio's read), or, coalescing, tries
+//! again at the next tick without waiting on the socket (see [`ReadCoalescing`]).
 //!
 //! Cancel safety: [`Connection::read_incoming`] may be dropped at any await (the driver races it
 //! with timers); everything received stays in the connection's buffers. Writes are queued in
@@ -30,9 +30,12 @@ use std::io::{self, BufRead, Read, Write};
 use std::mem;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use tungstenite::client::IntoClientRequest;
@@ -481,12 +484,43 @@ impl Connection {
             if self.try_receive()? {
                 return Ok(());
             }
-            // Waits for one byte to peek at (an io_uring receive that takes nothing). glommio's
-            // own read would also arm a readiness poll after every read that did not fill the
-            // buffer, and its completion wakes the core even while the read is held for a tick.
-            let mut byte = [0; 1];
-            self.tcp.peek(&mut byte).await.map_err(io::Error::from)?;
+            // Wait until the socket is readable. On an empty socket glommio's read arms an
+            // io_uring readiness poll, which holds no buffer (glommio's peek would hold a
+            // 4 KiB-aligned one per waiting shard). Only the first poll reads through glommio,
+            // and what came since `try_receive` is handed on as any read; once woken, the loop
+            // reads with `try_receive`: a read through glommio that did not fill the buffer
+            // arms another readiness poll at once, whose completion would wake the core while
+            // the next read is held for a tick.
+            let mut first = true;
+            let received = std::future::poll_fn(|cx| {
+                if mem::take(&mut first) {
+                    self.poll_receive(cx)
+                } else {
+                    Poll::Ready(Ok(false))
+                }
+            })
+            .await?;
+            if received {
+                return Ok(());
+            }
         }
+    }
+
+    /// Reads the socket through glommio: the bytes that came, handed on (`true`), or pending
+    /// until it is readable.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, TransportError>> {
+        SOCKET_READ_BUFFER.with(|buffer| {
+            // Never borrowed twice: this closure does not await and polls nothing but the socket.
+            let mut buffer = buffer.borrow_mut();
+            match Pin::new(&mut self.tcp).poll_read(cx, &mut buffer[..]) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(0)) => Poll::Ready(Err(TransportError::Eof)),
+                Poll::Ready(Ok(n)) => {
+                    Poll::Ready(self.take(&buffer[..n], n == buffer.len()).map(|()| true))
+                }
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+            }
+        })
     }
 
     /// Reads what the socket holds, without waiting, and hands it to TLS and the reader:
@@ -504,16 +538,17 @@ impl Connection {
                     Err(error) => return Err(error.into()),
                 }
             };
-            self.last_read_full = n == buffer.len();
-            self.window_bytes = self.window_bytes.saturating_add(n);
-            ingest(
-                &mut self.tls,
-                &buffer[..n],
-                &mut self.reader,
-                &mut self.pending,
-            )?;
+            self.take(&buffer[..n], n == buffer.len())?;
             Ok(true)
         })
+    }
+
+    /// Hands bytes read from the socket to TLS and the reader; `filled`: they filled the read
+    /// buffer.
+    fn take(&mut self, bytes: &[u8], filled: bool) -> Result<(), TransportError> {
+        self.last_read_full = filled;
+        self.window_bytes = self.window_bytes.saturating_add(bytes.len());
+        ingest(&mut self.tls, bytes, &mut self.reader, &mut self.pending)
     }
 
     /// Queues what the protocol requires in answer to `message`.
