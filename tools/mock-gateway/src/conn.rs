@@ -1033,9 +1033,13 @@ impl Connection {
             if self.zombie_since.is_some() {
                 continue;
             }
-            // Not a MESSAGE_UPDATE: whether a client forwards or drops a cut one would depend
-            // on its dedup reading the cut content.
-            if self.truncate_next && !dispatch.bytes.starts_with(b"{\"t\":\"MESSAGE_UPDATE\"") {
+            // Not a MESSAGE_UPDATE or MESSAGE_CREATE: whether a client forwards or drops a cut
+            // update, or the redundant updates of a message whose cut create its dedup read,
+            // would depend on what it read of the cut content.
+            if self.truncate_next
+                && !dispatch.bytes.starts_with(b"{\"t\":\"MESSAGE_UPDATE\"")
+                && !dispatch.bytes.starts_with(b"{\"t\":\"MESSAGE_CREATE\"")
+            {
                 self.truncate_next = false;
                 if let Some(session) = &self.session {
                     lock(session).delta.truncated_seqs.push(dispatch.seq);

@@ -44,10 +44,10 @@ pub enum Fault {
     Stall,
     /// A frame that does not decode (bad compressed data, or invalid JSON).
     Corrupt,
-    /// The next dispatch (not a MESSAGE_UPDATE) is cut short inside `d`, then compressed as
-    /// usual: it decodes, its
-    /// head reads fine, and the rest is not JSON (a broken gateway's payload). Its sequence is
-    /// listed in [`crate::ledger::SessionLedger::truncated_seqs`].
+    /// The next dispatch (not a MESSAGE_CREATE or MESSAGE_UPDATE) is cut short inside `d`, then
+    /// compressed as usual: it decodes, its head reads fine, and the rest is not JSON (a broken
+    /// gateway's payload). Its sequence is listed in
+    /// [`crate::ledger::SessionLedger::truncated_seqs`].
     Truncated,
     /// The server asks for a heartbeat (op 1).
     ServerHeartbeat,
