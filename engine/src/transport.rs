@@ -48,7 +48,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
 /// Bytes read from the socket per read call.
-const SOCKET_READ_BYTES: usize = 16 * 1024;
+const SOCKET_READ_BYTES: usize = 64 * 1024;
 
 /// Largest upgrade answer (status line and headers) accepted, in bytes.
 pub const UPGRADE_RESPONSE_BYTES_MAX: usize = 16 * 1024;
@@ -67,7 +67,7 @@ const FRAME_PAYLOAD_BYTES_MAX: usize = isize::MAX.unsigned_abs() - FrameHeader::
 thread_local! {
     /// The socket read buffer of the core running on this thread, shared by all its connections.
     /// It is borrowed only inside one synchronous poll (read, then ingest) and never across an
-    /// await, so no two connections use it at once. 16 KiB per core instead of per connection.
+    /// await, so no two connections use it at once. 64 KiB per core instead of per connection.
     static SOCKET_READ_BUFFER: RefCell<Box<[u8]>> =
         RefCell::new(vec![0; SOCKET_READ_BYTES].into_boxed_slice());
 }

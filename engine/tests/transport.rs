@@ -242,18 +242,20 @@ fn a_read_after_one_that_drained_the_socket_waits_for_the_next_tick() {
 
 #[test]
 fn a_read_that_filled_the_buffer_is_followed_at_once() {
-    // One write of a small message, a message of several read buffers and a small one: every
-    // read but the last fills the buffer, so none waits for the (long) tick.
-    let big = "x".repeat(40 * 1024);
+    // One write of a small message, a message of one and a half read buffers (64 KiB) and a
+    // small one: the first read fills the buffer, so the next does not wait for the (long)
+    // tick. (All of it fits the socket's initial receive window, about 128 KiB on loopback.)
+    let big = "x".repeat(96 * 1024);
     let mut burst = text_frame("1");
     burst.extend(text_frame(&big));
     burst.extend(text_frame("3"));
     against_server(
-        vec![(Duration::ZERO, burst)],
+        // Not at once: the upgrade's read would take the start of the burst with the answer.
+        vec![(Duration::from_millis(100), burst)],
         false,
         |mut connection| async move {
             // Let the whole burst arrive before reading.
-            glommio::timer::sleep(Duration::from_millis(300)).await;
+            glommio::timer::sleep(Duration::from_millis(400)).await;
             let tick = Duration::from_secs(30);
             connection.coalesce_reads(ReadCoalescing {
                 tick,
