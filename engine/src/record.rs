@@ -7,10 +7,9 @@
 //! (a free from another thread than the allocating one is what cost the most there).
 //!
 //! A core also takes its full chunks back once every record cut from them has been dropped,
-//! so that while the bot keeps up no chunk is allocated or freed at all. Without that, each
-//! chunk was a fresh allocator page that the kernel had to fault in and zero (after the
-//! allocator had given the freed one back), about a fifth of a core's time in a `none`
-//! firehose.
+//! so that while the bot keeps up no chunk is allocated or freed at all. Without that, every
+//! chunk was a new allocation freed on the deliverer's thread, and once the allocator had
+//! returned freed pages to the kernel, new chunks were faulted in and zeroed again.
 
 use std::collections::VecDeque;
 
