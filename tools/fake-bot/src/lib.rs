@@ -138,6 +138,13 @@ impl FakeBot {
         self.shared.set_slow_ms(slow_ms);
     }
 
+    /// Answers the next bad batch (400 or 415, counted in `bad_batches`) as always, then goes
+    /// away for `away` as [`refuse_for`](Self::refuse_for) does: a bot that fell over on it.
+    /// Once; asking again before it happened replaces the length.
+    pub fn go_away_after_the_next_bad_batch(&self, away: Duration) {
+        self.shared.go_away_after_the_next_bad_batch(away);
+    }
+
     /// Goes away now for `refuse_for`: the listener is closed (connects are refused) and every
     /// open connection is closed once the request it is in (if any) is answered; then the bot
     /// listens again on the same address. Asking again while away extends the window. Returns at

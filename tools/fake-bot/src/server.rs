@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     ledger: Mutex<Ledger>,
     fail_rate_bits: AtomicU64,
     slow_ms: AtomicU64,
+    /// Milliseconds to go away for after the next bad batch is answered; 0: do not.
+    away_after_bad_batch_ms: AtomicU64,
     secret: Option<Secret>,
     max_body_bytes: usize,
     commands: mpsc::UnboundedSender<Command>,
@@ -70,6 +72,7 @@ impl Shared {
             ledger: Mutex::new(Ledger::new(seed)),
             fail_rate_bits: AtomicU64::new(fail_rate.to_bits()),
             slow_ms: AtomicU64::new(slow_ms),
+            away_after_bad_batch_ms: AtomicU64::new(0),
             secret,
             max_body_bytes,
             commands,
@@ -104,6 +107,20 @@ impl Shared {
 
     pub(crate) fn set_slow_ms(&self, slow_ms: u64) {
         self.slow_ms.store(slow_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn go_away_after_the_next_bad_batch(&self, away: Duration) {
+        let ms = u64::try_from(away.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.away_after_bad_batch_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Counts a bad batch and, if asked, goes away once its answer is out.
+    fn bad_batch_seen(&self) {
+        self.ledger().count_bad_batch();
+        let away = self.away_after_bad_batch_ms.swap(0, Ordering::Relaxed);
+        if away > 0 {
+            self.command(Command::Refuse(Duration::from_millis(away)));
+        }
     }
 
     pub(crate) fn reset(&self) {
@@ -344,7 +361,7 @@ async fn batch(shared: &Shared, request: Request<Incoming>) -> Answer {
         }
     }
     if !is_json(request.headers().get(header::CONTENT_TYPE)) {
-        shared.ledger().count_bad_batch();
+        shared.bad_batch_seen();
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "bad_batch",
@@ -362,14 +379,14 @@ async fn batch(shared: &Shared, request: Request<Incoming>) -> Answer {
             );
         }
         Err(BodyError::Read(reason)) => {
-            shared.ledger().count_bad_batch();
+            shared.bad_batch_seen();
             return error(StatusCode::BAD_REQUEST, "bad_batch", &reason);
         }
     };
     let entries = match parse_batch(&body) {
         Ok(entries) => entries,
         Err(reason) => {
-            shared.ledger().count_bad_batch();
+            shared.bad_batch_seen();
             debug!(%reason, body_bytes = body.len(), "batch refused: malformed");
             return bad_batch(&reason);
         }
