@@ -120,10 +120,15 @@ fn check_exactly_expected(mock: &MockGateway, bot: &FakeBot) -> u64 {
 
 /// The last JSON status line's `field`.
 fn last_status(stderr: &str, field: &str) -> Option<u64> {
+    last_logged(stderr, "status", field)
+}
+
+/// `field` of the last JSON log line whose message is `message`.
+fn last_logged(stderr: &str, message: &str, field: &str) -> Option<u64> {
     stderr
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|line| line["fields"]["message"] == "status")
+        .filter(|line| line["fields"]["message"] == message)
         .filter_map(|line| line["fields"][field].as_u64())
         .next_back()
 }
@@ -168,6 +173,82 @@ fn bot_away_for_30_seconds_loses_nothing() {
     );
     assert_eq!(mock.ledger().shards[&1].sessions[0].truncated_seqs.len(), 1);
     assert_eq!(last_status(&stderr, "dropped_invalid"), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_payload_still_unacknowledged_at_the_stop_is_counted_once() {
+    // No spill and a bot that falls over on the cut payload's batch: the engine leaves the
+    // payload out (counted `invalid_payload`) and retries the rest against a bot that is gone
+    // until the stop's grace (10 s) runs out. Everything the sink took in must then be delivered or
+    // dropped with exactly one reason; the cut payload used to be counted again as a shutdown
+    // drop.
+    let dir = scratch("bad-payload-at-stop");
+    let mock = mock(&dir, 60.0, 1_000_000);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let mut engine = start(engine(&mock, &bot, &dir, &["--spill-bytes-max", "0"]));
+    wait_until(
+        "a steady stream at the bot",
+        Duration::from_secs(30),
+        || bot.report().totals.records > 200,
+    );
+    bot.go_away_after_the_next_bad_batch(Duration::from_secs(600));
+    assert_eq!(mock.inject_fault(1, mock_gateway::Fault::Truncated), 1);
+    wait_until(
+        "the bot to refuse the cut payload's batch",
+        Duration::from_secs(30),
+        || bot.report().totals.bad_batches == 1,
+    );
+    // Events keep coming meanwhile and wait in memory for a bot that is away.
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, stderr) = engine.terminate();
+    // Undelivered records at the stop make the exit status 1.
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let received = last_status(&stderr, "received").unwrap();
+    let delivered = last_status(&stderr, "delivered").unwrap();
+    let invalid = last_status(&stderr, "dropped_invalid").unwrap();
+    let at_stop = last_logged(&stderr, "stopped", "dropped_at_shutdown").unwrap();
+    assert_eq!(invalid, 1);
+    assert!(at_stop > 0, "the bot was away at the stop");
+    assert_eq!(
+        received,
+        delivered + invalid + at_stop,
+        "received {received}, delivered {delivered}, invalid {invalid}, dropped at the stop {at_stop}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn records_on_the_spill_at_the_stop_are_not_counted_as_dropped() {
+    // The bot goes away for good: the first refused batch sends memory to the spill, and the
+    // engine then retries batches read from the spill until the stop's grace (10 s) runs out.
+    // Such a batch is still on the spill (never acknowledged there): nothing is lost, and the
+    // stop must say so.
+    let dir = scratch("spill-at-stop");
+    let mock = mock(&dir, 60.0, 1_000_000);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let mut engine = start(engine(&mock, &bot, &dir, &[]));
+    wait_until(
+        "a steady stream at the bot",
+        Duration::from_secs(30),
+        || bot.report().totals.records > 200,
+    );
+    bot.refuse_for(Duration::from_secs(600));
+    // Long enough for the hand-back and a few retries of a batch read from the spill.
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "{stderr}");
+    let received = last_status(&stderr, "received").unwrap();
+    let delivered = last_status(&stderr, "delivered").unwrap();
+    let on_spill = last_status(&stderr, "queued_spill").unwrap();
+    let at_stop = last_logged(&stderr, "stopped", "dropped_at_shutdown").unwrap();
+    assert_eq!(at_stop, 0, "{stderr}");
+    assert!(on_spill > 0, "the bot was away at the stop");
+    assert_eq!(
+        received,
+        delivered + on_spill,
+        "received {received}, delivered {delivered}, on the spill {on_spill}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

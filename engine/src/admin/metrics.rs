@@ -341,7 +341,12 @@ pub fn render(context: &AdminContext, reports: &[CoreReport]) -> String {
     }
 
     // Sink, queue and spill.
-    let sink_counters: [(&str, &str, u64); 5] = [
+    let sink_counters: [(&str, &str, u64); 6] = [
+        (
+            "shardgate_sink_records_received_total",
+            "Records the sink took from the cores; each ends delivered, dropped, or spilled.",
+            snapshot.records_received,
+        ),
         (
             "shardgate_sink_batches_total",
             "Batches the bot acknowledged (2xx).",

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
-use crate::record::Record;
+use crate::record::{Record, RecordKind};
 use http::HttpClient;
 use queue::{Queue, Source};
 use sessions::SavedSessions;
@@ -55,6 +55,11 @@ pub struct SinkConfig {
 /// Counters read by the reporter.
 #[derive(Debug, Default)]
 pub struct SinkStats {
+    /// Records the collector took from the rings (dispatches and notices; not the session
+    /// markers, which the sink consumes). Each ends delivered, dropped with a reason (invalid
+    /// payload, spill full, shutdown), or on the spill: in a run that started with an empty
+    /// spill, `received = delivered + dropped + queued on the spill` at the stop.
+    pub records_received: AtomicU64,
     pub batches_delivered: AtomicU64,
     pub records_delivered: AtomicU64,
     pub bytes_delivered: AtomicU64,
@@ -268,10 +273,13 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>) {
         let now = Instant::now();
         let mut queue = shared.queue();
         let mut spilled = 0;
+        let mut received = 0;
         let mut failed = None;
         while let Some(record) = chunk.pop_front() {
+            let counted = record.kind != RecordKind::Session;
             match queue.push(record, now) {
                 Ok(pushed) => {
+                    received += u64::from(counted);
                     spilled += pushed.to_spill;
                     if pushed.spill_dropped > 0 {
                         shared
@@ -288,6 +296,10 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>) {
                 }
             }
         }
+        shared
+            .stats
+            .records_received
+            .fetch_add(received, Ordering::Relaxed);
         if spilled > 0 {
             shared
                 .stats
@@ -421,15 +433,8 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                         Source::Memory(generations) => generations.clone(),
                         Source::Spill(_) => Vec::new(),
                     };
-                    if queue.can_hand_back() && !left_out.is_empty() {
-                        // The dropped ones stay dropped: not to the spill, not counted twice.
-                        let mut dropped = Vec::with_capacity(left_out.len());
-                        for &index in left_out.iter().rev() {
-                            dropped.push(batch.remove(index));
-                            generations.remove(index);
-                        }
-                        queue.forget(&dropped);
-                        left_out.clear();
+                    if queue.can_hand_back() {
+                        leave_out(&mut queue, &mut batch, &mut generations, &mut left_out);
                     }
                     match queue.move_memory_to_spill(Some((&mut batch, generations))) {
                         Ok(true) => {
@@ -481,20 +486,25 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 let mut queue = shared.queue();
-                let mut generations = match &source {
-                    Source::Memory(generations) => Some(generations.clone()),
+                // Try once more to keep everything on disk, in order (the payloads left out
+                // are counted already: they go nowhere, nor into the count below).
+                let returned = match &source {
+                    Source::Memory(generations) => {
+                        let mut generations = generations.clone();
+                        leave_out(&mut queue, &mut batch, &mut generations, &mut left_out);
+                        Some((&mut batch, generations))
+                    }
                     Source::Spill(_) => None,
                 };
-                if let Some(generations) = generations.take() {
-                    // Try once more to keep everything on disk, in order.
-                    if let Err(error) = queue.move_memory_to_spill(Some((&mut batch, generations)))
-                    {
-                        tracing::error!(%error, "cannot spill at shutdown");
-                    }
-                } else if let Err(error) = queue.move_memory_to_spill(None) {
+                if let Err(error) = queue.move_memory_to_spill(returned) {
                     tracing::error!(%error, "cannot spill at shutdown");
                 }
-                let left = queue.memory_records() + batch.len() as u64;
+                // A batch read from the spill was never acknowledged there: it is still on it.
+                let batch_not_spilled = match source {
+                    Source::Memory(_) => batch.len() as u64,
+                    Source::Spill(_) => 0,
+                };
+                let left = queue.memory_records() + batch_not_spilled;
                 if left > 0 {
                     stats
                         .records_dropped_shutdown
@@ -520,6 +530,24 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
             body = Vec::with_capacity(config.batch_bytes_max + 64 * 1024);
         }
     }
+}
+
+/// Takes the records at `left_out` (ascending indices into `batch`, already counted as
+/// `invalid_payload` by [`drop_invalid`]) out of a batch taken from memory and out of the
+/// queue's books, so that they go neither back to memory or the spill nor into another count.
+fn leave_out(
+    queue: &mut Queue,
+    batch: &mut Vec<Record>,
+    generations: &mut Vec<u32>,
+    left_out: &mut Vec<usize>,
+) {
+    let mut dropped = Vec::with_capacity(left_out.len());
+    for &index in left_out.iter().rev() {
+        dropped.push(batch.remove(index));
+        generations.remove(index);
+    }
+    queue.forget(&dropped);
+    left_out.clear();
 }
 
 /// Leaves the records whose payload no bot could parse out of `body` (re-encoded), and
