@@ -64,6 +64,15 @@ fn start(mut command: Command) -> Engine {
     Engine(command.stderr(Stdio::piped()).spawn().unwrap())
 }
 
+/// Waits (30 s at most) until the bot holds more than `records` records: the engine streams.
+fn wait_for_a_steady_stream(bot: &FakeBot, records: u64) {
+    wait_until(
+        "a steady stream at the bot",
+        Duration::from_secs(30),
+        || bot.report().totals.records > records,
+    );
+}
+
 /// Every shard's stream ended and the bot has at least what the ledger says it must.
 fn all_arrived(mock: &MockGateway, bot: &FakeBot, events_per_shard: u64) -> bool {
     let ledger = mock.ledger();
@@ -141,11 +150,7 @@ fn bot_away_for_30_seconds_loses_nothing() {
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
     // A 1 MiB memory queue: the 30 s backlog (about 7 MB) goes through the disk spill.
     let mut engine = start(engine(&mock, &bot, &dir, &["--queue-bytes-max", "1048576"]));
-    wait_until(
-        "a steady stream at the bot",
-        Duration::from_secs(30),
-        || bot.report().totals.records > 400,
-    );
+    wait_for_a_steady_stream(&bot, 400);
     bot.refuse_for(Duration::from_secs(30));
     // A broken payload while the bot is away: it goes to the spill with the rest, is left out
     // once the bot refuses its batch, and is counted once.
@@ -187,11 +192,7 @@ fn a_bad_payload_still_unacknowledged_at_the_stop_is_counted_once() {
     let mock = mock(&dir, 60.0, 1_000_000);
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
     let mut engine = start(engine(&mock, &bot, &dir, &["--spill-bytes-max", "0"]));
-    wait_until(
-        "a steady stream at the bot",
-        Duration::from_secs(30),
-        || bot.report().totals.records > 200,
-    );
+    wait_for_a_steady_stream(&bot, 200);
     bot.go_away_after_the_next_bad_batch(Duration::from_secs(600));
     assert_eq!(mock.inject_fault(1, mock_gateway::Fault::Truncated), 1);
     wait_until(
@@ -228,11 +229,7 @@ fn records_on_the_spill_at_the_stop_are_not_counted_as_dropped() {
     let mock = mock(&dir, 60.0, 1_000_000);
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
     let mut engine = start(engine(&mock, &bot, &dir, &[]));
-    wait_until(
-        "a steady stream at the bot",
-        Duration::from_secs(30),
-        || bot.report().totals.records > 200,
-    );
+    wait_for_a_steady_stream(&bot, 200);
     bot.refuse_for(Duration::from_secs(600));
     // Long enough for the hand-back and a few retries of a batch read from the spill.
     std::thread::sleep(Duration::from_secs(2));
@@ -259,11 +256,7 @@ fn sigterm_and_restart_resumes_every_session() {
     let mock = mock(&dir, 150.0, EVENTS);
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
     let mut first = start(engine(&mock, &bot, &dir, &[]));
-    wait_until(
-        "a steady stream at the bot",
-        Duration::from_secs(30),
-        || bot.report().totals.records > 1000,
-    );
+    wait_for_a_steady_stream(&bot, 1000);
     let (status, stderr) = first.terminate();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("sessions saved"), "{stderr}");
@@ -302,11 +295,7 @@ fn kill_9_while_the_bot_is_away_loses_nothing_and_a_torn_tail_is_skipped() {
     let mock = mock(&dir, 150.0, EVENTS);
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
     let mut first = start(engine(&mock, &bot, &dir, &["--queue-bytes-max", "1048576"]));
-    wait_until(
-        "a steady stream at the bot",
-        Duration::from_secs(30),
-        || bot.report().totals.records > 300,
-    );
+    wait_for_a_steady_stream(&bot, 300);
     bot.refuse_for(Duration::from_secs(12));
     let spill = dir.join("data").join("spill");
     wait_until("records on the spill", Duration::from_secs(30), || {
