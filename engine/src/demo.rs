@@ -116,6 +116,9 @@ fn run_in(
     let mut last = engine.snapshot();
     let mut last_at = started;
     let mut all_ready_after: Option<Duration> = None;
+    // The engine's CPU and deliveries when every shard was first seen ready: what it spends from
+    // there on is the steady state at `--rate`, apart from startup's TLS, identifies and backfill.
+    let mut steady_from: Option<SteadyMark> = None;
     let mut next_line = started + Duration::from_secs(1);
     let mut finished_early = false;
     while Instant::now() < deadline && !interrupt.load(std::sync::atomic::Ordering::Acquire) {
@@ -133,6 +136,11 @@ fn run_in(
         last_at = Instant::now();
         if all_ready_after.is_none() && now.shards_ready >= now.shards_owned {
             all_ready_after = Some(started.elapsed());
+            steady_from = crate::procfs::threads_cpu("shardgate-").map(|cpu| SteadyMark {
+                at: Instant::now(),
+                engine_cpu: cpu,
+                delivered: now.records_delivered,
+            });
         }
         println!("{}", second_line(started.elapsed(), &last, &now, elapsed));
         let _ = std::io::stdout().flush();
@@ -141,6 +149,7 @@ fn run_in(
 
     // Measure before the stop: exited threads no longer show in /proc.
     let measured_for = started.elapsed();
+    let measured_at = Instant::now();
     let engine_cpu = crate::procfs::threads_cpu("shardgate-");
     let mock_cpu = crate::procfs::threads_cpu("mock-gateway");
     let bot_cpu = crate::procfs::threads_cpu("fake-bot");
@@ -216,18 +225,20 @@ fn run_in(
         ledger.resumes_total,
     );
     if let Some(engine_cpu) = engine_cpu {
-        let forwarded = before_stop.records_delivered.max(1);
-        // CPU-seconds per million events and µs per event are the same number.
-        let per_million = engine_cpu.as_secs_f64() * 1e6 / forwarded as f64;
-        let _ = writeln!(
+        let _ = write!(
             text,
-            "  engine CPU           {:.2} s on cores + sink = {per_million:.2} CPU-s per million \
-             forwarded events ({per_million:.2} µs each)",
-            engine_cpu.as_secs_f64(),
+            "{}",
+            cpu_text(
+                engine_cpu,
+                steady_from.as_ref(),
+                measured_at,
+                before_stop.records_delivered
+            )
         );
         let _ = writeln!(
             text,
-            "  others' CPU          simulated Discord {:.2} s, bot {:.2} s",
+            "  others' CPU          simulated Discord {:.2} s, bot {:.2} s (they share this \
+             machine's CPUs with the engine)",
             mock_cpu.unwrap_or_default().as_secs_f64(),
             bot_cpu.unwrap_or_default().as_secs_f64()
         );
@@ -301,6 +312,70 @@ fn demo_settings(
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     Settings::load(&parsed.run, &Environment::new(cpus), None)
         .map_err(|e| DemoError::Settings(e.to_string()))
+}
+
+/// Where the steady state began: every shard ready.
+struct SteadyMark {
+    at: Instant,
+    engine_cpu: Duration,
+    delivered: u64,
+}
+
+/// The engine's CPU: in all, then over the steady state as a share of one CPU and per forwarded
+/// event, with what the per-event figure depends on.
+fn cpu_text(
+    engine_cpu: Duration,
+    steady_from: Option<&SteadyMark>,
+    measured_at: Instant,
+    delivered: u64,
+) -> String {
+    let steady = steady_from.and_then(|mark| {
+        let window = measured_at.saturating_duration_since(mark.at);
+        let events = delivered.saturating_sub(mark.delivered);
+        (window >= Duration::from_secs(2) && events > 0).then(|| {
+            (
+                engine_cpu.saturating_sub(mark.engine_cpu),
+                engine_cpu.min(mark.engine_cpu),
+                window,
+                events,
+            )
+        })
+    });
+    let mut text = format!(
+        "  engine CPU           {:.2} s in all on its cores and sink",
+        engine_cpu.as_secs_f64()
+    );
+    match steady {
+        Some((cpu, startup_cpu, window, events)) => {
+            let seconds = window.as_secs_f64();
+            let _ = writeln!(
+                text,
+                "; {:.2} s of it starting (TLS, identify, READY, guild backfill)",
+                startup_cpu.as_secs_f64()
+            );
+            let _ = writeln!(
+                text,
+                "  steady state         {seconds:.1} s at {:.0} events/s: {:.1} % of one CPU, \
+                 {:.1} µs per forwarded event",
+                events as f64 / seconds,
+                cpu.as_secs_f64() * 100.0 / seconds,
+                cpu.as_secs_f64() * 1e6 / events as f64,
+            );
+            let _ = writeln!(
+                text,
+                "                       (per event it falls as --rate rises: heartbeats, wake-ups \
+                 and batches are shared by more events; on a busy machine wake-ups cost more)"
+            );
+        }
+        None => {
+            let _ = writeln!(
+                text,
+                "\n  steady state         none to measure: the shards were not all ready 2 s \
+                 before the end (raise --duration)"
+            );
+        }
+    }
+    text
 }
 
 /// One line per second: rates over the last interval.
