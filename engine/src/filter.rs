@@ -723,6 +723,28 @@ mod tests {
     use mock_gateway::events::{EventMix, SessionEvents, guild_ids};
 
     use super::*;
+
+    /// `run --help` states the dedup cache's memory; it must be the cache's real size.
+    #[test]
+    fn the_help_states_the_dedup_caches_real_memory() {
+        use clap::Args as _;
+        let command = crate::config::RunArgs::augment_args(clap::Command::new("run"));
+        let help = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "dedup_cache_entries")
+            .and_then(|arg| arg.get_long_help())
+            .expect("--dedup-cache-entries has a long help")
+            .to_string();
+        let bytes =
+            DedupCache::new(crate::config::Settings::DEFAULT_DEDUP_CACHE_ENTRIES).memory_bytes();
+        let per_entry = bytes as f64 / crate::config::Settings::DEFAULT_DEDUP_CACHE_ENTRIES as f64;
+        let mib = (bytes as f64 / (1024.0 * 1024.0)).round() as usize;
+        let stated = format!(
+            "about {} bytes per entry per core, {mib} MiB per core at the default",
+            per_entry.round() as usize
+        );
+        assert!(help.contains(&stated), "help says: {help}\nreal: {stated}");
+    }
     use crate::decode::classify;
 
     const FORWARD: Verdict = Verdict::Forward(RecordKind::Dispatch);

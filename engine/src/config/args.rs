@@ -197,7 +197,7 @@ pub struct RunArgs {
     ///
     /// When it is full, entries make room for new ones; an update of a forgotten message is
     /// forwarded.
-    /// Memory: about 32 bytes per entry per core, 2 MiB per core at the default. Range
+    /// Memory: about 16 bytes per entry per core, 1 MiB per core at the default. Range
     /// 1..=16777216. Default: 65536.
     #[arg(long, value_name = "ENTRIES", help_heading = "Decoding and filtering")]
     pub dedup_cache_entries: Option<RawValue>,
