@@ -37,6 +37,18 @@ pub const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
 /// member of every guild, the `application_id` of interactions.
 pub const BOT_USER_ID: u64 = world::BOT_USER_ID;
 
+/// The bot's username: READY's `user.username`, the application's `name`.
+pub const BOT_USERNAME: &str = world::BOT_USERNAME;
+
+/// The bot's discriminator (bots kept theirs; migrated users have `"0"`).
+pub const BOT_DISCRIMINATOR: &str = world::BOT_DISCRIMINATOR;
+
+/// READY's `application.flags`, also the REST application object's `flags`.
+pub const APPLICATION_FLAGS: u64 = world::APPLICATION_FLAGS;
+
+/// The user id of the application's owner (a person, not a team): REST's application `owner`.
+pub const APPLICATION_OWNER_ID: u64 = world::APPLICATION_OWNER_ID;
+
 /// How many messages of this session updates and deletes may target (the newest ones created).
 pub const WINDOW_CAPACITY_MESSAGES: usize = 64;
 

@@ -2,13 +2,33 @@
 //! WebSocket upgrades to the gateway.
 //!
 //! Routes on the main listener:
-//! - `GET /api/v10/gateway/bot` (needs `Authorization: Bot <token>`), `GET /api/v10/gateway`
+//! - REST, `GET` only: `/api/v10/gateway` (no token, as on Discord), and with
+//!   `Authorization: Bot <token>`: `/api/v10/gateway/bot`, `/api/v10/users/@me` (the bot user),
+//!   `/api/v10/applications/@me` and `/api/v10/oauth2/applications/@me` (its application). The
+//!   user and application agree with READY's `d.user` and `d.application` (same ids, names,
+//!   flags).
 //! - `GET /_mock/ledger`, `POST /_mock/guilds {"count": N}`,
 //!   `POST /_mock/fault {"shard": N, "kind": "reconnect"}`, `POST /_mock/resume-url {"down": b}`
 //! - any path with `Upgrade: websocket`: the gateway.
 //!
+//! What the REST side accepts, and how it fails, in the order it decides:
+//! - Paths: the route after `/api/v10`, `/api/v9` or plain `/api` (discord.js sends some routes
+//!   without a version); the routes answer the same under all three. A query string is ignored
+//!   (`?with_counts=true` and the like). `%40` is read as `@`. Nothing else is normalised: a
+//!   trailing slash, a doubled slash or another version (`/api/v8`, `/api/v11`) is an unknown
+//!   route.
+//! - Unknown route under `/api` (and any other unknown path): 404
+//!   `{"message": "404: Not Found", "code": 0}`.
+//! - Known route, method other than `GET` (including `HEAD`): 405
+//!   `{"message": "405: Method Not Allowed", "code": 0}` with `Allow: GET`.
+//! - Known route that needs the token, without `Authorization: Bot <token>` (or after the token
+//!   was reset): 401 `{"message": "401: Unauthorized", "code": 0}` and an
+//!   `authentication_failed` violation in the ledger.
+//!
 //! The resume listener only upgrades; it can be taken down (connections refused) to model a
 //! dead `resume_gateway_url`.
+
+mod rest;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,7 +39,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_ACCEPT, UPGRADE,
+};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -31,6 +53,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::conn;
 use crate::ledger::ViolationKind;
 use crate::state::{Control, Fault, Shared};
+use rest::Route;
 
 /// Control request bodies are small.
 const CONTROL_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -146,9 +169,8 @@ async fn handle(
     }
     let path = request.uri().path().to_owned();
     let response = match (request.method(), path.as_str()) {
-        (&Method::GET, "/api/v10/gateway/bot") => gateway_bot(&shared, &request),
-        (&Method::GET, "/api/v10/gateway") => {
-            json_response(StatusCode::OK, &json!({ "url": shared.main_ws_url }))
+        (_, api) if api == "/api" || api.starts_with("/api/") => {
+            api_response(&shared, &request, &api["/api".len()..])
         }
         (&Method::GET, "/_mock/ledger") => json_response(
             StatusCode::OK,
@@ -204,18 +226,33 @@ async fn handle(
     Ok(response)
 }
 
-fn gateway_bot(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let expected = format!("Bot {}", shared.config.token);
-    let authorized = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .is_some_and(|value| value.as_bytes() == expected.as_bytes())
-        && shared.token_valid.load(Ordering::Acquire);
-    if !authorized {
+/// Answers a request under `/api`; `after_api` is its path past `/api`.
+fn api_response(
+    shared: &Shared,
+    request: &Request<Incoming>,
+    after_api: &str,
+) -> Response<Full<Bytes>> {
+    let Some(route) = Route::parse(after_api) else {
+        return not_found();
+    };
+    if request.method() != Method::GET {
+        let mut response = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({ "message": "405: Method Not Allowed", "code": 0 }),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return response;
+    }
+    if route.needs_token() && !authorized(shared, request) {
         shared.ledger.violation(
             None,
             ViolationKind::AuthenticationFailed,
-            "GET /gateway/bot without a valid Authorization: Bot <token>",
+            format!(
+                "GET {} without a valid Authorization: Bot <token>",
+                route.template()
+            ),
             None,
         );
         return json_response(
@@ -223,6 +260,29 @@ fn gateway_bot(shared: &Shared, request: &Request<Incoming>) -> Response<Full<By
             &json!({ "message": "401: Unauthorized", "code": 0 }),
         );
     }
+    match route {
+        Route::Gateway => json_response(StatusCode::OK, &json!({ "url": shared.main_ws_url })),
+        Route::GatewayBot => gateway_bot(shared),
+        Route::CurrentUser => json_response(StatusCode::OK, &rest::current_user()),
+        Route::CurrentApplication | Route::OAuth2CurrentApplication => {
+            let guilds = shared.lock().guilds.len();
+            json_response(StatusCode::OK, &rest::application(guilds))
+        }
+    }
+}
+
+/// Whether the request carries `Authorization: Bot <token>` for the mock's token, and the
+/// token has not been reset.
+fn authorized(shared: &Shared, request: &Request<Incoming>) -> bool {
+    let expected = format!("Bot {}", shared.config.token);
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .is_some_and(|value| value.as_bytes() == expected.as_bytes())
+        && shared.token_valid.load(Ordering::Acquire)
+}
+
+fn gateway_bot(shared: &Shared) -> Response<Full<Bytes>> {
     let config = &shared.config;
     let (guilds, remaining, reset_after_ms) = {
         let mut state = shared.lock();

@@ -14,7 +14,10 @@ use super::json::{
 };
 use super::steady::begin_dispatch;
 use super::text;
-use super::world::{BOT_MEMBER, BOT_USER_ID, ChildKind, Guild, MemberShape};
+use super::world::{
+    APPLICATION_FLAGS, BOT_DISCRIMINATOR, BOT_MEMBER, BOT_USER_ID, BOT_USERNAME, ChildKind, Guild,
+    MemberShape,
+};
 use crate::rng::mix64_pair;
 
 /// Members a GUILD_CREATE lists at most, however large the target (about 200 MB of JSON).
@@ -105,18 +108,18 @@ impl SessionEvents {
             out,
             "{\"v\":10,\"user_settings\":{},\"user\":{\"verified\":true,",
         );
-        push(
-            out,
-            "\"username\":\"shardgate-mock\",\"primary_guild\":null,\"mfa_enabled\":true,\"id\":",
-        );
+        push(out, "\"username\":");
+        push_string(out, BOT_USERNAME);
+        push(out, ",\"primary_guild\":null,\"mfa_enabled\":true,\"id\":");
         push_snowflake(out, BOT_USER_ID);
         push(
             out,
-            ",\"global_name\":null,\"flags\":0,\"email\":null,\"discriminator\":\"7281\",",
+            ",\"global_name\":null,\"flags\":0,\"email\":null,\"discriminator\":",
         );
+        push_string(out, BOT_DISCRIMINATOR);
         push(
             out,
-            "\"clan\":null,\"bot\":true,\"avatar\":null},\"session_type\":\"normal\",\"session_id\":",
+            ",\"clan\":null,\"bot\":true,\"avatar\":null},\"session_type\":\"normal\",\"session_id\":",
         );
         push_string(out, session_id);
         push(out, ",\"shard\":[");
@@ -150,7 +153,9 @@ impl SessionEvents {
             "\"game_relationships\":[],\"auth\":{},\"application\":{\"id\":",
         );
         push_snowflake(out, BOT_USER_ID);
-        push(out, ",\"flags\":11051008},\"_trace\":[");
+        push(out, ",\"flags\":");
+        push_u64(out, APPLICATION_FLAGS);
+        push(out, "},\"_trace\":[");
         self.write_trace(
             out,
             &[
@@ -497,7 +502,7 @@ fn write_role(out: &mut Vec<u8>, guild: &Guild, role: u32) {
     );
     push(out, "\",\"name\":");
     if bot_role {
-        push(out, "\"shardgate-mock\"");
+        push_string(out, BOT_USERNAME);
     } else {
         push_string(
             out,

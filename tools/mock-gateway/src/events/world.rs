@@ -21,6 +21,18 @@ pub(super) const USER_POOL_SIZE: usize = 1024;
 
 /// The bot the mock gateway serves: READY's `user` and `application`, every guild's first member.
 pub(super) const BOT_USER_ID: u64 = snowflake(1_707_417_291_331, 1, 0, 42);
+/// The bot's username, wherever its user object appears (READY, members, REST `/users/@me`) and
+/// as the name of its application and of its managed role.
+pub(super) const BOT_USERNAME: &str = "shardgate-mock";
+/// Bots kept their four-digit discriminators when users moved to unique usernames (whose
+/// discriminator is `"0"`).
+pub(super) const BOT_DISCRIMINATOR: &str = "7281";
+/// READY `application.flags` and the REST application's `flags`: GATEWAY_PRESENCE_LIMITED (1<<13),
+/// GATEWAY_GUILD_MEMBERS_LIMITED (1<<15), GATEWAY_MESSAGE_CONTENT_LIMITED (1<<19), 1<<21
+/// (undocumented) and APPLICATION_COMMAND_BADGE (1<<23), as a captured READY had them.
+pub(super) const APPLICATION_FLAGS: u64 = 11_051_008;
+/// The user who owns the bot's application (not on a team), as REST's application `owner`.
+pub(super) const APPLICATION_OWNER_ID: u64 = snowflake(1_600_000_000_000, 0, 1, 7);
 
 /// 2015-05-13, when Discord opened: the earliest user.
 const FIRST_USER_MS: u64 = 1_431_475_200_000;
@@ -396,19 +408,17 @@ pub(super) const BOT_MEMBER: u32 = u32::MAX;
 
 /// Writes the bot's user object (READY `user` is written separately).
 pub(super) fn write_bot_user(out: &mut Vec<u8>, member_variant: bool) {
-    push(
-        out,
-        "{\"username\":\"shardgate-mock\",\"public_flags\":0,\"primary_guild\":null,\"id\":",
-    );
+    push(out, "{\"username\":");
+    push_string(out, BOT_USERNAME);
+    push(out, ",\"public_flags\":0,\"primary_guild\":null,\"id\":");
     push_snowflake(out, BOT_USER_ID);
     push(out, ",\"global_name\":null,\"display_name_styles\":null");
     if member_variant {
         push(out, ",\"display_name\":null");
     }
-    push(
-        out,
-        ",\"discriminator\":\"7281\",\"collectibles\":null,\"clan\":null,\"bot\":true",
-    );
+    push(out, ",\"discriminator\":");
+    push_string(out, BOT_DISCRIMINATOR);
+    push(out, ",\"collectibles\":null,\"clan\":null,\"bot\":true");
     push(out, ",\"avatar_decoration_data\":null,\"avatar\":null}");
 }
 
