@@ -38,6 +38,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Never colour: this crate builds tracing-subscriber without its `ansi` feature, so
+        // there is nothing to switch on at a terminal (and `with_ansi(true)` would panic in a
+        // debug build). Logs go to test pipes and files, where escape codes do not belong.
+        .with_ansi(false)
         .with_max_level(args.cli.log_level)
         .init();
     let runtime = match args.cli.threads {
