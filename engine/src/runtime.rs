@@ -19,7 +19,7 @@ use crate::decode::DecoderLimits;
 use crate::filter::FilterConfig;
 use crate::limiter::{IdentifyLimiter, SessionStartLimit};
 use crate::progress::{IdentifyPace, Output, ShardCounts, StartupProgress};
-use crate::sink::http::{ForwardUrl, HttpClient};
+use crate::sink::http::{ForwardUrl, HttpClient, HttpError};
 use crate::sink::queue::Queue;
 use crate::sink::sessions::SavedSessions;
 use crate::sink::{Sink, SinkConfig, SinkStats};
@@ -711,7 +711,7 @@ pub fn fetch_gateway_bot(
         url: url.clone(),
         reason,
     };
-    let (status, body) = client.get().map_err(|e| failed(e.to_string()))?;
+    let (status, body) = client.get().map_err(|e| failed(gateway_bot_failure(&e)))?;
     match status {
         200 => {}
         401 => {
@@ -722,6 +722,19 @@ pub fn fetch_gateway_bot(
         other => return Err(failed(format!("HTTP {other}"))),
     }
     parse_gateway_bot(&body).map_err(failed)
+}
+
+/// Why `GET /gateway/bot` failed, with the setting to check.
+fn gateway_bot_failure(error: &HttpError) -> String {
+    match error {
+        HttpError::TimedOut { .. } => format!(
+            "{error}; check --api-base: nothing there answered in time (Discord's REST API is \
+             {})",
+            Settings::DEFAULT_API_BASE
+        ),
+        HttpError::Connect { .. } => format!("{error}; check --api-base"),
+        other => other.to_string(),
+    }
 }
 
 fn parse_gateway_bot(body: &[u8]) -> Result<GatewayBot, String> {
@@ -793,5 +806,24 @@ mod tests {
                 .contains("session_start_limit")
         );
         assert!(parse_gateway_bot(b"nope").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn a_gateway_bot_failure_names_the_setting_to_check() {
+        let timed_out = HttpError::TimedOut {
+            stage: crate::sink::http::Stage::WaitingForResponse,
+            timeout: Duration::from_secs(10),
+        };
+        assert_eq!(
+            gateway_bot_failure(&timed_out),
+            "waiting for the response: timed out after 10 s; check --api-base: nothing there \
+             answered in time (Discord's REST API is https://discord.com/api/v10)"
+        );
+        let refused = HttpError::Connect {
+            host: "127.0.0.1".into(),
+            port: 9,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(gateway_bot_failure(&refused).ends_with("; check --api-base"));
     }
 }

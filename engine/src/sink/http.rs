@@ -73,6 +73,9 @@ pub enum HttpError {
         port: u16,
         source: io::Error,
     },
+    /// A connect, read or write that did not finish within the client's timeout.
+    #[error("{stage}: timed out after {}", duration_text(*.timeout))]
+    TimedOut { stage: Stage, timeout: Duration },
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
     #[error("invalid TLS server name {0}")]
@@ -81,6 +84,46 @@ pub enum HttpError {
     Io(#[from] io::Error),
     #[error("malformed response: {0}")]
     Malformed(&'static str),
+}
+
+/// Where a request was when its timeout ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connecting,
+    /// The TLS handshake (which rustls drives from the first write) and the request.
+    Sending,
+    WaitingForResponse,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Connecting => "connecting",
+            Stage::Sending => "sending the request",
+            Stage::WaitingForResponse => "waiting for the response",
+        })
+    }
+}
+
+/// `10 s` for whole seconds, `250 ms` otherwise.
+fn duration_text(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 && duration.as_secs() > 0 {
+        format!("{} s", duration.as_secs())
+    } else {
+        format!("{} ms", duration.as_millis())
+    }
+}
+
+/// Names an I/O error of `stage`: a socket timeout (a blocking socket with a timeout reports
+/// `WouldBlock`, "Resource temporarily unavailable") becomes [`HttpError::TimedOut`].
+fn io_error(error: io::Error, stage: Stage, timeout: Duration) -> HttpError {
+    match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            return HttpError::TimedOut { stage, timeout };
+        }
+        _ => {}
+    }
+    HttpError::Io(error)
 }
 
 enum Connection {
@@ -206,13 +249,21 @@ impl HttpClient {
             .connection
             .as_mut()
             .ok_or(HttpError::Malformed("no connection"))?;
+        let timeout = self.timeout;
         let writer = connection.writer();
-        writer.write_all(&self.head)?;
-        writer.write_all(body)?;
-        writer.flush()?;
+        writer
+            .write_all(&self.head)
+            .and_then(|()| writer.write_all(body))
+            .and_then(|()| writer.flush())
+            .map_err(|error| io_error(error, Stage::Sending, timeout))?;
         let mut captured = Vec::new();
         let (status, keep_alive) =
-            read_response(connection.reader(), capture.then_some(&mut captured))?;
+            read_response(connection.reader(), capture.then_some(&mut captured)).map_err(
+                |error| match error {
+                    HttpError::Io(error) => io_error(error, Stage::WaitingForResponse, timeout),
+                    other => other,
+                },
+            )?;
         if !keep_alive {
             self.connection = None;
         }
@@ -239,7 +290,16 @@ impl HttpClient {
                 Err(error) => last_error = error,
             }
         }
-        let stream = stream.ok_or_else(|| connect_error(last_error))?;
+        let stream = match stream {
+            Some(stream) => stream,
+            None if last_error.kind() == io::ErrorKind::TimedOut => {
+                return Err(HttpError::TimedOut {
+                    stage: Stage::Connecting,
+                    timeout: self.timeout,
+                });
+            }
+            None => return Err(connect_error(last_error)),
+        };
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(self.timeout))?;
         stream.set_write_timeout(Some(self.timeout))?;
@@ -444,6 +504,58 @@ mod tests {
         }
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(20_000));
         assert!(read_response(&mut Cursor::new(huge.as_bytes()), None).is_err());
+    }
+
+    #[test]
+    fn a_server_that_accepts_and_never_answers_is_a_timeout_not_an_io_error() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/events", silent.local_addr().unwrap());
+        let holder = std::thread::spawn(move || silent.accept().map(|(stream, _)| stream));
+        let mut client = HttpClient::new(
+            ForwardUrl::parse(&url).unwrap(),
+            None,
+            None,
+            Duration::from_millis(250),
+        );
+        let error = client.post_json(b"[]").unwrap_err();
+        assert!(
+            matches!(
+                error,
+                HttpError::TimedOut {
+                    stage: Stage::WaitingForResponse,
+                    timeout
+                } if timeout == Duration::from_millis(250)
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "waiting for the response: timed out after 250 ms"
+        );
+        drop(holder.join().unwrap());
+    }
+
+    #[test]
+    fn timeouts_read_in_seconds_when_whole_and_in_ms_otherwise() {
+        let text = |timeout| {
+            HttpError::TimedOut {
+                stage: Stage::Connecting,
+                timeout,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            text(Duration::from_secs(10)),
+            "connecting: timed out after 10 s"
+        );
+        assert_eq!(
+            text(Duration::from_millis(1500)),
+            "connecting: timed out after 1500 ms"
+        );
+        assert_eq!(
+            text(Duration::from_millis(300)),
+            "connecting: timed out after 300 ms"
+        );
     }
 
     #[test]

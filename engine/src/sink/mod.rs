@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::record::{Record, RecordKind};
-use http::HttpClient;
+use http::{HttpClient, HttpError};
 use queue::{Queue, Source};
 use sessions::SavedSessions;
 
@@ -579,6 +579,18 @@ fn drop_invalid(batch: &[Record], body: &mut Vec<u8>, stats: &SinkStats) -> Vec<
     invalid
 }
 
+/// A failed POST to the bot, with the setting that governs it where that helps: a timeout
+/// names `--forward-timeout-ms` in its unit.
+fn delivery_failure(error: &HttpError) -> String {
+    match error {
+        HttpError::TimedOut { stage, timeout } => format!(
+            "{stage}: timed out after {} ms (--forward-timeout-ms)",
+            timeout.as_millis()
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// How [`deliver`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -615,7 +627,11 @@ fn deliver(
             }
             Err(error) => {
                 stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, retry_ms = delay.as_millis() as u64, "cannot deliver a batch; retrying");
+                tracing::warn!(
+                    error = %delivery_failure(&error),
+                    retry_ms = delay.as_millis() as u64,
+                    "cannot deliver a batch; retrying"
+                );
             }
         }
         if first_failure_returns {
