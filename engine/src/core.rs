@@ -83,6 +83,9 @@ pub struct Shared {
     pub shards_owned: usize,
     /// Set by the signal handler: every shard closes resumably and its task ends.
     pub stop: AtomicBool,
+    /// A gateway certificate failure was logged at warn and no connect has succeeded since:
+    /// the next ones stay at debug (see [`open`]).
+    pub certificate_warned: AtomicBool,
     pub rng_seed: u64,
 }
 
@@ -572,6 +575,9 @@ enum Unopened {
     /// The process began to stop: not a failure, and not counted as one.
     Stopped,
     Failed(String),
+    /// The TLS handshake failed on the server's certificate: a setting (`--ca-file`, the
+    /// URL), not a passing fault, so it is also shown at warn.
+    Untrusted(crate::transport::TransportError),
 }
 
 /// Opens the connection a [`ShardEvent::Connect`] asked for and tells the machine how it went.
@@ -601,7 +607,10 @@ async fn open(
                     shared.connect_timeout,
                 )
                 .await
-                .map_err(|e| Unopened::Failed(e.to_string()))
+                .map_err(|error| match error.untrusted_certificate() {
+                    Some(_) => Unopened::Untrusted(error),
+                    None => Unopened::Failed(error.to_string()),
+                })
             };
             let deadline = async {
                 glommio::timer::sleep(shared.connect_timeout).await;
@@ -630,6 +639,9 @@ async fn open(
             }
             decoder.reset();
             machine.connect_succeeded(Instant::now());
+            if shared.certificate_warned.load(Ordering::Relaxed) {
+                shared.certificate_warned.store(false, Ordering::Relaxed);
+            }
             Some(opened)
         }
         Err(unopened) => {
@@ -639,11 +651,41 @@ async fn open(
                     stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                     reason
                 }
+                Unopened::Untrusted(error) => {
+                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    let reason = error.to_string();
+                    // Once per process until a connect succeeds: every shard of the process
+                    // has the same trust store, so one line says it for all of them (and one
+                    // per shard per retry would bury the log).
+                    if !shared.certificate_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            shard = machine.shard_id(),
+                            url = %url_text(shared, target),
+                            error = %reason,
+                            "cannot connect to the gateway; the shards keep retrying, and \
+                             further certificate failures are logged at debug until a connect \
+                             succeeds"
+                        );
+                    }
+                    reason
+                }
             };
             tracing::debug!(shard = machine.shard_id(), %reason, "connect failed");
             machine.connect_failed(Instant::now(), &reason);
             None
         }
+    }
+}
+
+/// The URL a connect to `target` goes to, for a log line.
+fn url_text(shared: &Shared, target: &ConnectTarget) -> String {
+    match target {
+        ConnectTarget::Main => shared
+            .main_url
+            .request_url("")
+            .trim_end_matches('?')
+            .to_owned(),
+        ConnectTarget::Resume(url) => url.clone(),
     }
 }
 

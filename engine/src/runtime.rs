@@ -386,6 +386,7 @@ impl Engine {
             shards_ready: AtomicUsize::new(0),
             shards_owned: owned.len(),
             stop: AtomicBool::new(false),
+            certificate_warned: AtomicBool::new(false),
             rng_seed: started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
         });
 
@@ -733,6 +734,7 @@ fn gateway_bot_failure(error: &HttpError) -> String {
             Settings::DEFAULT_API_BASE
         ),
         HttpError::Connect { .. } => format!("{error}; check --api-base"),
+        // A certificate problem already names its fix (--ca-file).
         other => other.to_string(),
     }
 }
@@ -825,5 +827,9 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         };
         assert!(gateway_bot_failure(&refused).ends_with("; check --api-base"));
+        let untrusted = HttpError::Tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(gateway_bot_failure(&untrusted).contains("--ca-file <PEM>"));
     }
 }

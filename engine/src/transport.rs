@@ -148,7 +148,8 @@ pub enum TransportError {
     Connect(io::Error),
     #[error("socket: {0}")]
     Io(#[from] io::Error),
-    #[error("TLS: {0}")]
+    /// Certificate problems are said in words with their fix ([`crate::tls::error_text`]).
+    #[error("TLS: {}", crate::tls::error_text(.0))]
     Tls(#[from] rustls::Error),
     #[error("invalid TLS server name {0}")]
     ServerName(String),
@@ -160,6 +161,16 @@ pub enum TransportError {
     UpgradeResponseTooLarge { limit_bytes: usize },
     #[error("the server closed the TCP connection")]
     Eof,
+}
+
+impl TransportError {
+    /// The certificate the trust store did not verify, if that is why the connect failed.
+    pub fn untrusted_certificate(&self) -> Option<crate::tls::UntrustedCertificate> {
+        match self {
+            TransportError::Tls(error) => crate::tls::UntrustedCertificate::from_rustls(error),
+            _ => None,
+        }
+    }
 }
 
 /// A WebSocket message as the connection hands it up: a data message (its fragments joined) or a

@@ -1,12 +1,13 @@
 //! The real `shardgate` binary meeting what a new user meets first: a REST API that accepts and
-//! never answers, a bot that never answers. Each message names the cause and the setting that fixes it, and never the token.
+//! never answers, TLS servers whose certificate the trust store does not know (REST, gateway,
+//! bot), a bot that never answers. Each message names the cause and the setting that fixes it, and never the token.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::Engine;
+use common::{Engine, wait_until};
 use mock_gateway::{MockConfig, MockGateway};
 
 const TOKEN: &str = "MTIz.errors-test-token.SECRET";
+const CA_FILE_FIX: &str =
+    "for a TLS mock gateway or an internal https endpoint, trust its CA with --ca-file <PEM>";
 
 /// A fresh directory for this test's files (its data dir is `data` inside).
 fn scratch(name: &str) -> PathBuf {
@@ -45,6 +48,15 @@ fn shardgate_with_admin(dir: &Path, admin: &str) -> Command {
 /// [`shardgate_with_admin`] with the admin API on any free port.
 fn shardgate(dir: &Path) -> Command {
     shardgate_with_admin(dir, "127.0.0.1:0")
+}
+
+/// A port that was free a moment ago (bound, then let go), for a test that needs to know the
+/// admin address in advance.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// A server that accepts TCP and never says anything; counts the connections it accepted.
@@ -130,12 +142,48 @@ impl Running {
         (status, self.finish())
     }
 
+    /// SIGTERM, then the exit status and all of stderr.
+    fn terminate(&mut self) -> (ExitStatus, String) {
+        let (status, _) = self.engine.terminate();
+        (status, self.finish())
+    }
+
     fn finish(&mut self) -> String {
         if let Some(reader) = self.reader.take() {
             reader.join().unwrap();
         }
         self.stderr()
     }
+}
+
+/// A sum of one counter over its labels, from the admin API's `/metrics`.
+fn metric_total(admin: SocketAddr, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let prefix = format!("{name}{{");
+    answer
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+fn tls_mock(dir: &Path) -> MockGateway {
+    MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            // Written, and deliberately not given to the engine.
+            ca_out: Some(dir.join("ca.pem")),
+            guilds: 2,
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .unwrap()
 }
 
 fn plain_mock() -> MockGateway {
@@ -182,6 +230,78 @@ fn an_api_base_that_never_answers_times_out_naming_the_setting() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `/gateway/bot` over TLS to a server whose CA is not trusted: the message says so in words
+/// and names --ca-file.
+#[test]
+fn rest_to_an_unknown_certificate_issuer_names_ca_file() {
+    let dir = scratch("rest-tls");
+    let mock = tls_mock(&dir);
+    let mut engine = Running::start(
+        shardgate(&dir)
+            .args(["--api-base", &mock.api_base()])
+            .args(["--forward-url", "http://127.0.0.1:9/"])
+            .env("DISCORD_TOKEN", mock.token()),
+    );
+    let (status, stderr) = engine.exit_within(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "shardgate: GET {}/gateway/bot: TLS: the server's certificate is not trusted: it was \
+             not issued by a known certificate authority (Mozilla's roots, plus --ca-file if \
+             given); {CA_FILE_FIX}",
+            mock.api_base()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(!stderr.contains(mock.token()), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The gateway over TLS without its CA, /gateway/bot not asked (URL and shard count given):
+/// the certificate failure shows at warn with the --ca-file fix, once for the process however
+/// many shards fail however often, and the shards keep retrying.
+#[test]
+fn a_gateway_with_an_unknown_certificate_issuer_warns_once_naming_ca_file() {
+    let dir = scratch("ws-tls");
+    let mock = tls_mock(&dir);
+    let admin = free_addr();
+    let mut engine = Running::start(
+        shardgate_with_admin(&dir, &admin.to_string())
+            .args(["--gateway-url", mock.ws_url(), "--total-shards", "2"])
+            .args(["--cores", "1", "--forward-url", "http://127.0.0.1:9/"])
+            .env("DISCORD_TOKEN", mock.token()),
+    );
+    engine.wait_for_stderr(CA_FILE_FIX, Duration::from_secs(30));
+    // Both shards, several tries each.
+    wait_until("several failed connects", Duration::from_secs(40), || {
+        metric_total(admin, "shardgate_connect_failures_total") >= 4
+    });
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("cannot connect to the gateway"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let warning = warnings[0];
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&format!("url={}/", mock.ws_url())),
+        "{warning}"
+    );
+    assert!(
+        warning.contains(&format!(
+            "error=TLS: the server's certificate is not trusted: it was not issued by a known \
+             certificate authority (Mozilla's roots, plus --ca-file if given); {CA_FILE_FIX}"
+        )),
+        "{warning}"
+    );
+    assert_eq!(mock.ledger().identifies_total, 0);
+    assert!(!stderr.contains(mock.token()), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A bot that accepts and never answers: the sink's warning says the POST timed out, in the
 /// unit of the setting it names.
 #[test]
@@ -213,6 +333,42 @@ fn a_bot_that_never_answers_warns_naming_forward_timeout_ms() {
         "{warning}"
     );
     assert!(accepted.load(Ordering::SeqCst) >= 1);
+    assert!(!stderr.contains(mock.token()), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An https --forward-url whose certificate the trust store does not know: the sink's warning
+/// says so and names --ca-file.
+#[test]
+fn an_https_bot_with_an_unknown_certificate_issuer_warns_naming_ca_file() {
+    let dir = scratch("forward-tls");
+    let mock = plain_mock();
+    // A second mock, over TLS, stands in for an https bot with an internal CA.
+    let https_bot = tls_mock(&dir);
+    let engine = Running::start(
+        shardgate(&dir)
+            .args(["--api-base", &mock.api_base(), "--total-shards", "1"])
+            .args([
+                "--forward-url",
+                &format!("{}/events", https_bot.http_base()),
+            ])
+            .args(["--log", "warn"])
+            .env("DISCORD_TOKEN", mock.token()),
+    );
+    engine.wait_for_stderr(CA_FILE_FIX, Duration::from_secs(30));
+    let stderr = engine.stderr();
+    let warning = stderr
+        .lines()
+        .find(|line| line.contains(CA_FILE_FIX))
+        .unwrap();
+    assert!(
+        warning.contains("cannot deliver a batch; retrying"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("error=TLS: the server's certificate is not trusted: it was not issued"),
+        "{warning}"
+    );
     assert!(!stderr.contains(mock.token()), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -76,7 +76,8 @@ pub enum HttpError {
     /// A connect, read or write that did not finish within the client's timeout.
     #[error("{stage}: timed out after {}", duration_text(*.timeout))]
     TimedOut { stage: Stage, timeout: Duration },
-    #[error("TLS: {0}")]
+    /// Certificate problems are said in words with their fix ([`crate::tls::error_text`]).
+    #[error("TLS: {}", crate::tls::error_text(.0))]
     Tls(#[from] rustls::Error),
     #[error("invalid TLS server name {0}")]
     ServerName(String),
@@ -84,6 +85,16 @@ pub enum HttpError {
     Io(#[from] io::Error),
     #[error("malformed response: {0}")]
     Malformed(&'static str),
+}
+
+impl HttpError {
+    /// The certificate the trust store did not verify, if that is why the request failed.
+    pub fn untrusted_certificate(&self) -> Option<crate::tls::UntrustedCertificate> {
+        match self {
+            HttpError::Tls(error) => crate::tls::UntrustedCertificate::from_rustls(error),
+            _ => None,
+        }
+    }
 }
 
 /// Where a request was when its timeout ran out.
@@ -115,13 +126,25 @@ fn duration_text(duration: Duration) -> String {
 }
 
 /// Names an I/O error of `stage`: a socket timeout (a blocking socket with a timeout reports
-/// `WouldBlock`, "Resource temporarily unavailable") becomes [`HttpError::TimedOut`].
+/// `WouldBlock`, "Resource temporarily unavailable") becomes [`HttpError::TimedOut`], and a TLS
+/// error rustls wrapped into `io::Error` comes back out as [`HttpError::Tls`].
 fn io_error(error: io::Error, stage: Stage, timeout: Duration) -> HttpError {
     match error.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             return HttpError::TimedOut { stage, timeout };
         }
         _ => {}
+    }
+    if error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+    {
+        let inner = error
+            .into_inner()
+            .expect("get_ref just saw an inner error")
+            .downcast::<rustls::Error>()
+            .expect("is::<rustls::Error>() just said so");
+        return HttpError::Tls(*inner);
     }
     HttpError::Io(error)
 }
@@ -556,6 +579,28 @@ mod tests {
             text(Duration::from_millis(300)),
             "connecting: timed out after 300 ms"
         );
+    }
+
+    #[test]
+    fn a_tls_error_inside_an_io_error_comes_out_named() {
+        let wrapped = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let error = io_error(wrapped, Stage::Sending, Duration::from_secs(1));
+        assert_eq!(
+            error.untrusted_certificate(),
+            Some(crate::tls::UntrustedCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
+        );
+        assert!(error.to_string().contains("--ca-file <PEM>"), "{error}");
+        let plain = io_error(
+            io::Error::from(io::ErrorKind::ConnectionReset),
+            Stage::Sending,
+            Duration::from_secs(1),
+        );
+        assert!(matches!(plain, HttpError::Io(_)), "{plain:?}");
     }
 
     #[test]

@@ -580,7 +580,7 @@ fn drop_invalid(batch: &[Record], body: &mut Vec<u8>, stats: &SinkStats) -> Vec<
 }
 
 /// A failed POST to the bot, with the setting that governs it where that helps: a timeout
-/// names `--forward-timeout-ms` in its unit.
+/// names `--forward-timeout-ms` in its unit (a certificate problem already names `--ca-file`).
 fn delivery_failure(error: &HttpError) -> String {
     match error {
         HttpError::TimedOut { stage, timeout } => format!(
