@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /healthz` | 200 while the process serves (no token needed) |
 //! | `GET /readyz` | 200 when every owned shard's session is live, else 503 |
+//! | `GET /status` | the engine at a glance: shards by state, events, the sink's queue |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /shards`, `GET /shards/{id}` | shard status as JSON |
 //! | `POST /shards/{id}/reconnect[?identify=true]` | 202: resume (or identify anew) |
@@ -36,12 +37,15 @@ pub fn handle(context: &AdminContext, request: &Request) -> Response {
     }
     match (method, segments.as_slice()) {
         ("GET", ["readyz"]) => readyz(context),
+        ("GET", ["status"]) => status(context),
         ("GET", ["metrics"]) => metrics(context),
         ("GET", ["shards"]) => shards(context),
         ("GET", ["shards", id]) => shard(context, id),
         ("POST", ["shards", id, "reconnect"]) => reconnect(context, id, request),
         ("POST", ["commands"]) => command(context, request),
-        (_, ["readyz" | "metrics" | "shards"] | ["shards", _]) => method_not_allowed(method, "GET"),
+        (_, ["readyz" | "status" | "metrics" | "shards"] | ["shards", _]) => {
+            method_not_allowed(method, "GET")
+        }
         (_, ["shards", _, "reconnect"] | ["commands"]) => method_not_allowed(method, "POST"),
         _ => Response::error(404, format!("no such endpoint: {method} {}", request.path)),
     }
@@ -110,6 +114,83 @@ fn readyz(context: &AdminContext) -> Response {
         body["reason"] = Value::from(reason);
     }
     Response::json(if ready { 200 } else { 503 }, &body)
+}
+
+/// `GET /status`: what the `status` log line says, as JSON, with the shards by state. Counters
+/// are totals since the process started; the queue figures are now.
+fn status(context: &AdminContext) -> Response {
+    let reports = match context.control.reports() {
+        Ok(reports) => reports,
+        Err(error) => return control_error(&error),
+    };
+    let snapshot = context.stats.snapshot();
+    let plan = context.control.plan();
+    let mut by_state = serde_json::Map::new();
+    for state in ShardState::ALL {
+        let count = reports
+            .iter()
+            .flat_map(|report| &report.shards)
+            .filter(|status| status.state == state)
+            .count();
+        by_state.insert(state.as_str().to_owned(), Value::from(count));
+    }
+    let quantile_ms = |quantile| {
+        crate::sink::latency_quantile_us(&snapshot.batch_latency_buckets, quantile)
+            .map(|micros| micros as f64 / 1000.0)
+    };
+    let (identifies_granted, identify_budget_remaining) = context.limiter.stats();
+    let body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": context.started.elapsed().as_secs_f64(),
+        "stopping": context.stats.stopping(),
+        "plan": {
+            "total_shards": plan.total_shards.get(),
+            "shards": format!("{}..={}", plan.shards.start(), plan.shards.end()),
+            "cores": plan.cores,
+            "shards_per_core": plan.shards_per_core,
+        },
+        "shards": {
+            "owned": snapshot.shards_owned,
+            "ready": snapshot.shards_ready,
+            "fatal": snapshot.shards_fatal,
+            "by_state": by_state,
+        },
+        "events": {
+            "dispatches_received": snapshot.dispatches_in,
+            "records_to_sink": snapshot.records_to_sink,
+            "dropped_redundant_message_update": snapshot.dropped_redundant_update,
+            "dropped_not_allowed": snapshot.dropped_not_allowed,
+            "decode_errors": snapshot.decode_errors,
+            "ring_full_waits": snapshot.ring_full_waits,
+        },
+        "sessions": {
+            "identifies": snapshot.identifies,
+            "resumes": snapshot.resumes,
+            "reconnects": snapshot.reconnects,
+            "saved_resumed": snapshot.saved_sessions_resumed,
+            "saved_rejected": snapshot.saved_sessions_rejected,
+            "identifies_granted": identifies_granted,
+            "identify_budget_remaining": identify_budget_remaining,
+        },
+        "sink": {
+            "records_received": snapshot.records_received,
+            "records_delivered": snapshot.records_delivered,
+            "batches_delivered": snapshot.batches_delivered,
+            "delivery_failures": snapshot.delivery_failures,
+            "queue_memory_records": snapshot.queue_memory_records,
+            "queue_memory_bytes": context.stats.queue_memory_bytes(),
+            "queue_spill_records": snapshot.queue_spill_records,
+            "records_spilled": snapshot.records_spilled,
+            "records_dropped": {
+                "spill_full": snapshot.records_dropped_spill_full,
+                "shutdown": snapshot.records_dropped_shutdown,
+                "invalid_payload": snapshot.records_dropped_invalid,
+            },
+            "batch_latency_p50_ms": quantile_ms(0.5),
+            "batch_latency_p99_ms": quantile_ms(0.99),
+        },
+    });
+    Response::json(200, &body)
 }
 
 fn metrics(context: &AdminContext) -> Response {
