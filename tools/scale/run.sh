@@ -5,10 +5,12 @@
 #   cargo build --release -p shardgate -p mock-gateway -p fake-bot
 #   tools/scale/run.sh [SHARDS=10000] [MAX_CONCURRENCY=512] [SETTLE_S=20]
 #   COMPRESSION=none tools/scale/run.sh 10000
+#   BIN_DIR=target/debug tools/scale/run.sh 50 50 2              # the debug binaries
 #   SHARDGATE_ARGS='--read-coalesce-ms 0' tools/scale/run.sh 10000   # extra `shardgate run` flags
 #
-# Needs `ulimit -n` above SHARDS for the engine and the mock, curl and python3. Work files go
-# to $SCALE_DIR (default /tmp/shardgate-scale). Stops only the processes it started.
+# Needs `ulimit -n` above SHARDS for the engine and the mock, and python3. Every port is picked
+# free (tools/lib/world.sh). Work files go to $SCALE_DIR (default /tmp/shardgate-scale). Stops
+# only the processes it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 shards=${1:-10000}
@@ -16,34 +18,26 @@ max_concurrency=${2:-512}
 settle_s=${3:-20}
 compression=${COMPRESSION:-zstd-stream}
 dir=${SCALE_DIR:-/tmp/shardgate-scale}
-bin=target/release
 rm -rf "$dir" && mkdir -p "$dir/data"
+. tools/lib/world.sh
+world_init "$dir" "${BIN_DIR:-target/release}"
+trap world_stop EXIT
 
-"$bin/mock-gateway" --threads 2 --listen 127.0.0.1:47500 --resume-listen 127.0.0.1:47501 \
-    --tls --ca-out "$dir/ca.pem" --guilds $((shards * 2)) --recommended-shards "$shards" \
+world_start_mock --threads 2 --tls --guilds $((shards * 2)) --recommended-shards "$shards" \
     --max-concurrency "$max_concurrency" --session-start-total 1000000 --rate 0.1 \
-    --guild-create-bytes 2000 --replay-bytes-max 16384 > "$dir/mock.log" 2>&1 &
-mock=$!
-"$bin/fake-bot" --listen 127.0.0.1:47600 > "$dir/bot.log" 2>&1 &
-bot=$!
-trap 'kill $mock $bot 2>/dev/null; wait $mock $bot 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do
-    [ -s "$dir/ca.pem" ] && break
-    sleep 0.1
-done
-kill -0 "$mock" 2>/dev/null || { echo "the mock did not start; see $dir/mock.log" >&2; exit 1; }
+    --guild-create-bytes 2000 --replay-bytes-max 16384
+world_start_bot
 
 start=$(date +%s.%N)
-DISCORD_TOKEN=mock-token "$bin/shardgate" run --api-base https://127.0.0.1:47500/api/v10 \
-    --ca-file "$dir/ca.pem" --forward-url http://127.0.0.1:47600/events --cores 2 \
-    --data-dir "$dir/data" --admin-addr 127.0.0.1:47700 --compression "$compression" \
-    --log "${LOG:-info}" --log-format json ${SHARDGATE_ARGS:-} > "$dir/engine.log" 2>&1 &
-engine=$!
+DISCORD_TOKEN=mock-token world_start_engine --api-base "$MOCK_API_BASE" --ca-file "$MOCK_CA" \
+    --forward-url "$BOT_URL/events" --cores 2 --data-dir "$dir/data" \
+    --compression "$compression" --log "${LOG:-info}" --log-format json ${SHARDGATE_ARGS:-}
+engine=$ENGINE_PID
 active=0
 for _ in $(seq 1 900); do
     sleep 1
     kill -0 "$engine" 2>/dev/null || { echo "the engine exited; see $dir/engine.log" >&2; exit 1; }
-    active=$(curl -s 127.0.0.1:47700/readyz |
+    active=$(world_get "$ENGINE_ADMIN/readyz" |
         python3 -c "import sys, json; print(json.load(sys.stdin)['shards_active'])" 2>/dev/null ||
         echo 0)
     [ "$active" -ge "$shards" ] && break
@@ -55,9 +49,8 @@ settle_from=$(cpu_ticks)
 sleep "$settle_s"
 settle_ticks=$(($(cpu_ticks) - settle_from))
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$engine/status")
-curl -sk https://127.0.0.1:47500/_mock/ledger > "$dir/ledger.json"
-kill -TERM "$engine"
-wait "$engine" && code=0 || code=$?
+world_get "$MOCK_HTTP/_mock/ledger" > "$dir/ledger.json"
+world_stop_engine && code=0 || code=$?
 python3 - "$dir/ledger.json" "$shards" "$active" "$start" "$ready" "$rss_kib" "$compression" "$code" \
     "$settle_ticks" "$(getconf CLK_TCK)" "$settle_s" <<'PY'
 import collections, json, sys
