@@ -654,18 +654,25 @@ fn load_sessions(path: &std::path::Path, total_shards: u32, owned: &[u32]) -> Sa
             );
             return SavedSessions::new(total_shards);
         }
-        Ok(None) => return SavedSessions::new(total_shards),
+        Ok(None) => {
+            tracing::debug!("no saved sessions: every shard identifies");
+            return SavedSessions::new(total_shards);
+        }
         Err(error) => {
             tracing::warn!(%error, "cannot use the saved sessions; every shard identifies");
             return SavedSessions::new(total_shards);
         }
     };
     saved.shards.retain(|shard, _| owned.contains(shard));
-    tracing::info!(
-        sessions = saved.shards.len(),
-        shards = owned.len(),
-        "resuming saved sessions; the other shards identify"
-    );
+    if saved.shards.is_empty() {
+        tracing::debug!("no saved sessions for these shards: every shard identifies");
+    } else {
+        tracing::info!(
+            sessions = saved.shards.len(),
+            shards = owned.len(),
+            "resuming saved sessions; the other shards identify"
+        );
+    }
     saved
 }
 

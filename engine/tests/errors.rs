@@ -1,6 +1,7 @@
 //! The real `shardgate` binary meeting what a new user meets first: a REST API that accepts and
 //! never answers, TLS servers whose certificate the trust store does not know (REST, gateway,
-//! bot), a bot that never answers. Each message names the cause and the setting that fixes it, and never the token.
+//! bot), a bot that never answers, two processes on one data dir, a start with no session
+//! saved. Each message names the cause and the setting that fixes it, and never the token.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -16,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{Engine, wait_until};
+use fake_bot::{BotConfig, FakeBot};
 use mock_gateway::{MockConfig, MockGateway};
 
 const TOKEN: &str = "MTIz.errors-test-token.SECRET";
@@ -370,5 +372,60 @@ fn an_https_bot_with_an_unknown_certificate_issuer_warns_naming_ca_file() {
         "{warning}"
     );
     assert!(!stderr.contains(mock.token()), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A start after a run that saved no session (its shards never connected) says nothing about
+/// resuming; one after a run that saved a session says how many it resumes.
+#[test]
+fn resuming_saved_sessions_is_logged_only_when_there_are_some() {
+    let dir = scratch("sessions-log");
+    let mock = plain_mock();
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let against_the_mock = || {
+        let mut command = shardgate(&dir);
+        command
+            .args(["--api-base", &mock.api_base(), "--total-shards", "1"])
+            .args(["--forward-url", &bot.url(), "--log", "info"])
+            .env("DISCORD_TOKEN", mock.token());
+        command
+    };
+    // 1. A gateway that is not there: the stop saves an empty sessions file.
+    let nowhere = format!("ws://{}", free_addr());
+    let mut first = Running::start(
+        shardgate(&dir)
+            .args(["--gateway-url", &nowhere, "--total-shards", "1"])
+            .args(["--forward-url", &bot.url(), "--log", "info"]),
+    );
+    first.wait_for_stderr("sizes per core", Duration::from_secs(30));
+    let (status, stderr) = first.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("sessions saved sessions=0"), "{stderr}");
+
+    // 2. Nothing to resume: not a word about resuming.
+    let mut second = Running::start(&mut against_the_mock());
+    wait_until("the shard to be ready", Duration::from_secs(30), || {
+        bot.report().totals.notices.contains_key("SHARD_READY")
+    });
+    let (status, stderr) = second.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!stderr.contains("resuming saved sessions"), "{stderr}");
+    assert!(stderr.contains("sessions saved sessions=1"), "{stderr}");
+
+    // 3. A saved session: the line, with its count, and the session resumes.
+    let mut third = Running::start(&mut against_the_mock());
+    third.wait_for_stderr("resuming saved sessions", Duration::from_secs(30));
+    wait_until(
+        "the saved session to resume",
+        Duration::from_secs(30),
+        || mock.ledger().resumes_total == 1,
+    );
+    let (status, stderr) = third.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("resuming saved sessions"))
+        .unwrap();
+    assert!(line.contains("sessions=1"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
