@@ -287,12 +287,16 @@ pub struct Snapshot {
 }
 
 impl Engine {
-    /// Startup: `/gateway/bot` (unless the URL and shard count are given), the plan, the
-    /// locked-memory check, one pinned executor per core and the sink thread. Returns once they
-    /// run; shards connect in the background, paced by the identify limiter. The admin API
-    /// listens on `--admin-addr`.
+    /// Startup: the data dir's lock, `/gateway/bot` (unless the URL and shard count are
+    /// given), the plan, the locked-memory check, one pinned executor per core and the sink
+    /// thread. Returns once they run; shards connect in the background, paced by the identify
+    /// limiter. The admin API listens on `--admin-addr`.
     pub fn start(settings: Settings, stop: Arc<AtomicBool>) -> Result<Engine, RunError> {
         let started = Instant::now();
+        // The data dir's lock first, before anything talks to the network or binds a port: a
+        // second process on the same --data-dir (it would overwrite the saved sessions) is
+        // told so, not about a port both asked for, and spends none of Discord's requests.
+        let data_dir_lock = lock_data_dir(&settings.data_dir)?;
         let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
 
         // Discord's view: URL, recommended shards, identify limits.
@@ -411,9 +415,8 @@ impl Engine {
         };
         let sink_stats = Arc::new(SinkStats::default());
 
-        // Durable state: the data dir's lock (a second process would overwrite the saved
-        // sessions), the spill, then the sessions the last run saved.
-        let data_dir_lock = lock_data_dir(&settings.data_dir)?;
+        // Durable state (the data dir is ours since the start): the spill, then the sessions
+        // the last run saved.
         let spill = match settings.spill_config() {
             Some(config) => {
                 let (spill, recovered) = Spill::open(config)?;

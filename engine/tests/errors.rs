@@ -375,6 +375,54 @@ fn an_https_bot_with_an_unknown_certificate_issuer_warns_naming_ca_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A second process on a data dir in use, asking for the same admin address: it is told about
+/// the data dir (not the port), and asks Discord nothing.
+#[test]
+fn a_second_process_on_the_same_data_dir_is_refused_before_any_network() {
+    let dir = scratch("data-dir-twice");
+    let mock = plain_mock();
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let admin = free_addr().to_string();
+    let mut first = Running::start(
+        shardgate_with_admin(&dir, &admin)
+            .args(["--api-base", &mock.api_base(), "--total-shards", "1"])
+            .args(["--forward-url", &bot.url(), "--log", "warn"])
+            .env("DISCORD_TOKEN", mock.token()),
+    );
+    // The admin API listens only after the data dir is locked.
+    wait_until(
+        "the first engine's admin API",
+        Duration::from_secs(30),
+        || TcpStream::connect(&admin).is_ok(),
+    );
+    // Without --total-shards the second would need /gateway/bot: count who asks.
+    let (api, contacted) = silent_listener();
+    let mut second = Running::start(
+        shardgate_with_admin(&dir, &admin)
+            .args(["--api-base", &format!("http://{api}/api/v10")])
+            .args(["--forward-url", &bot.url()]),
+    );
+    let (status, stderr) = second.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "shardgate: --data-dir {}: in use by another shardgate process; give each process \
+             its own --data-dir",
+            dir.join("data").display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--admin-addr"), "{stderr}");
+    assert_eq!(contacted.load(Ordering::SeqCst), 0, "asked /gateway/bot");
+    assert!(
+        first.engine.0.try_wait().unwrap().is_none(),
+        "the first runs on"
+    );
+    let (status, stderr) = first.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A start after a run that saved no session (its shards never connected) says nothing about
 /// resuming; one after a run that saved a session says how many it resumes.
 #[test]
