@@ -24,8 +24,8 @@ use crate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
 use crate::limiter::IdentifyLimiter;
 use crate::record::{Notice, PayloadArena, Record, RecordKind};
 use crate::shard::{
-    ConnectTarget, LossCause, PayloadAction, Session, Shard, ShardConfig, ShardEvent, ShardState,
-    Token, TransmitKind,
+    ConnectTarget, FATAL_CLOSE_CODES, LossCause, PayloadAction, Session, Shard, ShardConfig,
+    ShardEvent, ShardState, Token, TransmitKind, fatal_close_explanation,
 };
 use crate::transport::{Connection, GatewayUrl, Incoming, ReadCoalescing};
 
@@ -57,6 +57,8 @@ pub struct CoreStats {
     /// Shards that were ready (READY and their guilds in) at least once in this process.
     pub shards_ready: AtomicU64,
     pub shards_fatal: AtomicU64,
+    /// Of those, the shards stopped by each of [`FATAL_CLOSE_CODES`], in that order.
+    pub shards_fatal_by_code: [AtomicU64; FATAL_CLOSE_CODES.len()],
     pub shards_running: AtomicU64,
     /// Saved sessions (from the last run) that Discord resumed, and that it rejected (the
     /// shard identified instead).
@@ -358,11 +360,15 @@ impl Driver {
                     }
                     ShardEvent::Fatal { code, reason } => {
                         stats.shards_fatal.fetch_add(1, Ordering::Relaxed);
+                        if let Some(index) = FATAL_CLOSE_CODES.iter().position(|c| *c == code) {
+                            stats.shards_fatal_by_code[index].fetch_add(1, Ordering::Relaxed);
+                        }
                         stats.shards_running.fetch_sub(1, Ordering::Relaxed);
                         tracing::error!(
                             shard = shard_id,
                             code,
                             %reason,
+                            cause = %fatal_close_explanation(code).unwrap_or("unknown"),
                             "shard stopped by a fatal close code; the other shards run on"
                         );
                         return;

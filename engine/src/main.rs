@@ -78,6 +78,9 @@ fn run(args: &RunArgs, check: bool) -> ExitCode {
                 shards_fatal = summary.shards_fatal,
                 "stopped"
             );
+            if let Some(message) = summary.fatal_message() {
+                eprintln!("shardgate: {message}");
+            }
             if summary.records_dropped_shutdown > 0 || summary.shards_fatal > 0 {
                 ExitCode::from(1)
             } else {

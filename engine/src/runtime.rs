@@ -19,6 +19,7 @@ use crate::decode::DecoderLimits;
 use crate::filter::FilterConfig;
 use crate::limiter::{IdentifyLimiter, SessionStartLimit};
 use crate::progress::{IdentifyPace, Output, ShardCounts, StartupProgress};
+use crate::shard::{FATAL_CLOSE_CODES, fatal_close_explanation};
 use crate::sink::http::{ForwardUrl, HttpClient, HttpError};
 use crate::sink::queue::Queue;
 use crate::sink::sessions::SavedSessions;
@@ -99,6 +100,48 @@ pub struct RunSummary {
     pub records_delivered: u64,
     pub records_dropped_shutdown: u64,
     pub shards_fatal: u64,
+    /// Shards stopped by each fatal close code, in [`FATAL_CLOSE_CODES`] order, codes that
+    /// stopped none left out.
+    pub fatal_close_codes: Vec<(u16, u64)>,
+}
+
+impl RunSummary {
+    /// One line for the operator when shards stopped for good: the close code(s), what each
+    /// means and what to change (`None` when no shard did).
+    pub fn fatal_message(&self) -> Option<String> {
+        if self.shards_fatal == 0 {
+            return None;
+        }
+        let shards = |n: u64| {
+            if n == 1 {
+                "1 shard".to_owned()
+            } else {
+                format!("{n} shards")
+            }
+        };
+        let mut parts: Vec<String> = self
+            .fatal_close_codes
+            .iter()
+            .map(|&(code, count)| {
+                let meaning = fatal_close_explanation(code).unwrap_or("not a fatal code");
+                format!("{} stopped on close code {code}, {meaning}", shards(count))
+            })
+            .collect();
+        let by_code: u64 = self.fatal_close_codes.iter().map(|&(_, count)| count).sum();
+        if self.shards_fatal > by_code {
+            parts.push(format!(
+                "{} could not start (see the error logged for it)",
+                shards(self.shards_fatal - by_code)
+            ));
+        }
+        let mut message = parts.join("; ");
+        if by_code > 0 {
+            message.push_str(
+                "; Discord does not let these shards reconnect (see docs/troubleshooting.md)",
+            );
+        }
+        Some(message)
+    }
 }
 
 /// Runs until SIGINT/SIGTERM (then closes every shard resumably and flushes), or until every
@@ -210,12 +253,22 @@ impl EngineStats {
                 .map(|s| f(s).load(Ordering::Relaxed))
                 .sum::<u64>()
         };
+        let sum_index = |f: fn(&CoreStats) -> &[AtomicU64; FATAL_CLOSE_CODES.len()],
+                         index: usize| {
+            self.core_stats
+                .iter()
+                .map(|s| f(s)[index].load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
         let sink = &self.sink_stats;
         Snapshot {
             shards_owned: self.shared.shards_owned as u64,
             shards_ready: sum(|s| &s.shards_ready),
             shards_running: sum(|s| &s.shards_running),
             shards_fatal: sum(|s| &s.shards_fatal),
+            shards_fatal_by_code: std::array::from_fn(|index| {
+                sum_index(|s| &s.shards_fatal_by_code, index)
+            }),
             dispatches_in: sum(|s| &s.dispatches_in),
             records_to_sink: sum(|s| &s.records_forwarded),
             dropped_redundant_update: sum(|s| &s.dropped_redundant_update),
@@ -260,6 +313,8 @@ pub struct Snapshot {
     pub shards_ready: u64,
     pub shards_running: u64,
     pub shards_fatal: u64,
+    /// Of those, the shards stopped by each of [`FATAL_CLOSE_CODES`], in that order.
+    pub shards_fatal_by_code: [u64; FATAL_CLOSE_CODES.len()],
     pub dispatches_in: u64,
     pub records_to_sink: u64,
     pub dropped_redundant_update: u64,
@@ -626,6 +681,11 @@ impl Engine {
             records_delivered: last.records_delivered,
             records_dropped_shutdown: last.records_dropped_shutdown,
             shards_fatal: last.shards_fatal,
+            fatal_close_codes: FATAL_CLOSE_CODES
+                .into_iter()
+                .zip(last.shards_fatal_by_code)
+                .filter(|&(_, count)| count > 0)
+                .collect(),
         }
     }
 }
@@ -841,5 +901,43 @@ mod tests {
             rustls::CertificateError::UnknownIssuer,
         ));
         assert!(gateway_bot_failure(&untrusted).contains("--ca-file <PEM>"));
+    }
+
+    #[test]
+    fn the_exit_message_names_each_fatal_code_its_meaning_and_fix() {
+        let summary = |shards_fatal, fatal_close_codes| RunSummary {
+            records_delivered: 0,
+            records_dropped_shutdown: 0,
+            shards_fatal,
+            fatal_close_codes,
+        };
+        assert_eq!(summary(0, vec![]).fatal_message(), None);
+        assert_eq!(
+            summary(2, vec![(4004, 2)]).fatal_message().unwrap(),
+            format!(
+                "2 shards stopped on close code 4004, {}; Discord does not let these shards \
+                 reconnect (see docs/troubleshooting.md)",
+                fatal_close_explanation(4004).unwrap()
+            )
+        );
+        let mixed = summary(4, vec![(4010, 1), (4014, 2)])
+            .fatal_message()
+            .unwrap();
+        assert!(
+            mixed.starts_with("1 shard stopped on close code 4010, invalid shard: "),
+            "{mixed}"
+        );
+        assert!(
+            mixed.contains("; 2 shards stopped on close code 4014, disallowed intents: "),
+            "{mixed}"
+        );
+        assert!(
+            mixed.contains("; 1 shard could not start (see the error logged for it); Discord"),
+            "{mixed}"
+        );
+        assert_eq!(
+            summary(1, vec![]).fatal_message().unwrap(),
+            "1 shard could not start (see the error logged for it)"
+        );
     }
 }

@@ -321,6 +321,7 @@ fn authentication_failure_stops_with_a_clear_error() {
             dir.join("ca.pem").to_str().unwrap(),
         ])
         .args(["--data-dir", dir.to_str().unwrap(), "--log", "error"])
+        .args(["--admin-addr", "127.0.0.1:0"])
         .env("DISCORD_TOKEN", "not-the-token")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -345,6 +346,21 @@ fn authentication_failure_stops_with_a_clear_error() {
         stderr.contains("fatal close code") && stderr.contains("4004"),
         "{stderr}"
     );
+    // The log line and the last line say what 4004 means and what to change.
+    let explanation = shardgate::shard::fatal_close_explanation(4004).unwrap();
+    assert!(
+        stderr.lines().any(|line| line.contains("fatal close code")
+            && line.contains(&format!("cause={explanation}"))),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "shardgate: 2 shards stopped on close code 4004, {explanation}; Discord does not let \
+             these shards reconnect (see docs/troubleshooting.md)"
+        )),
+        "{stderr}"
+    );
+    assert!(explanation.contains("DISCORD_TOKEN or --token"));
     assert!(!stderr.contains("not-the-token"), "{stderr}");
     let ledger = mock.ledger();
     // One identify attempt per shard, never retried.

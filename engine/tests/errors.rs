@@ -477,3 +477,25 @@ fn resuming_saved_sessions_is_logged_only_when_there_are_some() {
     assert!(line.contains("sessions=1"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// docs/troubleshooting.md quotes every fatal close code's explanation as the engine logs it,
+/// so the two cannot drift apart.
+#[test]
+fn the_troubleshooting_guide_quotes_every_fatal_close_explanation() {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/troubleshooting.md"
+    ))
+    .unwrap();
+    for code in shardgate::shard::FATAL_CLOSE_CODES {
+        let explanation = shardgate::shard::fatal_close_explanation(code).unwrap();
+        let row = guide
+            .lines()
+            .find(|line| line.starts_with(&format!("| {code} ")))
+            .unwrap_or_else(|| panic!("no table row for {code}"));
+        assert!(
+            row.contains(explanation),
+            "the row for {code} must quote {explanation:?}: {row}"
+        );
+    }
+}

@@ -73,7 +73,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tracing::{debug, error, trace, warn};
+use tracing::{debug, trace, warn};
 
 use super::json::{self, CommandShape, IdentifyFields};
 use super::send_window::SendWindow;
@@ -529,6 +529,44 @@ pub fn close_policy(code: Option<u16>) -> ClosePolicy {
         // gone, Discord answers the resume with op 9 and the shard identifies.
         _ => ClosePolicy::Resume,
     }
+}
+
+/// The close codes after which a shard stops for good ([`ClosePolicy::Fatal`]), in order.
+pub const FATAL_CLOSE_CODES: [u16; 6] = [4004, 4010, 4011, 4012, 4013, 4014];
+
+/// What a fatal close code means and what the operator does about it, in words, for logs and
+/// the exit message (`None`: the code is not fatal). docs/troubleshooting.md quotes each text.
+pub fn fatal_close_explanation(code: u16) -> Option<&'static str> {
+    Some(match code {
+        4004 => {
+            "authentication failed: the token is wrong or was reset; set the bot's current \
+             token with DISCORD_TOKEN or --token (Developer Portal, Bot, Reset Token gives a \
+             new one)"
+        }
+        4010 => {
+            "invalid shard: Discord refused this shard id for this shard count; check --shards \
+             (every id below --total-shards) and --total-shards"
+        }
+        4011 => {
+            "sharding required: the bot is in too many guilds for this shard count (at most \
+             2500 guilds per shard); run more shards: --total-shards auto (Discord's \
+             recommendation) or a higher --total-shards"
+        }
+        4012 => {
+            "invalid API version: the gateway refused API version 10; check that --gateway-url \
+             (or --api-base's answer) points at Discord's gateway, or upgrade shardgate"
+        }
+        4013 => {
+            "invalid intents: Discord does not accept the intents sent; check --intents (names \
+             or a number of known intent bits)"
+        }
+        4014 => {
+            "disallowed intents: --intents asks for a privileged intent (GUILD_MEMBERS, \
+             GUILD_PRESENCES or MESSAGE_CONTENT) this bot may not use; enable it in the \
+             Developer Portal (Bot, Privileged Gateway Intents) or remove it from --intents"
+        }
+        _ => return None,
+    })
 }
 
 /// Ceiling of the reconnect delay after `failures` consecutive reconnects without READY/RESUMED:
@@ -1552,7 +1590,9 @@ impl Shard {
     }
 
     fn enter_fatal(&mut self, code: u16, reason: &str) {
-        error!(
+        // The driver reports it at error, with what the code means (ShardEvent::Fatal): one
+        // line for the operator, not two.
+        debug!(
             shard = self.config.shard_id,
             code, reason, "fatal close code: shard stopped"
         );
@@ -2436,6 +2476,45 @@ mod tests {
     }
 
     #[test]
+    fn every_fatal_close_code_is_explained_with_its_fix() {
+        // (code, the meaning's first words, what the operator changes)
+        let table: [(u16, &str, &[&str]); 6] = [
+            (
+                4004,
+                "authentication failed: ",
+                &["DISCORD_TOKEN", "--token"],
+            ),
+            (4010, "invalid shard: ", &["--shards", "--total-shards"]),
+            (
+                4011,
+                "sharding required: ",
+                &["--total-shards auto", "higher --total-shards"],
+            ),
+            (4012, "invalid API version: ", &["--gateway-url"]),
+            (4013, "invalid intents: ", &["--intents"]),
+            (
+                4014,
+                "disallowed intents: ",
+                &["Developer Portal", "remove it from --intents"],
+            ),
+        ];
+        assert_eq!(table.map(|(code, _, _)| code), FATAL_CLOSE_CODES);
+        for (code, meaning, fixes) in table {
+            assert_eq!(close_policy(Some(code)), ClosePolicy::Fatal, "{code}");
+            let text = fatal_close_explanation(code).unwrap();
+            assert!(text.starts_with(meaning), "{code}: {text}");
+            for fix in fixes {
+                assert!(text.contains(fix), "{code} names {fix}: {text}");
+            }
+            // One line, and a Markdown table cell in docs/troubleshooting.md.
+            assert!(!text.contains(['\n', '|']), "{code}: {text}");
+        }
+        for code in [1000, 4000, 4003, 4009, 4015] {
+            assert_eq!(fatal_close_explanation(code), None, "{code}");
+        }
+    }
+
+    #[test]
     fn every_close_code_class_from_the_protocol() {
         use ClosePolicy::{Fatal, NewSession, Resume};
         let table: &[(Option<u16>, ClosePolicy)] = &[
@@ -2463,6 +2542,12 @@ mod tests {
         ];
         for &(code, policy) in table {
             assert_eq!(close_policy(code), policy, "{code:?}");
+            // Exactly the fatal codes have an explanation.
+            assert_eq!(
+                code.and_then(fatal_close_explanation).is_some(),
+                policy == Fatal,
+                "{code:?}"
+            );
             let mut driver = active();
             driver.shard.close_received(driver.now, code, "bye");
             driver.drain();
