@@ -7,7 +7,7 @@
 //! - `decompress-only`: frames → payloads;
 //! - `decompress+classify`: plus `op`/`s`/`t` (the whole stage as the shard machine sees it);
 //! - `decompress+classify+copy`: plus copying each payload into a reused record buffer, as the
-//!   driver does before the next frame (DESIGN.md's "decode + classify + copy" floors).
+//!   driver does before the next frame (the "decode + classify + copy" floor).
 //! - `stage`: the whole per-frame work of a core before the ring: decompress, classify, the
 //!   filter (allow list, redundant MESSAGE_UPDATE drop) and an owned copy of each forwarded
 //!   payload for its record. `stage` minus `decompress-only` is shardgate's own overhead.
@@ -15,7 +15,7 @@
 //! `/bytes` variants report decompressed bytes per second, `/events` events per second (ns per
 //! event = 1e9 / rate). Times are the bench thread's CPU time (`/proc/thread-self/schedstat`;
 //! wall time where that file is missing), so that other work on a shared machine does not
-//! inflate them (DESIGN.md: measure CPU, not wall time). Also `classify` alone, and the field
+//! inflate them (measure CPU, not wall time). Also `classify` alone, and the field
 //! helpers the filter stage calls: `fields/message-id-and-content-hash` over the stream's
 //! MESSAGE_CREATE/UPDATE events, `fields/guild-id` over all of them.
 //!

@@ -1,7 +1,7 @@
 //! shardgate: a thread-per-core Discord gateway engine.
 //!
-//! The crate mirrors the pipeline in DESIGN.md: shard → decode → filter → ring → sink. Each stage
-//! lives in its own module and opens with a `//!` note on what it must not do.
+//! The crate mirrors the pipeline in docs/architecture.md: shard → decode → filter → ring →
+//! sink. Each stage lives in its own module and opens with a `//!` note on what it must not do.
 
 pub mod admin;
 pub mod config;

@@ -1,6 +1,6 @@
 //! Every event the mock generates deserializes into twilight-model's types (a real client
 //! library's view of Discord's schema), except RATE_LIMITED, where twilight 0.18 models `meta`
-//! as a tagged enum while Discord documents `meta: {guild_id, nonce}` (PROTOCOL.md); the mock
+//! as a tagged enum while Discord documents `meta: {guild_id, nonce}` (docs/discord-gateway.md); the mock
 //! follows Discord.
 
 use mock_gateway::events::{EventMix, SessionEvents, guild_ids, shard_for_guild};

@@ -1,5 +1,5 @@
 //! Which compression a connection uses: the `--compression` names, the `compress=` query
-//! parameter and the identify `compress` flag they imply (PROTOCOL.md, Compression).
+//! parameter and the identify `compress` flag they imply (docs/discord-gateway.md, Compression).
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,7 +12,7 @@ use thiserror::Error;
 #[serde(rename_all = "kebab-case")]
 pub enum Compression {
     /// `compress=zstd-stream`: one zstd context per connection, one binary frame per payload.
-    /// The cheapest compressed mode to decode (PROTOCOL.md), hence the default.
+    /// The cheapest compressed mode to decode (docs/discord-gateway.md), hence the default.
     #[default]
     ZstdStream,
     /// `compress=zlib-stream`: one inflate context per connection; a payload ends with a frame

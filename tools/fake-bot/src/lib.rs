@@ -1,4 +1,4 @@
-//! fake-bot: the bot's side of shardgate's forwarding contract (DESIGN.md, "Forwarding"). An
+//! fake-bot: the bot's side of shardgate's forwarding contract (docs/forwarding.md). An
 //! HTTP/1.1 server that receives batches and verifies, per shard, that nothing is missing,
 //! duplicated or out of order; it can be told to fail, to be slow, or to go away for a while.
 //!
