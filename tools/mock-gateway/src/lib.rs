@@ -1,6 +1,7 @@
-//! A faithful, seeded Discord gateway v10 simulator: REST `/gateway/bot`, the WebSocket
-//! gateway (identify, resume, heartbeats, compression, limits), scriptable faults, and a
-//! ledger of what it sent and every violation it saw.
+//! A faithful, seeded Discord gateway v10 simulator: the REST a client calls before it connects
+//! (`/gateway/bot`, `/users/@me`, the application; see `http.rs` for what paths it accepts), the
+//! WebSocket gateway (identify, resume, heartbeats, compression, limits), scriptable faults, and
+//! a ledger of what it sent and every violation it saw.
 //!
 //! The facts it honours are in `PROTOCOL.md`; where a client breaks a rule the mock answers as
 //! Discord does (close code or op 9) and records it, so a test can assert both.
