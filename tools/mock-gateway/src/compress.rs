@@ -1,4 +1,4 @@
-//! Outbound compression, one encoder per connection, as Discord does it (PROTOCOL.md).
+//! Outbound compression, one encoder per connection, as Discord does it (docs/discord-gateway.md).
 //!
 //! - zlib-stream: one deflate context for the connection, a sync flush per message so every
 //!   message ends in `00 00 ff ff`.

@@ -1,6 +1,6 @@
 //! Every knob of the mock gateway, as command-line flags and as a library struct.
 //!
-//! Defaults follow Discord (PROTOCOL.md) where Discord has a number; rates of faults default
+//! Defaults follow Discord (docs/discord-gateway.md) where Discord has a number; rates of faults default
 //! to zero so that a plain run is a clean gateway. Tests shorten the time windows (identify
 //! window, heartbeat interval) to keep runs fast; the defaults are Discord's.
 

@@ -3,8 +3,8 @@
 //! WebSocket gateway (identify, resume, heartbeats, compression, limits), scriptable faults, and
 //! a ledger of what it sent and every violation it saw.
 //!
-//! The facts it honours are in `PROTOCOL.md`; where a client breaks a rule the mock answers as
-//! Discord does (close code or op 9) and records it, so a test can assert both.
+//! The facts it honours are in `docs/discord-gateway.md`; where a client breaks a rule the mock
+//! answers as Discord does (close code or op 9) and records it, so a test can assert both.
 //!
 //! ```no_run
 //! use mock_gateway::{MockConfig, MockGateway};
