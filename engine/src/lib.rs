@@ -15,6 +15,7 @@ pub mod limiter;
 pub mod procfs;
 pub mod progress;
 pub mod record;
+pub mod reshard;
 pub mod runtime;
 pub mod shard;
 pub mod sink;

@@ -1,0 +1,12 @@
+//! Reshard stage: changing the shard count under a running bot without downtime, and without
+//! losing or duplicating an event at the switch.
+//!
+//! The pieces are plain structures without I/O or a clock, tested on their own: [`plan`] says
+//! when to reshard and to how many shards, [`merge`] merges the two sets' events while both
+//! run. The runtime drives them.
+
+pub mod merge;
+pub mod plan;
+
+pub use merge::{MergeLimits, MergeStats, MergeWindow, Side, Verdict};
+pub use plan::{Fill, Refusal, ReshardPolicy, Trigger};
