@@ -4,24 +4,32 @@
 //! (the live set and the new one), each session with its own sequence numbers and at its own
 //! time. The sink offers every record of either set to a [`MergeWindow`] under a key (a keyed
 //! hash of the event's name and its raw `d`, which Discord sends byte for byte the same to
-//! every session), and the window says whether this copy is the one to deliver.
+//! every session), and the window says which copy reaches the bot.
 //!
-//! Exactly once, counted: per key the window counts the copies each set has seen and the copies
-//! delivered. A copy is delivered when its set has now seen the key more often than it was
-//! delivered, so each key reaches the bot as many times as the set that saw it most often saw
-//! it: two genuinely identical events (the same `d` twice) are both delivered, and the twin of
-//! each from the other set is not. Order per guild holds, since a guild's events come in order
-//! from one shard of each set and the first copy of each is the one delivered.
+//! **One set has authority.** Until the switch it is the live set: each of its copies is
+//! delivered as it comes, exactly as without a reshard, so that its saved positions (what a
+//! restart resumes) never move past an event that only the other set's copy stands for. A copy
+//! of the new set whose twin the live set already delivered is a duplicate; one that comes
+//! first is held until its twin comes (then it is the duplicate) or until the span passes
+//! without one (then it is delivered: an event only the new set saw, such as one of a guild
+//! whose live shard is down). At the switch ([`MergeWindow::flip`]) the live set has stopped
+//! forwarding: every held copy is delivered, in order, and the new set has authority. After
+//! it, a new-set copy whose twin the old set delivered is a duplicate; any other is delivered.
 //!
-//! Bounded: a key whose two sets have seen it equally often is complete and forgotten at once;
-//! what stays are keys only one set has seen so far, for [`MergeWindow::span`] after their
-//! first copy, and never more than [`MergeLimits::keys_max`] of them. The span follows the skew
-//! measured between the sets (four times the largest skew seen lately, within the limits). A
-//! twin that comes later than the span, or after its key was pushed out to stay within the
-//! bound, is delivered again: a duplicate, as at-least-once delivery allows, never a loss. Such
-//! keys are counted ([`MergeStats::expired_unmatched`], [`MergeStats::evicted_for_room`]); so
-//! are the keys only one set could see, such as the events of a guild whose new shard was not
-//! connected yet.
+//! **Exactly once, counted.** Per key the window counts the copies each set has seen and the
+//! copies delivered, so each key reaches the bot as many times as the set that saw it most
+//! often saw it: two genuinely identical events (the same `d` twice) are both delivered, and
+//! the twin of each from the other set is not. Order per guild holds: a guild's events come in
+//! order from one shard of each set, and held copies are released in the order they came.
+//!
+//! **Bounded.** A key both sets have seen equally often is complete and forgotten at once. The
+//! others stay for [`MergeWindow::span`] after their first copy, never more than
+//! [`MergeLimits::keys_max`] of them; the span follows the skew measured between the sets (four
+//! times the largest skew of the last 30 to 60 s, within the limits). A twin that comes later
+//! than the span, or after its key was pushed out to stay within the bound, is delivered again:
+//! a duplicate, as at-least-once delivery allows, never a loss. Such keys are counted
+//! ([`MergeStats::expired_unmatched`], [`MergeStats::evicted_for_room`]), together with the
+//! keys only one set could see (the events of a guild whose new shard was not connected yet).
 //!
 //! Must not: perform I/O, read the clock (every call takes `now`), or allocate beyond its bound.
 
@@ -53,13 +61,15 @@ impl Side {
     }
 }
 
-/// What to do with a copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The first copy of this occurrence: forward it.
-    Deliver,
-    /// The other set's copy of an occurrence already delivered: drop it (counted).
-    Duplicate,
+/// What becomes of a copy: [`MergeWindow::offer`] and the release calls append these to the
+/// caller's list, in the order the bot must see them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Merged<T> {
+    /// Forward it.
+    Deliver(T),
+    /// The other set's copy of an occurrence already delivered: not forwarded (counted). Its
+    /// set's position still moves past it.
+    Duplicate(T),
 }
 
 /// Bounds, decided at startup.
@@ -74,7 +84,8 @@ pub struct MergeLimits {
 }
 
 impl MergeLimits {
-    /// About 80 bytes per key held (map entry, order slot and hashing overhead).
+    /// About 80 bytes per key held (map entry, order slot and hashing overhead), plus the
+    /// records held for their twin.
     pub const BYTES_PER_KEY: usize = 80;
 
     /// One million keys (about 80 MiB at most), a span of 10 s to 60 s.
@@ -92,34 +103,44 @@ pub struct MergeStats {
     pub offered: [u64; 2],
     /// Copies delivered, per side.
     pub delivered: [u64; 2],
-    /// Copies dropped as the other set's twin, per side.
+    /// Copies not delivered as the other set's twin, per side.
     pub duplicates: [u64; 2],
+    /// Copies held for their twin, released because none came within the span (or at the
+    /// switch, when the live set stopped): events only the new set saw.
+    pub released_unmatched: u64,
     /// Keys forgotten after the span with one set ahead: events only one set saw in time.
     pub expired_unmatched: u64,
     /// Keys forgotten early to stay within `keys_max`.
     pub evicted_for_room: u64,
     /// Most keys held at once.
     pub peak_keys: usize,
+    /// Most copies held for their twin at once.
+    pub peak_held: usize,
     /// Largest skew measured between the two copies of one event.
     pub max_skew: Duration,
 }
 
-/// Per key: when its first copy came, the copies each set has seen, and the copies delivered.
-#[derive(Clone, Copy, Debug)]
-struct Entry {
+/// Per key: when its first copy came, the copies each set has seen, the copies delivered, and
+/// the copies of the set without authority waiting for their twin.
+#[derive(Debug)]
+struct Entry<T> {
     first_seen: Instant,
     seen: [u32; 2],
     delivered: u32,
+    held: VecDeque<T>,
 }
 
 /// The keyed merge of two sets (see the module docs).
 #[derive(Debug)]
-pub struct MergeWindow {
+pub struct MergeWindow<T> {
     limits: MergeLimits,
-    entries: HashMap<u64, Entry>,
-    /// Keys in the order they were first seen, with that time: the eviction order. A key that
-    /// was completed (and removed) or re-added later leaves a stale slot, skipped when reached.
+    authority: Side,
+    entries: HashMap<u64, Entry<T>>,
+    /// Keys in the order they were first seen, with that time: the eviction and release order.
+    /// A key that was completed (and removed) or re-added later leaves a stale slot, skipped
+    /// when reached.
     order: VecDeque<(u64, Instant)>,
+    held: usize,
     /// The largest skews of the current and the previous period (see [`SKEW_PERIOD`]).
     skew_recent: [Duration; 2],
     skew_period_started: Option<Instant>,
@@ -131,69 +152,97 @@ const SKEW_PERIOD: Duration = Duration::from_secs(30);
 /// The span is this many times that skew.
 const SPAN_PER_SKEW: u32 = 4;
 
-impl MergeWindow {
-    pub fn new(limits: MergeLimits) -> MergeWindow {
+impl<T> MergeWindow<T> {
+    /// A window where the live set has authority.
+    pub fn new(limits: MergeLimits) -> MergeWindow<T> {
         assert!(limits.keys_max > 0, "the window holds at least one key");
         assert!(limits.span_min <= limits.span_max, "span_min ≤ span_max");
         MergeWindow {
             limits,
+            authority: Side::Live,
             entries: HashMap::new(),
             order: VecDeque::new(),
+            held: 0,
             skew_recent: [Duration::ZERO; 2],
             skew_period_started: None,
             stats: MergeStats::default(),
         }
     }
 
-    /// A copy of the event with `key` came from `side` at `now`: deliver it or drop it.
-    /// `now` never goes backwards between calls.
-    pub fn offer(&mut self, side: Side, key: u64, now: Instant) -> Verdict {
-        self.expire(now);
+    /// A copy of the event with `key` came from `side` at `now`: what becomes of it (and of a
+    /// held twin) is appended to `out`. `now` never goes backwards between calls.
+    pub fn offer(&mut self, side: Side, key: u64, item: T, now: Instant, out: &mut Vec<Merged<T>>) {
+        self.expire(now, out);
         let this = side.index();
         let other = side.other().index();
         self.stats.offered[this] += 1;
-        let entry = match self.entries.get_mut(&key) {
-            Some(entry) => entry,
-            None => {
-                if self.entries.len() >= self.limits.keys_max {
-                    self.evict_oldest();
-                }
-                self.order.push_back((key, now));
-                self.entries.entry(key).or_insert(Entry {
+        if self.authority == Side::New && side == Side::New && !self.entries.contains_key(&key) {
+            // After the switch the live set sends nothing more: only its copies still ahead of
+            // the new set's (kept in the window) can make a new copy a duplicate.
+            out.push(Merged::Deliver(item));
+            self.stats.delivered[this] += 1;
+            return;
+        }
+        if !self.entries.contains_key(&key) {
+            if self.entries.len() >= self.limits.keys_max {
+                self.evict_oldest(out);
+            }
+            self.order.push_back((key, now));
+            self.entries.insert(
+                key,
+                Entry {
                     first_seen: now,
                     seen: [0, 0],
                     delivered: 0,
-                })
-            }
+                    held: VecDeque::new(),
+                },
+            );
+        }
+        let Some(entry) = self.entries.get_mut(&key) else {
+            unreachable!("inserted above");
         };
         entry.seen[this] += 1;
         // The first copy of this side meets the other side's: one skew sample.
         let skew = (entry.seen[this] == 1 && entry.seen[other] > 0)
             .then(|| now.saturating_duration_since(entry.first_seen));
-        let verdict = if entry.seen[this] > entry.delivered {
+        if entry.seen[this] <= entry.delivered {
+            // The other set's copy of this occurrence went out already.
+            out.push(Merged::Duplicate(item));
+            self.stats.duplicates[this] += 1;
+        } else if side == self.authority {
             entry.delivered += 1;
-            Verdict::Deliver
+            out.push(Merged::Deliver(item));
+            self.stats.delivered[this] += 1;
+            // A copy of the other set waiting for this one is its duplicate.
+            if let Some(twin) = entry.held.pop_front() {
+                self.held -= 1;
+                out.push(Merged::Duplicate(twin));
+                self.stats.duplicates[other] += 1;
+            }
         } else {
-            Verdict::Duplicate
+            entry.held.push_back(item);
+            self.held += 1;
+            self.stats.peak_held = self.stats.peak_held.max(self.held);
+        }
+        let complete = if self.authority == Side::New {
+            // The live set has stopped: the key waits only for new copies of what it delivered.
+            entry.seen[Side::New.index()] >= entry.seen[Side::Live.index()]
+        } else {
+            // Every copy either set saw is accounted for.
+            entry.seen[this] == entry.seen[other] && entry.held.is_empty()
         };
-        if entry.seen[this] == entry.seen[other] {
-            // Complete: every copy either set saw is accounted for.
+        if complete {
             self.entries.remove(&key);
         }
         self.stats.peak_keys = self.stats.peak_keys.max(self.entries.len());
-        match verdict {
-            Verdict::Deliver => self.stats.delivered[this] += 1,
-            Verdict::Duplicate => self.stats.duplicates[this] += 1,
-        }
         if let Some(skew) = skew {
             self.record_skew(skew, now);
         }
-        verdict
     }
 
-    /// Forgets keys older than the span. [`MergeWindow::offer`] does it too; call it when
-    /// nothing is offered for a while, to free the memory.
-    pub fn expire(&mut self, now: Instant) {
+    /// Forgets keys older than the span, delivering the copies they held (their twin never
+    /// came). [`MergeWindow::offer`] does it too; call it when nothing is offered for a while.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<Merged<T>>) {
         let span = self.span();
         while let Some(&(key, first_seen)) = self.order.front() {
             if now.saturating_duration_since(first_seen) < span {
@@ -205,11 +254,63 @@ impl MergeWindow {
                 .get(&key)
                 .is_some_and(|entry| entry.first_seen == first_seen)
             {
-                self.entries.remove(&key);
+                self.forget(key, out);
                 self.stats.expired_unmatched += 1;
             }
         }
         self.compact_order();
+    }
+
+    /// The switch: the live set has stopped forwarding (its last copies were offered), so the
+    /// held copies' twins will not come. They are delivered, in the order they came, and the new
+    /// set has authority from here on.
+    pub fn flip(&mut self, out: &mut Vec<Merged<T>>) {
+        if self.authority == Side::New {
+            return;
+        }
+        for (key, first_seen) in &self.order {
+            let Some(entry) = self.entries.get_mut(key) else {
+                continue;
+            };
+            if entry.first_seen != *first_seen {
+                continue;
+            }
+            while let Some(item) = entry.held.pop_front() {
+                entry.delivered += 1;
+                out.push(Merged::Deliver(item));
+                self.stats.delivered[Side::New.index()] += 1;
+                self.stats.released_unmatched += 1;
+            }
+        }
+        self.held = 0;
+        self.authority = Side::New;
+        // What the new set has seen as often as the live set is complete.
+        self.entries
+            .retain(|_, entry| entry.seen[Side::Live.index()] > entry.seen[Side::New.index()]);
+    }
+
+    /// The reshard is abandoned: the held copies go back to the caller undelivered (the live set,
+    /// which keeps authority, delivers their twins, or a restart's resume replays them).
+    pub fn abort(self) -> Vec<T> {
+        let MergeWindow {
+            mut entries, order, ..
+        } = self;
+        let mut held = Vec::new();
+        for (key, first_seen) in order {
+            if let Some(entry) = entries.remove(&key) {
+                if entry.first_seen == first_seen {
+                    held.extend(entry.held);
+                } else {
+                    entries.insert(key, entry);
+                }
+            }
+        }
+        held
+    }
+
+    /// Which set has authority.
+    pub fn authority(&self) -> Side {
+        self.authority
     }
 
     /// How long a key waits for its twin: four times the largest skew of the last 30 to 60 s,
@@ -224,18 +325,35 @@ impl MergeWindow {
         self.entries.len()
     }
 
+    /// Copies held for their twin now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
     pub fn stats(&self) -> MergeStats {
         self.stats
     }
 
-    fn evict_oldest(&mut self) {
+    /// Removes `key`, delivering the copies it held.
+    fn forget(&mut self, key: u64, out: &mut Vec<Merged<T>>) {
+        if let Some(entry) = self.entries.remove(&key) {
+            for item in entry.held {
+                self.held -= 1;
+                out.push(Merged::Deliver(item));
+                self.stats.delivered[self.authority.other().index()] += 1;
+                self.stats.released_unmatched += 1;
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<Merged<T>>) {
         while let Some((key, first_seen)) = self.order.pop_front() {
             if self
                 .entries
                 .get(&key)
                 .is_some_and(|entry| entry.first_seen == first_seen)
             {
-                self.entries.remove(&key);
+                self.forget(key, out);
                 self.stats.evicted_for_room += 1;
                 return;
             }
@@ -280,165 +398,266 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Test copies: (side, key, a number to tell them apart).
+    type Copy = (Side, u64, u32);
+
+    struct World {
+        window: MergeWindow<Copy>,
+        out: Vec<Merged<Copy>>,
+        t0: Instant,
+    }
+
+    impl World {
+        fn new(limits: MergeLimits) -> World {
+            World {
+                window: MergeWindow::new(limits),
+                out: Vec::new(),
+                t0: Instant::now(),
+            }
+        }
+
+        /// Offers a copy at `at` after the start; what came out of it.
+        fn offer(&mut self, side: Side, key: u64, n: u32, at: Duration) -> Vec<Merged<Copy>> {
+            self.window
+                .offer(side, key, (side, key, n), self.t0 + at, &mut self.out);
+            std::mem::take(&mut self.out)
+        }
+    }
+
+    use Merged::{Deliver, Duplicate};
+    use Side::{Live, New};
+
     #[test]
-    fn each_event_is_delivered_once_whichever_set_sees_it_first() {
-        let t0 = Instant::now();
-        let mut window = MergeWindow::new(LIMITS);
-        // Event 1 reaches the live set first, event 2 the new set first.
-        assert_eq!(window.offer(Side::Live, 1, t0), Verdict::Deliver);
-        assert_eq!(window.offer(Side::New, 2, t0 + ms(1)), Verdict::Deliver);
-        assert_eq!(window.offer(Side::New, 1, t0 + ms(5)), Verdict::Duplicate);
-        assert_eq!(window.offer(Side::Live, 2, t0 + ms(7)), Verdict::Duplicate);
-        assert_eq!(window.keys(), 0, "complete keys are forgotten at once");
-        let stats = window.stats();
-        assert_eq!(stats.delivered, [1, 1]);
-        assert_eq!(stats.duplicates, [1, 1]);
-        assert_eq!(stats.max_skew, ms(6));
+    fn the_live_sets_copies_go_out_as_they_come_and_the_new_sets_wait_for_them() {
+        let mut world = World::new(LIMITS);
+        // Event 1 reaches the live set first: delivered; the new set's twin is a duplicate.
+        assert_eq!(world.offer(Live, 1, 0, ms(0)), [Deliver((Live, 1, 0))]);
+        assert_eq!(world.offer(New, 1, 0, ms(5)), [Duplicate((New, 1, 0))]);
+        // Event 2 reaches the new set first: held, then the live copy goes out and the held one
+        // is its duplicate.
+        assert_eq!(world.offer(New, 2, 0, ms(6)), []);
+        assert_eq!(world.window.held(), 1);
+        assert_eq!(
+            world.offer(Live, 2, 0, ms(9)),
+            [Deliver((Live, 2, 0)), Duplicate((New, 2, 0))]
+        );
+        assert_eq!(
+            world.window.keys(),
+            0,
+            "complete keys are forgotten at once"
+        );
+        assert_eq!(world.window.held(), 0);
+        let stats = world.window.stats();
+        assert_eq!(stats.delivered, [2, 0]);
+        assert_eq!(stats.duplicates, [0, 2]);
+        assert_eq!(stats.max_skew, ms(5));
     }
 
     #[test]
     fn identical_events_are_delivered_as_often_as_the_busier_set_saw_them() {
-        let t0 = Instant::now();
-        let mut window = MergeWindow::new(LIMITS);
-        // The same `d` twice in the live set, then twice in the new set.
-        assert_eq!(window.offer(Side::Live, 9, t0), Verdict::Deliver);
-        assert_eq!(window.offer(Side::Live, 9, t0 + ms(1)), Verdict::Deliver);
-        assert_eq!(window.offer(Side::New, 9, t0 + ms(2)), Verdict::Duplicate);
-        assert_eq!(window.offer(Side::New, 9, t0 + ms(3)), Verdict::Duplicate);
-        // Interleaved: live, new, new, live.
-        assert_eq!(window.offer(Side::Live, 7, t0), Verdict::Deliver);
-        assert_eq!(window.offer(Side::New, 7, t0), Verdict::Duplicate);
-        assert_eq!(window.offer(Side::New, 7, t0), Verdict::Deliver);
-        assert_eq!(window.offer(Side::Live, 7, t0), Verdict::Duplicate);
-        assert_eq!(window.keys(), 0);
+        let mut world = World::new(LIMITS);
+        // The same `d` twice in each set, in every interleaving below.
+        assert_eq!(world.offer(Live, 9, 1, ms(0)), [Deliver((Live, 9, 1))]);
+        assert_eq!(world.offer(Live, 9, 2, ms(1)), [Deliver((Live, 9, 2))]);
+        assert_eq!(world.offer(New, 9, 1, ms(2)), [Duplicate((New, 9, 1))]);
+        assert_eq!(world.offer(New, 9, 2, ms(3)), [Duplicate((New, 9, 2))]);
+        assert_eq!(world.offer(New, 7, 1, ms(4)), []);
+        assert_eq!(world.offer(New, 7, 2, ms(4)), []);
+        assert_eq!(
+            world.offer(Live, 7, 1, ms(5)),
+            [Deliver((Live, 7, 1)), Duplicate((New, 7, 1))]
+        );
+        assert_eq!(
+            world.offer(Live, 7, 2, ms(6)),
+            [Deliver((Live, 7, 2)), Duplicate((New, 7, 2))]
+        );
+        assert_eq!(world.window.keys(), 0);
         // A third copy in one set only (a guild only the live set covered at the time).
-        assert_eq!(window.offer(Side::Live, 7, t0 + ms(4)), Verdict::Deliver);
-        assert_eq!(window.keys(), 1);
+        assert_eq!(world.offer(Live, 7, 3, ms(7)), [Deliver((Live, 7, 3))]);
+        assert_eq!(world.window.keys(), 1);
     }
 
     #[test]
-    fn a_key_one_set_never_sees_expires_after_the_span_and_is_counted() {
-        let t0 = Instant::now();
-        let mut window = MergeWindow::new(LIMITS);
-        assert_eq!(window.offer(Side::Live, 1, t0), Verdict::Deliver);
-        assert_eq!(window.offer(Side::Live, 2, t0 + ms(100)), Verdict::Deliver);
-        window.expire(t0 + LIMITS.span_min - ms(1));
-        assert_eq!(window.keys(), 2);
-        window.expire(t0 + LIMITS.span_min);
-        assert_eq!(window.keys(), 1);
-        assert_eq!(window.stats().expired_unmatched, 1);
-        // Past the span, a twin is delivered again: a duplicate at the bot, never a loss.
+    fn a_held_copy_whose_twin_never_comes_is_delivered_after_the_span() {
+        let mut world = World::new(LIMITS);
+        // The live shard of this guild is down: only the new set sees its events.
+        assert_eq!(world.offer(New, 1, 0, ms(0)), []);
+        assert_eq!(world.offer(New, 2, 0, ms(100)), []);
         assert_eq!(
-            window.offer(Side::New, 1, t0 + LIMITS.span_min + ms(1)),
-            Verdict::Deliver
+            world.offer(Live, 3, 0, LIMITS.span_min - ms(1)),
+            [Deliver((Live, 3, 0))]
         );
-        // Within it, still matched.
+        // Released in the order they came, once the span passed.
         assert_eq!(
-            window.offer(Side::New, 2, t0 + LIMITS.span_min + ms(2)),
-            Verdict::Duplicate
+            world.offer(Live, 4, 0, LIMITS.span_min + ms(100)),
+            [
+                Deliver((New, 1, 0)),
+                Deliver((New, 2, 0)),
+                Deliver((Live, 4, 0))
+            ]
         );
+        let stats = world.window.stats();
+        assert_eq!((stats.released_unmatched, stats.expired_unmatched), (2, 2));
+        // Past the span, a late twin is delivered again: a duplicate, never a loss.
+        assert_eq!(
+            world.offer(Live, 1, 0, LIMITS.span_min + ms(200)),
+            [Deliver((Live, 1, 0))]
+        );
+    }
+
+    #[test]
+    fn at_the_switch_held_copies_go_out_in_order_and_the_new_set_has_authority() {
+        let mut world = World::new(LIMITS);
+        assert_eq!(world.offer(Live, 1, 0, ms(0)), [Deliver((Live, 1, 0))]);
+        assert_eq!(world.offer(New, 2, 0, ms(1)), []);
+        assert_eq!(world.offer(New, 3, 0, ms(2)), []);
+        // The live set stopped forwarding before its copies of 2 and 3.
+        let mut out = Vec::new();
+        world.window.flip(&mut out);
+        assert_eq!(out, [Deliver((New, 2, 0)), Deliver((New, 3, 0))]);
+        assert_eq!(world.window.authority(), New);
+        // The new set's late copy of 1 is a duplicate; its new events go out at once.
+        assert_eq!(world.offer(New, 1, 0, ms(3)), [Duplicate((New, 1, 0))]);
+        assert_eq!(world.offer(New, 4, 0, ms(4)), [Deliver((New, 4, 0))]);
+        assert_eq!(
+            world.window.keys(),
+            0,
+            "nothing waits for a live twin any more"
+        );
+    }
+
+    #[test]
+    fn an_abort_hands_the_held_copies_back_undelivered() {
+        let mut world = World::new(LIMITS);
+        assert_eq!(world.offer(New, 1, 0, ms(0)), []);
+        assert_eq!(world.offer(Live, 2, 0, ms(1)), [Deliver((Live, 2, 0))]);
+        assert_eq!(world.offer(New, 3, 0, ms(2)), []);
+        assert_eq!(world.window.abort(), [(New, 1, 0), (New, 3, 0)]);
     }
 
     #[test]
     fn the_span_follows_the_measured_skew_within_its_limits() {
-        let t0 = Instant::now();
-        let mut window = MergeWindow::new(LIMITS);
-        assert_eq!(window.span(), LIMITS.span_min);
-        window.offer(Side::New, 1, t0);
-        window.offer(Side::Live, 1, t0 + Duration::from_secs(5));
-        assert_eq!(window.span(), Duration::from_secs(20));
+        let mut world = World::new(LIMITS);
+        assert_eq!(world.window.span(), LIMITS.span_min);
+        world.offer(New, 1, 0, ms(0));
+        world.offer(Live, 1, 0, Duration::from_secs(5));
+        assert_eq!(world.window.span(), Duration::from_secs(20));
         // 16 s is within the 20 s span: matched, and 4 × 16 s is capped.
-        let t1 = t0 + Duration::from_secs(6);
-        window.offer(Side::New, 2, t1);
+        world.offer(Live, 2, 0, Duration::from_secs(6));
         assert_eq!(
-            window.offer(Side::Live, 2, t1 + Duration::from_secs(16)),
-            Verdict::Duplicate
+            world.offer(New, 2, 0, Duration::from_secs(22)),
+            [Duplicate((New, 2, 0))]
         );
-        assert_eq!(window.span(), LIMITS.span_max, "capped");
+        assert_eq!(world.window.span(), LIMITS.span_max, "capped");
         // A minute later with small skews only, the large one no longer counts.
-        let later = t0 + Duration::from_secs(100);
-        window.offer(Side::New, 3, later);
-        window.offer(Side::Live, 3, later + ms(10));
-        window.offer(Side::New, 4, later + Duration::from_secs(31));
-        window.offer(Side::Live, 4, later + Duration::from_secs(31));
-        assert_eq!(window.span(), LIMITS.span_min);
-        assert_eq!(window.stats().max_skew, Duration::from_secs(16));
+        world.offer(New, 3, 0, Duration::from_secs(100));
+        world.offer(Live, 3, 0, Duration::from_secs(100) + ms(10));
+        world.offer(New, 4, 0, Duration::from_secs(131));
+        world.offer(Live, 4, 0, Duration::from_secs(131));
+        assert_eq!(world.window.span(), LIMITS.span_min);
+        assert_eq!(world.window.stats().max_skew, Duration::from_secs(16));
     }
 
     #[test]
     fn the_key_bound_holds_and_what_it_pushes_out_is_counted() {
-        let t0 = Instant::now();
         let limits = MergeLimits {
             keys_max: 3,
             ..LIMITS
         };
-        let mut window = MergeWindow::new(limits);
+        let mut world = World::new(limits);
         for key in 0..10 {
-            window.offer(Side::Live, key, t0 + ms(key));
-            assert!(window.keys() <= 3);
+            world.offer(Live, key, 0, ms(key));
+            assert!(world.window.keys() <= 3);
         }
-        let stats = window.stats();
-        assert_eq!(stats.evicted_for_room, 7);
+        // A held copy pushed out to make room is delivered, not lost.
+        assert_eq!(world.offer(New, 20, 0, ms(20)), []);
+        assert_eq!(world.offer(Live, 21, 0, ms(21)), [Deliver((Live, 21, 0))]);
+        assert_eq!(world.offer(Live, 22, 0, ms(22)), [Deliver((Live, 22, 0))]);
+        assert_eq!(
+            world.offer(Live, 23, 0, ms(23)),
+            [Deliver((New, 20, 0)), Deliver((Live, 23, 0))]
+        );
+        let stats = world.window.stats();
+        assert_eq!(stats.evicted_for_room, 11);
         assert_eq!(stats.peak_keys, 3);
         // The newest keys are the ones kept.
-        assert_eq!(window.offer(Side::New, 9, t0 + ms(20)), Verdict::Duplicate);
-        assert_eq!(window.offer(Side::New, 0, t0 + ms(21)), Verdict::Deliver);
+        assert_eq!(world.offer(New, 23, 0, ms(30)), [Duplicate((New, 23, 0))]);
     }
 
     #[test]
     fn memory_stays_proportional_to_the_keys_held() {
-        let t0 = Instant::now();
-        let mut window = MergeWindow::new(LIMITS);
+        let mut world = World::new(LIMITS);
         for key in 0..100_000u64 {
-            let at = t0 + Duration::from_micros(key);
-            assert_eq!(window.offer(Side::Live, key, at), Verdict::Deliver);
-            assert_eq!(window.offer(Side::New, key, at), Verdict::Duplicate);
+            let at = Duration::from_micros(key);
+            world.offer(Live, key, 0, at);
+            world.offer(New, key, 0, at);
         }
-        assert_eq!(window.keys(), 0);
-        window.expire(t0 + Duration::from_millis(200));
-        assert!(window.order.len() <= 64, "{}", window.order.len());
+        assert_eq!(world.window.keys(), 0);
+        world.window.expire(world.t0 + ms(200), &mut world.out);
+        assert!(
+            world.window.order.len() <= 64,
+            "{}",
+            world.window.order.len()
+        );
     }
 
     /// Two sets see the same stream of events (some identical to each other) in the same order,
-    /// with different delays; whatever the interleaving, the merged output is each event once,
-    /// in order.
+    /// with different delays, and the live set stops at some point (the switch): whatever the
+    /// interleaving, the bot gets the stream once, in order, and every copy is either delivered
+    /// or a duplicate.
     #[test]
-    fn any_interleaving_of_two_ordered_copies_gives_the_stream_once_in_order() {
-        use std::collections::VecDeque;
-        // Events: keys with repeats (identical events).
-        let events: Vec<u64> = (0..400u64).map(|i| (i * 7919) % 97).collect();
-        for seed in 0..200u64 {
+    fn any_interleaving_and_switch_point_gives_the_stream_once_in_order() {
+        let events: Vec<u64> = (0..300u64).map(|i| (i * 7919) % 97).collect();
+        for seed in 0..300u64 {
+            let mut window: MergeWindow<(Side, usize)> = MergeWindow::new(LIMITS);
             let t0 = Instant::now();
-            let mut window = MergeWindow::new(LIMITS);
-            let mut live: VecDeque<u64> = events.iter().copied().collect();
-            let mut new: VecDeque<u64> = events.iter().copied().collect();
             let mut rng = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let mut out = Vec::new();
-            let mut step = 0u64;
-            while !live.is_empty() || !new.is_empty() {
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407)
+                | 1;
+            let mut next = || {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                let side = match (live.is_empty(), new.is_empty()) {
-                    (false, true) => Side::Live,
-                    (true, false) => Side::New,
-                    _ if rng % 2 == 0 => Side::Live,
-                    _ => Side::New,
-                };
-                let key = match side {
-                    Side::Live => live.pop_front(),
-                    Side::New => new.pop_front(),
-                }
-                .unwrap();
+                rng
+            };
+            // The live set forwards the stream up to `stop`, then hands over.
+            let stop = (next() % events.len() as u64) as usize;
+            let (mut live, mut new) = (0usize, 0usize);
+            let mut out = Vec::new();
+            let mut flipped = false;
+            let mut step = 0u64;
+            while new < events.len() || live < stop {
                 step += 1;
-                if window.offer(side, key, t0 + Duration::from_micros(step)) == Verdict::Deliver {
-                    out.push(key);
+                let now = t0 + Duration::from_micros(step);
+                if live < stop && (next() % 2 == 0) {
+                    window.offer(Live, events[live], (Live, live), now, &mut out);
+                    live += 1;
+                } else if live == stop && !flipped && next() % 3 == 0 {
+                    window.flip(&mut out);
+                    flipped = true;
+                } else if new < events.len() && (flipped || new < live + 40) {
+                    window.offer(New, events[new], (New, new), now, &mut out);
+                    new += 1;
                 }
             }
-            assert_eq!(out, events, "seed {seed}");
-            assert_eq!(window.keys(), 0, "seed {seed}");
+            if !flipped {
+                window.flip(&mut out);
+            }
+            let delivered: Vec<usize> = out
+                .iter()
+                .filter_map(|merged| match merged {
+                    Merged::Deliver((_, index)) => Some(*index),
+                    Merged::Duplicate(_) => None,
+                })
+                .collect();
+            let keys: Vec<u64> = delivered.iter().map(|&i| events[i]).collect();
+            assert_eq!(keys, events, "seed {seed}, stop {stop}");
+            assert_eq!(
+                out.len(),
+                stop + events.len(),
+                "seed {seed}: every copy accounted for"
+            );
         }
     }
 }

@@ -8,5 +8,5 @@
 pub mod merge;
 pub mod plan;
 
-pub use merge::{MergeLimits, MergeStats, MergeWindow, Side, Verdict};
+pub use merge::{MergeLimits, MergeStats, MergeWindow, Merged, Side};
 pub use plan::{Fill, Refusal, ReshardPolicy, Trigger};
