@@ -44,6 +44,7 @@ fn record(seq: u64) -> Record {
     payload.extend_from_slice(br#""}}"#);
     Record {
         shard_id: 0,
+        shard_count: 16,
         seq,
         kind: RecordKind::Dispatch,
         payload: payload.into(),

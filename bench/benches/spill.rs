@@ -46,6 +46,7 @@ fn record(seq: u64) -> Record {
     payload.extend_from_slice(br#""}}"#);
     Record {
         shard_id: (seq % 16) as u32,
+        shard_count: 0,
         seq,
         kind: RecordKind::Dispatch,
         payload: payload.into(),

@@ -203,12 +203,9 @@ impl Driver {
             saved,
         } = self;
         let slot = board.slot(slot);
-        let mut config = ShardConfig::new(
-            shard_id,
-            shared.total_shards,
-            shared.token.clone(),
-            shared.intents,
-        );
+        let shard_count = shared.total_shards;
+        let mut config =
+            ShardConfig::new(shard_id, shard_count, shared.token.clone(), shared.intents);
         config.payload_compression = shared.compression.identify_compress();
         config.large_threshold = shared.large_threshold;
         config.rng_seed = shared.rng_seed;
@@ -479,6 +476,7 @@ impl Driver {
                         &shared,
                         &stats,
                         shard_id,
+                        shard_count,
                         &mut shard_filter,
                         &mut outbox,
                         &mut ever_ready,
@@ -532,6 +530,7 @@ impl Driver {
                                 frame,
                                 now,
                                 shard_id,
+                                shard_count,
                                 &mut decoder,
                                 &mut machine,
                                 &filter,
@@ -550,6 +549,7 @@ impl Driver {
                                 &shared,
                                 &stats,
                                 shard_id,
+                                shard_count,
                                 &mut shard_filter,
                                 &mut outbox,
                                 &mut ever_ready,
@@ -702,6 +702,7 @@ fn handle_frame(
     frame: Frame<'_>,
     now: Instant,
     shard_id: u32,
+    shard_count: u32,
     decoder: &mut Decoder,
     machine: &mut Shard,
     filter: &RefCell<Filter>,
@@ -737,6 +738,7 @@ fn handle_frame(
         match serde_json::to_vec(session) {
             Ok(payload) => outbox.push_back(Record {
                 shard_id,
+                shard_count,
                 seq: 0,
                 kind: RecordKind::Session,
                 payload: payload.into(),
@@ -750,6 +752,7 @@ fn handle_frame(
     match verdict {
         Verdict::Forward(kind) => outbox.push_back(Record {
             shard_id,
+            shard_count,
             seq: head.s.unwrap_or(0),
             kind,
             payload: arena.borrow_mut().copy(payload),
@@ -772,6 +775,7 @@ fn queue_notice(
     shared: &Shared,
     stats: &CoreStats,
     shard_id: u32,
+    shard_count: u32,
     shard_filter: &mut ShardFilter,
     outbox: &mut VecDeque<Record>,
     ever_ready: &mut bool,
@@ -782,6 +786,7 @@ fn queue_notice(
     let payload = format!(r#"{{"guilds":{}}}"#, shard_filter.guilds()).into_bytes();
     outbox.push_back(Record {
         shard_id,
+        shard_count,
         seq: 0,
         kind: RecordKind::Notice(notice),
         payload: payload.into(),
@@ -795,6 +800,7 @@ fn queue_notice(
             let payload = format!(r#"{{"shards":{ready}}}"#).into_bytes();
             outbox.push_back(Record {
                 shard_id,
+                shard_count,
                 seq: 0,
                 kind: RecordKind::Notice(Notice::AllShardsReady),
                 payload: payload.into(),

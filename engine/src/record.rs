@@ -19,6 +19,10 @@ use bytes::{Bytes, BytesMut};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub shard_id: u32,
+    /// The shard count of the set the shard belongs to: `shard_id` is `[shard_id, shard_count]`
+    /// in Discord's terms. Two sets run side by side while a reshard switches between them.
+    /// 0 for a record spilled by a version that did not keep it.
+    pub shard_count: u32,
     /// Discord's sequence number (`s`) for dispatches; 0 for notices.
     pub seq: u64,
     pub kind: RecordKind,
@@ -38,6 +42,10 @@ pub enum RecordKind {
     /// that the sink knows which session the following sequence numbers belong to; the sink
     /// consumes it and saves sessions from it.
     Session,
+    /// Not for the bot: the reshard merge's duplicate (the other shard set's copy of the same
+    /// event went out first). It moves its shard's saved position like a delivered record, in
+    /// order behind that copy; its payload is empty.
+    Position,
 }
 
 /// Why a GUILD_CREATE arrived, from the READY guild list and outage tracking.

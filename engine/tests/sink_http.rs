@@ -13,6 +13,7 @@ fn batch(shard_id: u32, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
     let records: Vec<Record> = seqs
         .map(|seq| Record {
             shard_id,
+            shard_count: 1,
             seq,
             kind: RecordKind::Dispatch,
             payload: format!(r#"{{"t":"MESSAGE_CREATE","s":{seq},"op":0,"d":{{"content":"x"}}}}"#)

@@ -24,7 +24,7 @@ pub fn encode_except(records: &[Record], skip: &[usize], body: &mut Vec<u8>) {
     let mut skip = skip.iter().peekable();
     let mut first = true;
     for (index, record) in records.iter().enumerate() {
-        if skip.next_if_eq(&&index).is_some() {
+        if skip.next_if_eq(&&index).is_some() || record.kind == RecordKind::Position {
             continue;
         }
         if !first {
@@ -36,6 +36,7 @@ pub fn encode_except(records: &[Record], skip: &[usize], body: &mut Vec<u8>) {
         match record.kind {
             // The sink never batches session markers; were one here, it goes as a dispatch.
             RecordKind::Dispatch | RecordKind::Session => {}
+            RecordKind::Position => unreachable!("skipped above"),
             RecordKind::GuildCreate(class) => {
                 body.extend_from_slice(b",\"guild_create\":\"");
                 body.extend_from_slice(class.as_str().as_bytes());
@@ -66,7 +67,9 @@ pub fn invalid_records(records: &[Record]) -> Vec<usize> {
     records
         .iter()
         .enumerate()
-        .filter(|(_, record)| !is_valid_json(&record.payload))
+        .filter(|(_, record)| {
+            record.kind != RecordKind::Position && !is_valid_json(&record.payload)
+        })
         .map(|(index, _)| index)
         .collect()
 }
@@ -95,18 +98,21 @@ mod tests {
         let records = vec![
             Record {
                 shard_id: 3,
+                shard_count: 8,
                 seq: 7,
                 kind: RecordKind::Dispatch,
                 payload: dispatch.to_vec().into(),
             },
             Record {
                 shard_id: 4,
+                shard_count: 8,
                 seq: 1,
                 kind: RecordKind::GuildCreate(GuildCreateClass::Join),
                 payload: br#"{"t":"GUILD_CREATE","s":1,"op":0,"d":{}}"#.to_vec().into(),
             },
             Record {
                 shard_id: 4,
+                shard_count: 8,
                 seq: 0,
                 kind: RecordKind::Notice(Notice::ShardReady),
                 payload: br#"{"guilds":2}"#.to_vec().into(),
@@ -128,6 +134,7 @@ mod tests {
     fn invalid_payloads_are_found_and_left_out() {
         let record = |seq: u64, payload: &[u8]| Record {
             shard_id: 1,
+            shard_count: 8,
             seq,
             kind: RecordKind::Dispatch,
             payload: payload.to_vec().into(),

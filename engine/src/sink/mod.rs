@@ -396,14 +396,14 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
         batch::encode(&batch, &mut body);
         // A batch from memory is tried once; if the bot is away it goes back, with all of
         // memory, to the spill (durable and in order) and delivery continues from there.
-        let mut hand_back = matches!(source, Source::Memory(_)) && shared.queue().can_hand_back();
+        let mut hand_back = matches!(source, Source::Memory(..)) && shared.queue().can_hand_back();
         // The first failure also checks the payloads, once per batch (see `drop_invalid`);
         // `left_out` are the indices in `batch` of those no longer in `body`.
         let mut checked = false;
         let mut left_out: Vec<usize> = Vec::new();
         let outcome = loop {
-            if !left_out.is_empty() && left_out.len() == batch.len() {
-                // Every record was invalid: nothing left to send.
+            if left_out.len() as u64 == forwarded_len(&batch) {
+                // Every record was invalid, or only position records are left: nothing to send.
                 break Some(Outcome::Delivered);
             }
             match deliver(
@@ -429,14 +429,14 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                         continue;
                     }
                     let mut queue = shared.queue();
-                    let mut generations = match &source {
-                        Source::Memory(generations) => generations.clone(),
-                        Source::Spill(_) => Vec::new(),
+                    let (mut generations, first) = match &source {
+                        Source::Memory(generations, first) => (generations.clone(), *first),
+                        Source::Spill(_) => (Vec::new(), 0),
                     };
                     if queue.can_hand_back() {
                         leave_out(&mut queue, &mut batch, &mut generations, &mut left_out);
                     }
-                    match queue.move_memory_to_spill(Some((&mut batch, generations))) {
+                    match queue.move_memory_to_spill(Some((&mut batch, generations, first))) {
                         Ok(true) => {
                             tracing::info!(
                                 spilled = queue.depth().2,
@@ -462,11 +462,12 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
             // Handed back: the next batch comes from the spill.
             None => continue,
             Some(Outcome::Delivered) => {
-                if left_out.len() < batch.len() {
+                let forwarded = forwarded_len(&batch) - left_out.len() as u64;
+                if forwarded > 0 {
                     stats.batches_delivered.fetch_add(1, Ordering::Relaxed);
                     stats
                         .records_delivered
-                        .fetch_add((batch.len() - left_out.len()) as u64, Ordering::Relaxed);
+                        .fetch_add(forwarded, Ordering::Relaxed);
                     stats
                         .bytes_delivered
                         .fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -489,10 +490,10 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                 // Try once more to keep everything on disk, in order (the payloads left out
                 // are counted already: they go nowhere, nor into the count below).
                 let returned = match &source {
-                    Source::Memory(generations) => {
+                    Source::Memory(generations, first) => {
                         let mut generations = generations.clone();
                         leave_out(&mut queue, &mut batch, &mut generations, &mut left_out);
-                        Some((&mut batch, generations))
+                        Some((&mut batch, generations, *first))
                     }
                     Source::Spill(_) => None,
                 };
@@ -501,7 +502,7 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                 }
                 // A batch read from the spill was never acknowledged there: it is still on it.
                 let batch_not_spilled = match source {
-                    Source::Memory(_) => batch.len() as u64,
+                    Source::Memory(..) => forwarded_len(&batch),
                     Source::Spill(_) => 0,
                 };
                 let left = queue.memory_records() + batch_not_spilled;
@@ -530,6 +531,14 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
             body = Vec::with_capacity(config.batch_bytes_max + 64 * 1024);
         }
     }
+}
+
+/// Records of `batch` that go to the bot (position records do not).
+fn forwarded_len(batch: &[Record]) -> u64 {
+    batch
+        .iter()
+        .filter(|record| record.kind != RecordKind::Position)
+        .count() as u64
 }
 
 /// Takes the records at `left_out` (ascending indices into `batch`, already counted as

@@ -13,6 +13,16 @@
 //!
 //! Sessions: a [`RecordKind::Session`] marker from a core starts a new generation for its
 //! shard; acknowledgements of older records no longer move the new session's position.
+//!
+//! Shard sets: a shard is `(shard_count, shard_id)`, since two sets run side by side while a
+//! reshard switches between them; [`Queue::saved_sessions`] gives the set chosen with
+//! [`Queue::save_set`] (the live one). A [`RecordKind::Position`] record (the merge's duplicate:
+//! the other set's copy went out) moves its shard's position like a delivered record, in FIFO
+//! order behind that copy, without reaching the bot; it never takes space on the spill.
+//!
+//! Durable point: every record pushed gets the next index; [`Queue::durable_before`] is the
+//! index below which every record is durable (acknowledged, or on the spill with nothing older
+//! still in memory). A reshard's switch waits for it to pass the records of the old set.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -26,8 +36,8 @@ use super::sessions::SavedSessions;
 /// Where a taken batch came from, for [`Queue::acknowledge`].
 #[derive(Debug)]
 pub enum Source {
-    /// Popped from memory: each record's session generation.
-    Memory(Vec<u32>),
+    /// Popped from memory: each record's session generation, and the first record's index.
+    Memory(Vec<u32>, u64),
     /// Peeked from the spill: acknowledged there.
     Spill(usize),
 }
@@ -63,17 +73,29 @@ pub struct Pushed {
     pub spill_dropped: u64,
 }
 
+/// A shard of a set: `(shard_count, shard_id)`.
+type ShardKey = (u32, u32);
+
+fn key(record: &Record) -> ShardKey {
+    (record.shard_count, record.shard_id)
+}
+
 #[derive(Debug)]
 pub struct Queue {
-    memory: VecDeque<(Record, u32)>,
+    /// Records with their session generation and their index.
+    memory: VecDeque<(Record, u32, u64)>,
     memory_bytes: u64,
     memory_bytes_max: u64,
     /// When the oldest record in memory arrived (for the linger).
     oldest_at: Option<Instant>,
     spill: Option<Spill>,
-    tracks: HashMap<u32, Track>,
-    /// The shard count sessions are saved with.
-    total_shards: u32,
+    tracks: HashMap<ShardKey, Track>,
+    /// The set whose sessions [`Queue::saved_sessions`] gives.
+    saved_set: u32,
+    /// Records pushed so far: the next record's index.
+    pushed: u64,
+    /// The index of the first record of the batch taken from memory and not yet acknowledged.
+    in_flight: Option<u64>,
 }
 
 impl Queue {
@@ -95,7 +117,7 @@ impl Queue {
                     session: Some(session.clone()),
                     in_memory: 0,
                 };
-                (*shard, track)
+                ((saved.total_shards, *shard), track)
             })
             .collect();
         Queue {
@@ -105,7 +127,9 @@ impl Queue {
             oldest_at: None,
             spill,
             tracks,
-            total_shards,
+            saved_set: total_shards,
+            pushed: 0,
+            in_flight: None,
         }
     }
 
@@ -144,6 +168,14 @@ impl Queue {
             self.start_session(&record);
             return Ok(Pushed::default());
         }
+        if record.kind == RecordKind::Position && self.spill.as_ref().is_some_and(|s| !s.is_empty())
+        {
+            // Behind everything older on the spill: as good as spilled, without the bytes.
+            let track = self.tracks.entry(key(&record)).or_default();
+            track.spilled_seq = record.seq;
+            self.pushed += 1;
+            return Ok(Pushed::default());
+        }
         let bytes = record.encoded_len() as u64;
         if self.spill.as_ref().is_some_and(Spill::is_empty)
             && self.memory_bytes + bytes > self.memory_bytes_max
@@ -151,7 +183,7 @@ impl Queue {
         {
             return Err((error, record));
         }
-        let track = self.tracks.entry(record.shard_id).or_default();
+        let track = self.tracks.entry(key(&record)).or_default();
         if let Some(spill) = self.spill.as_mut()
             && (!spill.is_empty() || self.memory_bytes + bytes > self.memory_bytes_max)
         {
@@ -162,6 +194,7 @@ impl Queue {
             if record.seq > 0 {
                 track.spilled_seq = record.seq;
             }
+            self.pushed += 1;
             return Ok(Pushed {
                 to_spill: 1,
                 spill_dropped: appended.dropped_records,
@@ -171,7 +204,8 @@ impl Queue {
         let generation = track.generation;
         self.memory_bytes += bytes;
         self.oldest_at.get_or_insert(now);
-        self.memory.push_back((record, generation));
+        self.memory.push_back((record, generation, self.pushed));
+        self.pushed += 1;
         Ok(Pushed::default())
     }
 
@@ -191,11 +225,11 @@ impl Queue {
         batch: &mut Vec<Record>,
     ) -> Result<Option<Source>, SpillError> {
         batch.clear();
-        if !self.memory.is_empty() {
+        if let Some(&(_, _, first)) = self.memory.front() {
             let mut generations = Vec::new();
             let mut bytes = 0;
             while batch.len() < events_max && bytes < bytes_max {
-                let Some((record, generation)) = self.memory.pop_front() else {
+                let Some((record, generation, _)) = self.memory.pop_front() else {
                     break;
                 };
                 let size = record.encoded_len();
@@ -209,7 +243,8 @@ impl Queue {
             } else {
                 Some(Instant::now())
             };
-            return Ok(Some(Source::Memory(generations)));
+            self.in_flight = Some(first);
+            return Ok(Some(Source::Memory(generations, first)));
         }
         match self.spill.as_mut() {
             Some(spill) if !spill.is_empty() => {
@@ -228,9 +263,10 @@ impl Queue {
                     spill.ack(count)?;
                 }
             }
-            Source::Memory(generations) => {
+            Source::Memory(generations, _) => {
+                self.in_flight = None;
                 for (record, generation) in batch.iter().zip(generations) {
-                    let track = self.tracks.entry(record.shard_id).or_default();
+                    let track = self.tracks.entry(key(record)).or_default();
                     track.in_memory = track.in_memory.saturating_sub(1);
                     if generation == track.generation && record.seq > 0 {
                         track.delivered_seq = record.seq;
@@ -245,7 +281,7 @@ impl Queue {
     /// they no longer hold their shards' durable position back, nor move it past themselves.
     pub fn forget(&mut self, records: &[Record]) {
         for record in records {
-            let track = self.tracks.entry(record.shard_id).or_default();
+            let track = self.tracks.entry(key(record)).or_default();
             track.in_memory = track.in_memory.saturating_sub(1);
         }
     }
@@ -261,30 +297,37 @@ impl Queue {
     /// ([`Queue::can_hand_back`]); otherwise nothing changes and `false` comes back.
     pub fn move_memory_to_spill(
         &mut self,
-        returned: Option<(&mut Vec<Record>, Vec<u32>)>,
+        returned: Option<(&mut Vec<Record>, Vec<u32>, u64)>,
     ) -> Result<bool, SpillError> {
         if !self.can_hand_back() {
             return Ok(false);
         }
-        if let Some((batch, generations)) = returned {
-            for (record, generation) in batch.drain(..).zip(generations).rev() {
+        if let Some((batch, generations, first)) = returned {
+            self.in_flight = None;
+            // Records left out of the batch leave gaps: the indices given back are at most the
+            // true ones, which only holds the durable point back.
+            for (offset, (record, generation)) in batch.drain(..).zip(generations).enumerate().rev()
+            {
                 self.memory_bytes += record.encoded_len() as u64;
-                self.memory.push_front((record, generation));
+                self.memory
+                    .push_front((record, generation, first + offset as u64));
             }
         }
         let Some(spill) = self.spill.as_mut() else {
             return Ok(false);
         };
-        while let Some((record, generation)) = self.memory.pop_front() {
-            if let Err(error) = spill.append(&record) {
+        while let Some((record, generation, index)) = self.memory.pop_front() {
+            if record.kind != RecordKind::Position
+                && let Err(error) = spill.append(&record)
+            {
                 // A failing disk: the record stays in memory, now newer than the spill's part.
                 // Delivery still goes memory first, so these shards may see this stretch out of
                 // order; the caller counts and logs the error.
-                self.memory.push_front((record, generation));
+                self.memory.push_front((record, generation, index));
                 return Err(error);
             }
             self.memory_bytes -= record.encoded_len() as u64;
-            let track = self.tracks.entry(record.shard_id).or_default();
+            let track = self.tracks.entry(key(&record)).or_default();
             track.in_memory = track.in_memory.saturating_sub(1);
             if generation == track.generation && record.seq > 0 {
                 track.spilled_seq = record.seq;
@@ -295,15 +338,28 @@ impl Queue {
         Ok(true)
     }
 
-    /// Records only in memory (none once they went to the spill).
+    /// Records for the bot only in memory (none once they went to the spill); position records
+    /// do not count.
     pub fn memory_records(&self) -> u64 {
-        self.memory.len() as u64
+        self.memory
+            .iter()
+            .filter(|(record, _, _)| record.kind != RecordKind::Position)
+            .count() as u64
     }
 
-    /// The sessions to save: each shard's session with its durable position.
+    /// The sessions to save: each shard of the saved set with its durable position.
     pub fn saved_sessions(&self) -> SavedSessions {
-        let mut saved = SavedSessions::new(self.total_shards);
-        for (shard, track) in &self.tracks {
+        self.saved_sessions_of(self.saved_set)
+    }
+
+    /// The sessions of the set with `shard_count` shards, each with its durable position.
+    pub fn saved_sessions_of(&self, shard_count: u32) -> SavedSessions {
+        let mut saved = SavedSessions::new(shard_count);
+        let shards = self
+            .tracks
+            .iter()
+            .filter(|((count, _), _)| *count == shard_count);
+        for ((_, shard), track) in shards {
             if let Some(session) = &track.session {
                 saved.shards.insert(
                     *shard,
@@ -315,6 +371,41 @@ impl Queue {
             }
         }
         saved
+    }
+
+    /// From now on [`Queue::saved_sessions`] gives the set with `shard_count` shards (a reshard
+    /// switched to it).
+    pub fn save_set(&mut self, shard_count: u32) {
+        self.saved_set = shard_count;
+    }
+
+    /// The set whose sessions are saved.
+    pub fn saved_set(&self) -> u32 {
+        self.saved_set
+    }
+
+    /// Drops the positions of a set that no longer runs (an aborted reshard's, or the old set
+    /// after the switch).
+    pub fn forget_set(&mut self, shard_count: u32) {
+        debug_assert_ne!(shard_count, self.saved_set, "the saved set stays");
+        self.tracks.retain(|(count, _), _| *count != shard_count);
+    }
+
+    /// The index the next record pushed gets.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Every record with an index below this is durable: acknowledged by the bot, or on the
+    /// spill with nothing older left in memory (memory only ever holds records older than the
+    /// spill's, and a batch taken from memory counts as in memory until acknowledged).
+    pub fn durable_before(&self) -> u64 {
+        let oldest_in_memory = self.memory.front().map(|&(_, _, index)| index);
+        match (self.in_flight, oldest_in_memory) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(index), None) | (None, Some(index)) => index,
+            (None, None) => self.pushed,
+        }
     }
 
     pub fn spill_stats(&self) -> Option<crate::spill::SpillStats> {
@@ -331,7 +422,7 @@ impl Queue {
                 return;
             }
         };
-        let track = self.tracks.entry(marker.shard_id).or_default();
+        let track = self.tracks.entry(key(marker)).or_default();
         track.generation = track.generation.wrapping_add(1);
         track.delivered_seq = 0;
         track.spilled_seq = 0;
@@ -346,6 +437,7 @@ mod tests {
     fn record(shard_id: u32, seq: u64) -> Record {
         Record {
             shard_id,
+            shard_count: 4,
             seq,
             kind: RecordKind::Dispatch,
             payload: format!(r#"{{"t":"X","s":{seq},"op":0,"d":{{}}}}"#)
@@ -357,6 +449,7 @@ mod tests {
     fn marker(shard_id: u32, id: &str) -> Record {
         Record {
             shard_id,
+            shard_count: 4,
             seq: 0,
             kind: RecordKind::Session,
             payload: serde_json::to_vec(&Session {
@@ -437,5 +530,110 @@ mod tests {
         queue.push(record(0, 1), now).unwrap();
         queue.push(record(0, 2), now).unwrap();
         assert!(queue.is_full());
+    }
+    fn in_set(mut record: Record, shard_count: u32) -> Record {
+        record.shard_count = shard_count;
+        record
+    }
+
+    fn position(shard_count: u32, shard_id: u32, seq: u64) -> Record {
+        Record {
+            kind: RecordKind::Position,
+            payload: bytes::Bytes::new(),
+            ..in_set(record(shard_id, seq), shard_count)
+        }
+    }
+
+    fn take_and_ack(queue: &mut Queue, count: usize) -> Vec<Record> {
+        let mut batch = Vec::new();
+        let source = queue.take(count, usize::MAX, &mut batch).unwrap().unwrap();
+        queue.acknowledge(&batch, source).unwrap();
+        batch
+    }
+
+    #[test]
+    fn two_sets_keep_their_own_positions_and_the_saved_one_switches() {
+        let mut queue = Queue::new(1 << 20, None, 4, &SavedSessions::new(4));
+        let now = Instant::now();
+        // Shard 1 of the live set (4 shards) and shard 1 of the new set (8 shards).
+        queue.push(marker(1, "live"), now).unwrap();
+        queue.push(in_set(marker(1, "new"), 8), now).unwrap();
+        queue.push(record(1, 10), now).unwrap();
+        queue.push(in_set(record(1, 3), 8), now).unwrap();
+        take_and_ack(&mut queue, 2);
+        assert_eq!(seq_of(&queue, 1), Some(("live".into(), 10)));
+        let new = queue.saved_sessions_of(8);
+        assert_eq!(new.total_shards, 8);
+        assert_eq!(new.shards[&1].session_id, "new");
+        assert_eq!(new.shards[&1].sequence, 3);
+        // The switch: the new set is the saved one; the old set's positions can go.
+        queue.save_set(8);
+        assert_eq!(queue.saved_sessions().total_shards, 8);
+        assert_eq!(seq_of(&queue, 1), Some(("new".into(), 3)));
+        queue.forget_set(4);
+        assert!(queue.saved_sessions_of(4).shards.is_empty());
+    }
+
+    #[test]
+    fn a_position_record_moves_its_shard_in_order_and_never_reaches_the_bot() {
+        let mut queue = Queue::new(1 << 20, None, 8, &SavedSessions::new(8));
+        let now = Instant::now();
+        queue.push(in_set(marker(2, "new"), 8), now).unwrap();
+        // The other set's copy (shard 0 of 4) goes first, the new set's duplicate behind it.
+        queue.push(in_set(record(0, 7), 4), now).unwrap();
+        queue.push(in_set(record(2, 1), 8), now).unwrap();
+        queue.push(position(8, 2, 2), now).unwrap();
+        assert_eq!(queue.memory_records(), 2, "the position is not for the bot");
+        take_and_ack(&mut queue, 2);
+        assert_eq!(seq_of(&queue, 2), Some(("new".into(), 1)));
+        let batch = take_and_ack(&mut queue, 10);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(seq_of(&queue, 2), Some(("new".into(), 2)));
+    }
+
+    #[test]
+    fn the_durable_point_waits_for_memory_and_the_batch_in_flight() {
+        let dir =
+            std::env::temp_dir().join(format!("shardgate-queue-durable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (spill, _) = Spill::open(crate::spill::SpillConfig::new(&dir)).unwrap();
+        // Memory holds two records; a third moves them all to the spill.
+        let size = record(0, 1).encoded_len() as u64;
+        let mut queue = Queue::new(2 * size, Some(spill), 4, &SavedSessions::new(4));
+        let now = Instant::now();
+        assert_eq!(queue.durable_before(), 0);
+        queue.push(record(0, 1), now).unwrap();
+        queue.push(record(1, 1), now).unwrap();
+        assert_eq!(queue.durable_before(), 0);
+        let mut batch = Vec::new();
+        let source = queue.take(1, usize::MAX, &mut batch).unwrap().unwrap();
+        assert_eq!(queue.durable_before(), 0, "taken is not acknowledged");
+        queue.acknowledge(&batch, source).unwrap();
+        assert_eq!(
+            queue.durable_before(),
+            1,
+            "the second record is still in memory"
+        );
+        queue.push(record(2, 1), now).unwrap();
+        assert_eq!(queue.durable_before(), 1);
+        let pushed = queue.push(record(3, 1), now).unwrap();
+        assert_eq!(pushed.to_spill, 1);
+        assert_eq!(
+            queue.depth().2,
+            3,
+            "memory went to the spill, then the new record"
+        );
+        assert_eq!(
+            queue.durable_before(),
+            4,
+            "everything is acknowledged or on the spill"
+        );
+        // A position behind the spill is as good as spilled, without taking space there.
+        queue.push(position(4, 3, 5), now).unwrap();
+        assert_eq!((queue.pushed(), queue.durable_before()), (5, 5));
+        assert_eq!(queue.depth().2, 3);
+        let saved = queue.saved_sessions_of(4);
+        assert!(saved.shards.is_empty(), "no session markers in this test");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -44,6 +44,9 @@ const KIND_DISPATCH: u8 = 0;
 const KIND_GUILD_CREATE: u8 = 1;
 const KIND_NOTICE: u8 = 2;
 const KIND_SESSION: u8 = 3;
+/// Never written (the queue keeps position records off the spill); here so that every kind has
+/// a code.
+const KIND_POSITION: u8 = 4;
 
 /// Why the bytes at some offset are not a valid record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +150,9 @@ pub(super) fn decode_body(header: Header, body: &[u8]) -> Result<Record, Fault> 
     let kind = check_body(header, body)?;
     Ok(Record {
         shard_id: le_u32(body, 0),
+        // Not kept on disk: the sink needs a record's set only while it is in memory (for the
+        // merge of a reshard and the durable positions, which spilled records no longer move).
+        shard_count: 0,
         seq: le_u64(body, 4),
         kind,
         payload: bytes::Bytes::copy_from_slice(&body[BODY_FIXED_BYTES..]),
@@ -173,6 +179,7 @@ pub(super) fn kind_codes(kind: RecordKind) -> (u8, u8) {
             },
         ),
         RecordKind::Session => (KIND_SESSION, 0),
+        RecordKind::Position => (KIND_POSITION, 0),
     }
 }
 
@@ -186,6 +193,7 @@ pub(super) fn kind_from_codes(kind: u8, class: u8) -> Option<RecordKind> {
         (KIND_NOTICE, 0) => RecordKind::Notice(Notice::ShardReady),
         (KIND_NOTICE, 1) => RecordKind::Notice(Notice::AllShardsReady),
         (KIND_SESSION, 0) => RecordKind::Session,
+        (KIND_POSITION, 0) => RecordKind::Position,
         _ => return None,
     })
 }
@@ -254,6 +262,7 @@ mod tests {
     fn record(kind: RecordKind, payload: &[u8]) -> Record {
         Record {
             shard_id: 7,
+            shard_count: 0,
             seq: 0x0102_0304_0506_0708,
             kind,
             payload: payload.to_vec().into(),
@@ -281,6 +290,7 @@ mod tests {
             RecordKind::GuildCreate(GuildCreateClass::Return),
             RecordKind::Notice(Notice::ShardReady),
             RecordKind::Notice(Notice::AllShardsReady),
+            RecordKind::Position,
         ];
         for kind in kinds {
             let (code, class) = kind_codes(kind);
@@ -293,7 +303,7 @@ mod tests {
             assert_eq!(decode_body(header, &bytes[HEADER_BYTES..]), Ok(original));
         }
         assert_eq!(kind_from_codes(KIND_DISPATCH, 1), None);
-        assert_eq!(kind_from_codes(4, 0), None);
+        assert_eq!(kind_from_codes(5, 0), None);
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn record(n: u64) -> Record {
     };
     Record {
         shard_id: (n % 5) as u32,
+        shard_count: 0,
         seq: n,
         kind,
         payload: format!(
@@ -86,6 +87,7 @@ fn record_100(n: u64) -> Record {
     payload.resize(100 - RECORD_OVERHEAD_BYTES, b' ');
     Record {
         shard_id: 1,
+        shard_count: 0,
         seq: n,
         kind: RecordKind::Dispatch,
         payload: payload.into(),
