@@ -5,15 +5,19 @@
 //! GUILD_CREATE, GUILD_DELETE, RESUMED, GUILD_MEMBERS_CHUNK, RATE_LIMITED).
 //!
 //! Determinism: the output is a function of (seed, shard, guilds, mix, call order) and of the
-//! `seq` values passed in; timestamps come from a synthetic clock that advances with `seq`. World
+//! `seq` values passed in; timestamps come from a synthetic clock that advances with `seq` (or
+//! with the `clock` of `next_dispatch_at`: the mock's timelines tick it per event of a guild
+//! partition and write `"s":0`, so that `d` is the same whichever session's `s` it later gets;
+//! `seq` only ever appears in the envelope). World
 //! facts (a guild's channels, roles and members, the user population) are functions of ids only,
 //! so every session and shard count agrees on them.
 //!
 //! MESSAGE_UPDATE contract (tests of the engine rely on it): the generator remembers the last
-//! `WINDOW_CAPACITY_MESSAGES` messages it created in this session, with the content and
-//! `edited_timestamp` it last sent for each. A redundant update (`redundant_update: true`)
-//! repeats both exactly and adds an embed, as a link unfurl does; a real edit changes both. No
-//! update or delete ever names a message outside that window.
+//! `WINDOW_CAPACITY_MESSAGES` messages it created in this session (in the mock: this guild
+//! partition's timeline, which a session that became ready later joins midway), with the
+//! content and `edited_timestamp` it last sent for each. A redundant update
+//! (`redundant_update: true`) repeats both exactly and adds an embed, as a link unfurl does; a
+//! real edit changes both. No update or delete ever names a message outside that window.
 //!
 //! Must not: perform I/O, read the wall clock, or use serde or `format!` on the hot path
 //! (`next_dispatch` writes bytes into the caller's buffer from pre-rendered fragments; after warm-up
@@ -221,6 +225,8 @@ pub struct SessionEvents {
     snowflake_process: u64,
     snowflake_increment: u64,
     dm_user_base: u32,
+    /// The guild of the dispatch `next_dispatch` wrote last (`None` for a direct message).
+    dispatch_guild: Option<u64>,
     window: Vec<WindowMessage>,
     window_next: usize,
     window_live: usize,
@@ -260,6 +266,7 @@ impl SessionEvents {
             snowflake_process: (session_hash >> 40) % 32,
             snowflake_increment: (session_hash >> 20) % 4096,
             dm_user_base: (session_hash >> 50) as u32 % world::USER_POOL_SIZE as u32,
+            dispatch_guild: None,
             window: (0..WINDOW_CAPACITY_MESSAGES)
                 .map(|_| WindowMessage::default())
                 .collect(),
@@ -272,9 +279,17 @@ impl SessionEvents {
     }
 
     /// Appends one complete gateway message, the next steady-stream dispatch with sequence `seq`,
-    /// to `out` (which it does not clear).
+    /// to `out` (which it does not clear). Its timestamps follow the synthetic clock at `seq`.
     pub fn next_dispatch(&mut self, seq: u64, out: &mut Vec<u8>) -> DispatchInfo {
-        let now_ms = self.now_ms(seq);
+        self.next_dispatch_at(seq, seq, out)
+    }
+
+    /// As [`SessionEvents::next_dispatch`], with the synthetic clock at `clock` instead of `seq`:
+    /// a timeline shared by several sessions renders with the event's index in the timeline, so
+    /// `d` does not depend on which session's sequence it will carry.
+    pub fn next_dispatch_at(&mut self, clock: u64, seq: u64, out: &mut Vec<u8>) -> DispatchInfo {
+        let now_ms = self.now_ms(clock);
+        self.dispatch_guild = None;
         let draw = self
             .rng
             .below(*self.cumulative_weights.last().expect("KIND_COUNT > 0"));
@@ -393,15 +408,22 @@ impl SessionEvents {
         }
     }
 
+    /// The guild the dispatch last written by `next_dispatch` belongs to (its `d.guild_id`), or
+    /// `None` for a direct message.
+    pub fn last_dispatch_guild(&self) -> Option<u64> {
+        self.dispatch_guild
+    }
+
     /// The guilds this session currently owns, in READY order.
     pub fn guild_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.guilds.iter().map(|guild| guild.id)
     }
 
-    /// The synthetic clock: Unix milliseconds of dispatch `seq`, strictly increasing with `seq`.
-    fn now_ms(&self, seq: u64) -> u64 {
-        let jitter_ms = mix64(seq ^ self.clock_start_ms) % CLOCK_MS_PER_SEQ;
-        self.clock_start_ms + seq * CLOCK_MS_PER_SEQ + jitter_ms
+    /// The synthetic clock: Unix milliseconds at tick `clock` (a sequence, or a timeline index),
+    /// strictly increasing with `clock`.
+    fn now_ms(&self, clock: u64) -> u64 {
+        let jitter_ms = mix64(clock ^ self.clock_start_ms) % CLOCK_MS_PER_SEQ;
+        self.clock_start_ms + clock * CLOCK_MS_PER_SEQ + jitter_ms
     }
 
     /// A fresh snowflake stamped `now_ms`, unique within the session.
@@ -855,6 +877,40 @@ mod tests {
             redundant > 1000 && edits > 500 && deletes > 300,
             "{redundant} {edits} {deletes}"
         );
+    }
+
+    /// `last_dispatch_guild` names the guild of `d.guild_id` (none for direct messages), for a
+    /// session with guilds and for a guild-less one.
+    #[test]
+    fn last_dispatch_guild_is_the_guild_of_d() {
+        for guild_count in [0, 1, 7] {
+            let (mut events, _) = session(SEED, 0, guild_count);
+            let mut out = Vec::new();
+            for seq in 2..5000 {
+                out.clear();
+                let info = events.next_dispatch(seq, &mut out);
+                let value = parse_dispatch(&out, info.name, seq);
+                let guild = value["d"].get("guild_id").map(id);
+                assert_eq!(events.last_dispatch_guild(), guild, "{value}");
+            }
+        }
+    }
+
+    /// The sequence only appears in the envelope: the same clock gives the same `d` whatever
+    /// `seq` it is written with.
+    #[test]
+    fn seq_only_changes_the_envelope() {
+        let (mut first, _) = session(SEED, 3, 5);
+        let (mut second, _) = session(SEED, 3, 5);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for clock in 1..3000 {
+            a.clear();
+            b.clear();
+            let info = first.next_dispatch_at(clock, 0, &mut a);
+            assert_eq!(second.next_dispatch_at(clock, clock * 977, &mut b), info);
+            let d_at = |bytes: &[u8]| bytes.windows(5).position(|w| w == b"\"d\":{").expect("d");
+            assert_eq!(a[d_at(&a)..], b[d_at(&b)..]);
+        }
     }
 
     #[test]

@@ -164,6 +164,7 @@ impl SessionEvents {
         message.content.clear();
         push_escaped(&mut message.content, &self.raw_text);
 
+        self.dispatch_guild = guild.map(|guild| guild.id);
         begin_dispatch(out, "MESSAGE_CREATE", seq);
         write_message(out, &self.window, &self.window[index], MessageMode::Create);
         out.push(b'}');
@@ -203,6 +204,7 @@ impl SessionEvents {
         let previous_ms = message.edited_ms.unwrap_or(message.created_ms);
         message.edited_ms = Some(now_ms.max(previous_ms + 1));
 
+        self.dispatch_guild = self.window[index].guild.map(|guild| guild.id);
         begin_dispatch(out, "MESSAGE_UPDATE", seq);
         write_message(out, &self.window, &self.window[index], MessageMode::Update);
         out.push(b'}');
@@ -217,6 +219,7 @@ impl SessionEvents {
         out: &mut Vec<u8>,
     ) -> DispatchInfo {
         self.window[index].features |= FEATURE_UNFURLED;
+        self.dispatch_guild = self.window[index].guild.map(|guild| guild.id);
         begin_dispatch(out, "MESSAGE_UPDATE", seq);
         write_message(out, &self.window, &self.window[index], MessageMode::Update);
         out.push(b'}');
@@ -235,6 +238,7 @@ impl SessionEvents {
         let message = &mut self.window[index];
         message.live = false;
         self.window_live -= 1;
+        self.dispatch_guild = message.guild.map(|guild| guild.id);
         begin_dispatch(out, "MESSAGE_DELETE", seq);
         push(out, "{\"id\":");
         push_snowflake(out, message.message_id);
@@ -257,6 +261,7 @@ impl SessionEvents {
         begin_dispatch(out, "TYPING_START", seq);
         match self.pick_guild() {
             Some(guild) => {
+                self.dispatch_guild = Some(guild.id);
                 let channel_index = self.skewed_index(guild.text_channel_count);
                 let member = self.pick_human_member(&guild);
                 push(out, "{\"user_id\":");
@@ -300,6 +305,7 @@ impl SessionEvents {
             80..=91 => "dnd",
             _ => "offline",
         };
+        self.dispatch_guild = Some(guild.id);
         begin_dispatch(out, "PRESENCE_UPDATE", seq);
         push(out, "{\"user\":{\"id\":");
         push_snowflake(out, guild.member_user_id(member));
@@ -432,6 +438,7 @@ impl SessionEvents {
             .pick_guild()
             .expect("guild_member_update is only chosen with guilds");
         let member = self.skewed_index(guild.member_pool_size);
+        self.dispatch_guild = Some(guild.id);
         begin_dispatch(out, "GUILD_MEMBER_UPDATE", seq);
         guild.write_member(out, member, MemberShape::Update);
         out.push(b'}');
@@ -503,6 +510,7 @@ impl SessionEvents {
             None => message_author_id,
         };
         let burst = self.rng.chance(0.04);
+        self.dispatch_guild = guild.map(|guild| guild.id);
         begin_dispatch(out, name, seq);
         push(out, "{\"user_id\":");
         push_snowflake(out, reactor_id);
@@ -574,6 +582,7 @@ impl SessionEvents {
             "2248473465835073"
         };
 
+        self.dispatch_guild = Some(guild.id);
         begin_dispatch(out, "INTERACTION_CREATE", seq);
         push(out, "{\"version\":1,\"type\":");
         push(out, if autocomplete { "4" } else { "2" });
