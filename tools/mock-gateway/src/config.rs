@@ -115,22 +115,28 @@ pub struct MockConfig {
     pub session_ttl_secs: u64,
 
     /// Dispatches kept per session for replay on resume (the oldest are forgotten; resuming
-    /// from before them gets op 9 `d: false`).
+    /// from before them gets op 9 `d: false`). Also how far a session may fall behind the events
+    /// of its guilds that another session (a second shard set, or a second session of the same
+    /// shard) already took: beyond that the session is overrun and ends.
     #[arg(long, default_value_t = 4096)]
     pub replay_capacity: usize,
 
     /// Bytes of dispatches kept per session for replay (whichever of this and
-    /// `--replay-capacity` is reached first bounds the buffer). Memory per session.
+    /// `--replay-capacity` is reached first bounds the buffer). Memory per session, and per
+    /// partition of the guilds while two sessions take its events at different paces.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub replay_bytes_max: usize,
 
-    /// Steady-stream dispatches per second per shard after the initial GUILD_CREATEs.
-    /// 0 = as fast as the connection takes them.
+    /// Steady-stream dispatches per second per shard after the initial GUILD_CREATEs (per
+    /// partition of the guilds: per shard of the first shard set; a second set with another
+    /// shard count sees the same events, spread over its shards). 0 = as fast as the connection
+    /// takes them (one shard set only: a second set would fall behind and be overrun).
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
 
-    /// Stop the steady stream after this many dispatches per shard (counted across sessions);
-    /// 0 = never stop. Tests use it to compare a finished ledger with what arrived.
+    /// Stop the steady stream after this many dispatches per shard (counted across sessions;
+    /// per partition, i.e. per shard of the first shard set); 0 = never stop. Tests use it to
+    /// compare a finished ledger with what arrived.
     #[arg(long, default_value_t = 0)]
     pub events_per_shard: u64,
 
@@ -222,6 +228,13 @@ pub struct MockConfig {
     /// Commands (op 3/4/8/31/43) kept in the ledger per shard; counts are never capped.
     #[arg(long, default_value_t = 10_000)]
     pub ledger_commands_max: usize,
+
+    /// List every world event once (id, guild, `t`, content hash, whether it is a redundant
+    /// MESSAGE_UPDATE) for `GET /_mock/events`: about 60 bytes of memory per event, kept for the
+    /// whole run, so off by default (benchmarks make millions). The per-session `event_runs` of
+    /// the ledger are kept either way.
+    #[arg(long)]
+    pub record_events: bool,
 }
 
 fn parse_mix(spec: &str) -> Result<EventMix, String> {

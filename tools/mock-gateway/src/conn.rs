@@ -28,6 +28,7 @@ use crate::events::{self, DispatchInfo};
 use crate::ledger::ViolationKind;
 use crate::rng::{Rng, derive_seed};
 use crate::state::{Budget, ConnectionHandle, Control, Dispatch, Fault, Session, Shared};
+use crate::timeline::Wake;
 
 /// Discord's limit on one client payload.
 const PAYLOAD_BYTES_MAX: usize = 4096;
@@ -38,7 +39,9 @@ const INTENTS_PRIVILEGED: u64 = (1 << 1) | (1 << 8) | (1 << 15);
 /// Request Guild Members for all members: once per guild per 30 s.
 const MEMBER_REQUEST_WINDOW: Duration = Duration::from_secs(30);
 /// Dispatches produced and written per loop turn, so reads are never starved.
-const DISPATCHES_PER_TURN: usize = 256;
+const BUDGET: Budget = Budget {
+    max_dispatches: 256,
+};
 /// Time allowed for the close handshake after a close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Gateway opcodes a client may send.
@@ -112,7 +115,7 @@ where
         draining: false,
         stream_on_connection: 0,
         rng: Rng::new(derive_seed(shared.seed, &[0x636f_6e6e, id])),
-        outbox: Vec::with_capacity(DISPATCHES_PER_TURN),
+        outbox: Vec::with_capacity(BUDGET.max_dispatches),
     };
 
     let exit = conn.run(&mut ws, &mut control_rx).await;
@@ -230,22 +233,10 @@ impl Connection {
             return wake.min(until);
         }
         if let (Some(session), false) = (&self.session, self.draining) {
-            let session = lock(session);
-            if session.has_backlog() || session.has_new_for(self.sent_upto) {
-                return now;
-            }
-            let rate = config.rate;
-            if rate <= 0.0 {
-                // Uses the guard held above: locking the session again here would deadlock.
-                let limit = config.events_per_shard;
-                if !(limit > 0 && session.stream_count() >= limit) {
-                    return now;
-                }
-            } else if let Some(due) = session.next_due(rate) {
-                wake = wake.min(due);
-            } else {
-                // Stream not started yet (first produce starts its clock).
-                return now;
+            match lock(session).wake(self.sent_upto) {
+                Wake::Now => return now,
+                Wake::At(due) => wake = wake.min(due),
+                Wake::Never => {}
             }
         }
         wake
@@ -321,30 +312,39 @@ impl Connection {
             return Ok(());
         }
         let mut out = std::mem::take(&mut self.outbox);
-        let fault = {
+        let (fault, overrun) = {
             let mut session = lock(&session);
             session.take_unsent(self.sent_upto, &mut out);
-            let steady = session.produce(now, &self.shared, &self.budget(), &mut out);
+            let produced = session.produce(now, &self.shared, &BUDGET, &mut out);
             session.delta.frames_sent += out.len() as u64;
             session.flush_ledger(&self.shared.ledger);
-            self.roll_faults(steady)
+            (self.roll_faults(produced.steady), produced.overrun)
         };
         let result = self.write_dispatches(ws, &mut out).await;
         out.clear();
         self.outbox = out;
         result?;
+        if overrun {
+            return self.overrun(ws, now).await;
+        }
         match fault {
             Some(fault) => self.apply_fault(ws, fault).await,
             None => Ok(()),
         }
     }
 
-    fn budget(&self) -> Budget {
-        Budget {
-            max_dispatches: DISPATCHES_PER_TURN,
-            rate_per_sec: self.shared.config.rate,
-            events_per_shard: self.shared.config.events_per_shard,
-        }
+    /// The session fell further behind its timeline than the mock keeps and has ended: op 9
+    /// `d: false`, as Discord answers a session whose buffer it dropped.
+    async fn overrun<S>(&mut self, ws: &mut Ws<S>, now: Instant) -> Result<(), Exit>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        tracing::debug!(shard = ?self.shard, "session overrun");
+        self.release_session(now);
+        self.reconnect_deadline =
+            Some(now + Duration::from_millis(self.shared.config.reconnect_grace_ms));
+        self.send_control(ws, r#"{"t":null,"s":null,"op":9,"d":false}"#.into())
+            .await
     }
 
     fn produce_into_the_void(&mut self, now: Instant) {
@@ -358,7 +358,8 @@ impl Connection {
         {
             let mut session = lock(&session);
             session.take_unsent(self.sent_upto, &mut out);
-            session.produce(now, &self.shared, &self.budget(), &mut out);
+            // An overrun ends the session; the zombie connection learns it at its next resume.
+            session.produce(now, &self.shared, &BUDGET, &mut out);
             session.delta.frames_sent += out.len() as u64;
             session.flush_ledger(&self.shared.ledger);
         }
@@ -697,15 +698,13 @@ impl Connection {
                     state.next_session_number += 1;
                     let mut id_rng = Rng::new(derive_seed(shared.seed, &[0x7365_7373, number]));
                     let session_id = crate::state::session_id(&mut id_rng);
-                    let counter =
-                        Arc::clone(state.stream_counters.entry((shard, total)).or_default());
                     let connection_number = {
                         let n = state.connection_numbers.entry(shard).or_default();
                         *n += 1;
                         *n
                     };
                     if let Some(handle) = state.connections.get_mut(&self.id) {
-                        handle.shard = Some(shard);
+                        handle.shard = Some([shard, total]);
                     }
                     let ledger_index = shared.ledger.with(|l| {
                         l.identifies_total += 1;
@@ -719,6 +718,15 @@ impl Connection {
                         });
                         entry.sessions.len() - 1
                     });
+                    let state = &mut *state;
+                    let subscriptions = state.world.subscribe(
+                        shard,
+                        total,
+                        &state.guilds,
+                        now,
+                        &shared.timeline_settings,
+                        &shared.ledger,
+                    );
                     let mut session = Session::new(
                         session_id.clone(),
                         shard,
@@ -726,9 +734,8 @@ impl Connection {
                         ledger_index,
                         derive_seed(shared.seed, &[u64::from(shard), u64::from(total), number]),
                         guilds,
-                        shared.guild_epoch.load(Ordering::Acquire),
                         config,
-                        counter,
+                        subscriptions,
                     );
                     session.owner = Some(self.id);
                     let session = Arc::new(Mutex::new(session));
@@ -765,7 +772,7 @@ impl Connection {
                 );
                 shared.ledger.with(|l| l.token_resets += 1);
                 shared.token_valid.store(false, Ordering::Release);
-                shared.broadcast(None, || Control::Close(4004));
+                shared.broadcast(None, None, || Control::Close(4004));
                 Err(Exit::Close(4004))
             }
             Admission::Admitted(session, connection_number) => {
@@ -839,7 +846,7 @@ impl Connection {
             } else {
                 guard.replay_after(seq)
             };
-            let shard = guard.shard;
+            let (shard, total) = (guard.shard, guard.total);
             self.shard = Some(shard);
             let Some(replay) = replay else {
                 shared
@@ -871,9 +878,9 @@ impl Connection {
                 // The old connection may already be gone; nothing to do then.
                 let _ = handle.control.send(Control::Superseded);
             }
-            Some((session, replay, resumed, shard))
+            Some((session, replay, resumed, shard, total))
         });
-        let Some((session, mut replay, resumed, shard)) = resumed else {
+        let Some((session, mut replay, resumed, shard, total)) = resumed else {
             tracing::debug!(shard = ?self.shard, "resume rejected");
             shared.ledger.with(|l| l.resumes_rejected_total += 1);
             return self
@@ -883,7 +890,7 @@ impl Connection {
         let connection_number = {
             let mut state = shared.lock();
             if let Some(handle) = state.connections.get_mut(&self.id) {
-                handle.shard = Some(shard);
+                handle.shard = Some([shard, total]);
             }
             let n = state.connection_numbers.entry(shard).or_default();
             *n += 1;

@@ -7,8 +7,10 @@
 //!   `/api/v10/applications/@me` and `/api/v10/oauth2/applications/@me` (its application). The
 //!   user and application agree with READY's `d.user` and `d.application` (same ids, names,
 //!   flags).
-//! - `GET /_mock/ledger`, `POST /_mock/guilds {"count": N}`,
-//!   `POST /_mock/fault {"shard": N, "kind": "reconnect"}`, `POST /_mock/resume-url {"down": b}`
+//! - `GET /_mock/ledger`, `GET /_mock/events` (`{"recording": b, "events": [...]}`, every world
+//!   event once, with `--record-events`), `POST /_mock/guilds {"count": N}`,
+//!   `POST /_mock/fault {"shard": N, "kind": "reconnect"}` (with `"total": T`, only the sessions
+//!   of `T` shards), `POST /_mock/resume-url {"down": b}`
 //! - any path with `Upgrade: websocket`: the gateway.
 //!
 //! What the REST side accepts, and how it fails, in the order it decides:
@@ -176,6 +178,13 @@ async fn handle(
             StatusCode::OK,
             &serde_json::to_value(shared.ledger.snapshot()).unwrap_or_default(),
         ),
+        (&Method::GET, "/_mock/events") => json_response(
+            StatusCode::OK,
+            &json!({
+                "recording": shared.ledger.records_events(),
+                "events": serde_json::to_value(shared.ledger.events()).unwrap_or_default(),
+            }),
+        ),
         (&Method::POST, "/_mock/guilds") => match read_json(request).await {
             Ok(body) => match body.get("count").and_then(Value::as_u64) {
                 Some(count) => {
@@ -193,13 +202,15 @@ async fn handle(
         (&Method::POST, "/_mock/fault") => match read_json(request).await {
             Ok(body) => {
                 let shard = body.get("shard").and_then(Value::as_u64).map(|s| s as u32);
+                let total = body.get("total").and_then(Value::as_u64).map(|t| t as u32);
                 let fault = body
                     .get("kind")
                     .and_then(Value::as_str)
                     .and_then(Fault::parse);
                 match (shard, fault) {
                     (Some(shard), Some(fault)) => {
-                        let connections = shared.broadcast(Some(shard), || Control::Fault(fault));
+                        let connections =
+                            shared.broadcast(Some(shard), total, || Control::Fault(fault));
                         json_response(StatusCode::OK, &json!({ "connections": connections }))
                     }
                     _ => bad_request(

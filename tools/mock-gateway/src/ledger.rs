@@ -5,6 +5,14 @@
 //! `Deserialize` so tests in other crates parse it into the same structs.
 //!
 //! Updates come from connection tasks in batches (not per dispatch) through [`LedgerWriter`].
+//!
+//! Event identity: every event of the world (what a guild's timeline or the direct messages
+//! produce, and guild joins and removals, see `timeline.rs`) has one id, whichever sessions it
+//! reaches. A session's [`SessionLedger::event_runs`] maps its sequences to those ids; the events
+//! themselves (id, guild, `t`, content hash) are listed apart, only with `--record-events`
+//! ([`EventRecord`], `GET /_mock/events`), because a benchmark makes millions of them.
+//! Dispatches that belong to one session only (READY, the GUILD_CREATE backfill, RESUMED,
+//! GUILD_MEMBERS_CHUNK, RATE_LIMITED) have no event id.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -82,8 +90,18 @@ pub struct SessionLedger {
     /// still counts them as sent, and a resume from before one replays it whole).
     #[serde(default)]
     pub truncated_seqs: Vec<u64>,
+    /// Which world events this session's sequences carried, run-length encoded: each
+    /// `[first_seq, first_event_id, count]` says that sequences `first_seq..first_seq + count`
+    /// carried events `first_event_id..first_event_id + count`. Sequences in no run carried a
+    /// dispatch of this session only (READY, the backfill GUILD_CREATEs, RESUMED, member chunks).
+    /// With one shard set a session's stream is one run (split only by RESUMED or a member
+    /// chunk); with two sets a session that covers part of a timeline has one run per stretch
+    /// of consecutive events it took.
+    #[serde(default)]
+    pub event_runs: Vec<[u64; 3]>,
     /// Why the session ended, if it did: `invalid_session`, `client_close_1000`, `close_4009`,
-    /// `token_reset`, `expired`, `superseded`.
+    /// `token_reset`, `expired`, `overrun` (it fell further behind its timeline than the replay
+    /// limits allow).
     pub ended: Option<String>,
 }
 
@@ -110,6 +128,20 @@ impl SessionLedger {
             .collect()
     }
 
+    /// The world event id sequence `seq` carried, if it carried one (see `event_runs`).
+    pub fn event_id(&self, seq: u64) -> Option<u64> {
+        let at = self.event_runs.partition_point(|run| run[0] <= seq);
+        let [first_seq, first_id, count] = *self.event_runs.get(at.checked_sub(1)?)?;
+        (seq < first_seq + count).then(|| first_id + (seq - first_seq))
+    }
+
+    /// Every `(seq, event_id)` of the session, in sequence order.
+    pub fn event_ids(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.event_runs
+            .iter()
+            .flat_map(|&[seq, id, count]| (0..count).map(move |i| (seq + i, id + i)))
+    }
+
     /// Steady-stream dispatches (what `events_per_shard` counts): all but READY, RESUMED and
     /// GUILD_CREATE.
     pub fn steady_dispatches(&self) -> u64 {
@@ -119,6 +151,37 @@ impl SessionLedger {
             .map(|(_, count)| count)
             .sum()
     }
+}
+
+/// One world event, as `GET /_mock/events` lists it (only with `--record-events`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The id every session's [`SessionLedger::event_runs`] names it by: the timeline's number
+    /// times 2^40 plus the event's index in that timeline.
+    pub id: u64,
+    /// The guild it belongs to; `None` for a direct message.
+    pub guild_id: Option<u64>,
+    /// The event name, the envelope's `t`.
+    pub t: String,
+    /// [`event_content_hash`] of `t` and the `d` bytes every session received.
+    pub hash: u64,
+    /// A MESSAGE_UPDATE that repeats the content and `edited_timestamp` last sent for its
+    /// message (an unfurl): a deduplicating client may drop it.
+    pub redundant_update: bool,
+}
+
+/// 64-bit FNV-1a over `t`, a newline and `d`: the content hash of [`EventRecord::hash`]. `d` is
+/// the exact bytes of the dispatch's `d` value as sent, so a client computes the same hash from
+/// the raw payload without parsing it.
+pub fn event_content_hash(t: &[u8], d: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    t.iter()
+        .chain(b"\n")
+        .chain(d)
+        .fold(OFFSET_BASIS, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
 }
 
 /// A gateway command the client sent.
@@ -193,10 +256,13 @@ pub struct LedgerWriter {
     started: Instant,
     commands_max: usize,
     inner: Mutex<Ledger>,
+    /// Whether world events are recorded (`--record-events`).
+    record_events: bool,
+    events: Mutex<Vec<EventRecord>>,
 }
 
 impl LedgerWriter {
-    pub fn new(seed: u64, commands_max: usize) -> LedgerWriter {
+    pub fn new(seed: u64, commands_max: usize, record_events: bool) -> LedgerWriter {
         LedgerWriter {
             started: Instant::now(),
             commands_max,
@@ -204,7 +270,33 @@ impl LedgerWriter {
                 seed,
                 ..Ledger::default()
             }),
+            record_events,
+            events: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether world events are recorded ([`LedgerWriter::record_events`] is a no-op if not).
+    pub fn records_events(&self) -> bool {
+        self.record_events
+    }
+
+    /// Appends world events (a batch, drained from `records`).
+    pub fn record_events(&self, records: &mut Vec<EventRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .append(records);
+    }
+
+    /// Every world event recorded so far, in the order they were made (per timeline, by index).
+    pub fn events(&self) -> Vec<EventRecord> {
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Milliseconds since the mock started.
@@ -284,9 +376,23 @@ pub(crate) struct SessionDelta {
     pub by_type: Vec<(&'static str, u64)>,
     pub redundant_update_seqs: Vec<u64>,
     pub truncated_seqs: Vec<u64>,
+    /// New `[first_seq, first_event_id, count]` runs (see `SessionLedger::event_runs`).
+    pub event_runs: Vec<[u64; 3]>,
 }
 
 impl SessionDelta {
+    /// Notes that `seq` carried world event `event_id`.
+    pub(crate) fn record_event(&mut self, seq: u64, event_id: u64) {
+        if let Some(run) = self.event_runs.last_mut()
+            && run[0] + run[2] == seq
+            && run[1] + run[2] == event_id
+        {
+            run[2] += 1;
+            return;
+        }
+        self.event_runs.push([seq, event_id, 1]);
+    }
+
     pub(crate) fn record_type(&mut self, name: &'static str) {
         match self.by_type.iter_mut().find(|(n, _)| *n == name) {
             Some((_, count)) => *count += 1,
@@ -314,7 +420,75 @@ impl SessionDelta {
             .redundant_update_seqs
             .append(&mut self.redundant_update_seqs);
         session.truncated_seqs.append(&mut self.truncated_seqs);
+        let mut runs = self.event_runs.drain(..);
+        if let Some(first) = runs.next() {
+            match session.event_runs.last_mut() {
+                Some(last) if last[0] + last[2] == first[0] && last[1] + last[2] == first[1] => {
+                    last[2] += first[2];
+                }
+                _ => session.event_runs.push(first),
+            }
+        }
+        session.event_runs.extend(runs);
         self.new_dispatches = 0;
         self.frames_sent = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_is_fnv1a_64_of_t_newline_d() {
+        assert_eq!(
+            event_content_hash(b"MESSAGE_CREATE", br#"{"id":"1"}"#),
+            0xd1ff_18ec_65a2_b2b9
+        );
+        let fnv = |bytes: &[u8]| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+        };
+        // FNV-1a 64 of "a", the published test vector.
+        assert_eq!(fnv(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(event_content_hash(b"T", b"{}"), fnv(b"T\n{}"));
+    }
+
+    #[test]
+    fn event_runs_merge_across_flushes_and_map_seqs_to_ids() {
+        let mut delta = SessionDelta::default();
+        let mut session = SessionLedger::default();
+        for (seq, id) in [(3, 100), (4, 101), (5, 102)] {
+            delta.record_event(seq, id);
+        }
+        delta.apply(&mut session);
+        // The next flush continues the run; a RESUMED (seq 8, no event) splits it.
+        for (seq, id) in [(6, 103), (7, 104), (9, 105), (10, 107)] {
+            delta.record_event(seq, id);
+        }
+        delta.apply(&mut session);
+        assert_eq!(
+            session.event_runs,
+            vec![[3, 100, 5], [9, 105, 1], [10, 107, 1]]
+        );
+        assert_eq!(session.event_id(2), None);
+        assert_eq!(session.event_id(3), Some(100));
+        assert_eq!(session.event_id(7), Some(104));
+        assert_eq!(session.event_id(8), None);
+        assert_eq!(session.event_id(10), Some(107));
+        assert_eq!(session.event_id(11), None);
+        assert_eq!(
+            session.event_ids().collect::<Vec<_>>(),
+            vec![
+                (3, 100),
+                (4, 101),
+                (5, 102),
+                (6, 103),
+                (7, 104),
+                (9, 105),
+                (10, 107)
+            ]
+        );
     }
 }

@@ -6,6 +6,12 @@
 //! The facts it honours are in `docs/discord-gateway.md`; where a client breaks a rule the mock
 //! answers as Discord does (close code or op 9) and records it, so a test can assert both.
 //!
+//! Events happen in one world: each guild's events are made once (`timeline.rs`) and reach every
+//! connected session that covers the guild, so two shard sets with different `num_shards` (a
+//! zero-downtime reshard) receive the same events, each under its own sequence numbers. The
+//! ledger names every event by one id in every session ([`SessionLedger::event_runs`]), and
+//! with [`MockConfig::record_events`] lists each one once ([`MockGateway::events`]).
+//!
 //! ```no_run
 //! use mock_gateway::{MockConfig, MockGateway};
 //! let mock = MockGateway::spawn(MockConfig { guilds: 100, ..MockConfig::default() }, 1)?;
@@ -24,10 +30,11 @@ pub mod rng;
 mod conn;
 mod http;
 mod state;
+mod timeline;
 mod tls;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -35,13 +42,16 @@ use std::time::Instant;
 use tokio::sync::{oneshot, watch};
 
 pub use config::{MockConfig, Transport};
-pub use ledger::{Ledger, SessionLedger, ShardLedger, Violation, ViolationKind};
+pub use ledger::{
+    EventRecord, Ledger, SessionLedger, ShardLedger, Violation, ViolationKind, event_content_hash,
+};
 pub use state::Fault;
 
 use crate::http::Listener;
 use crate::ledger::LedgerWriter;
 use crate::rng::{Rng, derive_seed};
 use crate::state::{Control, Shared, State};
+use crate::timeline::TimelineSettings;
 
 /// Why the mock could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +117,8 @@ impl MockGateway {
         let now = Instant::now();
         let state = State {
             guilds,
+            guild_changes_total: 0,
+            world: Default::default(),
             sessions: Default::default(),
             next_session_number: 0,
             identify_buckets: Default::default(),
@@ -114,19 +126,17 @@ impl MockGateway {
                 .session_start_remaining
                 .unwrap_or(config.session_start_total),
             reset_at: now + std::time::Duration::from_millis(config.session_start_reset_after_ms),
-            stream_counters: Default::default(),
             connections: Default::default(),
             next_connection_id: 0,
             member_requests: Default::default(),
             connection_numbers: Default::default(),
         };
         let shared = Arc::new(Shared {
-            ledger: LedgerWriter::new(seed, config.ledger_commands_max),
+            ledger: LedgerWriter::new(seed, config.ledger_commands_max, config.record_events),
             main_ws_url: format!("{ws_scheme}://{main_addr}"),
             resume_ws_url: format!("{ws_scheme}://{resume_addr}"),
             state: Mutex::new(state),
-            guild_changes: Mutex::new(Vec::new()),
-            guild_epoch: AtomicU64::new(0),
+            timeline_settings: Arc::new(TimelineSettings::from_config(&config, seed)),
             resume_down: watch::channel(false).0,
             token_valid: AtomicBool::new(true),
             seed,
@@ -220,12 +230,29 @@ impl MockGateway {
         self.shared.ledger.snapshot()
     }
 
-    /// Applies `fault` now to every live connection of `shard`; returns how many.
-    pub fn inject_fault(&self, shard: u32, fault: Fault) -> usize {
-        self.shared.broadcast(Some(shard), || Control::Fault(fault))
+    /// Every world event made so far, once each, in the order each timeline made them; empty
+    /// unless [`MockConfig::record_events`] is on. Sessions name them by id in
+    /// [`SessionLedger::event_runs`].
+    pub fn events(&self) -> Vec<EventRecord> {
+        self.shared.ledger.events()
     }
 
-    /// Changes the number of guilds; live shards get GUILD_CREATE joins or GUILD_DELETEs.
+    /// Applies `fault` now to every live connection of `shard` (in every shard set); returns
+    /// how many.
+    pub fn inject_fault(&self, shard: u32, fault: Fault) -> usize {
+        self.shared
+            .broadcast(Some(shard), None, || Control::Fault(fault))
+    }
+
+    /// Applies `fault` now to the live connections of shard `shard` of `total` only (one shard
+    /// set when two run side by side); returns how many.
+    pub fn inject_fault_in_set(&self, shard: u32, total: u32, fault: Fault) -> usize {
+        self.shared
+            .broadcast(Some(shard), Some(total), || Control::Fault(fault))
+    }
+
+    /// Changes the number of guilds; every live session covering a changed guild gets its
+    /// GUILD_CREATE join or GUILD_DELETE.
     pub fn set_guild_count(&self, count: usize) {
         self.shared.set_guild_count(count);
     }

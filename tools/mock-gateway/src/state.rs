@@ -1,26 +1,29 @@
-//! State shared by every connection: sessions, guilds, identify limits, the token.
+//! State shared by every connection: sessions, guilds, the world's event timelines, identify
+//! limits, the token.
 //!
 //! One `std::sync::Mutex` guards [`State`]; each [`Session`] has its own mutex so that the
-//! hot path (producing and replaying dispatches) never touches the global lock. No lock is
-//! ever held across an `.await`. Lock order: `State` before a `Session`; the guild change log
-//! and the ledger are leaves (nothing is locked while holding them).
+//! hot path (producing and replaying dispatches) never touches the global lock, and each
+//! timeline (`timeline.rs`) its own, taken by the sessions subscribed to it. No lock is ever
+//! held across an `.await`. Lock order: `State` → `Session` → `Timeline` → ledger (a leaf).
+//!
+//! A session owns its sequence numbers, replay buffer and ledger counters; its events come from
+//! the timelines it subscribed to at READY (steady stream, guild joins and removals), except the
+//! dispatches that are its own: READY, the GUILD_CREATE backfill, RESUMED and answers to
+//! commands.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::MockConfig;
 use crate::events::{self, DispatchInfo, SessionEvents};
 use crate::ledger::{LedgerWriter, SessionDelta, SessionLedger};
 use crate::rng::{Rng, derive_seed};
-
-/// First and largest chunk of a session's dispatch arena.
-const ARENA_CHUNK_BYTES_MIN: usize = 16 * 1024;
-const ARENA_CHUNK_BYTES_MAX: usize = 256 * 1024;
+use crate::timeline::{Arena, EventRef, Subscription, TimelineSettings, Wake, World};
 
 /// Sub-seed stream of guild ids (`derive_seed(seed, &[GUILD_STREAM, epoch])`).
 pub(crate) const GUILD_STREAM: u64 = 0x0067_7569_6c64;
@@ -95,7 +98,7 @@ pub(crate) enum Control {
     Close(u16),
     /// Another connection resumed this connection's session.
     Superseded,
-    /// The guild set changed; produce joins and removals.
+    /// The guild set changed: joins and removals are waiting in the timelines.
     GuildsChanged,
 }
 
@@ -107,29 +110,23 @@ pub(crate) struct Shared {
     pub main_ws_url: String,
     pub resume_ws_url: String,
     pub state: Mutex<State>,
-    /// Change `i` took the guild epoch from `i` to `i + 1`. A leaf lock.
-    pub guild_changes: Mutex<Vec<GuildChange>>,
-    /// Bumped on every guild change; sessions compare it with their own epoch.
-    pub guild_epoch: AtomicU64,
+    pub timeline_settings: Arc<TimelineSettings>,
     pub resume_down: watch::Sender<bool>,
     pub token_valid: AtomicBool,
 }
 
-pub(crate) struct GuildChange {
-    pub guild_id: u64,
-    pub added: bool,
-}
-
 pub(crate) struct State {
     pub guilds: Vec<u64>,
+    /// Guilds added or removed so far (the seed of the next additions).
+    pub guild_changes_total: u64,
+    /// The partitions and their event timelines.
+    pub world: World,
     pub sessions: HashMap<String, Arc<Mutex<Session>>>,
     pub next_session_number: u64,
     /// Identify bucket → when its last identify was accepted.
     pub identify_buckets: HashMap<u32, Instant>,
     pub remaining: u32,
     pub reset_at: Instant,
-    /// (shard, total) → steady-stream dispatches produced, across sessions.
-    pub stream_counters: HashMap<(u32, u32), Arc<AtomicU64>>,
     pub connections: HashMap<u64, ConnectionHandle>,
     pub next_connection_id: u64,
     /// Guild → when all its members were last requested (op 8, query "", limit 0).
@@ -139,7 +136,8 @@ pub(crate) struct State {
 }
 
 pub(crate) struct ConnectionHandle {
-    pub shard: Option<u32>,
+    /// `[shard, num_shards]` once identified or resumed.
+    pub shard: Option<[u32; 2]>,
     pub control: mpsc::UnboundedSender<Control>,
 }
 
@@ -149,52 +147,59 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `control` to every live connection of `shard` (all of them if `None`); returns
-    /// how many got it.
-    pub fn broadcast(&self, shard: Option<u32>, control: impl Fn() -> Control) -> usize {
+    /// Sends `control` to every live connection of `shard` (all of them if `None`; only those
+    /// of sessions with `total` shards if that is given); returns how many got it.
+    pub fn broadcast(
+        &self,
+        shard: Option<u32>,
+        total: Option<u32>,
+        control: impl Fn() -> Control,
+    ) -> usize {
         let state = self.lock();
         state
             .connections
             .values()
-            .filter(|c| shard.is_none() || c.shard == shard)
+            .filter(|c| shard.is_none() || c.shard.map(|[id, _]| id) == shard)
+            .filter(|c| total.is_none() || c.shard.map(|[_, total]| total) == total)
             .filter(|c| c.control.send(control()).is_ok())
             .count()
     }
 
-    /// Changes the number of guilds, recording joins and removals for live sessions.
+    /// Changes the number of guilds: the timelines get the joins and removals (every session
+    /// covering the guild receives them).
     pub fn set_guild_count(&self, count: usize) {
         let mut state = self.lock();
-        let mut changes = self
-            .guild_changes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *state;
         let current = state.guilds.len();
+        let mut changes = Vec::new();
         if count > current {
-            let epoch = changes.len() as u64;
+            let epoch = state.guild_changes_total;
             let mut fresh =
                 events::guild_ids(derive_seed(self.seed, &[GUILD_STREAM, epoch]), count);
             fresh.retain(|id| !state.guilds.contains(id));
             for guild_id in fresh.into_iter().take(count - current) {
                 state.guilds.push(guild_id);
-                changes.push(GuildChange {
-                    guild_id,
-                    added: true,
-                });
+                changes.push((guild_id, true));
             }
         } else {
             for guild_id in state.guilds.split_off(count) {
-                changes.push(GuildChange {
-                    guild_id,
-                    added: false,
-                });
+                changes.push((guild_id, false));
             }
         }
-        self.guild_epoch
-            .store(changes.len() as u64, Ordering::Release);
-        drop(changes);
-        drop(state);
-        self.broadcast(None, || Control::GuildsChanged);
+        state.guild_changes_total += changes.len() as u64;
+        state.world.apply_guild_changes(&changes, &self.ledger);
+        for session in state.sessions.values() {
+            lock_session(session).apply_guild_changes(&changes);
+        }
+        for handle in state.connections.values() {
+            let _ = handle.control.send(Control::GuildsChanged);
+        }
     }
+}
+
+fn lock_session(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    // Session updates are panic-free bookkeeping; a poisoned lock still holds usable data.
+    session.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A produced dispatch: its sequence, bytes and what it was.
@@ -210,9 +215,12 @@ pub(crate) struct Session {
     pub shard: u32,
     pub total: u32,
     pub ledger_index: usize,
+    /// Writes this session's own dispatches (READY, backfill, RESUMED, command answers).
     pub events: SessionEvents,
-    pub guilds: Vec<u64>,
-    pub guild_epoch: u64,
+    /// Guilds this session covers now (READY's, plus joins, minus removals).
+    pub guild_count: usize,
+    /// Where its world events come from; empty once the session ended.
+    subscriptions: Vec<Subscription>,
     next_seq: u64,
     replay: VecDeque<Dispatch>,
     replay_capacity: usize,
@@ -220,14 +228,9 @@ pub(crate) struct Session {
     replay_bytes_max: usize,
     /// Dispatch bytes are carved out of shared chunks: one allocation per many dispatches,
     /// and a clone is a reference count.
-    arena: BytesMut,
-    arena_chunk_bytes: usize,
+    arena: Arena,
     pending_guild_creates: VecDeque<u64>,
     guild_create_bytes: usize,
-    /// When the steady stream began and how much of it this session produced since.
-    stream_started: Option<Instant>,
-    stream_produced: u64,
-    stream_counter: Arc<AtomicU64>,
     /// Connection that owns the session, if any.
     pub owner: Option<u64>,
     pub disconnected_at: Option<Instant>,
@@ -239,8 +242,15 @@ pub(crate) struct Session {
 /// Limits on one call to [`Session::produce`].
 pub(crate) struct Budget {
     pub max_dispatches: usize,
-    pub rate_per_sec: f64,
-    pub events_per_shard: u64,
+}
+
+/// What one call to [`Session::produce`] made.
+#[derive(Debug, Default)]
+pub(crate) struct Produced {
+    /// Steady-stream dispatches among them (faults roll per one).
+    pub steady: usize,
+    /// The session fell too far behind a timeline and ended (`overrun`).
+    pub overrun: bool,
 }
 
 impl Session {
@@ -252,9 +262,8 @@ impl Session {
         ledger_index: usize,
         seed: u64,
         guilds: Vec<u64>,
-        guild_epoch: u64,
         config: &MockConfig,
-        stream_counter: Arc<AtomicU64>,
+        subscriptions: Vec<Subscription>,
     ) -> Session {
         let events = SessionEvents::new(seed, shard, guilds.clone(), config.mix_or_default());
         Session {
@@ -263,20 +272,16 @@ impl Session {
             total,
             ledger_index,
             events,
-            pending_guild_creates: guilds.iter().copied().collect(),
-            guilds,
-            guild_epoch,
+            guild_count: guilds.len(),
+            subscriptions,
+            pending_guild_creates: guilds.into_iter().collect(),
             next_seq: 1,
             replay: VecDeque::new(),
             replay_capacity: config.replay_capacity,
             replay_bytes: 0,
             replay_bytes_max: config.replay_bytes_max,
-            arena: BytesMut::new(),
-            arena_chunk_bytes: ARENA_CHUNK_BYTES_MIN,
+            arena: Arena::new(),
             guild_create_bytes: config.guild_create_bytes,
-            stream_started: None,
-            stream_produced: 0,
-            stream_counter,
             owner: None,
             disconnected_at: None,
             ended: false,
@@ -290,7 +295,8 @@ impl Session {
         self.next_seq - 1
     }
 
-    /// Writes one dispatch with the next sequence through `write` and keeps it for replay.
+    /// Writes one of this session's own dispatches with the next sequence through `write` and
+    /// keeps it for replay.
     pub fn push(
         &mut self,
         write: impl FnOnce(&mut SessionEvents, u64, &mut Vec<u8>) -> DispatchInfo,
@@ -299,13 +305,36 @@ impl Session {
         self.next_seq += 1;
         self.scratch.clear();
         let info = write(&mut self.events, seq, &mut self.scratch);
-        if self.arena.capacity() - self.arena.len() < self.scratch.len() {
-            // Chunks grow with a busy session and stay small for an idle one.
-            self.arena = BytesMut::with_capacity(self.arena_chunk_bytes.max(self.scratch.len()));
-            self.arena_chunk_bytes = (self.arena_chunk_bytes * 2).min(ARENA_CHUNK_BYTES_MAX);
-        }
-        self.arena.extend_from_slice(&self.scratch);
-        let bytes = self.arena.split().freeze();
+        let bytes = self.arena.copy(&self.scratch);
+        self.keep(seq, bytes, info.name, info.redundant_update)
+    }
+
+    /// Writes a world event with the next sequence: the event's dispatch with this session's
+    /// `s` (every other byte is the same in every session).
+    fn push_event(&mut self, event: EventRef<'_>) -> Dispatch {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut digits = itoa::Buffer::new();
+        let seq_digits = digits.format(seq).as_bytes();
+        let (before, after) = event.around_seq();
+        let buf = self
+            .arena
+            .reserve(before.len() + seq_digits.len() + after.len());
+        buf.extend_from_slice(before);
+        buf.extend_from_slice(seq_digits);
+        buf.extend_from_slice(after);
+        let bytes = self.arena.finish();
+        self.delta.record_event(seq, event.id);
+        self.keep(seq, bytes, event.name, event.redundant_update)
+    }
+
+    fn keep(
+        &mut self,
+        seq: u64,
+        bytes: Bytes,
+        name: &'static str,
+        redundant_update: bool,
+    ) -> Dispatch {
         self.replay_bytes += bytes.len();
         let dispatch = Dispatch { seq, bytes };
         self.replay.push_back(dispatch.clone());
@@ -318,8 +347,8 @@ impl Session {
         }
         self.delta.last_seq = seq;
         self.delta.new_dispatches += 1;
-        self.delta.record_type(info.name);
-        if info.redundant_update {
+        self.delta.record_type(name);
+        if redundant_update {
             self.delta.redundant_update_seqs.push(seq);
         }
         dispatch
@@ -355,22 +384,15 @@ impl Session {
         self.last_seq() > sent_upto
     }
 
-    /// Steady-stream dispatches produced for this shard so far, across sessions.
-    pub fn stream_count(&self) -> u64 {
-        self.stream_counter.load(Ordering::Acquire)
-    }
-
-    /// Produces what is due: guild joins/removals, the initial GUILD_CREATEs, then the
-    /// steady stream at the configured rate. Returns the dispatches and, for the steady-stream
-    /// ones, how many there were (faults roll per steady-stream dispatch).
+    /// Produces what is due: the initial GUILD_CREATEs, then what the timelines have for this
+    /// session (guild joins and removals, the steady stream at the configured rate).
     pub fn produce(
         &mut self,
         now: Instant,
         shared: &Shared,
         budget: &Budget,
         out: &mut Vec<Dispatch>,
-    ) -> usize {
-        self.produce_guild_changes(shared, out);
+    ) -> Produced {
         while out.len() < budget.max_dispatches {
             let Some(guild_id) = self.pending_guild_creates.pop_front() else {
                 break;
@@ -384,88 +406,56 @@ impl Session {
                 }
             }));
         }
+        let mut produced = Produced::default();
         if !self.pending_guild_creates.is_empty() {
-            return 0;
+            return produced;
         }
-        let started = *self.stream_started.get_or_insert(now);
-        let mut due = budget.max_dispatches.saturating_sub(out.len()) as u64;
-        if budget.rate_per_sec > 0.0 {
-            let owed = (now.duration_since(started).as_secs_f64() * budget.rate_per_sec) as u64;
-            due = due.min(owed.saturating_sub(self.stream_produced));
-        }
-        let mut produced = 0;
-        for _ in 0..due {
-            if budget.events_per_shard > 0 {
-                let taken = self.stream_counter.fetch_add(1, Ordering::AcqRel);
-                if taken >= budget.events_per_shard {
-                    self.stream_counter.fetch_sub(1, Ordering::AcqRel);
-                    break;
-                }
+        let subscriptions = std::mem::take(&mut self.subscriptions);
+        for subscription in &subscriptions {
+            let room = budget.max_dispatches.saturating_sub(out.len());
+            if room == 0 {
+                break;
             }
-            out.push(self.push(|events, seq, buf| events.next_dispatch(seq, buf)));
-            self.stream_produced += 1;
-            produced += 1;
+            let pulled = subscription.pull(now, room, &shared.ledger, |event| {
+                out.push(self.push_event(event));
+            });
+            produced.steady += pulled.steady;
+            produced.overrun |= pulled.overrun;
+        }
+        self.subscriptions = subscriptions;
+        if produced.overrun {
+            self.end("overrun", &shared.ledger);
         }
         produced
     }
 
-    /// When the next steady-stream dispatch is due, if the stream is rate limited and running.
-    pub fn next_due(&self, rate_per_sec: f64) -> Option<Instant> {
-        let started = self.stream_started?;
-        if rate_per_sec <= 0.0 || !self.pending_guild_creates.is_empty() {
-            return None;
+    /// When this session has something to produce: now (backfill, unsent or kept events, an
+    /// unlimited stream), at the next steady event's time, or never (the stream is over).
+    pub fn wake(&self, sent_upto: u64) -> Wake {
+        if !self.pending_guild_creates.is_empty() || self.has_new_for(sent_upto) {
+            return Wake::Now;
         }
-        let at_secs = (self.stream_produced + 1) as f64 / rate_per_sec;
-        Some(started + Duration::from_secs_f64(at_secs))
+        self.subscriptions
+            .iter()
+            .map(Subscription::wake)
+            .fold(Wake::Never, Wake::min)
     }
 
-    /// Whether more can be produced right now without waiting (backfill or unlimited rate).
-    pub fn has_backlog(&self) -> bool {
-        !self.pending_guild_creates.is_empty()
-    }
-
-    fn produce_guild_changes(&mut self, shared: &Shared, out: &mut Vec<Dispatch>) {
-        let epoch = shared.guild_epoch.load(Ordering::Acquire);
-        if epoch == self.guild_epoch {
-            return;
-        }
-        let changes: Vec<(u64, bool)> = {
-            let log = shared
-                .guild_changes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            log[self.guild_epoch as usize..epoch as usize]
-                .iter()
-                .filter(|c| events::shard_for_guild(c.guild_id, self.total) == self.shard)
-                .map(|c| (c.guild_id, c.added))
-                .collect()
-        };
-        self.guild_epoch = epoch;
-        for (guild_id, added) in changes {
-            let target_bytes = self.guild_create_bytes;
+    /// Applies guild joins (`true`) and removals to this session's own bookkeeping (the events
+    /// themselves come from the timelines); returns how many guilds it covers now.
+    pub fn apply_guild_changes(&mut self, changes: &[(u64, bool)]) -> usize {
+        for &(guild_id, added) in changes {
+            if events::shard_for_guild(guild_id, self.total) != self.shard {
+                continue;
+            }
             if added {
-                self.guilds.push(guild_id);
-                self.events.add_guild(guild_id);
-                out.push(self.push(|events, seq, buf| {
-                    events.guild_create(guild_id, seq, target_bytes, buf);
-                    DispatchInfo {
-                        name: "GUILD_CREATE",
-                        redundant_update: false,
-                    }
-                }));
+                self.guild_count += 1;
             } else {
-                self.guilds.retain(|g| *g != guild_id);
+                self.guild_count = self.guild_count.saturating_sub(1);
                 self.pending_guild_creates.retain(|g| *g != guild_id);
-                out.push(self.push(|events, seq, buf| {
-                    events.guild_delete(guild_id, false, seq, buf);
-                    DispatchInfo {
-                        name: "GUILD_DELETE",
-                        redundant_update: false,
-                    }
-                }));
-                self.events.remove_guild(guild_id);
             }
         }
+        self.guild_count
     }
 
     /// Moves the counters accumulated since the last flush into the ledger.
@@ -486,12 +476,14 @@ impl Session {
         });
     }
 
-    /// Ends the session for good (no resume), with a reason for the ledger.
+    /// Ends the session for good (no resume), with a reason for the ledger; it leaves its
+    /// timelines.
     pub fn end(&mut self, reason: &str, ledger: &LedgerWriter) {
         if self.ended {
             return;
         }
         self.ended = true;
+        self.subscriptions.clear();
         self.flush_ledger(ledger);
         let (shard, index) = (self.shard, self.ledger_index);
         ledger.with(|l| {
