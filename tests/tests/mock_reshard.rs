@@ -404,6 +404,57 @@ async fn guild_changes_reach_both_sets() {
     assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
 }
 
+/// Guilds added past `--max-guilds-per-shard` close each live session that now holds too many
+/// with 4011 (ended `close_4011` in the ledger); the others go on.
+#[tokio::test]
+async fn guilds_added_past_the_limit_close_live_sessions_with_4011() {
+    let mock = spawn_where(
+        MockConfig {
+            max_guilds_per_shard: 4,
+            ..config(9, 6)
+        },
+        |guilds| (0..2).all(|shard| owned_guilds(guilds, shard, 2).len() <= 4),
+    );
+    let mut two = Shard::set(&mock, 2, Compression::None).await;
+    past_identify_window().await;
+    let mut four = Shard::set(&mock, 4, Compression::ZstdStream).await;
+    mock.set_guild_count(12);
+    let after = mock.guild_ids();
+    let over = |[shard, total]: [u32; 2]| owned_guilds(&after, shard, total).len() > 4;
+    let closed: Vec<[u32; 2]> = two
+        .iter()
+        .chain(&four)
+        .map(|s| s.shard)
+        .filter(|s| over(*s))
+        .collect();
+    assert!(!closed.is_empty(), "12 guilds on 2 shards of 4 at most");
+    for shard in two.iter_mut().chain(four.iter_mut()) {
+        let [id, total] = shard.shard;
+        if over(shard.shard) {
+            assert_eq!(shard.client.expect_close().await, 4011, "{:?}", shard.shard);
+        } else if !owned_guilds(&after, id, total).is_empty() {
+            // Still streaming.
+            let next = shard
+                .read_until(|m| !matches!(m.t(), Some("GUILD_CREATE" | "READY")))
+                .await;
+            assert!(next.is_dispatch());
+        }
+    }
+    let ledger = mock.ledger();
+    for shard in two.iter().chain(&four) {
+        let ended = shard.ledger(&ledger).ended.as_deref();
+        let want = over(shard.shard).then_some("close_4011");
+        assert_eq!(ended, want, "{:?}", shard.shard);
+    }
+    // At IDENTIFY the limit is checked as before.
+    past_identify_window().await;
+    let [shard, total] = closed[0];
+    let mut again = RawClient::connect(mock.ws_url(), Compression::None).await;
+    again.hello().await;
+    again.identify(mock.token(), [shard, total], INTENTS).await;
+    assert_eq!(again.expect_close().await, 4011);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Control
 // ---------------------------------------------------------------------------------------------

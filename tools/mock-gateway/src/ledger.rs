@@ -100,8 +100,8 @@ pub struct SessionLedger {
     #[serde(default)]
     pub event_runs: Vec<[u64; 3]>,
     /// Why the session ended, if it did: `invalid_session`, `client_close_1000`, `close_4009`,
-    /// `token_reset`, `expired`, `overrun` (it fell further behind its timeline than the replay
-    /// limits allow).
+    /// `close_4011` (guilds were added past `--max-guilds-per-shard`), `token_reset`, `expired`,
+    /// `overrun` (it fell further behind its timeline than the replay limits allow).
     pub ended: Option<String>,
 }
 

@@ -252,7 +252,8 @@ impl MockGateway {
     }
 
     /// Changes the number of guilds; every live session covering a changed guild gets its
-    /// GUILD_CREATE join or GUILD_DELETE.
+    /// GUILD_CREATE join or GUILD_DELETE, and one left over `--max-guilds-per-shard` is closed
+    /// with 4011.
     pub fn set_guild_count(&self, count: usize) {
         self.shared.set_guild_count(count);
     }

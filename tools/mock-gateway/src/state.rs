@@ -166,7 +166,9 @@ impl Shared {
     }
 
     /// Changes the number of guilds: the timelines get the joins and removals (every session
-    /// covering the guild receives them).
+    /// covering the guild receives them), and a live session left with more guilds than
+    /// `--max-guilds-per-shard` is closed with 4011, as Discord closes a shard that must be
+    /// resharded.
     pub fn set_guild_count(&self, count: usize) {
         let mut state = self.lock();
         let state = &mut *state;
@@ -188,8 +190,27 @@ impl Shared {
         }
         state.guild_changes_total += changes.len() as u64;
         state.world.apply_guild_changes(&changes, &self.ledger);
+        let mut too_many = Vec::new();
         for session in state.sessions.values() {
-            lock_session(session).apply_guild_changes(&changes);
+            let mut session = lock_session(session);
+            if session.apply_guild_changes(&changes) > self.config.max_guilds_per_shard
+                && !session.ended
+            {
+                tracing::debug!(
+                    shard = session.shard,
+                    total = session.total,
+                    guilds = session.guild_count,
+                    "guilds added past the limit: 4011"
+                );
+                session.end("close_4011", &self.ledger);
+                too_many.extend(session.owner);
+            }
+        }
+        for owner in too_many {
+            if let Some(handle) = state.connections.get(&owner) {
+                // The connection may be ending already; the session is ended either way.
+                let _ = handle.control.send(Control::Close(4011));
+            }
         }
         for handle in state.connections.values() {
             let _ = handle.control.send(Control::GuildsChanged);
