@@ -12,9 +12,12 @@ use std::time::Duration;
 use mock_gateway::{
     EventRecord, Fault, Ledger, MockConfig, MockGateway, SessionLedger, event_content_hash,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use shardgate_tests::raw::{Compression, Msg, RawClient, Received};
 use shardgate_tests::{TestMock, owned_guilds, rest, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
 
 /// GUILDS | GUILD_MESSAGES: no privileged intent.
 const INTENTS: u64 = 1 | (1 << 9);
@@ -171,6 +174,35 @@ fn covers([shard, total]: [u32; 2], guild: Option<u64>) -> bool {
         Some(guild) => (guild >> 22) % u64::from(total) == u64::from(shard),
         None => shard == 0,
     }
+}
+
+async fn post(mock: &MockGateway, path: &str, body: &Value) -> (u16, Value) {
+    let host = mock
+        .http_base()
+        .strip_prefix("http://")
+        .expect("plain http")
+        .to_owned();
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        let mut stream = TcpStream::connect(&host).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = timeout(Duration::from_secs(5), exchange)
+        .await
+        .expect("a response within 5 s")
+        .expect("the exchange works");
+    let text = String::from_utf8(raw).expect("UTF-8");
+    let status = text[9..12].parse().expect("status code");
+    let (_, body) = text.split_once("\r\n\r\n").expect("a body");
+    (status, serde_json::from_str(body).expect("JSON body"))
 }
 
 async fn gateway_bot(mock: &MockGateway) -> Value {
@@ -458,6 +490,29 @@ async fn guilds_added_past_the_limit_close_live_sessions_with_4011() {
 // ---------------------------------------------------------------------------------------------
 // Control
 // ---------------------------------------------------------------------------------------------
+
+/// `/gateway/bot`'s recommended shards change at run time (HTTP and the library method).
+#[tokio::test]
+async fn recommended_shards_change_at_run_time() {
+    let mock = TestMock::spawn(config(3, 1500));
+    assert_eq!(gateway_bot(&mock).await["shards"], 2, "ceil(1500 / 1000)");
+    let (status, body) = post(&mock, "/_mock/recommended-shards", &json!({"shards": 8})).await;
+    assert_eq!((status, &body), (200, &json!({"shards": 8})));
+    assert_eq!(gateway_bot(&mock).await["shards"], 8);
+    assert_eq!(mock.recommended_shards(), 8);
+    let (status, _) = post(&mock, "/_mock/recommended-shards", &json!({"shards": 0})).await;
+    assert_eq!(status, 400);
+    assert_eq!(mock.set_recommended_shards(Some(16)), 16);
+    assert_eq!(gateway_bot(&mock).await["shards"], 16);
+    let (status, body) = post(&mock, "/_mock/recommended-shards", &json!({"shards": null})).await;
+    assert_eq!((status, &body), (200, &json!({"shards": 2})));
+    mock.set_guild_count(3500);
+    assert_eq!(
+        gateway_bot(&mock).await["shards"],
+        4,
+        "the default follows the guilds"
+    );
+}
 
 /// `GET /_mock/events` serves what `MockGateway::events` returns; without `--record-events` it
 /// is empty and says so, while the per-session runs are kept.

@@ -9,6 +9,7 @@
 //!   flags).
 //! - `GET /_mock/ledger`, `GET /_mock/events` (`{"recording": b, "events": [...]}`, every world
 //!   event once, with `--record-events`), `POST /_mock/guilds {"count": N}`,
+//!   `POST /_mock/recommended-shards {"shards": N}` (`null`: back to the default),
 //!   `POST /_mock/fault {"shard": N, "kind": "reconnect"}` (with `"total": T`, only the sessions
 //!   of `T` shards), `POST /_mock/resume-url {"down": b}`
 //! - any path with `Upgrade: websocket`: the gateway.
@@ -185,11 +186,22 @@ async fn handle(
                 "events": serde_json::to_value(shared.ledger.events()).unwrap_or_default(),
             }),
         ),
+        (&Method::POST, "/_mock/recommended-shards") => match read_json(request).await {
+            Ok(body) => match body.get("shards") {
+                Some(Value::Null) => set_recommended_shards(&shared, None),
+                Some(shards) => match shards.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                    Some(shards) if shards > 0 => set_recommended_shards(&shared, Some(shards)),
+                    _ => bad_request("body must be {\"shards\": N} with N >= 1, or null"),
+                },
+                None => bad_request("body must be {\"shards\": N} with N >= 1, or null"),
+            },
+            Err(response) => response,
+        },
         (&Method::POST, "/_mock/guilds") => match read_json(request).await {
             Ok(body) => match body.get("count").and_then(Value::as_u64) {
                 Some(count) => {
                     shared.set_guild_count(count as usize);
-                    let recommended = shared.config.recommended_shards_for(count as usize);
+                    let recommended = shared.lock().recommended_shards(&shared.config);
                     json_response(
                         StatusCode::OK,
                         &json!({ "guilds": count, "recommended_shards": recommended }),
@@ -235,6 +247,13 @@ async fn handle(
         _ => not_found(),
     };
     Ok(response)
+}
+
+fn set_recommended_shards(shared: &Shared, shards: Option<u32>) -> Response<Full<Bytes>> {
+    let mut state = shared.lock();
+    state.recommended_shards = shards;
+    let shards = state.recommended_shards(&shared.config);
+    json_response(StatusCode::OK, &json!({ "shards": shards }))
 }
 
 /// Answers a request under `/api`; `after_api` is its path past `/api`.
@@ -295,7 +314,7 @@ fn authorized(shared: &Shared, request: &Request<Incoming>) -> bool {
 
 fn gateway_bot(shared: &Shared) -> Response<Full<Bytes>> {
     let config = &shared.config;
-    let (guilds, remaining, reset_after_ms) = {
+    let (shards, remaining, reset_after_ms) = {
         let mut state = shared.lock();
         let now = Instant::now();
         if now >= state.reset_at {
@@ -304,13 +323,17 @@ fn gateway_bot(shared: &Shared) -> Response<Full<Bytes>> {
                 now + std::time::Duration::from_millis(config.session_start_reset_after_ms);
         }
         let reset_after_ms = state.reset_at.saturating_duration_since(now).as_millis() as u64;
-        (state.guilds.len(), state.remaining, reset_after_ms)
+        (
+            state.recommended_shards(config),
+            state.remaining,
+            reset_after_ms,
+        )
     };
     json_response(
         StatusCode::OK,
         &json!({
             "url": shared.main_ws_url,
-            "shards": config.recommended_shards_for(guilds),
+            "shards": shards,
             "session_start_limit": {
                 "total": config.session_start_total,
                 "remaining": remaining,

@@ -118,6 +118,7 @@ impl MockGateway {
         let state = State {
             guilds,
             guild_changes_total: 0,
+            recommended_shards: None,
             world: Default::default(),
             sessions: Default::default(),
             next_session_number: 0,
@@ -256,6 +257,19 @@ impl MockGateway {
     /// with 4011.
     pub fn set_guild_count(&self, count: usize) {
         self.shared.set_guild_count(count);
+    }
+
+    /// Sets `/gateway/bot`'s recommended `shards` (`None`: back to `--recommended-shards`, or
+    /// one per 1000 guilds); returns what it recommends now.
+    pub fn set_recommended_shards(&self, shards: Option<u32>) -> u32 {
+        let mut state = self.shared.lock();
+        state.recommended_shards = shards;
+        state.recommended_shards(&self.shared.config)
+    }
+
+    /// What `/gateway/bot` recommends now as `shards`.
+    pub fn recommended_shards(&self) -> u32 {
+        self.shared.lock().recommended_shards(&self.shared.config)
     }
 
     /// The current guild ids.

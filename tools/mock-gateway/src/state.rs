@@ -119,6 +119,8 @@ pub(crate) struct State {
     pub guilds: Vec<u64>,
     /// Guilds added or removed so far (the seed of the next additions).
     pub guild_changes_total: u64,
+    /// `/gateway/bot`'s `shards` when set at run time (`POST /_mock/recommended-shards`).
+    pub recommended_shards: Option<u32>,
     /// The partitions and their event timelines.
     pub world: World,
     pub sessions: HashMap<String, Arc<Mutex<Session>>>,
@@ -139,6 +141,15 @@ pub(crate) struct ConnectionHandle {
     /// `[shard, num_shards]` once identified or resumed.
     pub shard: Option<[u32; 2]>,
     pub control: mpsc::UnboundedSender<Control>,
+}
+
+impl State {
+    /// `/gateway/bot`'s `shards`: set at run time, else `--recommended-shards`, else one per
+    /// 1000 guilds.
+    pub fn recommended_shards(&self, config: &MockConfig) -> u32 {
+        self.recommended_shards
+            .unwrap_or_else(|| config.recommended_shards_for(self.guilds.len()))
+    }
 }
 
 impl Shared {
