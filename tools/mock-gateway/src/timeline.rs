@@ -158,7 +158,8 @@ impl World {
                     .copied()
                     .filter(|g| events::shard_for_guild(*g, count) == partition)
                     .collect();
-                // The seed a session of this shard had when each session made its own stream.
+                // Derived as a session's own stream was ([shard, total, session number]), with
+                // the timeline's number: the first set's streams come from the same seeds.
                 let seed = derive_seed(
                     settings.seed,
                     &[u64::from(partition), u64::from(count), instance],
