@@ -12,7 +12,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -50,6 +51,37 @@ pub enum CoreRequest {
         new_session: bool,
         reply: Sender<Result<(), ControlError>>,
     },
+    /// Start these shards of the set with `shard_count` shards on this core (a reshard's new
+    /// set), with `role`.
+    StartShards {
+        shard_count: u32,
+        shard_ids: Vec<u32>,
+        role: Role,
+    },
+    /// Tell every shard of the set with `shard_count` shards on this core: hand over, retire or
+    /// become live.
+    Set { shard_count: u32, nudge: Nudge },
+}
+
+/// What a shard is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Of the set the bot is fed by: everything it receives is forwarded, notices included, and
+    /// bot commands go to it.
+    Live,
+    /// Of a reshard's new set while it warms up: its READY, its backfill GUILD_CREATEs and its
+    /// SHARD_READY notices stay in the engine (the bot has those guilds from the live set); the
+    /// rest goes to the sink's merge.
+    Warming,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Live => "live",
+            Role::Warming => "warming",
+        }
+    }
 }
 
 /// Which shards a command goes to.
@@ -101,6 +133,11 @@ pub struct CoreReport {
 #[derive(Debug, Clone)]
 pub struct ShardStatus {
     pub shard_id: u32,
+    /// The shard count of its set.
+    pub shard_count: u32,
+    pub role: Role,
+    /// Every guild of its session's READY arrived.
+    pub fully_ready: bool,
     pub core: usize,
     pub state: ShardState,
     /// Since the session's READY in this process (or its resume, for a session saved by the
@@ -144,48 +181,106 @@ pub struct ControlHandle {
 }
 
 struct HandleInner {
-    /// Per core: its request channel and the (contiguous) shard ids it owns.
-    cores: Vec<(Sender<CoreRequest>, u32, u32)>,
-    plan: ShardPlan,
+    /// Per core: its request channel.
+    cores: Vec<Sender<CoreRequest>>,
+    /// The live set's plan: commands and reconnects go to its shards. A reshard's switch
+    /// replaces it ([`ControlHandle::promote`]).
+    live: Mutex<ShardPlan>,
 }
 
 impl ControlHandle {
-    /// `cores[i]`: core `i`'s request channel and its first and last shard id.
-    pub fn new(cores: Vec<(Sender<CoreRequest>, u32, u32)>, plan: ShardPlan) -> ControlHandle {
+    /// `cores[i]`: core `i`'s request channel; `plan` places the live set's shards on them in
+    /// contiguous blocks of `plan.shards_per_core`.
+    pub fn new(cores: Vec<Sender<CoreRequest>>, plan: ShardPlan) -> ControlHandle {
         ControlHandle {
-            inner: Arc::new(HandleInner { cores, plan }),
+            inner: Arc::new(HandleInner {
+                cores,
+                live: Mutex::new(plan),
+            }),
         }
     }
 
-    /// The plan the engine runs.
+    /// The plan of the live set.
     pub fn plan(&self) -> ShardPlan {
-        self.inner.plan
+        *self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The core that runs `shard_id`.
+    /// The core that runs `shard_id` of the live set.
     pub fn core_of(&self, shard_id: u32) -> Result<usize, ControlError> {
-        self.inner
-            .cores
-            .iter()
-            .position(|(_, first, last)| (*first..=*last).contains(&shard_id))
-            .ok_or(ControlError::NotOwned {
-                shard_id,
-                first: self.inner.plan.shards.start(),
-                last: self.inner.plan.shards.end(),
-            })
+        let plan = self.plan();
+        let not_owned = ControlError::NotOwned {
+            shard_id,
+            first: plan.shards.start(),
+            last: plan.shards.end(),
+        };
+        if !(plan.shards.start()..=plan.shards.end()).contains(&shard_id) {
+            return Err(not_owned);
+        }
+        let core = ((shard_id - plan.shards.start()) / plan.shards_per_core.max(1)) as usize;
+        if core < self.inner.cores.len() {
+            Ok(core)
+        } else {
+            Err(not_owned)
+        }
     }
 
-    /// The shard that receives a guild's events and commands: `(guild_id >> 22) % total`.
+    /// The shard of the live set that receives a guild's events and commands:
+    /// `(guild_id >> 22) % total`.
     pub fn shard_for_guild(&self, guild_id: u64) -> u32 {
-        let total = u64::from(self.inner.plan.total_shards.get());
+        let total = u64::from(self.plan().total_shards.get());
         // The remainder is below `total`, a u32.
         u32::try_from((guild_id >> 22) % total).unwrap_or(0)
+    }
+
+    /// Starts shards of another set (a reshard's new set, all of its `shard_count` shards being
+    /// this process's), spread over the cores in contiguous blocks as the live set is.
+    pub fn start_shards(&self, shard_count: u32, shard_ids: &[u32], role: Role) {
+        let cores = self.inner.cores.len().max(1) as u32;
+        let per_core = shard_count.div_ceil(cores).max(1);
+        for (core, requests) in self.inner.cores.iter().enumerate() {
+            let first = core as u32 * per_core;
+            let mine: Vec<u32> = shard_ids
+                .iter()
+                .copied()
+                .filter(|id| (first..first.saturating_add(per_core)).contains(id))
+                .collect();
+            if !mine.is_empty() {
+                // A core that ended has dropped its receiver; its shards never report.
+                let _ = requests.send(CoreRequest::StartShards {
+                    shard_count,
+                    shard_ids: mine,
+                    role,
+                });
+            }
+        }
+    }
+
+    /// Tells every shard of a set, on every core.
+    pub fn tell_set(&self, shard_count: u32, nudge: Nudge) {
+        for requests in &self.inner.cores {
+            let _ = requests.send(CoreRequest::Set { shard_count, nudge });
+        }
+    }
+
+    /// A reshard's switch: `plan`'s set becomes the live one (commands and reconnects go to it,
+    /// and its shards forward their notices).
+    pub fn promote(&self, plan: ShardPlan) {
+        *self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = plan;
+        self.tell_set(plan.total_shards.get(), Nudge::Promote);
     }
 
     /// Every core's report, in core order.
     pub fn reports(&self) -> Result<Vec<CoreReport>, ControlError> {
         let mut waiting = Vec::with_capacity(self.inner.cores.len());
-        for (core, (requests, _, _)) in self.inner.cores.iter().enumerate() {
+        for (core, requests) in self.inner.cores.iter().enumerate() {
             let (reply, answer) = crossbeam_channel::bounded(1);
             // A core that ended has dropped its receiver: it reports as unresponsive below.
             let _ = requests.send(CoreRequest::Report { reply });
@@ -202,15 +297,16 @@ impl ControlHandle {
             .collect()
     }
 
-    /// One shard's status.
+    /// One shard's status (of the live set).
     pub fn shard(&self, shard_id: u32) -> Result<ShardStatus, ControlError> {
         let core = self.core_of(shard_id)?;
+        let shard_count = self.plan().total_shards.get();
         let (reply, answer) = crossbeam_channel::bounded(1);
         let report = self.ask(core, CoreRequest::Report { reply }, &answer)?;
         report
             .shards
             .into_iter()
-            .find(|status| status.shard_id == shard_id)
+            .find(|status| status.shard_id == shard_id && status.shard_count == shard_count)
             .ok_or(ControlError::CoreUnresponsive { core })
     }
 
@@ -256,7 +352,7 @@ impl ControlHandle {
         answer: &Receiver<T>,
     ) -> Result<T, ControlError> {
         let unresponsive = ControlError::CoreUnresponsive { core };
-        let (requests, _, _) = &self.inner.cores[core];
+        let requests = &self.inner.cores[core];
         requests.send(request).map_err(|_| unresponsive.clone())?;
         answer
             .recv_timeout(CORE_ANSWER_TIMEOUT)
@@ -268,24 +364,37 @@ impl ControlHandle {
 
 /// What the control task asks of a shard task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Nudge {
+pub enum Nudge {
     /// Close resumably and end (the process stops).
     Stop,
     /// Commands are staged on the board.
     Commands,
     /// Reconnect; `new_session` identifies anew.
     Reconnect { new_session: bool },
+    /// A reshard's switch: stop forwarding, and say so through the ring in order behind the last
+    /// record forwarded. The session stays open (heartbeats go on) until [`Nudge::Retire`].
+    HandOver,
+    /// Close with 1000 (the session ends; its set is no longer wanted) and end.
+    Retire,
+    /// Become [`Role::Live`].
+    Promote,
 }
 
-/// A core's shards as their tasks last published them; slots in the core's shard order.
+/// A core's shards as their tasks last published them, in the order they started.
 pub(crate) struct Board {
     core: usize,
-    slots: Vec<Slot>,
+    slots: RefCell<Vec<Rc<Slot>>>,
 }
 
 /// One shard's place on the board.
 pub(crate) struct Slot {
     shard_id: u32,
+    shard_count: u32,
+    pub(crate) role: Cell<Role>,
+    /// Every guild of the current session's READY has arrived.
+    pub(crate) fully_ready: Cell<bool>,
+    /// Cleared by [`Nudge::HandOver`]: the shard's dispatches stay in the engine.
+    pub(crate) forwarding: Cell<bool>,
     view: Cell<View>,
     counters: RefCell<ShardCounters>,
     counters_at: Cell<Option<Instant>>,
@@ -308,39 +417,60 @@ struct View {
 }
 
 impl Board {
-    pub(crate) fn new(core: usize, shard_ids: &[u32]) -> Board {
-        let slots = shard_ids
+    /// A board with the live set's `shard_ids` (of `shard_count`).
+    pub(crate) fn new(core: usize, shard_ids: &[u32], shard_count: u32) -> Board {
+        let board = Board {
+            core,
+            slots: RefCell::new(Vec::new()),
+        };
+        for &shard_id in shard_ids {
+            board.add(shard_id, shard_count, Role::Live);
+        }
+        board
+    }
+
+    /// A slot for a shard that starts now; its index is the shard task's nudge channel's.
+    pub(crate) fn add(&self, shard_id: u32, shard_count: u32, role: Role) -> Rc<Slot> {
+        let slot = Rc::new(Slot {
+            shard_id,
+            shard_count,
+            role: Cell::new(role),
+            fully_ready: Cell::new(false),
+            forwarding: Cell::new(true),
+            view: Cell::new(View {
+                state: ShardState::Connecting,
+                sequence: None,
+                latency: None,
+                session_since: None,
+                last_event_at: None,
+                dispatches: 0,
+                guilds: 0,
+                commands_queued: 0,
+            }),
+            counters: RefCell::new(ShardCounters::default()),
+            counters_at: Cell::new(None),
+            staged: RefCell::new(VecDeque::new()),
+            nudged: Cell::new(false),
+        });
+        self.slots.borrow_mut().push(Rc::clone(&slot));
+        slot
+    }
+
+    #[cfg(test)]
+    pub(crate) fn slot(&self, index: usize) -> Rc<Slot> {
+        Rc::clone(&self.slots.borrow()[index])
+    }
+
+    /// The live shard `shard_id`'s index: commands and reconnects go to the live set.
+    fn live_index_of(&self, shard_id: u32) -> Option<usize> {
+        self.slots
+            .borrow()
             .iter()
-            .map(|&shard_id| Slot {
-                shard_id,
-                view: Cell::new(View {
-                    state: ShardState::Connecting,
-                    sequence: None,
-                    latency: None,
-                    session_since: None,
-                    last_event_at: None,
-                    dispatches: 0,
-                    guilds: 0,
-                    commands_queued: 0,
-                }),
-                counters: RefCell::new(ShardCounters::default()),
-                counters_at: Cell::new(None),
-                staged: RefCell::new(VecDeque::new()),
-                nudged: Cell::new(false),
-            })
-            .collect();
-        Board { core, slots }
-    }
-
-    pub(crate) fn slot(&self, index: usize) -> &Slot {
-        &self.slots[index]
-    }
-
-    fn index_of(&self, shard_id: u32) -> Option<usize> {
-        self.slots.iter().position(|slot| slot.shard_id == shard_id)
+            .position(|slot| slot.shard_id == shard_id && slot.role.get() == Role::Live)
     }
 
     /// Answers `request`; `nudge(index, what)` reaches the shard task at `index`.
+    /// [`CoreRequest::StartShards`] is the core's to do; here it is ignored.
     pub(crate) fn answer(
         &self,
         request: CoreRequest,
@@ -348,15 +478,12 @@ impl Board {
         ring: (usize, usize),
         mut nudge: impl FnMut(usize, Nudge),
     ) {
+        let slots = self.slots.borrow();
         match request {
             CoreRequest::Report { reply } => {
                 let report = CoreReport {
                     core: self.core,
-                    shards: self
-                        .slots
-                        .iter()
-                        .map(|s| s.status(self.core, now))
-                        .collect(),
+                    shards: slots.iter().map(|s| s.status(self.core, now)).collect(),
                     ring_records: ring.0,
                     ring_capacity: ring.1,
                 };
@@ -369,8 +496,8 @@ impl Board {
                 reply,
             } => {
                 let mut receipt = CommandReceipt::default();
-                for (index, slot) in self.slots.iter().enumerate() {
-                    if !selection.includes(slot.shard_id) {
+                for (index, slot) in slots.iter().enumerate() {
+                    if slot.role.get() != Role::Live || !selection.includes(slot.shard_id) {
                         continue;
                     }
                     let view = slot.view.get();
@@ -394,10 +521,10 @@ impl Board {
                 new_session,
                 reply,
             } => {
-                let answer = match self.index_of(shard_id) {
+                let answer = match self.live_index_of(shard_id) {
                     None => Err(ControlError::CoreUnresponsive { core: self.core }),
                     Some(index) => {
-                        let state = self.slots[index].view.get().state;
+                        let state = slots[index].view.get().state;
                         if state.is_terminal() {
                             Err(ControlError::ShardStopped { shard_id, state })
                         } else {
@@ -408,11 +535,26 @@ impl Board {
                 };
                 let _ = reply.send(answer);
             }
+            CoreRequest::Set {
+                shard_count,
+                nudge: what,
+            } => {
+                for (index, slot) in slots.iter().enumerate() {
+                    if slot.shard_count == shard_count {
+                        nudge(index, what);
+                    }
+                }
+            }
+            CoreRequest::StartShards { .. } => {}
         }
     }
 }
 
 impl Slot {
+    pub(crate) fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
     /// Called by the shard task once per loop turn: what the admin API shows.
     pub(crate) fn publish(
         &self,
@@ -470,6 +612,9 @@ impl Slot {
         let age = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
         ShardStatus {
             shard_id: self.shard_id,
+            shard_count: self.shard_count,
+            role: self.role.get(),
+            fully_ready: self.fully_ready.get(),
             core,
             state: view.state,
             session_age: age(view.session_since),
@@ -506,7 +651,7 @@ mod tests {
 
     #[test]
     fn a_report_shows_what_the_shard_tasks_published() {
-        let board = Board::new(1, &[2, 3]);
+        let board = Board::new(1, &[2, 3], 8);
         let now = Instant::now();
         board.slot(1).publish(&machine(3), 7, Some(now), now);
         let report = report(&board);
@@ -524,7 +669,7 @@ mod tests {
 
     #[test]
     fn commands_are_staged_bounded_and_nudge_once() {
-        let board = Board::new(0, &[0, 1]);
+        let board = Board::new(0, &[0, 1], 8);
         let mut nudges = Vec::new();
         let mut send = |selection| {
             let (reply, answer) = crossbeam_channel::bounded(1);
@@ -567,7 +712,7 @@ mod tests {
 
     #[test]
     fn a_stopped_shard_refuses_commands_and_reconnects() {
-        let board = Board::new(0, &[5]);
+        let board = Board::new(0, &[5], 8);
         let mut shard = machine(5);
         shard.request_shutdown(Instant::now(), true);
         board.slot(0).publish(&shard, 0, None, Instant::now());

@@ -18,11 +18,11 @@ use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::control::{Board, CONTROL_POLL, CoreRequest, Nudge};
+use crate::control::{Board, CONTROL_POLL, CoreRequest, Nudge, Role, Slot};
 use crate::decode::{self, Compression, Decoder, DecoderLimits, Frame};
 use crate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
 use crate::limiter::IdentifyLimiter;
-use crate::record::{Notice, PayloadArena, Record, RecordKind};
+use crate::record::{GuildCreateClass, Notice, PayloadArena, Record, RecordKind};
 use crate::shard::{
     ConnectTarget, FATAL_CLOSE_CODES, LossCause, PayloadAction, Session, Shard, ShardConfig,
     ShardEvent, ShardState, Token, TransmitKind, fatal_close_explanation,
@@ -60,6 +60,14 @@ pub struct CoreStats {
     /// Of those, the shards stopped by each of [`FATAL_CLOSE_CODES`], in that order.
     pub shards_fatal_by_code: [AtomicU64; FATAL_CLOSE_CODES.len()],
     pub shards_running: AtomicU64,
+    /// Shard tasks started on this core, and ended (stopped, fatal, or a configuration the
+    /// machine refused): the runtime stops the engine when nothing runs and nothing can.
+    pub shards_spawned: AtomicU64,
+    pub shards_ended: AtomicU64,
+    /// Dispatches of a shard that handed over at a reshard's switch (the new set forwards
+    /// them), and the new set's READY and backfill GUILD_CREATEs (the bot has those guilds).
+    pub dropped_handed_over: AtomicU64,
+    pub dropped_reshard_backfill: AtomicU64,
     /// Saved sessions (from the last run) that Discord resumed, and that it rejected (the
     /// shard identified instead).
     pub saved_sessions_resumed: AtomicU64,
@@ -95,6 +103,8 @@ pub struct Shared {
 pub struct CorePlan {
     pub index: usize,
     pub shard_ids: Vec<u32>,
+    /// The shard count of their set (the live one).
+    pub shard_count: u32,
     pub filter: FilterConfig,
     pub ring: Sender<Record>,
     pub stats: Arc<CoreStats>,
@@ -105,65 +115,130 @@ pub struct CorePlan {
     pub requests: Receiver<CoreRequest>,
 }
 
-/// Runs a core until every shard task ended (after a stop, or all fatal). Call it inside the
-/// core's executor.
+/// Runs a core until the engine stops and every shard task ended. A core whose shards all
+/// stopped on fatal close codes stays up meanwhile (a reshard may give it new ones); the runtime
+/// decides when there is nothing left to run. Call it inside the core's executor.
 pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
-    let filter = Rc::new(RefCell::new(Filter::new(plan.filter.clone())));
-    let arena = Rc::new(RefCell::new(PayloadArena::default()));
-    let board = Rc::new(Board::new(plan.index, &plan.shard_ids));
-    let mut nudges: Vec<LocalSender<Nudge>> = Vec::new();
-    let mut tasks = Vec::new();
-    for (index, shard_id) in plan.shard_ids.iter().copied().enumerate() {
-        let (nudge_tx, nudge_rx) = local_channel::new_unbounded();
-        nudges.push(nudge_tx);
-        let driver = Driver {
-            shared: Arc::clone(&shared),
-            shard_id,
-            filter: Rc::clone(&filter),
-            arena: Rc::clone(&arena),
-            ring: plan.ring.clone(),
-            stats: Arc::clone(&plan.stats),
-            nudges: nudge_rx,
-            board: Rc::clone(&board),
-            slot: index,
-            saved: plan.sessions.remove(&shard_id),
-        };
-        tasks.push(glommio::spawn_local(driver.run()).detach());
+    let context = Rc::new(CoreContext {
+        filter: Rc::new(RefCell::new(Filter::new(plan.filter.clone()))),
+        arena: Rc::new(RefCell::new(PayloadArena::default())),
+        board: Rc::new(Board::new(plan.index, &[], plan.shard_count)),
+        ring: plan.ring.clone(),
+        stats: Arc::clone(&plan.stats),
+        nudges: RefCell::new(Vec::new()),
+        tasks: RefCell::new(Vec::new()),
+        shared: Arc::clone(&shared),
+    });
+    for shard_id in plan.shard_ids.iter().copied() {
+        let saved = plan.sessions.remove(&shard_id);
+        context.spawn(shard_id, plan.shard_count, Role::Live, saved);
     }
-    // The control task: relays the process-wide stop flag to every shard and answers the
-    // control plane. It keeps a ring sender only to read its occupancy; it is cancelled below,
-    // before the sink can see the rings disconnect.
+    drop(plan.ring);
+    // The control task: relays the process-wide stop flag to every shard, answers the control
+    // plane and starts the shards a reshard asks for. It is cancelled below, and the context
+    // (with its ring sender) dropped, before the sink can see the ring disconnect.
     let control = glommio::spawn_local({
-        let shared = Arc::clone(&shared);
+        let context = Rc::clone(&context);
         let requests = plan.requests.clone();
-        let ring = plan.ring.clone();
-        let board = Rc::clone(&board);
         async move {
             let mut stopped = false;
             loop {
-                if !stopped && shared.stop.load(Ordering::Acquire) {
+                if !stopped && context.shared.stop.load(Ordering::Acquire) {
                     stopped = true;
-                    for nudge in &nudges {
+                    for nudge in context.nudges.borrow().iter() {
                         // A shard that already ended has dropped its receiver; nothing to tell.
                         let _ = nudge.try_send(Nudge::Stop);
                     }
                 }
                 while let Ok(request) = requests.try_recv() {
-                    let occupancy = (ring.len(), ring.capacity().unwrap_or(0));
-                    board.answer(request, Instant::now(), occupancy, |index, what| {
-                        let _ = nudges[index].try_send(what);
-                    });
+                    match request {
+                        CoreRequest::StartShards {
+                            shard_count,
+                            shard_ids,
+                            role,
+                        } => {
+                            // A stopping engine starts nothing new.
+                            if !stopped {
+                                for shard_id in shard_ids {
+                                    context.spawn(shard_id, shard_count, role, None);
+                                }
+                            }
+                        }
+                        request => {
+                            let ring = &context.ring;
+                            let occupancy = (ring.len(), ring.capacity().unwrap_or(0));
+                            let nudges = context.nudges.borrow();
+                            context.board.answer(
+                                request,
+                                Instant::now(),
+                                occupancy,
+                                |index, what| {
+                                    let _ = nudges[index].try_send(what);
+                                },
+                            );
+                        }
+                    }
                 }
                 glommio::timer::sleep(CONTROL_POLL).await;
             }
         }
     })
     .detach();
-    drop(plan.ring);
-    for task in tasks {
-        task.await;
+    loop {
+        let next = context.tasks.borrow_mut().pop();
+        match next {
+            Some(task) => {
+                task.await;
+            }
+            None if shared.stop.load(Ordering::Acquire) => break,
+            None => glommio::timer::sleep(CONTROL_POLL).await,
+        }
     }
     control.cancel();
+}
+
+/// What a core's shard tasks share, and what a new one needs.
+struct CoreContext {
+    shared: Arc<Shared>,
+    filter: Rc<RefCell<Filter>>,
+    /// The core's payload copies, shared by its shards.
+    arena: Rc<RefCell<PayloadArena>>,
+    board: Rc<Board>,
+    ring: Sender<Record>,
+    stats: Arc<CoreStats>,
+    /// Each shard task's nudge channel, in board order.
+    nudges: RefCell<Vec<LocalSender<Nudge>>>,
+    /// Shard tasks not awaited yet.
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+}
+
+impl CoreContext {
+    /// Starts a shard task (with a board slot and a nudge channel).
+    fn spawn(&self, shard_id: u32, shard_count: u32, role: Role, saved: Option<Session>) {
+        let slot = self.board.add(shard_id, shard_count, role);
+        let (nudge_tx, nudge_rx) = local_channel::new_unbounded();
+        self.nudges.borrow_mut().push(nudge_tx);
+        self.stats.shards_spawned.fetch_add(1, Ordering::Relaxed);
+        let driver = Driver {
+            shared: Arc::clone(&self.shared),
+            shard_id,
+            shard_count,
+            filter: Rc::clone(&self.filter),
+            arena: Rc::clone(&self.arena),
+            ring: self.ring.clone(),
+            stats: Arc::clone(&self.stats),
+            nudges: nudge_rx,
+            slot,
+            saved,
+        };
+        let stats = Arc::clone(&self.stats);
+        let task = glommio::spawn_local(async move {
+            driver.run().await;
+            stats.shards_ended.fetch_add(1, Ordering::Relaxed);
+        })
+        .detach();
+        self.tasks.borrow_mut().push(task);
+    }
 }
 
 /// What woke the shard's loop.
@@ -176,15 +251,16 @@ enum Wake {
 struct Driver {
     shared: Arc<Shared>,
     shard_id: u32,
+    /// The shard count of the shard's set: `[shard_id, shard_count]` in identify.
+    shard_count: u32,
     filter: Rc<RefCell<Filter>>,
     /// The core's payload copies, shared by its shards.
     arena: Rc<RefCell<PayloadArena>>,
     ring: Sender<Record>,
     stats: Arc<CoreStats>,
     nudges: LocalReceiver<Nudge>,
-    board: Rc<Board>,
-    /// This shard's index on the board.
-    slot: usize,
+    /// This shard's place on the board: what it publishes, its role, whether it forwards.
+    slot: Rc<Slot>,
     saved: Option<Session>,
 }
 
@@ -193,17 +269,15 @@ impl Driver {
         let Driver {
             shared,
             shard_id,
+            shard_count,
             filter,
             arena,
             ring,
             stats,
             nudges,
-            board,
             slot,
             saved,
         } = self;
-        let slot = board.slot(slot);
-        let shard_count = shared.total_shards;
         let mut config =
             ShardConfig::new(shard_id, shard_count, shared.token.clone(), shared.intents);
         config.payload_compression = shared.compression.identify_compress();
@@ -476,7 +550,7 @@ impl Driver {
                         &shared,
                         &stats,
                         shard_id,
-                        shard_count,
+                        &slot,
                         &mut shard_filter,
                         &mut outbox,
                         &mut ever_ready,
@@ -486,6 +560,23 @@ impl Driver {
                     stopping = true;
                     machine.request_shutdown(now, true);
                 }
+                Wake::Nudge(Some(Nudge::HandOver)) => {
+                    if slot.forwarding.replace(false) {
+                        // Behind every record this shard forwarded, on the same ring.
+                        outbox.push_back(Record {
+                            shard_id,
+                            shard_count,
+                            seq: machine.session().map_or(0, |session| session.sequence),
+                            kind: RecordKind::HandedOver,
+                            payload: bytes::Bytes::new(),
+                        });
+                    }
+                }
+                Wake::Nudge(Some(Nudge::Retire)) => {
+                    stopping = true;
+                    machine.request_shutdown(now, false);
+                }
+                Wake::Nudge(Some(Nudge::Promote)) => slot.role.set(Role::Live),
                 // Taken at the top of the loop.
                 Wake::Nudge(Some(Nudge::Commands)) => {}
                 Wake::Nudge(Some(Nudge::Reconnect { new_session })) => {
@@ -530,7 +621,7 @@ impl Driver {
                                 frame,
                                 now,
                                 shard_id,
-                                shard_count,
+                                &slot,
                                 &mut decoder,
                                 &mut machine,
                                 &filter,
@@ -549,7 +640,7 @@ impl Driver {
                                 &shared,
                                 &stats,
                                 shard_id,
-                                shard_count,
+                                &slot,
                                 &mut shard_filter,
                                 &mut outbox,
                                 &mut ever_ready,
@@ -702,7 +793,7 @@ fn handle_frame(
     frame: Frame<'_>,
     now: Instant,
     shard_id: u32,
-    shard_count: u32,
+    slot: &Slot,
     decoder: &mut Decoder,
     machine: &mut Shard,
     filter: &RefCell<Filter>,
@@ -730,6 +821,10 @@ fn handle_frame(
         return false;
     }
     stats.dispatches_in.fetch_add(1, Ordering::Relaxed);
+    let shard_count = slot.shard_count();
+    if head.t == Some("READY") {
+        slot.fully_ready.set(false);
+    }
     if head.t == Some("READY")
         && let Some(session) = machine.session()
     {
@@ -750,6 +845,23 @@ fn handle_frame(
         .borrow_mut()
         .dispatch(shard_filter, &head, payload, now);
     match verdict {
+        // After a reshard's hand-over the new set forwards what this shard receives.
+        Verdict::Forward(_) if !slot.forwarding.get() => {
+            stats.dropped_handed_over.fetch_add(1, Ordering::Relaxed);
+        }
+        // A warming shard's READY and backfill: the bot has those guilds from the live set.
+        Verdict::Forward(RecordKind::GuildCreate(GuildCreateClass::Backfill))
+            if slot.role.get() == Role::Warming =>
+        {
+            stats
+                .dropped_reshard_backfill
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Verdict::Forward(_) if head.t == Some("READY") && slot.role.get() == Role::Warming => {
+            stats
+                .dropped_reshard_backfill
+                .fetch_add(1, Ordering::Relaxed);
+        }
         Verdict::Forward(kind) => outbox.push_back(Record {
             shard_id,
             shard_count,
@@ -775,7 +887,7 @@ fn queue_notice(
     shared: &Shared,
     stats: &CoreStats,
     shard_id: u32,
-    shard_count: u32,
+    slot: &Slot,
     shard_filter: &mut ShardFilter,
     outbox: &mut VecDeque<Record>,
     ever_ready: &mut bool,
@@ -783,6 +895,14 @@ fn queue_notice(
     let Some(notice) = shard_filter.take_notice() else {
         return;
     };
+    if notice == Notice::ShardReady {
+        slot.fully_ready.set(true);
+    }
+    // A warming shard's readiness is the reshard's business, not the bot's.
+    if slot.role.get() != Role::Live {
+        return;
+    }
+    let shard_count = slot.shard_count();
     let payload = format!(r#"{{"guilds":{}}}"#, shard_filter.guilds()).into_bytes();
     outbox.push_back(Record {
         shard_id,

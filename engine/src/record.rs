@@ -46,6 +46,20 @@ pub enum RecordKind {
     /// event went out first). It moves its shard's saved position like a delivered record, in
     /// order behind that copy; its payload is empty.
     Position,
+    /// Not for the bot: a shard of the live set handed over at a reshard's switch and forwards
+    /// nothing more. It travels the ring behind the shard's last record; the sink's collector
+    /// consumes it. `seq` is the session's last sequence.
+    HandedOver,
+}
+
+impl RecordKind {
+    /// Whether records of this kind reach the bot (the others are the engine's bookkeeping).
+    pub fn is_for_bot(self) -> bool {
+        !matches!(
+            self,
+            RecordKind::Session | RecordKind::Position | RecordKind::HandedOver
+        )
+    }
 }
 
 /// Why a GUILD_CREATE arrived, from the READY guild list and outage tracking.
@@ -76,6 +90,11 @@ pub enum Notice {
     ShardReady,
     /// Every shard this process runs is fully ready.
     AllShardsReady,
+    /// A reshard began (`{"from":N,"to":M}`): a new set of M shards identifies beside the live
+    /// one; the bot keeps receiving each event once.
+    ReshardStarted,
+    /// The reshard switched (`{"shards":M}`): the new set is the live one.
+    ReshardFinished,
 }
 
 impl Notice {
@@ -83,6 +102,8 @@ impl Notice {
         match self {
             Notice::ShardReady => "SHARD_READY",
             Notice::AllShardsReady => "ALL_SHARDS_READY",
+            Notice::ReshardStarted => "RESHARD_STARTED",
+            Notice::ReshardFinished => "RESHARD_FINISHED",
         }
     }
 }

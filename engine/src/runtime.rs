@@ -511,14 +511,13 @@ impl Engine {
             rings.push(ring_rx);
             // Unbounded: only the admin API sends, one request per HTTP request in flight.
             let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
-            let first = shard_ids.first().copied().unwrap_or_default();
-            let last = shard_ids.last().copied().unwrap_or_default();
-            core_links.push((requests_tx, first, last));
+            core_links.push(requests_tx);
             let stats = Arc::new(CoreStats::default());
             core_stats.push(Arc::clone(&stats));
             let core_plan = CorePlan {
                 index,
                 shard_ids: shard_ids.to_vec(),
+                shard_count: plan.total_shards.get(),
                 filter: FilterConfig::from_settings(&settings),
                 ring: ring_tx,
                 stats,
@@ -609,11 +608,29 @@ impl Engine {
             tracing::info!("stopping: closing every shard resumably (4000) and flushing");
             self.shared.stop.store(true, Ordering::Release);
         }
+        if !self.shared.stop.load(Ordering::Acquire) && self.nothing_runs() {
+            // Every shard stopped on a fatal close code and nothing will start another: the
+            // cores would idle for ever.
+            self.shared.stop.store(true, Ordering::Release);
+        }
         if self.sessions_saved_at.get().elapsed() >= self.session_save_interval {
             self.sessions_saved_at.set(Instant::now());
             self.save_sessions();
         }
         self.cores_done.load(Ordering::Acquire) >= self.executors.len()
+    }
+
+    /// Every shard task the cores started has ended (and the first ones have all started).
+    fn nothing_runs(&self) -> bool {
+        let sum = |f: fn(&CoreStats) -> &AtomicU64| {
+            self.stats
+                .cores()
+                .iter()
+                .map(|s| f(s).load(Ordering::Acquire))
+                .sum::<u64>()
+        };
+        let spawned = sum(|s| &s.shards_spawned);
+        spawned >= self.shared.shards_owned as u64 && sum(|s| &s.shards_ended) >= spawned
     }
 
     /// Writes every shard's session and durable sequence to the data dir.

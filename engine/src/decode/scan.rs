@@ -58,6 +58,31 @@ pub(crate) fn d_member<'a>(payload: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     cursor.value()
 }
 
+/// The raw bytes of the top-level `t` and `d` (the first of each): what identifies a dispatch
+/// whatever session carried it (`s` differs between sessions; these do not). `None` unless
+/// both are there.
+pub(crate) fn event_name_and_data(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut cursor = Cursor::new(payload);
+    let (mut name, mut data) = (None, None);
+    cursor.enter_object()?;
+    loop {
+        let key = cursor.key()?;
+        let value = cursor.value()?;
+        if name.is_none() && key.is(b"t") {
+            name = Some(value);
+        } else if data.is_none() && key.is(b"d") {
+            data = Some(value);
+        }
+        if name.is_some() && data.is_some() {
+            break;
+        }
+        if !cursor.next_member()? {
+            break;
+        }
+    }
+    Some((name?, data?))
+}
+
 /// The raw bytes of `d.id` and `d.content` as `sonic_rs::get_many` finds them for those two
 /// paths: both members of every top-level `d` count, each one found overwrites the last of its
 /// name, and the walk ends after the second one found (or at the end of the payload's object).
@@ -439,6 +464,27 @@ fn bytes_equal(word: u64, needle: u8) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_name_and_data_are_the_top_level_members_raw() {
+        let payload = br#"{"t":"MESSAGE_CREATE","s":12,"op":0,"d":{"id":"1","t":"inner"}}"#;
+        assert_eq!(
+            event_name_and_data(payload),
+            Some((
+                &br#""MESSAGE_CREATE""#[..],
+                &br#"{"id":"1","t":"inner"}"#[..]
+            ))
+        );
+        // Any key order; `d` before `t`.
+        let reordered = br#"{"op":0,"d":[1,2],"s":1,"t":"X"}"#;
+        assert_eq!(
+            event_name_and_data(reordered),
+            Some((&br#""X""#[..], &b"[1,2]"[..]))
+        );
+        assert_eq!(event_name_and_data(br#"{"t":"X","s":1}"#), None);
+        assert_eq!(event_name_and_data(br#"{"t":"X","d":{"#), None);
+        assert_eq!(event_name_and_data(b"[]"), None);
+    }
     use crate::decode::test_support::Random;
 
     /// The byte-at-a-time readers the table and word steps replaced: the reference they must

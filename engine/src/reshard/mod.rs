@@ -3,10 +3,12 @@
 //!
 //! The pieces are plain structures without I/O or a clock, tested on their own: [`plan`] says
 //! when to reshard and to how many shards, [`merge`] merges the two sets' events while both
-//! run. The runtime drives them.
+//! run, and [`switch`] steps from one set to the other. The runtime drives them.
 
 pub mod merge;
 pub mod plan;
+pub mod switch;
 
 pub use merge::{MergeLimits, MergeStats, MergeWindow, Merged, Side};
 pub use plan::{Fill, Refusal, ReshardPolicy, Trigger};
+pub use switch::{Action, NewShard, Outcome, Phase, Switch};

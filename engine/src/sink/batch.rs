@@ -24,7 +24,7 @@ pub fn encode_except(records: &[Record], skip: &[usize], body: &mut Vec<u8>) {
     let mut skip = skip.iter().peekable();
     let mut first = true;
     for (index, record) in records.iter().enumerate() {
-        if skip.next_if_eq(&&index).is_some() || record.kind == RecordKind::Position {
+        if skip.next_if_eq(&&index).is_some() || !record.kind.is_for_bot() {
             continue;
         }
         if !first {
@@ -34,9 +34,10 @@ pub fn encode_except(records: &[Record], skip: &[usize], body: &mut Vec<u8>) {
         body.extend_from_slice(b"{\"shard_id\":");
         body.extend_from_slice(itoa::Buffer::new().format(record.shard_id).as_bytes());
         match record.kind {
-            // The sink never batches session markers; were one here, it goes as a dispatch.
-            RecordKind::Dispatch | RecordKind::Session => {}
-            RecordKind::Position => unreachable!("skipped above"),
+            RecordKind::Dispatch => {}
+            RecordKind::Session | RecordKind::Position | RecordKind::HandedOver => {
+                unreachable!("skipped above")
+            }
             RecordKind::GuildCreate(class) => {
                 body.extend_from_slice(b",\"guild_create\":\"");
                 body.extend_from_slice(class.as_str().as_bytes());
@@ -67,9 +68,7 @@ pub fn invalid_records(records: &[Record]) -> Vec<usize> {
     records
         .iter()
         .enumerate()
-        .filter(|(_, record)| {
-            record.kind != RecordKind::Position && !is_valid_json(&record.payload)
-        })
+        .filter(|(_, record)| record.kind.is_for_bot() && !is_valid_json(&record.payload))
         .map(|(index, _)| index)
         .collect()
 }

@@ -26,15 +26,18 @@ use crate::decode::too_deep;
 use crate::record::{GuildCreateClass, Notice, Record, RecordKind};
 
 /// The kinds a record may have, by the input's kind byte (modulo the length).
-const KINDS: [RecordKind; 8] = [
+const KINDS: [RecordKind; 11] = [
     RecordKind::Dispatch,
     RecordKind::Session,
     RecordKind::Position,
+    RecordKind::HandedOver,
     RecordKind::GuildCreate(GuildCreateClass::Backfill),
     RecordKind::GuildCreate(GuildCreateClass::Join),
     RecordKind::GuildCreate(GuildCreateClass::Return),
     RecordKind::Notice(Notice::ShardReady),
     RecordKind::Notice(Notice::AllShardsReady),
+    RecordKind::Notice(Notice::ReshardStarted),
+    RecordKind::Notice(Notice::ReshardFinished),
 ];
 
 /// Interprets `data` as records, encodes them and checks the body.
@@ -56,10 +59,10 @@ pub fn batch_encoder_entry(data: &[u8]) {
         ),
     };
     let elements = parsed.as_array().expect("the body is an array");
-    // Position records (the reshard merge's duplicates) never reach the bot.
+    // The engine's bookkeeping records (sessions, positions, hand-overs) never reach the bot.
     let forwarded: Vec<&Record> = records
         .iter()
-        .filter(|record| record.kind != RecordKind::Position)
+        .filter(|record| record.kind.is_for_bot())
         .collect();
     assert_eq!(
         elements.len(),
@@ -83,7 +86,10 @@ pub fn batch_encoder_entry(data: &[u8]) {
 fn check_element(record: &Record, element: &serde_json::Value) {
     let object = element.as_object().expect("an element is an object");
     let (extra_key, extra_value) = match record.kind {
-        RecordKind::Dispatch | RecordKind::Session | RecordKind::Position => (None, None),
+        RecordKind::Dispatch
+        | RecordKind::Session
+        | RecordKind::Position
+        | RecordKind::HandedOver => (None, None),
         RecordKind::GuildCreate(class) => (Some("guild_create"), Some(class.as_str())),
         RecordKind::Notice(notice) => (Some("notice"), Some(notice.as_str())),
     };

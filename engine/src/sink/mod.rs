@@ -17,6 +17,7 @@ pub mod batch;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
+pub mod merge;
 pub mod queue;
 pub mod sessions;
 
@@ -29,6 +30,7 @@ use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::record::{Record, RecordKind};
 use http::{HttpClient, HttpError};
+use merge::{MergeReport, Merger, SinkControl};
 use queue::{Queue, Source};
 use sessions::SavedSessions;
 
@@ -139,6 +141,7 @@ pub fn latency_quantile_us(counts: &[u64], quantile: f64) -> Option<u64> {
 /// The running sink: its two threads and the queue they share.
 pub struct Sink {
     shared: Arc<SinkShared>,
+    control: crossbeam_channel::Sender<SinkControl>,
     collector: Option<std::thread::JoinHandle<()>>,
     deliverer: Option<std::thread::JoinHandle<()>>,
 }
@@ -151,9 +154,15 @@ struct SinkShared {
     config: SinkConfig,
     stats: Arc<SinkStats>,
     stop: Arc<AtomicBool>,
+    /// What the collector says about a reshard's merge.
+    merge: Mutex<MergeReport>,
 }
 
 impl SinkShared {
+    fn merge(&self) -> MutexGuard<'_, MergeReport> {
+        self.merge.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // The queue's invariants hold between calls; a panic elsewhere does not break them.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -192,12 +201,14 @@ impl Sink {
             config,
             stats,
             stop,
+            merge: Mutex::new(MergeReport::default()),
         });
+        let (control, control_rx) = crossbeam_channel::unbounded();
         let collector = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("shardgate-sink".into())
-                .spawn(move || collect(&shared, rings))?
+                .spawn(move || collect(&shared, rings, &control_rx))?
         };
         let deliverer = {
             let shared = Arc::clone(&shared);
@@ -207,6 +218,7 @@ impl Sink {
         };
         Ok(Sink {
             shared,
+            control,
             collector: Some(collector),
             deliverer: Some(deliverer),
         })
@@ -215,6 +227,36 @@ impl Sink {
     /// Every shard's session with the last sequence that reached the bot or the spill.
     pub fn saved_sessions(&self) -> SavedSessions {
         self.shared.queue().saved_sessions()
+    }
+
+    /// Tells the collector (in order with the records it takes).
+    pub fn control(&self, control: SinkControl) {
+        // The collector ends only after the cores; a control then has nothing left to act on.
+        let _ = self.control.send(control);
+    }
+
+    /// What the collector says about a reshard's merge.
+    pub fn merge_report(&self) -> MergeReport {
+        self.shared
+            .merge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The queue's durable point (see [`Queue::durable_before`]).
+    pub fn durable_before(&self) -> u64 {
+        self.shared.queue().durable_before()
+    }
+
+    /// From now on the saved sessions are those of the set with `shard_count` shards, and the
+    /// positions of the set `forget` (if any) are dropped.
+    pub fn save_set(&self, shard_count: u32, forget: Option<u32>) {
+        let mut queue = self.shared.queue();
+        queue.save_set(shard_count);
+        if let Some(old) = forget {
+            queue.forget_set(old);
+        }
     }
 
     /// Waits for both threads (false if one panicked) and returns the final sessions.
@@ -228,10 +270,17 @@ impl Sink {
     }
 }
 
-/// The collector: rings → queue, until every ring is disconnected and drained.
-fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>) {
+/// The collector: rings → (a reshard's merge) → queue, until every ring is disconnected and
+/// drained.
+fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver<SinkControl>) {
     let mut open = vec![true; rings.len()];
     let mut chunk: VecDeque<Record> = VecDeque::with_capacity(COLLECT_CHUNK);
+    // What goes into the queue, in order: the merge's output, or the rings' records as they are.
+    let mut staged: VecDeque<Record> = VecDeque::with_capacity(COLLECT_CHUNK);
+    let mut merged: Vec<Record> = Vec::new();
+    let mut merger: Option<Merger> = None;
+    // After a hand-over flipped the merge: how many staged records come before the barrier.
+    let mut before_barrier: Option<usize> = None;
     let mut next_ring = 0;
     loop {
         // Backpressure: without a spill, a full memory queue waits for the deliverer.
@@ -245,6 +294,38 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>) {
                     .0;
             }
         }
+        let now = Instant::now();
+        while let Ok(order) = control.try_recv() {
+            let flipped = match order {
+                SinkControl::BeginMerge { live, new, limits } => {
+                    merger = Some(Merger::new(live, new, limits));
+                    shared.merge().barrier = None;
+                    false
+                }
+                SinkControl::AwaitHandOver { shard_ids } => merger
+                    .as_mut()
+                    .is_some_and(|m| m.await_hand_over(shard_ids, &mut merged)),
+                SinkControl::EndMerge { abort } => {
+                    if let Some(ended) = merger.take() {
+                        let mut report = shared.merge();
+                        ended.report(&mut report);
+                        report.sets = None;
+                        if abort {
+                            report.dropped_on_abort += ended.abort();
+                        }
+                    }
+                    false
+                }
+                SinkControl::Notice(record) => {
+                    merged.push(record);
+                    false
+                }
+            };
+            staged.extend(merged.drain(..));
+            if flipped {
+                before_barrier = Some(staged.len());
+            }
+        }
         for offset in 0..rings.len() {
             let index = (next_ring + offset) % rings.len();
             while open[index] && chunk.len() < COLLECT_CHUNK {
@@ -256,7 +337,35 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>) {
             }
         }
         next_ring = (next_ring + 1) % rings.len().max(1);
-        if chunk.is_empty() {
+        let received = chunk
+            .iter()
+            .filter(|record| record.kind.is_for_bot())
+            .count() as u64;
+        shared
+            .stats
+            .records_received
+            .fetch_add(received, Ordering::Relaxed);
+        match merger.as_mut() {
+            Some(merger) => {
+                for record in chunk.drain(..) {
+                    let flipped = merger.take(record, now, &mut merged);
+                    staged.extend(merged.drain(..));
+                    if flipped {
+                        before_barrier = Some(staged.len());
+                    }
+                }
+                merger.expire(now, &mut merged);
+                staged.extend(merged.drain(..));
+                merger.report(&mut shared.merge());
+            }
+            // Hand-over records outside a merge (a reshard that ended meanwhile) go no further.
+            None => staged.extend(
+                chunk
+                    .drain(..)
+                    .filter(|record| record.kind != RecordKind::HandedOver),
+            ),
+        }
+        if staged.is_empty() && before_barrier.is_none() {
             if open.iter().all(|o| !o) {
                 break;
             }
@@ -266,20 +375,27 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>) {
                     select.recv(ring);
                 }
             }
-            // Wakes when any ring has a record (or closes).
+            // Wakes when any ring has a record (or closes), and at least every 100 ms for the
+            // controls and the merge's expiry.
             let _ = select.ready_timeout(Duration::from_millis(100));
             continue;
         }
-        let now = Instant::now();
         let mut queue = shared.queue();
         let mut spilled = 0;
-        let mut received = 0;
         let mut failed = None;
-        while let Some(record) = chunk.pop_front() {
-            let counted = record.kind != RecordKind::Session;
+        loop {
+            if before_barrier == Some(0) {
+                before_barrier = None;
+                shared.merge().barrier = Some(queue.pushed());
+            }
+            let Some(record) = staged.pop_front() else {
+                break;
+            };
             match queue.push(record, now) {
                 Ok(pushed) => {
-                    received += u64::from(counted);
+                    if let Some(count) = before_barrier.as_mut() {
+                        *count -= 1;
+                    }
                     spilled += pushed.to_spill;
                     if pushed.spill_dropped > 0 {
                         shared
@@ -290,16 +406,12 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>) {
                 }
                 Err((error, record)) => {
                     // Keep it and everything after it: retried below, in order.
-                    chunk.push_front(record);
+                    staged.push_front(record);
                     failed = Some(error);
                     break;
                 }
             }
         }
-        shared
-            .stats
-            .records_received
-            .fetch_add(received, Ordering::Relaxed);
         if spilled > 0 {
             shared
                 .stats
@@ -537,7 +649,7 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
 fn forwarded_len(batch: &[Record]) -> u64 {
     batch
         .iter()
-        .filter(|record| record.kind != RecordKind::Position)
+        .filter(|record| record.kind.is_for_bot())
         .count() as u64
 }
 

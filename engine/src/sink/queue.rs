@@ -343,7 +343,7 @@ impl Queue {
     pub fn memory_records(&self) -> u64 {
         self.memory
             .iter()
-            .filter(|(record, _, _)| record.kind != RecordKind::Position)
+            .filter(|(record, _, _)| record.kind.is_for_bot())
             .count() as u64
     }
 

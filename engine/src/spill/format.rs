@@ -13,7 +13,8 @@
 //!     16     8  body: seq: u64
 //!     24     1  body: kind code (0 dispatch, 1 guild_create, 2 notice)
 //!     25     1  body: class code (dispatch: 0; guild_create: 0 backfill, 1 join, 2 return;
-//!               notice: 0 SHARD_READY, 1 ALL_SHARDS_READY)
+//!               notice: 0 SHARD_READY, 1 ALL_SHARDS_READY, 2 RESHARD_STARTED,
+//!               3 RESHARD_FINISHED)
 //!     26     n  body: payload, n = body_bytes - 14
 //! ```
 //!
@@ -47,6 +48,8 @@ const KIND_SESSION: u8 = 3;
 /// Never written (the queue keeps position records off the spill); here so that every kind has
 /// a code.
 const KIND_POSITION: u8 = 4;
+/// Never written either: the collector consumes hand-over records.
+const KIND_HANDED_OVER: u8 = 5;
 
 /// Why the bytes at some offset are not a valid record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,10 +179,13 @@ pub(super) fn kind_codes(kind: RecordKind) -> (u8, u8) {
             match notice {
                 Notice::ShardReady => 0,
                 Notice::AllShardsReady => 1,
+                Notice::ReshardStarted => 2,
+                Notice::ReshardFinished => 3,
             },
         ),
         RecordKind::Session => (KIND_SESSION, 0),
         RecordKind::Position => (KIND_POSITION, 0),
+        RecordKind::HandedOver => (KIND_HANDED_OVER, 0),
     }
 }
 
@@ -192,8 +198,11 @@ pub(super) fn kind_from_codes(kind: u8, class: u8) -> Option<RecordKind> {
         (KIND_GUILD_CREATE, 2) => RecordKind::GuildCreate(GuildCreateClass::Return),
         (KIND_NOTICE, 0) => RecordKind::Notice(Notice::ShardReady),
         (KIND_NOTICE, 1) => RecordKind::Notice(Notice::AllShardsReady),
+        (KIND_NOTICE, 2) => RecordKind::Notice(Notice::ReshardStarted),
+        (KIND_NOTICE, 3) => RecordKind::Notice(Notice::ReshardFinished),
         (KIND_SESSION, 0) => RecordKind::Session,
         (KIND_POSITION, 0) => RecordKind::Position,
+        (KIND_HANDED_OVER, 0) => RecordKind::HandedOver,
         _ => return None,
     })
 }
@@ -290,7 +299,10 @@ mod tests {
             RecordKind::GuildCreate(GuildCreateClass::Return),
             RecordKind::Notice(Notice::ShardReady),
             RecordKind::Notice(Notice::AllShardsReady),
+            RecordKind::Notice(Notice::ReshardStarted),
+            RecordKind::Notice(Notice::ReshardFinished),
             RecordKind::Position,
+            RecordKind::HandedOver,
         ];
         for kind in kinds {
             let (code, class) = kind_codes(kind);
@@ -303,7 +315,7 @@ mod tests {
             assert_eq!(decode_body(header, &bytes[HEADER_BYTES..]), Ok(original));
         }
         assert_eq!(kind_from_codes(KIND_DISPATCH, 1), None);
-        assert_eq!(kind_from_codes(5, 0), None);
+        assert_eq!(kind_from_codes(6, 0), None);
     }
 
     #[test]
