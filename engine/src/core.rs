@@ -91,6 +91,8 @@ pub struct Shared {
     /// Shards of this process that are fully ready; the last one announces ALL_SHARDS_READY.
     pub shards_ready: AtomicUsize,
     pub shards_owned: usize,
+    /// Shards of the live set this process runs now (`shards_owned` until a reshard).
+    pub live_shards: AtomicUsize,
     /// Set by the signal handler: every shard closes resumably and its task ends.
     pub stop: AtomicBool,
     /// A gateway certificate failure was logged at warn and no connect has succeeded since:

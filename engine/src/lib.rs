@@ -16,6 +16,7 @@ pub mod procfs;
 pub mod progress;
 pub mod record;
 pub mod reshard;
+pub mod resharder;
 pub mod runtime;
 pub mod shard;
 pub mod sink;

@@ -19,6 +19,7 @@ use crate::decode::DecoderLimits;
 use crate::filter::FilterConfig;
 use crate::limiter::{IdentifyLimiter, SessionStartLimit};
 use crate::progress::{IdentifyPace, Output, ShardCounts, StartupProgress};
+use crate::resharder::{ReshardBoard, Resharder, ResharderConfig};
 use crate::shard::{FATAL_CLOSE_CODES, fatal_close_explanation};
 use crate::sink::http::{ForwardUrl, HttpClient, HttpError};
 use crate::sink::queue::Queue;
@@ -209,10 +210,12 @@ pub struct Engine {
     /// Cores whose executor future ended, normally or by a panic (see [`CoreDone`]).
     cores_done: Arc<AtomicUsize>,
     stats: Arc<EngineStats>,
-    plan: ShardPlan,
     identify_pace: IdentifyPace,
     /// Taken and stopped first by [`Engine::wait`].
     admin: Option<AdminServer>,
+    control: ControlHandle,
+    limiter: Arc<IdentifyLimiter>,
+    resharder: std::cell::RefCell<Resharder>,
     /// Held (`flock`) until the engine is dropped, after the last sessions save.
     _data_dir_lock: std::fs::File,
 }
@@ -262,7 +265,7 @@ impl EngineStats {
         };
         let sink = &self.sink_stats;
         Snapshot {
-            shards_owned: self.shared.shards_owned as u64,
+            shards_owned: self.shared.live_shards.load(Ordering::Relaxed) as u64,
             shards_ready: sum(|s| &s.shards_ready),
             shards_running: sum(|s| &s.shards_running),
             shards_fatal: sum(|s| &s.shards_fatal),
@@ -362,7 +365,18 @@ impl Engine {
             None
         };
         let recommended = gateway_bot.as_ref().map_or(1, |g| g.shards).max(1);
-        let plan = settings.plan(NonZeroU32::new(recommended).unwrap_or(NonZeroU32::MIN))?;
+        let mut plan = settings.plan(NonZeroU32::new(recommended).unwrap_or(NonZeroU32::MIN))?;
+        // A reshard of the last run stands: its sessions are saved for its new count, and the
+        // configured count is still the one it left behind.
+        if let Some(total) = resharded_count(&settings.sessions_file(), plan, settings.shards) {
+            tracing::info!(
+                configured = plan.total_shards.get(),
+                running = total.get(),
+                "the last run resharded: running its shard count (write it in --total-shards to \
+                 make it the configured one)"
+            );
+            plan = settings.plan_with_total(total)?;
+        }
         check_locked_memory(plan.cores)?;
         // Before anything starts: a taken port fails here, with every session as it was.
         let admin_listener = AdminListener::bind(settings.admin_addr)?;
@@ -444,6 +458,7 @@ impl Engine {
             }),
             shards_ready: AtomicUsize::new(0),
             shards_owned: owned.len(),
+            live_shards: AtomicUsize::new(owned.len()),
             stop: AtomicBool::new(false),
             certificate_warned: AtomicBool::new(false),
             rng_seed: started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
@@ -560,6 +575,29 @@ impl Engine {
             sink_stats,
         });
         let control = ControlHandle::new(core_links, plan);
+        let reshard_board = Arc::new(ReshardBoard::default());
+        let recommendation = {
+            let settings = settings.clone();
+            let tls = Arc::clone(&tls);
+            let limiter = Arc::clone(&limiter);
+            Box::new(move || {
+                let answer = fetch_gateway_bot(&settings, &tls).map_err(|e| e.to_string())?;
+                limiter.refresh(answer.session_start_limit, Instant::now());
+                Ok(answer.shards)
+            })
+        };
+        let resharder = Resharder::new(
+            ResharderConfig {
+                policy: settings.reshard_policy(),
+                check_interval: settings.reshard_check_interval,
+                owns_every_shard: plan.shards.len() == u64::from(plan.total_shards.get()),
+                max_concurrency: session_start_limit.max_concurrency,
+                identify_interval,
+                plan,
+            },
+            Arc::clone(&reshard_board),
+            recommendation,
+        );
         let mut engine = Engine {
             stop,
             shared,
@@ -570,18 +608,21 @@ impl Engine {
             sessions_saved_at: std::cell::Cell::new(Instant::now()),
             cores_done,
             stats: Arc::clone(&stats),
-            plan,
             identify_pace: IdentifyPace {
                 shards_per_interval: session_start_limit.max_concurrency,
                 interval: identify_interval,
             },
             admin: None,
+            control: control.clone(),
+            limiter: Arc::clone(&limiter),
+            resharder: std::cell::RefCell::new(resharder),
             _data_dir_lock: data_dir_lock,
         };
         let context = AdminContext {
             control,
             stats,
             limiter,
+            reshard: reshard_board,
             token: settings.admin_token.clone(),
             started,
         };
@@ -604,11 +645,35 @@ impl Engine {
     /// Relays a requested stop to the cores; true once every core has ended (after a stop, or
     /// because every shard stopped on a fatal close code). Cheap: call it every few ms.
     pub fn poll(&self) -> bool {
-        if self.stop.load(Ordering::Acquire) && !self.shared.stop.load(Ordering::Acquire) {
+        let stopping = self.stop.load(Ordering::Acquire);
+        if let Some(sink) = self.sink.as_ref() {
+            let mut resharder = self.resharder.borrow_mut();
+            if stopping && !self.shared.stop.load(Ordering::Acquire) {
+                resharder.stop(&self.control, sink);
+            }
+            resharder.poll(
+                &self.control,
+                sink,
+                &|| self.save_sessions(),
+                self.limiter.stats().1,
+                self.sharding_required_total(),
+                stopping || self.shared.stop.load(Ordering::Acquire),
+                Instant::now(),
+            );
+            let live = resharder.plan().shards.len();
+            self.shared.live_shards.store(
+                usize::try_from(live).unwrap_or(usize::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        if stopping && !self.shared.stop.load(Ordering::Acquire) {
             tracing::info!("stopping: closing every shard resumably (4000) and flushing");
             self.shared.stop.store(true, Ordering::Release);
         }
-        if !self.shared.stop.load(Ordering::Acquire) && self.nothing_runs() {
+        if !self.shared.stop.load(Ordering::Acquire)
+            && !self.resharder.borrow().is_active()
+            && self.nothing_runs()
+        {
             // Every shard stopped on a fatal close code and nothing will start another: the
             // cores would idle for ever.
             self.shared.stop.store(true, Ordering::Release);
@@ -618,6 +683,26 @@ impl Engine {
             self.save_sessions();
         }
         self.cores_done.load(Ordering::Acquire) >= self.executors.len()
+    }
+
+    /// Live shards stopped by 4011 (sharding required) so far.
+    fn sharding_required_total(&self) -> u64 {
+        let index = crate::shard::FATAL_CLOSE_CODES
+            .iter()
+            .position(|code| *code == 4011);
+        index.map_or(0, |index| {
+            self.stats
+                .cores()
+                .iter()
+                .map(|s| s.shards_fatal_by_code[index].load(Ordering::Relaxed))
+                .sum()
+        })
+    }
+
+    /// Resharding's state for the metrics: the phase, and finished, aborted and refused counts.
+    pub fn reshard_summary(&self) -> (&'static str, crate::resharder::ReshardCounts) {
+        let resharder = self.resharder.borrow();
+        (resharder.phase(), resharder.counts())
     }
 
     /// Every shard task the cores started has ended (and the first ones have all started).
@@ -644,9 +729,9 @@ impl Engine {
         }
     }
 
-    /// The shard plan this engine runs.
+    /// The shard plan of the live set (a reshard changes it).
     pub fn plan(&self) -> ShardPlan {
-        self.plan
+        self.resharder.borrow().plan()
     }
 
     /// How fast the identify buckets let shards start (for startup progress).
@@ -719,6 +804,24 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
         .ok_or_else(|| RunError::DataDirLocked {
             path: dir.to_owned(),
         })
+}
+
+/// The shard count to run instead of `plan`'s when the last run resharded: its saved sessions
+/// are for that count, the configured count is still the one it resharded from, and this
+/// process runs every shard. `None` otherwise (the configured count stands).
+fn resharded_count(
+    path: &std::path::Path,
+    plan: ShardPlan,
+    range: Option<crate::config::ShardRange>,
+) -> Option<NonZeroU32> {
+    if range.is_some_and(|r| r.len() != u64::from(plan.total_shards.get())) {
+        return None;
+    }
+    let saved = crate::sink::sessions::load(path).ok()??;
+    (saved.total_shards != plan.total_shards.get()
+        && saved.resharded_from == Some(plan.total_shards.get()))
+    .then(|| NonZeroU32::new(saved.total_shards))
+    .flatten()
 }
 
 /// The sessions the last run saved for the `owned` shards, if they were identified with the

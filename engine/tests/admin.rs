@@ -186,6 +186,9 @@ fn every_endpoint_but_healthz_needs_the_token() {
         "GET /shards/1",
         "POST /shards/1/reconnect",
         "POST /commands",
+        "GET /reshard",
+        "POST /reshard",
+        "DELETE /reshard",
     ] {
         assert!(
             endpoints
@@ -214,6 +217,15 @@ fn every_endpoint_but_healthz_needs_the_token() {
             assert!(!answer.contains(TOKEN), "the token must not echo back");
         }
         let (status, _, answer) = http(world.admin, method, path, Some(TOKEN), body);
+        if path == "/reshard" && method != "GET" {
+            // Starting or aborting a reshard is answered, but not always with a 2xx (here: no
+            // reshard runs to abort; a start for 4 shards of 16 guilds may be refused).
+            assert!(
+                [202, 409, 422].contains(&status),
+                "{method} {path} with the token: {status} {answer}"
+            );
+            continue;
+        }
         assert!(
             (200..300).contains(&status),
             "{method} {path} with the token: {status} {answer}"

@@ -261,8 +261,14 @@ pub fn render(context: &AdminContext, reports: &[CoreReport]) -> String {
         );
     }
 
-    // Per shard.
-    let statuses = || reports.iter().flat_map(|report| &report.shards);
+    // Per shard, of the live set (a reshard's new set shows in the shardgate_reshard_ families).
+    let live = context.control.plan().total_shards.get();
+    let statuses = || {
+        reports
+            .iter()
+            .flat_map(|report| &report.shards)
+            .filter(move |status| status.shard_count == live)
+    };
     out.family(
         "shardgate_shard_state",
         "gauge",
@@ -490,7 +496,94 @@ pub fn render(context: &AdminContext, reports: &[CoreReport]) -> String {
         &[("result", "rejected")],
         snapshot.saved_sessions_rejected as f64,
     );
+    reshard_families(&mut out, &context.reshard.metrics(), reports, live);
     out.0
+}
+
+/// Resharding: the phase, the shards of each set, reshards by outcome, and the merge.
+fn reshard_families(
+    out: &mut Exposition,
+    metrics: &crate::resharder::ReshardMetrics,
+    reports: &[CoreReport],
+    live: u32,
+) {
+    out.family(
+        "shardgate_reshard_phase",
+        "gauge",
+        "1 for the phase resharding is in: stable, or a reshard's warming, overlap, \
+         handing_over, committing, draining.",
+    );
+    for phase in crate::resharder::PHASES {
+        let value = if metrics.phase == phase { 1.0 } else { 0.0 };
+        out.sample("shardgate_reshard_phase", &[("phase", phase)], value);
+    }
+    out.family(
+        "shardgate_reshard_shards",
+        "gauge",
+        "Shards this process runs, by set: live (the bot is fed by it), new (a reshard's).",
+    );
+    let statuses = || reports.iter().flat_map(|report| &report.shards);
+    let live_shards = statuses().filter(|s| s.shard_count == live).count();
+    out.sample(
+        "shardgate_reshard_shards",
+        &[("set", "live")],
+        live_shards as f64,
+    );
+    out.sample(
+        "shardgate_reshard_shards",
+        &[("set", "new")],
+        (statuses().count() - live_shards) as f64,
+    );
+    out.family(
+        "shardgate_reshards_total",
+        "counter",
+        "Reshards by outcome: finished, aborted (the live set ran on), refused (not started).",
+    );
+    for (outcome, count) in [
+        ("finished", metrics.counts.finished),
+        ("aborted", metrics.counts.aborted),
+        ("refused", metrics.counts.refused),
+    ] {
+        out.sample(
+            "shardgate_reshards_total",
+            &[("outcome", outcome)],
+            count as f64,
+        );
+    }
+    let merge = &metrics.merge;
+    out.family(
+        "shardgate_reshard_merge_records_total",
+        "counter",
+        "Records of both sets through the reshard merges: delivered, duplicate (the other \
+         set's copy went out), released_unmatched (held for a twin that did not come).",
+    );
+    for (result, count) in [
+        ("delivered", merge.delivered),
+        ("duplicate", merge.duplicates),
+        ("released_unmatched", merge.released_unmatched),
+    ] {
+        out.sample(
+            "shardgate_reshard_merge_records_total",
+            &[("result", result)],
+            count as f64,
+        );
+    }
+    out.family(
+        "shardgate_reshard_merge_keys",
+        "gauge",
+        "Events the current merge holds while it waits for the other set's copy.",
+    );
+    out.sample("shardgate_reshard_merge_keys", &[], merge.keys as f64);
+    out.family(
+        "shardgate_reshard_merge_skew_seconds",
+        "gauge",
+        "The largest skew measured between the two sets' copies of one event, in the last merge.",
+    );
+    out.sample(
+        "shardgate_reshard_merge_skew_seconds",
+        &[],
+        merge.max_skew.as_secs_f64(),
+    );
 }
 
 /// A Prometheus text exposition under construction.

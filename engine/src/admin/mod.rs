@@ -39,6 +39,7 @@ pub struct AdminContext {
     pub control: ControlHandle,
     pub stats: Arc<EngineStats>,
     pub limiter: Arc<IdentifyLimiter>,
+    pub reshard: Arc<crate::resharder::ReshardBoard>,
     pub token: Option<Secret>,
     pub started: Instant,
 }

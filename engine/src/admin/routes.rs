@@ -9,12 +9,14 @@
 //! | `GET /shards`, `GET /shards/{id}` | shard status as JSON |
 //! | `POST /shards/{id}/reconnect[?identify=true]` | 202: resume (or identify anew) |
 //! | `POST /commands[?shard_id=N\|all]` | 202: a gateway command queued on its shard(s) |
+//! | `GET /reshard`, `POST /reshard`, `DELETE /reshard` | resharding: where it stands, start, abort |
 
 use serde_json::{Value, json};
 
 use super::AdminContext;
 use super::http::{Request, Response};
 use crate::control::{CommandReceipt, ControlError, Selection, ShardStatus};
+use crate::resharder::ReshardRequest;
 use crate::shard::ShardState;
 
 /// Seconds a refused command should wait: a shard frees a command slot about every
@@ -43,10 +45,14 @@ pub fn handle(context: &AdminContext, request: &Request) -> Response {
         ("GET", ["shards", id]) => shard(context, id),
         ("POST", ["shards", id, "reconnect"]) => reconnect(context, id, request),
         ("POST", ["commands"]) => command(context, request),
+        ("GET", ["reshard"]) => Response::json(200, &context.reshard.status()),
+        ("POST", ["reshard"]) => reshard_start(context, request),
+        ("DELETE", ["reshard"]) => reshard_ask(context, ReshardRequest::Cancel),
         (_, ["readyz" | "status" | "metrics" | "shards"] | ["shards", _]) => {
             method_not_allowed(method, "GET")
         }
         (_, ["shards", _, "reconnect"] | ["commands"]) => method_not_allowed(method, "POST"),
+        (_, ["reshard"]) => method_not_allowed(method, "GET, POST, DELETE"),
         _ => Response::error(404, format!("no such endpoint: {method} {}", request.path)),
     }
 }
@@ -92,7 +98,12 @@ fn readyz(context: &AdminContext) -> Response {
         Ok(reports) => reports,
         Err(error) => return control_error(&error),
     };
-    let statuses = reports.iter().flat_map(|report| &report.shards);
+    // The live set's shards (a reshard's new set is not serving yet).
+    let live = context.control.plan().total_shards.get();
+    let statuses = reports
+        .iter()
+        .flat_map(|report| &report.shards)
+        .filter(|status| status.shard_count == live);
     let owned = statuses.clone().count();
     let active = statuses
         .clone()
@@ -193,6 +204,43 @@ fn status(context: &AdminContext) -> Response {
     Response::json(200, &body)
 }
 
+/// `POST /reshard`, with an optional body `{"total_shards": N}`.
+fn reshard_start(context: &AdminContext, request: &Request) -> Response {
+    let total_shards = if request.body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let body: Value = match serde_json::from_slice(&request.body) {
+            Ok(body) => body,
+            Err(error) => {
+                return Response::error(400, format!("the body is not JSON: {error}"));
+            }
+        };
+        match body.get("total_shards") {
+            None | Some(Value::Null) => None,
+            Some(value) => match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => Some(n),
+                None => {
+                    return Response::error(
+                        400,
+                        format!("total_shards {value} is not a shard count"),
+                    );
+                }
+            },
+        }
+    };
+    reshard_ask(context, ReshardRequest::Start { total_shards })
+}
+
+fn reshard_ask(context: &AdminContext, request: ReshardRequest) -> Response {
+    match context.reshard.ask(request) {
+        Some((status, body)) => Response::json(status, &body),
+        None => Response::error(
+            503,
+            "the engine did not answer in time (it may be stopping); retry",
+        ),
+    }
+}
+
 fn metrics(context: &AdminContext) -> Response {
     let reports = match context.control.reports() {
         Ok(reports) => reports,
@@ -210,11 +258,12 @@ fn metrics(context: &AdminContext) -> Response {
 fn shards(context: &AdminContext) -> Response {
     match context.control.reports() {
         Ok(reports) => {
-            let shards: Vec<Value> = reports
-                .iter()
-                .flat_map(|report| &report.shards)
-                .map(shard_json)
-                .collect();
+            // The live set first, in shard order; a reshard's new set after it.
+            let live = context.control.plan().total_shards.get();
+            let mut statuses: Vec<&ShardStatus> =
+                reports.iter().flat_map(|report| &report.shards).collect();
+            statuses.sort_by_key(|s| (s.shard_count != live, s.shard_count, s.shard_id));
+            let shards: Vec<Value> = statuses.into_iter().map(shard_json).collect();
             Response::json(200, &Value::Array(shards))
         }
         Err(error) => control_error(&error),
@@ -357,6 +406,8 @@ fn shard_json(status: &ShardStatus) -> Value {
     let millis = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
     json!({
         "shard_id": status.shard_id,
+        "shard_count": status.shard_count,
+        "role": status.role.as_str(),
         "core": status.core,
         "state": status.state.as_str(),
         "session_age_ms": millis(status.session_age),

@@ -40,6 +40,9 @@ pub const FILE_KEYS: &[&str] = &[
     "cores",
     "shards_per_core",
     "read_coalesce_ms",
+    "reshard",
+    "reshard_at_percent",
+    "reshard_check_interval",
     "events",
     "dedup_message_updates",
     "dedup_cache_entries",
@@ -63,6 +66,8 @@ pub const FILE_KEYS: &[&str] = &[
     "log",
     "log_format",
     "identify_interval_ms",
+    "reshard_guilds_per_shard",
+    "reshard_cooldown",
 ];
 
 /// `shardgate run` settings as written: flags, the three secrets' environment variables (read by
@@ -178,6 +183,32 @@ pub struct RunArgs {
     /// Range 0..=1000. Default: 5.
     #[arg(long, value_name = "MS", help_heading = "Placement")]
     pub read_coalesce_ms: Option<RawValue>,
+
+    // ---- Resharding ----
+    /// Reshard on its own when the shards fill up: auto or off.
+    ///
+    /// auto: when the fullest shard reaches --reshard-at-percent of the 2,500 guilds a shard may
+    /// hold, when Discord recommends more shards than run now (asked every
+    /// --reshard-check-interval), or when Discord closes a shard with 4011, a new set of shards
+    /// identifies beside the live one and takes over without a gap or a duplicate. Needs every
+    /// shard in this process. POST /reshard on the admin API starts one either way. Default:
+    /// auto.
+    #[arg(long, value_name = "auto|off", help_heading = "Resharding")]
+    pub reshard: Option<RawValue>,
+
+    /// The fill level that triggers an automatic reshard: this percentage of the 2,500 guilds a
+    /// shard may hold, on the fullest shard.
+    ///
+    /// The new count brings the average shard to half of it. Range 1..=100. Default: 80.
+    #[arg(long, value_name = "PERCENT", help_heading = "Resharding")]
+    pub reshard_at_percent: Option<RawValue>,
+
+    /// How often /gateway/bot is asked whether Discord recommends more shards: a duration such
+    /// as 90s, 15m or 1h (a bare number is seconds).
+    ///
+    /// Also asked at once when Discord closes a shard with 4011. Range 1s..=7d. Default: 1h.
+    #[arg(long, value_name = "DURATION", help_heading = "Resharding")]
+    pub reshard_check_interval: Option<RawValue>,
 
     // ---- Filtering ----
     /// Forward only these dispatch events: comma-separated names as Discord sends them in `t`
@@ -370,6 +401,16 @@ pub struct RunArgs {
     /// Discord. Default: 5000.
     #[arg(long, value_name = "MS", hide = true)]
     pub identify_interval_ms: Option<RawValue>,
+
+    /// Tests only; Discord's is 2500. The guilds a shard may hold, for --reshard-at-percent.
+    ///
+    /// Range 1..=2500. Default: 2500.
+    #[arg(long, value_name = "GUILDS", hide = true)]
+    pub reshard_guilds_per_shard: Option<RawValue>,
+
+    /// Tests only. The least time between two automatic reshards. Default: 15m.
+    #[arg(long, value_name = "DURATION", hide = true)]
+    pub reshard_cooldown: Option<RawValue>,
 }
 
 /// `shardgate demo`: the whole pipeline against a built-in simulated Discord and bot.

@@ -190,6 +190,21 @@ pub enum ConfigError {
         /// What to write instead.
         fix: &'static str,
     },
+    /// A duration that does not parse or is out of range.
+    #[error(
+        "{setting} '{value}'{origin}: write a duration between {min_s} s and {max_s} s, such as \
+         90s, 15m or 1h (a bare number is seconds)"
+    )]
+    InvalidDuration {
+        /// The flag.
+        setting: &'static str,
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        min_s: u64,
+        max_s: u64,
+    },
     /// A URL with the wrong scheme.
     #[error("{setting} '{value}'{origin}: must be {expected}")]
     UrlScheme {

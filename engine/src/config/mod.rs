@@ -20,6 +20,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use args::{
     DemoArgs, ENV_ADMIN_TOKEN, ENV_FORWARD_SECRET, ENV_TOKEN, FILE_KEYS, RawValue, RunArgs,
@@ -111,6 +112,16 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `--identify-interval-ms` (tests only); below 5000 only against a mock.
     pub identify_interval_ms: u64,
+    /// `--reshard`: automatic resharding on.
+    pub reshard_automatic: bool,
+    /// `--reshard-at-percent`.
+    pub reshard_at_percent: u8,
+    /// `--reshard-check-interval`.
+    pub reshard_check_interval: Duration,
+    /// The hidden `--reshard-guilds-per-shard` (Discord's 2500).
+    pub reshard_guilds_per_shard: u32,
+    /// The hidden `--reshard-cooldown`.
+    pub reshard_cooldown: Duration,
 }
 
 impl Settings {
@@ -162,6 +173,10 @@ impl Settings {
     pub const DEFAULT_LOG: &str = "info";
     /// Default of `--identify-interval-ms`: Discord's identify window.
     pub const DEFAULT_IDENTIFY_INTERVAL_MS: u64 = 5_000;
+    /// Default of `--reshard-at-percent`.
+    pub const DEFAULT_RESHARD_AT_PERCENT: u8 = 80;
+    /// Default of `--reshard-check-interval`.
+    pub const DEFAULT_RESHARD_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
     /// Resolves `args` (flags), `env` (environment variables and CPU count) and `file` (the
     /// `--config` file's text, when there is one) into settings.
@@ -436,6 +451,48 @@ impl Settings {
             None => Self::DEFAULT_IDENTIFY_INTERVAL_MS,
         };
 
+        // Resharding.
+        let reshard_automatic = match src.get(|a| &a.reshard) {
+            Some(input) => match input.text.trim().to_ascii_lowercase().as_str() {
+                "auto" => true,
+                "off" => false,
+                _ => return Err(input.invalid_choice("--reshard", "auto, off")),
+            },
+            None => true,
+        };
+        let reshard_at_percent = match src.get(|a| &a.reshard_at_percent) {
+            Some(input) => {
+                u8::try_from(input.number("--reshard-at-percent", 1, Some(100), 100, 80)?)
+                    .expect("bounded by 100 above")
+            }
+            None => Self::DEFAULT_RESHARD_AT_PERCENT,
+        };
+        let reshard_check_interval = match src.get(|a| &a.reshard_check_interval) {
+            Some(input) => input.duration(
+                "--reshard-check-interval",
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            None => Self::DEFAULT_RESHARD_CHECK_INTERVAL,
+        };
+        let reshard_guilds_per_shard = match src.get(|a| &a.reshard_guilds_per_shard) {
+            Some(input) => input.number_u32(
+                "--reshard-guilds-per-shard",
+                1,
+                Some(u64::from(crate::reshard::plan::GUILDS_PER_SHARD_MAX)),
+                u64::from(crate::reshard::plan::GUILDS_PER_SHARD_MAX),
+            )?,
+            None => crate::reshard::plan::GUILDS_PER_SHARD_MAX,
+        };
+        let reshard_cooldown = match src.get(|a| &a.reshard_cooldown) {
+            Some(input) => input.duration(
+                "--reshard-cooldown",
+                Duration::ZERO,
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            None => crate::reshard::plan::COOLDOWN_DEFAULT,
+        };
+
         // Required.
         let token = token.ok_or(ConfigError::MissingToken)?;
         let forward_url = forward_url.ok_or(ConfigError::MissingForwardUrl)?;
@@ -476,6 +533,11 @@ impl Settings {
             log,
             log_format,
             identify_interval_ms,
+            reshard_automatic,
+            reshard_at_percent,
+            reshard_check_interval,
+            reshard_guilds_per_shard,
+            reshard_cooldown,
         };
 
         // Combinations.
@@ -503,6 +565,16 @@ impl Settings {
             });
         }
         Ok(settings)
+    }
+
+    /// What decides an automatic reshard.
+    pub fn reshard_policy(&self) -> crate::reshard::ReshardPolicy {
+        crate::reshard::ReshardPolicy {
+            automatic: self.reshard_automatic,
+            at_percent: self.reshard_at_percent,
+            guilds_per_shard_max: self.reshard_guilds_per_shard,
+            cooldown: self.reshard_cooldown,
+        }
     }
 
     /// [`Settings::load`] with this process's environment and CPUs and the `--config` file read
@@ -554,6 +626,19 @@ impl Settings {
             Some(shards) => shards,
             None => ShardRange::all(total_shards),
         };
+        let (cores, shards_per_core) = self.placement(shards.len())?;
+        Ok(ShardPlan {
+            total_shards,
+            shards,
+            cores,
+            shards_per_core,
+        })
+    }
+
+    /// The plan for `total_shards` whatever `--total-shards` says (the count a reshard left),
+    /// for a process that runs every shard.
+    pub fn plan_with_total(&self, total_shards: NonZeroU32) -> Result<ShardPlan, ConfigError> {
+        let shards = ShardRange::all(total_shards);
         let (cores, shards_per_core) = self.placement(shards.len())?;
         Ok(ShardPlan {
             total_shards,
@@ -672,6 +757,28 @@ impl Settings {
             (
                 "identify_interval_ms",
                 self.identify_interval_ms.to_string(),
+            ),
+            (
+                "reshard",
+                if self.reshard_automatic {
+                    "auto"
+                } else {
+                    "off"
+                }
+                .to_owned(),
+            ),
+            ("reshard_at_percent", self.reshard_at_percent.to_string()),
+            (
+                "reshard_check_interval",
+                format!("{}s", self.reshard_check_interval.as_secs()),
+            ),
+            (
+                "reshard_guilds_per_shard",
+                self.reshard_guilds_per_shard.to_string(),
+            ),
+            (
+                "reshard_cooldown",
+                format!("{}s", self.reshard_cooldown.as_secs()),
             ),
         ];
         fields
@@ -1009,6 +1116,47 @@ impl Input<'_> {
     ) -> Result<u32, ConfigError> {
         let value = self.number(setting, min, max, u64::from(u32::MAX), example)?;
         Ok(u32::try_from(value).expect("bounded by u32::MAX"))
+    }
+
+    /// A duration: `<N>s`, `<N>m`, `<N>h`, `<N>d`, or a bare number of seconds, within
+    /// `min..=max`.
+    fn duration(
+        &self,
+        setting: &'static str,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let text = self.text.trim().to_ascii_lowercase();
+        let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '_') {
+            Some(at) => text.split_at(at),
+            None => (text.as_str(), "s"),
+        };
+        let seconds_per_unit = match unit {
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86_400),
+            _ => None,
+        };
+        let value = digits
+            .chars()
+            .filter(|&c| c != '_')
+            .collect::<String>()
+            .parse::<u64>()
+            .ok()
+            .zip(seconds_per_unit)
+            .and_then(|(n, unit)| n.checked_mul(unit))
+            .map(Duration::from_secs);
+        match value {
+            Some(duration) if (min..=max).contains(&duration) => Ok(duration),
+            _ => Err(ConfigError::InvalidDuration {
+                setting,
+                value: self.text.to_owned(),
+                origin: self.origin.clone(),
+                min_s: min.as_secs(),
+                max_s: max.as_secs(),
+            }),
+        }
     }
 
     /// A non-empty path.

@@ -347,6 +347,11 @@ fn the_file_sets_every_key() {
         log = "warn"
         log_format = "json"
         identify_interval_ms = 6000
+        reshard = "off"
+        reshard_at_percent = 90
+        reshard_check_interval = "15m"
+        reshard_guilds_per_shard = 10
+        reshard_cooldown = 0
     "#;
     let file = ConfigFile::new("data.toml", toml);
     let settings = Settings::load(&RunArgs::default(), &env(), Some(&file)).expect("valid");
@@ -367,6 +372,14 @@ fn the_file_sets_every_key() {
     assert_eq!(settings.backlog_rate, 500);
     assert_eq!(settings.session_save_interval_ms, 60_000);
     assert_eq!(settings.identify_interval_ms, 6_000);
+    assert!(!settings.reshard_automatic);
+    assert_eq!(settings.reshard_at_percent, 90);
+    assert_eq!(
+        settings.reshard_check_interval,
+        std::time::Duration::from_secs(900)
+    );
+    assert_eq!(settings.reshard_guilds_per_shard, 10);
+    assert_eq!(settings.reshard_cooldown, std::time::Duration::ZERO);
     assert!(
         settings
             .summary()

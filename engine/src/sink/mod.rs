@@ -299,7 +299,8 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
             let flipped = match order {
                 SinkControl::BeginMerge { live, new, limits } => {
                     merger = Some(Merger::new(live, new, limits));
-                    shared.merge().barrier = None;
+                    // A new merge's figures start from nothing.
+                    *shared.merge() = MergeReport::default();
                     false
                 }
                 SinkControl::AwaitHandOver { shard_ids } => merger

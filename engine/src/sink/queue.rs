@@ -92,6 +92,8 @@ pub struct Queue {
     tracks: HashMap<ShardKey, Track>,
     /// The set whose sessions [`Queue::saved_sessions`] gives.
     saved_set: u32,
+    /// When a reshard switched to the saved set: the count it came from.
+    resharded_from: Option<u32>,
     /// Records pushed so far: the next record's index.
     pushed: u64,
     /// The index of the first record of the batch taken from memory and not yet acknowledged.
@@ -128,6 +130,7 @@ impl Queue {
             spill,
             tracks,
             saved_set: total_shards,
+            resharded_from: saved.resharded_from,
             pushed: 0,
             in_flight: None,
         }
@@ -349,7 +352,9 @@ impl Queue {
 
     /// The sessions to save: each shard of the saved set with its durable position.
     pub fn saved_sessions(&self) -> SavedSessions {
-        self.saved_sessions_of(self.saved_set)
+        let mut saved = self.saved_sessions_of(self.saved_set);
+        saved.resharded_from = self.resharded_from;
+        saved
     }
 
     /// The sessions of the set with `shard_count` shards, each with its durable position.
@@ -376,6 +381,9 @@ impl Queue {
     /// From now on [`Queue::saved_sessions`] gives the set with `shard_count` shards (a reshard
     /// switched to it).
     pub fn save_set(&mut self, shard_count: u32) {
+        if shard_count != self.saved_set {
+            self.resharded_from = Some(self.saved_set);
+        }
         self.saved_set = shard_count;
     }
 

@@ -37,6 +37,10 @@ pub struct SavedSessions {
     /// resumed (Discord would reject them after a reshard).
     pub total_shards: u32,
     pub shards: BTreeMap<u32, Session>,
+    /// Set when a reshard switched to these sessions: the count it came from. A start with that
+    /// count configured keeps this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resharded_from: Option<u32>,
 }
 
 impl SavedSessions {
@@ -45,6 +49,7 @@ impl SavedSessions {
             version: VERSION,
             total_shards,
             shards: BTreeMap::new(),
+            resharded_from: None,
         }
     }
 }
