@@ -24,6 +24,54 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Entry<'_>>, BatchError> {
         .collect()
 }
 
+/// The content hash of every dispatch in a body, in order: FNV-1a 64 over `t` (the event name,
+/// unquoted), a newline and the raw bytes of `d`. Notices are skipped. For a body
+/// [`parse_batch`] accepted.
+pub fn content_hashes(body: &[u8]) -> Result<Vec<u64>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct ContentEnvelope<'a> {
+        #[serde(default)]
+        notice: Option<IgnoredAny>,
+        #[serde(borrow)]
+        payload: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Content<'a> {
+        #[serde(borrow)]
+        t: Cow<'a, str>,
+        #[serde(borrow)]
+        d: &'a RawValue,
+    }
+    let envelopes: Vec<ContentEnvelope<'_>> = serde_json::from_slice(body)?;
+    let mut hashes = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        if envelope.notice.is_some() {
+            continue;
+        }
+        let Some(payload) = envelope.payload else {
+            continue;
+        };
+        let content: Content<'_> = serde_json::from_str(payload.get())?;
+        hashes.push(content_hash(
+            content.t.as_bytes(),
+            content.d.get().as_bytes(),
+        ));
+    }
+    Ok(hashes)
+}
+
+/// FNV-1a 64 of `t`, a newline and `d`.
+pub fn content_hash(t: &[u8], d: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    for &byte in t.iter().chain(b"\n").chain(d) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    hash
+}
+
 /// One envelope of a batch, reduced to what the ledger records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry<'a> {
@@ -336,6 +384,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_hashes_read_name_and_raw_data_and_skip_notices() {
+        // FNV-1a 64 reference values: the empty input, and "a".
+        assert_eq!(content_hash(b"", b""), {
+            let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+            hash ^= u64::from(b'\n');
+            hash.wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let body = br#"[{"shard_id":0,"notice":"SHARD_READY","payload":{"guilds":1}},
+            {"shard_id":1,"payload":{"t":"MESSAGE_CREATE","s":9,"op":0,"d":{"id":"1"}}},
+            {"shard_id":3,"shard_count":8,"payload":{"t":"MESSAGE_CREATE","s":2,"op":0,"d":{"id":"1"}}}]"#;
+        let hashes = content_hashes(body).unwrap();
+        assert_eq!(hashes.len(), 2);
+        assert_eq!(hashes[0], hashes[1], "the same event from two sessions");
+        assert_eq!(hashes[0], content_hash(b"MESSAGE_CREATE", br#"{"id":"1"}"#));
+    }
 
     fn dispatch<'e, 'a>(entry: &'e Entry<'a>) -> &'e Dispatch<'a> {
         match entry {

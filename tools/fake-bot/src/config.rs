@@ -58,6 +58,13 @@ pub struct BotConfig {
     /// in memory while it is parsed, so this is also the memory bound per connection.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+
+    /// Keep, in delivery order, a content hash of every dispatch received (FNV-1a 64 of `t`, a
+    /// newline and the raw `d`: the hash the mock gateway's event list gives each event), for
+    /// tests that check exactly-once delivery by content, as across a reshard's two shard sets.
+    /// Costs a parse of each payload and 8 bytes per dispatch. Default: off.
+    #[arg(long)]
+    pub record_content: bool,
 }
 
 impl Default for BotConfig {
@@ -71,6 +78,7 @@ impl Default for BotConfig {
             refuse_after_ms: None,
             refuse_for_ms: DEFAULT_REFUSE_FOR_MS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            record_content: false,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Ledger {
     shards: HashMap<u32, ShardLedger>,
     /// Notices over all shards, and those without a shard, by name.
     notices: HashMap<String, u64>,
+    /// Content hashes of the dispatches received, in order (only with `record_content`).
+    content: Vec<u64>,
 }
 
 /// How a batch is answered when the dice say fail.
@@ -47,6 +49,7 @@ impl Ledger {
             counters: BatchCounters::default(),
             shards: HashMap::new(),
             notices: HashMap::new(),
+            content: Vec::new(),
         }
     }
 
@@ -133,6 +136,17 @@ impl Ledger {
         self.counters = BatchCounters::default();
         self.shards.clear();
         self.notices.clear();
+        self.content.clear();
+    }
+
+    /// Records the content hashes of an accepted batch's dispatches.
+    pub fn record_content(&mut self, hashes: &[u64]) {
+        self.content.extend_from_slice(hashes);
+    }
+
+    /// The content hashes of every dispatch received, in order.
+    pub fn content(&self) -> &[u64] {
+        &self.content
     }
 
     pub fn report(&self, knobs: Knobs) -> Report {

@@ -112,6 +112,12 @@ impl FakeBot {
         self.seed
     }
 
+    /// The content hash of every dispatch received, in order (empty unless
+    /// [`BotConfig::record_content`]): FNV-1a 64 of `t`, a newline and the raw `d`.
+    pub fn content(&self) -> Vec<u64> {
+        self.shared.content()
+    }
+
     /// What the bot has recorded so far; the same value `GET /_bot/report` serves.
     pub fn report(&self) -> Report {
         self.shared.report()
@@ -216,6 +222,7 @@ async fn launch(
         config.slow_ms,
         config.secret,
         config.max_body_bytes,
+        config.record_content,
     );
     let server = server::serve(Arc::clone(&shared), listener, commands, refuse_schedule);
     let bot = FakeBot {

@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     away_after_bad_batch_ms: AtomicU64,
     secret: Option<Secret>,
     max_body_bytes: usize,
+    /// Keep each dispatch's content hash ([`crate::BotConfig::record_content`]).
+    record_content: bool,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -66,6 +68,7 @@ impl Shared {
         slow_ms: u64,
         secret: Option<Secret>,
         max_body_bytes: usize,
+        record_content: bool,
     ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Command>) {
         let (commands, receiver) = mpsc::unbounded_channel();
         let shared = Shared {
@@ -75,6 +78,7 @@ impl Shared {
             away_after_bad_batch_ms: AtomicU64::new(0),
             secret,
             max_body_bytes,
+            record_content,
             commands,
         };
         (Arc::new(shared), receiver)
@@ -98,6 +102,10 @@ impl Shared {
     pub(crate) fn report(&self) -> Report {
         let knobs = self.knobs();
         self.ledger().report(knobs)
+    }
+
+    pub(crate) fn content(&self) -> Vec<u64> {
+        self.ledger().content().to_vec()
     }
 
     pub(crate) fn set_fail_rate(&self, fail_rate: f64) {
@@ -391,6 +399,12 @@ async fn batch(shared: &Shared, request: Request<Incoming>) -> Answer {
             return bad_batch(&reason);
         }
     };
+    // A body parse_batch accepted is JSON with dispatch payloads: this reads the same bytes.
+    let content = if shared.record_content {
+        crate::batch::content_hashes(&body).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let slow_ms = shared.slow_ms.load(Ordering::Relaxed);
     if slow_ms > 0 {
         sleep(Duration::from_millis(slow_ms)).await;
@@ -401,6 +415,7 @@ async fn batch(shared: &Shared, request: Request<Incoming>) -> Answer {
         let failure = ledger.roll_failure(fail_rate);
         if failure.is_none() {
             ledger.record_batch(&entries);
+            ledger.record_content(&content);
         }
         failure
     };
