@@ -10,9 +10,9 @@
 //! delivered as it comes, exactly as without a reshard, so that its saved positions (what a
 //! restart resumes) never move past an event that only the other set's copy stands for. A copy
 //! of the new set whose twin the live set already delivered is a duplicate; one that comes
-//! first is held until its twin comes (then it is the duplicate) or until the span passes
-//! without one (then it is delivered: an event only the new set saw, such as one of a guild
-//! whose live shard is down). At the switch ([`MergeWindow::flip`]) the live set has stopped
+//! first is held until its twin comes (then it is the duplicate) or until the switch (then it
+//! is delivered: an event only the new set saw, such as one of a guild whose live shard is
+//! down). At the switch ([`MergeWindow::flip`]) the live set has stopped
 //! forwarding: every held copy is delivered, in order, and the new set has authority. After
 //! it, a new-set copy whose twin the old set delivered is a duplicate; any other is delivered.
 //!
@@ -88,11 +88,17 @@ impl MergeLimits {
     /// records held for their twin.
     pub const BYTES_PER_KEY: usize = 80;
 
-    /// One million keys (about 80 MiB at most), a span of 10 s to 60 s.
+    /// One million keys (about 80 MiB at most), a span of 0.5 s to 5 s.
+    ///
+    /// The span is short on purpose: a key waits for its twin only as long as the sets' skew
+    /// makes it need to, so that a copy the new set will never see (an event from before its
+    /// shard connected) does not stay to pair with a later, identical event. The switch lets
+    /// both sets run longer than `span_max` before the live set hands over
+    /// ([`crate::reshard::switch::OVERLAP_SETTLE`]), so by then every such key has gone.
     pub const DEFAULT: MergeLimits = MergeLimits {
         keys_max: 1 << 20,
-        span_min: Duration::from_secs(10),
-        span_max: Duration::from_secs(60),
+        span_min: Duration::from_millis(500),
+        span_max: Duration::from_secs(5),
     };
 }
 
@@ -140,6 +146,9 @@ pub struct MergeWindow<T> {
     /// A key that was completed (and removed) or re-added later leaves a stale slot, skipped
     /// when reached.
     order: VecDeque<(u64, Instant)>,
+    /// Keys past the span that still hold copies while the live set has authority: they wait
+    /// for their twin or the switch, in the order they were first seen (see [`MergeWindow::expire`]).
+    pinned: VecDeque<(u64, Instant)>,
     held: usize,
     /// The largest skews of the current and the previous period (see [`SKEW_PERIOD`]).
     skew_recent: [Duration; 2],
@@ -162,6 +171,7 @@ impl<T> MergeWindow<T> {
             authority: Side::Live,
             entries: HashMap::new(),
             order: VecDeque::new(),
+            pinned: VecDeque::new(),
             held: 0,
             skew_recent: [Duration::ZERO; 2],
             skew_period_started: None,
@@ -240,8 +250,14 @@ impl<T> MergeWindow<T> {
         }
     }
 
-    /// Forgets keys older than the span, delivering the copies they held (their twin never
-    /// came). [`MergeWindow::offer`] does it too; call it when nothing is offered for a while.
+    /// Forgets keys older than the span. [`MergeWindow::offer`] does it too; call it when
+    /// nothing is offered for a while.
+    ///
+    /// A key that still holds new-set copies while the live set has authority is not forgotten:
+    /// its twin has not come, and releasing the copy now could put it ahead of the live set's
+    /// earlier events of the same guild (a live set that lags). It waits for the twin or for the
+    /// switch, when it is delivered in order. The live set delivers every event of the guilds it
+    /// covers, so a copy waits that long only for a guild whose live shard is down.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Merged<T>>) {
         let span = self.span();
         while let Some(&(key, first_seen)) = self.order.front() {
@@ -249,11 +265,16 @@ impl<T> MergeWindow<T> {
                 break;
             }
             self.order.pop_front();
-            if self
+            let Some(entry) = self
                 .entries
                 .get(&key)
-                .is_some_and(|entry| entry.first_seen == first_seen)
-            {
+                .filter(|entry| entry.first_seen == first_seen)
+            else {
+                continue;
+            };
+            if self.authority == Side::Live && !entry.held.is_empty() {
+                self.pinned.push_back((key, first_seen));
+            } else {
                 self.forget(key, out);
                 self.stats.expired_unmatched += 1;
             }
@@ -268,11 +289,11 @@ impl<T> MergeWindow<T> {
         if self.authority == Side::New {
             return;
         }
-        for (key, first_seen) in &self.order {
-            let Some(entry) = self.entries.get_mut(key) else {
+        for (key, first_seen) in self.pinned.drain(..).chain(self.order.iter().copied()) {
+            let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
             };
-            if entry.first_seen != *first_seen {
+            if entry.first_seen != first_seen {
                 continue;
             }
             while let Some(item) = entry.held.pop_front() {
@@ -293,10 +314,13 @@ impl<T> MergeWindow<T> {
     /// which keeps authority, delivers their twins, or a restart's resume replays them).
     pub fn abort(self) -> Vec<T> {
         let MergeWindow {
-            mut entries, order, ..
+            mut entries,
+            order,
+            pinned,
+            ..
         } = self;
         let mut held = Vec::new();
-        for (key, first_seen) in order {
+        for (key, first_seen) in pinned.into_iter().chain(order) {
             if let Some(entry) = entries.remove(&key) {
                 if entry.first_seen == first_seen {
                     held.extend(entry.held);
@@ -347,7 +371,9 @@ impl<T> MergeWindow<T> {
     }
 
     fn evict_oldest(&mut self, out: &mut Vec<Merged<T>>) {
-        while let Some((key, first_seen)) = self.order.pop_front() {
+        while let Some((key, first_seen)) =
+            self.pinned.pop_front().or_else(|| self.order.pop_front())
+        {
             if self
                 .entries
                 .get(&key)
@@ -478,30 +504,45 @@ mod tests {
     }
 
     #[test]
-    fn a_held_copy_whose_twin_never_comes_is_delivered_after_the_span() {
+    fn a_held_copy_waits_for_its_twin_past_the_span_and_goes_out_at_the_switch() {
         let mut world = World::new(LIMITS);
-        // The live shard of this guild is down: only the new set sees its events.
+        // A lagging live set: the new set's copies of 1 and 2 wait, past the span, for theirs.
         assert_eq!(world.offer(New, 1, 0, ms(0)), []);
         assert_eq!(world.offer(New, 2, 0, ms(100)), []);
+        let late = LIMITS.span_min + ms(500);
         assert_eq!(
-            world.offer(Live, 3, 0, LIMITS.span_min - ms(1)),
-            [Deliver((Live, 3, 0))]
+            world.offer(Live, 1, 0, late),
+            [Deliver((Live, 1, 0)), Duplicate((New, 1, 0))]
         );
-        // Released in the order they came, once the span passed.
+        // Key 3 is the live set's alone (a new shard not connected yet): it expires.
+        assert_eq!(world.offer(Live, 3, 0, late), [Deliver((Live, 3, 0))]);
+        world
+            .window
+            .expire(world.t0 + late + LIMITS.span_max, &mut world.out);
+        assert_eq!(world.window.stats().expired_unmatched, 1);
+        assert_eq!(world.window.held(), 1, "2 still waits");
+        // The live shard of 2's guild is down; at the switch 2 goes out.
+        let mut out = Vec::new();
+        world.window.flip(&mut out);
+        assert_eq!(out, [Deliver((New, 2, 0))]);
+        assert_eq!(world.window.stats().released_unmatched, 1);
+    }
+
+    #[test]
+    fn an_occurrence_the_new_set_never_saw_does_not_pair_with_a_later_identical_one() {
+        // Event x happens once before the new shard connects, then again after: after the
+        // span, the first occurrence's key is gone, so the new set's copy of the second pairs
+        // with the live set's second copy, whichever set has authority.
+        let mut world = World::new(LIMITS);
+        assert_eq!(world.offer(Live, 7, 1, ms(0)), [Deliver((Live, 7, 1))]);
+        let later = LIMITS.span_min + ms(1);
+        world.window.expire(world.t0 + later, &mut world.out);
+        let mut out = Vec::new();
+        world.window.flip(&mut out);
         assert_eq!(
-            world.offer(Live, 4, 0, LIMITS.span_min + ms(100)),
-            [
-                Deliver((New, 1, 0)),
-                Deliver((New, 2, 0)),
-                Deliver((Live, 4, 0))
-            ]
-        );
-        let stats = world.window.stats();
-        assert_eq!((stats.released_unmatched, stats.expired_unmatched), (2, 2));
-        // Past the span, a late twin is delivered again: a duplicate, never a loss.
-        assert_eq!(
-            world.offer(Live, 1, 0, LIMITS.span_min + ms(200)),
-            [Deliver((Live, 1, 0))]
+            world.offer(New, 7, 2, later + ms(1)),
+            [Deliver((New, 7, 2))],
+            "the second occurrence is not taken for the twin of the first"
         );
     }
 

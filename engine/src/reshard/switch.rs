@@ -32,9 +32,11 @@ use crate::shard::ShardState;
 
 use super::plan::Trigger;
 
-/// Both sets run at least this long with every new shard ready before the hand-over, so that
-/// the merge has measured their skew.
-pub const OVERLAP_SETTLE: Duration = Duration::from_secs(2);
+/// Both sets run at least this long with every new shard ready before the hand-over: longer
+/// than the merge's longest span, so that no key of an event from before a new shard connected
+/// (which the new set never sees) is left to pair with a later identical one once the new set
+/// has authority, and the merge has measured the sets' skew.
+pub const OVERLAP_SETTLE: Duration = Duration::from_secs(6);
 /// Warming is abandoned when it takes this many times its estimate, plus [`WARMING_SLACK`].
 pub const WARMING_PATIENCE: u32 = 3;
 pub const WARMING_SLACK: Duration = Duration::from_secs(120);
@@ -291,22 +293,20 @@ impl Switch {
     }
 
     /// Until every new shard has a session, at the identify buckets' pace: the rounds not
-    /// started yet, one interval each (the current round's interval included).
-    pub fn eta(&self, now: Instant) -> Duration {
+    /// started yet, one interval each.
+    pub fn eta(&self) -> Duration {
         match self.phase {
             Phase::Warming => {
-                let waiting = (self.rounds.len() - self.started_rounds) as u32 + 1;
-                let in_phase = now.saturating_duration_since(self.phase_since);
-                (self.identify_interval * waiting)
-                    .saturating_sub(in_phase.min(self.identify_interval))
+                self.identify_interval * (self.rounds.len() - self.started_rounds) as u32
             }
             _ => Duration::ZERO,
         }
     }
 
-    /// The floor the identify buckets allow for the whole new set.
+    /// The floor the identify buckets allow for the whole new set: the first round identifies
+    /// at once, each later one an interval after the one before.
     pub fn estimate(&self) -> Duration {
-        self.identify_interval * self.rounds.len() as u32
+        self.identify_interval * (self.rounds.len() as u32).saturating_sub(1)
     }
 
     fn warm(&mut self, new_shards: &[NewShard], now: Instant, actions: &mut Vec<Action>) {
@@ -374,6 +374,11 @@ mod tests {
     }
 
     #[test]
+    fn the_overlap_outlasts_the_merges_longest_span() {
+        assert!(OVERLAP_SETTLE > super::super::merge::MergeLimits::DEFAULT.span_max);
+    }
+
+    #[test]
     fn a_reshard_warms_round_by_round_overlaps_hands_over_commits_and_drains() {
         let t0 = Instant::now();
         let (mut switch, actions) = Switch::start(4, 8, Trigger::Manual, 4, FIVE, t0);
@@ -389,7 +394,8 @@ mod tests {
             ]
         );
         assert_eq!(switch.rounds(), (1, 2));
-        assert_eq!(switch.eta(t0), FIVE * 2);
+        assert_eq!(switch.eta(), FIVE);
+        assert_eq!(switch.estimate(), FIVE);
         let mut actions = Vec::new();
         // Round 0 still identifying: nothing new.
         let identifying = shards(0..4, ShardState::Identifying, false);
@@ -503,10 +509,10 @@ mod tests {
     fn warming_far_past_its_estimate_aborts() {
         let t0 = Instant::now();
         let (mut switch, _) = Switch::start(2, 4, Trigger::Manual, 1, FIVE, t0);
-        assert_eq!(switch.estimate(), FIVE * 4);
+        assert_eq!(switch.estimate(), FIVE * 3);
         let stuck = shards(0..1, ShardState::WaitingToReconnect, false);
         let mut actions = Vec::new();
-        let limit = FIVE * 4 * WARMING_PATIENCE + WARMING_SLACK;
+        let limit = FIVE * 3 * WARMING_PATIENCE + WARMING_SLACK;
         assert_eq!(switch.tick(&stuck, t0 + limit, &mut actions), None);
         let outcome = switch.tick(&stuck, t0 + limit + Duration::from_secs(1), &mut actions);
         assert!(
