@@ -99,6 +99,9 @@ pub struct Shared {
     /// the next ones stay at debug (see [`open`]).
     pub certificate_warned: AtomicBool,
     pub rng_seed: u64,
+    /// Set while a reshard's merge runs: redundant MESSAGE_UPDATEs go to the sink as
+    /// [`RecordKind::Redundant`] records instead of nowhere.
+    pub merging: Arc<AtomicBool>,
 }
 
 /// One core's assignment.
@@ -122,7 +125,8 @@ pub struct CorePlan {
 /// decides when there is nothing left to run. Call it inside the core's executor.
 pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
     let context = Rc::new(CoreContext {
-        filter: Rc::new(RefCell::new(Filter::new(plan.filter.clone()))),
+        filter_config: plan.filter.clone(),
+        filters: RefCell::new(HashMap::new()),
         arena: Rc::new(RefCell::new(PayloadArena::default())),
         board: Rc::new(Board::new(plan.index, &[], plan.shard_count)),
         ring: plan.ring.clone(),
@@ -167,6 +171,14 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
                             }
                         }
                         request => {
+                            if let CoreRequest::Set {
+                                shard_count,
+                                nudge: Nudge::Retire,
+                            } = request
+                            {
+                                // Its shards hold the filter until they end.
+                                context.filters.borrow_mut().remove(&shard_count);
+                            }
                             let ring = &context.ring;
                             let occupancy = (ring.len(), ring.capacity().unwrap_or(0));
                             let nudges = context.nudges.borrow();
@@ -202,7 +214,10 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
 /// What a core's shard tasks share, and what a new one needs.
 struct CoreContext {
     shared: Arc<Shared>,
-    filter: Rc<RefCell<Filter>>,
+    filter_config: FilterConfig,
+    /// One filter per shard set (a reshard runs two): a set's redundant-update verdicts must
+    /// come from what that set itself received, not from the other set's copies.
+    filters: RefCell<HashMap<u32, Rc<RefCell<Filter>>>>,
     /// The core's payload copies, shared by its shards.
     arena: Rc<RefCell<PayloadArena>>,
     board: Rc<Board>,
@@ -221,18 +236,21 @@ impl CoreContext {
         let (nudge_tx, nudge_rx) = local_channel::new_unbounded();
         self.nudges.borrow_mut().push(nudge_tx);
         self.stats.shards_spawned.fetch_add(1, Ordering::Relaxed);
-        let driver = Driver {
-            shared: Arc::clone(&self.shared),
-            shard_id,
-            shard_count,
-            filter: Rc::clone(&self.filter),
-            arena: Rc::clone(&self.arena),
-            ring: self.ring.clone(),
-            stats: Arc::clone(&self.stats),
-            nudges: nudge_rx,
-            slot,
-            saved,
-        };
+        let driver =
+            Driver {
+                shared: Arc::clone(&self.shared),
+                shard_id,
+                shard_count,
+                filter: Rc::clone(self.filters.borrow_mut().entry(shard_count).or_insert_with(
+                    || Rc::new(RefCell::new(Filter::new(self.filter_config.clone()))),
+                )),
+                arena: Rc::clone(&self.arena),
+                ring: self.ring.clone(),
+                stats: Arc::clone(&self.stats),
+                nudges: nudge_rx,
+                slot,
+                saved,
+            };
         let stats = Arc::clone(&self.stats);
         let task = glommio::spawn_local(async move {
             driver.run().await;
@@ -577,8 +595,18 @@ impl Driver {
                 Wake::Nudge(Some(Nudge::Retire)) => {
                     stopping = true;
                     machine.request_shutdown(now, false);
+                    // Its set is no longer the live one: it leaves the ready count.
+                    if std::mem::take(&mut ever_ready) {
+                        stats.shards_ready.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
-                Wake::Nudge(Some(Nudge::Promote)) => slot.role.set(Role::Live),
+                Wake::Nudge(Some(Nudge::Promote)) => {
+                    slot.role.set(Role::Live);
+                    // Ready while it warmed: counted now, as the live shard it has become.
+                    if slot.fully_ready.get() && !std::mem::replace(&mut ever_ready, true) {
+                        stats.shards_ready.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 // Taken at the top of the loop.
                 Wake::Nudge(Some(Nudge::Commands)) => {}
                 Wake::Nudge(Some(Nudge::Reconnect { new_session })) => {
@@ -624,6 +652,7 @@ impl Driver {
                                 now,
                                 shard_id,
                                 &slot,
+                                shared.merging.load(Ordering::Relaxed),
                                 &mut decoder,
                                 &mut machine,
                                 &filter,
@@ -796,6 +825,7 @@ fn handle_frame(
     now: Instant,
     shard_id: u32,
     slot: &Slot,
+    merging: bool,
     decoder: &mut Decoder,
     machine: &mut Shard,
     filter: &RefCell<Filter>,
@@ -859,7 +889,9 @@ fn handle_frame(
                 .dropped_reshard_backfill
                 .fetch_add(1, Ordering::Relaxed);
         }
-        Verdict::Forward(_) if head.t == Some("READY") && slot.role.get() == Role::Warming => {
+        Verdict::Forward(_)
+            if matches!(head.t, Some("READY" | "RESUMED")) && slot.role.get() == Role::Warming =>
+        {
             stats
                 .dropped_reshard_backfill
                 .fetch_add(1, Ordering::Relaxed);
@@ -871,6 +903,20 @@ fn handle_frame(
             kind,
             payload: arena.borrow_mut().copy(payload),
         }),
+        Verdict::Drop(crate::filter::DropReason::RedundantMessageUpdate)
+            if merging && slot.forwarding.get() =>
+        {
+            stats
+                .dropped_redundant_update
+                .fetch_add(1, Ordering::Relaxed);
+            outbox.push_back(Record {
+                shard_id,
+                shard_count,
+                seq: head.s.unwrap_or(0),
+                kind: RecordKind::Redundant,
+                payload: arena.borrow_mut().copy(payload),
+            });
+        }
         Verdict::Drop(reason) => {
             let counter = match reason {
                 crate::filter::DropReason::RedundantMessageUpdate => {

@@ -50,6 +50,11 @@ pub enum RecordKind {
     /// nothing more. It travels the ring behind the shard's last record; the sink's collector
     /// consumes it. `seq` is the session's last sequence.
     HandedOver,
+    /// Not for the bot: a MESSAGE_UPDATE the filter dropped as redundant, sent on only while a
+    /// reshard merges two sets, so that the merge knows this set saw it: the other set's copy
+    /// (which its own filter, with another cache, may have let through) is then a duplicate, not
+    /// an event only that set saw. The collector never queues it.
+    Redundant,
 }
 
 impl RecordKind {
@@ -57,7 +62,10 @@ impl RecordKind {
     pub fn is_for_bot(self) -> bool {
         !matches!(
             self,
-            RecordKind::Session | RecordKind::Position | RecordKind::HandedOver
+            RecordKind::Session
+                | RecordKind::Position
+                | RecordKind::HandedOver
+                | RecordKind::Redundant
         )
     }
 }

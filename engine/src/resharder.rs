@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -95,12 +96,26 @@ impl ReshardBoard {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks the resharder and waits for its answer; `None` if it did not answer in time.
-    pub fn ask(&self, request: ReshardRequest) -> Option<ReshardAnswer> {
+    /// Leaves a request for the resharder without waiting; [`ReshardBoard::answer_to`] tells
+    /// its answer once there is one. For a caller on the thread that drives the engine.
+    pub fn submit(&self, request: ReshardRequest) -> u64 {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
         inner.requests.push_back((id, request));
+        id
+    }
+
+    /// The answer to a [`ReshardBoard::submit`]ted request, once it came (taken).
+    pub fn answer_to(&self, id: u64) -> Option<ReshardAnswer> {
+        self.lock().answers.remove(&id)
+    }
+
+    /// Asks the resharder and waits for its answer; `None` if it did not answer in time. Not
+    /// from the thread that polls the engine (it answers there).
+    pub fn ask(&self, request: ReshardRequest) -> Option<ReshardAnswer> {
+        let id = self.submit(request);
+        let mut inner = self.lock();
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         loop {
             if let Some(answer) = inner.answers.remove(&id) {
@@ -182,6 +197,8 @@ pub struct Resharder {
     config: ResharderConfig,
     board: Arc<ReshardBoard>,
     recommendation: RecommendationSource,
+    /// Read by the cores: set while the sink merges two sets.
+    merging: Arc<AtomicBool>,
     /// The live set's plan (changes at each switch).
     plan: ShardPlan,
     active: Option<Active>,
@@ -226,12 +243,14 @@ impl Resharder {
         config: ResharderConfig,
         board: Arc<ReshardBoard>,
         recommendation: RecommendationSource,
+        merging: Arc<AtomicBool>,
     ) -> Resharder {
         let plan = config.plan;
         Resharder {
             config,
             board,
             recommendation,
+            merging,
             plan,
             active: None,
             recommended: None,
@@ -295,6 +314,8 @@ impl Resharder {
         }
         for (id, request) in self.board.take_requests() {
             let answer = self.request(request, control, sink, save, identify_budget, stopping, now);
+            // The status first, so that a GET right after the answer sees what it did.
+            self.publish(sink, now);
             self.board.answer(id, answer);
         }
         let interval = if self.active.is_some() {
@@ -607,11 +628,14 @@ impl Resharder {
                     *to,
                     format!(r#"{{"from":{from},"to":{to}}}"#),
                 ))),
-                Action::BeginMerge { live, new } => sink.control(SinkControl::BeginMerge {
-                    live: *live,
-                    new: *new,
-                    limits: MergeLimits::DEFAULT,
-                }),
+                Action::BeginMerge { live, new } => {
+                    sink.control(SinkControl::BeginMerge {
+                        live: *live,
+                        new: *new,
+                        limits: MergeLimits::DEFAULT,
+                    });
+                    self.merging.store(true, Ordering::Relaxed);
+                }
                 Action::StartShards {
                     shard_count,
                     shard_ids,
@@ -639,7 +663,10 @@ impl Resharder {
                     *shards,
                     format!(r#"{{"shards":{shards}}}"#),
                 ))),
-                Action::EndMerge => sink.control(SinkControl::EndMerge { abort }),
+                Action::EndMerge => {
+                    self.merging.store(false, Ordering::Relaxed);
+                    sink.control(SinkControl::EndMerge { abort });
+                }
             }
         }
     }
@@ -723,7 +750,7 @@ impl Resharder {
                 "identify_rounds_started": rounds_started,
                 "identify_rounds": rounds,
                 "identify_floor_s": switch.estimate().as_secs_f64(),
-                "eta_s": switch.eta(now).as_secs_f64(),
+                "eta_s": switch.eta().as_secs_f64(),
                 "new_shards": {
                     "started": active.new_shards.len(),
                     "fully_ready": active.new_shards.iter().filter(|s| s.fully_ready).count(),
@@ -739,10 +766,12 @@ impl Resharder {
                 Outcome::Finished { from, to, took } => json!({
                     "outcome": "finished", "from": from, "to": to,
                     "took_s": took.as_secs_f64(), "ended_s_ago": ago(*at),
+                    "merge": self.last_merge_json,
                 }),
                 Outcome::Aborted { from, to, reason } => json!({
                     "outcome": "aborted", "from": from, "to": to,
                     "reason": reason, "ended_s_ago": ago(*at),
+                    "merge": self.last_merge_json,
                 }),
             });
         let refusal = self

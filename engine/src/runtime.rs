@@ -30,6 +30,8 @@ use crate::transport::{GatewayUrl, ReadCoalescing};
 
 /// Locked memory glommio needs per executor (io_uring rings and buffers).
 pub const LOCKED_MEMORY_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
+/// A session that started is saved within about this long (at most one extra save each).
+const SESSION_SAVE_SOON: Duration = Duration::from_millis(100);
 /// How often the main thread logs a status line.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -216,6 +218,7 @@ pub struct Engine {
     control: ControlHandle,
     limiter: Arc<IdentifyLimiter>,
     resharder: std::cell::RefCell<Resharder>,
+    reshard_board: Arc<ReshardBoard>,
     /// Held (`flock`) until the engine is dropped, after the last sessions save.
     _data_dir_lock: std::fs::File,
 }
@@ -438,6 +441,7 @@ impl Engine {
             "sizes per core"
         );
 
+        let merging = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             main_url,
             compression: settings.compression,
@@ -462,6 +466,7 @@ impl Engine {
             stop: AtomicBool::new(false),
             certificate_warned: AtomicBool::new(false),
             rng_seed: started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
+            merging: Arc::clone(&merging),
         });
 
         // Sink.
@@ -597,6 +602,7 @@ impl Engine {
             },
             Arc::clone(&reshard_board),
             recommendation,
+            merging,
         );
         let mut engine = Engine {
             stop,
@@ -616,6 +622,7 @@ impl Engine {
             control: control.clone(),
             limiter: Arc::clone(&limiter),
             resharder: std::cell::RefCell::new(resharder),
+            reshard_board: Arc::clone(&reshard_board),
             _data_dir_lock: data_dir_lock,
         };
         let context = AdminContext {
@@ -678,7 +685,11 @@ impl Engine {
             // cores would idle for ever.
             self.shared.stop.store(true, Ordering::Release);
         }
-        if self.sessions_saved_at.get().elapsed() >= self.session_save_interval {
+        // Every interval, and soon after a session starts: a crash right after a READY must
+        // resume that session, not identify a new one (its events would be gone).
+        let new_session = self.sessions_saved_at.get().elapsed() >= SESSION_SAVE_SOON
+            && self.sink.as_ref().is_some_and(Sink::take_sessions_changed);
+        if new_session || self.sessions_saved_at.get().elapsed() >= self.session_save_interval {
             self.sessions_saved_at.set(Instant::now());
             self.save_sessions();
         }
@@ -697,6 +708,11 @@ impl Engine {
                 .map(|s| s.shards_fatal_by_code[index].load(Ordering::Relaxed))
                 .sum()
         })
+    }
+
+    /// Where the admin API asks for reshards (the demo asks there too).
+    pub fn reshard_board(&self) -> Arc<ReshardBoard> {
+        Arc::clone(&self.reshard_board)
     }
 
     /// Resharding's state for the metrics: the phase, and finished, aborted and refused counts.

@@ -35,7 +35,10 @@ pub fn encode_except(records: &[Record], skip: &[usize], body: &mut Vec<u8>) {
         body.extend_from_slice(itoa::Buffer::new().format(record.shard_id).as_bytes());
         match record.kind {
             RecordKind::Dispatch => {}
-            RecordKind::Session | RecordKind::Position | RecordKind::HandedOver => {
+            RecordKind::Session
+            | RecordKind::Position
+            | RecordKind::HandedOver
+            | RecordKind::Redundant => {
                 unreachable!("skipped above")
             }
             RecordKind::GuildCreate(class) => {

@@ -26,11 +26,12 @@ use crate::decode::too_deep;
 use crate::record::{GuildCreateClass, Notice, Record, RecordKind};
 
 /// The kinds a record may have, by the input's kind byte (modulo the length).
-const KINDS: [RecordKind; 11] = [
+const KINDS: [RecordKind; 12] = [
     RecordKind::Dispatch,
     RecordKind::Session,
     RecordKind::Position,
     RecordKind::HandedOver,
+    RecordKind::Redundant,
     RecordKind::GuildCreate(GuildCreateClass::Backfill),
     RecordKind::GuildCreate(GuildCreateClass::Join),
     RecordKind::GuildCreate(GuildCreateClass::Return),
@@ -89,7 +90,8 @@ fn check_element(record: &Record, element: &serde_json::Value) {
         RecordKind::Dispatch
         | RecordKind::Session
         | RecordKind::Position
-        | RecordKind::HandedOver => (None, None),
+        | RecordKind::HandedOver
+        | RecordKind::Redundant => (None, None),
         RecordKind::GuildCreate(class) => (Some("guild_create"), Some(class.as_str())),
         RecordKind::Notice(notice) => (Some("notice"), Some(notice.as_str())),
     };

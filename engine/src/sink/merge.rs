@@ -115,7 +115,7 @@ impl Merger {
         };
         if !matches!(
             record.kind,
-            RecordKind::Dispatch | RecordKind::GuildCreate(_)
+            RecordKind::Dispatch | RecordKind::GuildCreate(_) | RecordKind::Redundant
         ) {
             into.push(record);
             return false;
@@ -176,6 +176,9 @@ impl Merger {
     fn drain(&mut self, into: &mut Vec<Record>) {
         for merged in self.out.drain(..) {
             match merged {
+                // A copy its set's filter dropped: it told the merge, it goes no further.
+                Merged::Deliver(record) | Merged::Duplicate(record)
+                    if record.kind == RecordKind::Redundant => {}
                 Merged::Deliver(record) => into.push(record),
                 Merged::Duplicate(record) => into.push(Record {
                     kind: RecordKind::Position,

@@ -244,6 +244,11 @@ impl Sink {
             .clone()
     }
 
+    /// Whether a session of the saved set started since the last call.
+    pub fn take_sessions_changed(&self) -> bool {
+        self.shared.queue().take_sessions_changed()
+    }
+
     /// The queue's durable point (see [`Queue::durable_before`]).
     pub fn durable_before(&self) -> u64 {
         self.shared.queue().durable_before()
@@ -360,11 +365,9 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
                 merger.report(&mut shared.merge());
             }
             // Hand-over records outside a merge (a reshard that ended meanwhile) go no further.
-            None => staged.extend(
-                chunk
-                    .drain(..)
-                    .filter(|record| record.kind != RecordKind::HandedOver),
-            ),
+            None => staged.extend(chunk.drain(..).filter(|record| {
+                !matches!(record.kind, RecordKind::HandedOver | RecordKind::Redundant)
+            })),
         }
         if staged.is_empty() && before_barrier.is_none() {
             if open.iter().all(|o| !o) {

@@ -98,6 +98,8 @@ pub struct Queue {
     pushed: u64,
     /// The index of the first record of the batch taken from memory and not yet acknowledged.
     in_flight: Option<u64>,
+    /// A shard of the saved set started a session since [`Queue::take_sessions_changed`].
+    sessions_changed: bool,
 }
 
 impl Queue {
@@ -133,6 +135,7 @@ impl Queue {
             resharded_from: saved.resharded_from,
             pushed: 0,
             in_flight: None,
+            sessions_changed: false,
         }
     }
 
@@ -435,6 +438,13 @@ impl Queue {
         track.delivered_seq = 0;
         track.spilled_seq = 0;
         track.session = Some(session);
+        self.sessions_changed |= marker.shard_count == self.saved_set;
+    }
+
+    /// Whether a shard of the saved set started a session since the last call: the saved
+    /// sessions should be written soon, so that a crash right after a READY resumes it.
+    pub fn take_sessions_changed(&mut self) -> bool {
+        std::mem::take(&mut self.sessions_changed)
     }
 }
 

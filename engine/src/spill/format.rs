@@ -50,6 +50,8 @@ const KIND_SESSION: u8 = 3;
 const KIND_POSITION: u8 = 4;
 /// Never written either: the collector consumes hand-over records.
 const KIND_HANDED_OVER: u8 = 5;
+/// Never written: the collector consumes redundant-update records.
+const KIND_REDUNDANT: u8 = 6;
 
 /// Why the bytes at some offset are not a valid record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,6 +188,7 @@ pub(super) fn kind_codes(kind: RecordKind) -> (u8, u8) {
         RecordKind::Session => (KIND_SESSION, 0),
         RecordKind::Position => (KIND_POSITION, 0),
         RecordKind::HandedOver => (KIND_HANDED_OVER, 0),
+        RecordKind::Redundant => (KIND_REDUNDANT, 0),
     }
 }
 
@@ -203,6 +206,7 @@ pub(super) fn kind_from_codes(kind: u8, class: u8) -> Option<RecordKind> {
         (KIND_SESSION, 0) => RecordKind::Session,
         (KIND_POSITION, 0) => RecordKind::Position,
         (KIND_HANDED_OVER, 0) => RecordKind::HandedOver,
+        (KIND_REDUNDANT, 0) => RecordKind::Redundant,
         _ => return None,
     })
 }
@@ -303,6 +307,7 @@ mod tests {
             RecordKind::Notice(Notice::ReshardFinished),
             RecordKind::Position,
             RecordKind::HandedOver,
+            RecordKind::Redundant,
         ];
         for kind in kinds {
             let (code, class) = kind_codes(kind);
@@ -315,7 +320,7 @@ mod tests {
             assert_eq!(decode_body(header, &bytes[HEADER_BYTES..]), Ok(original));
         }
         assert_eq!(kind_from_codes(KIND_DISPATCH, 1), None);
-        assert_eq!(kind_from_codes(6, 0), None);
+        assert_eq!(kind_from_codes(7, 0), None);
     }
 
     #[test]
