@@ -24,14 +24,19 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Entry<'_>>, BatchError> {
         .collect()
 }
 
-/// The content hash of every dispatch in a body, in order: FNV-1a 64 over `t` (the event name,
-/// unquoted), a newline and the raw bytes of `d`. Notices are skipped. For a body
-/// [`parse_batch`] accepted.
-pub fn content_hashes(body: &[u8]) -> Result<Vec<u64>, serde_json::Error> {
+/// The content hash of every world event in a body, in order: FNV-1a 64 over `t` (the event
+/// name, unquoted), a newline and the raw bytes of `d`. Skipped: notices, and what belongs to one
+/// session rather than to the world (READY, RESUMED, and the GUILD_CREATEs of a READY's guilds,
+/// `"guild_create":"backfill"`). For a body [`parse_batch`] accepted.
+pub fn content_hashes(body: &[u8]) -> Result<Vec<ContentRecord>, serde_json::Error> {
     #[derive(Deserialize)]
     struct ContentEnvelope<'a> {
         #[serde(default)]
+        shard_id: u32,
+        #[serde(default)]
         notice: Option<IgnoredAny>,
+        #[serde(default, borrow)]
+        guild_create: Option<Cow<'a, str>>,
         #[serde(borrow)]
         payload: Option<&'a RawValue>,
     }
@@ -41,23 +46,38 @@ pub fn content_hashes(body: &[u8]) -> Result<Vec<u64>, serde_json::Error> {
         t: Cow<'a, str>,
         #[serde(borrow)]
         d: &'a RawValue,
+        #[serde(default)]
+        s: u64,
     }
     let envelopes: Vec<ContentEnvelope<'_>> = serde_json::from_slice(body)?;
     let mut hashes = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
-        if envelope.notice.is_some() {
+        if envelope.notice.is_some() || envelope.guild_create.as_deref() == Some("backfill") {
             continue;
         }
         let Some(payload) = envelope.payload else {
             continue;
         };
         let content: Content<'_> = serde_json::from_str(payload.get())?;
-        hashes.push(content_hash(
-            content.t.as_bytes(),
-            content.d.get().as_bytes(),
-        ));
+        if matches!(content.t.as_ref(), "READY" | "RESUMED") {
+            continue;
+        }
+        hashes.push(ContentRecord {
+            hash: content_hash(content.t.as_bytes(), content.d.get().as_bytes()),
+            shard_id: envelope.shard_id,
+            seq: content.s,
+        });
     }
     Ok(hashes)
+}
+
+/// A world event as a bot received it: its content hash, and the shard and sequence that
+/// carried it (which say which session did, for a failure's message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentRecord {
+    pub hash: u64,
+    pub shard_id: u32,
+    pub seq: u64,
 }
 
 /// FNV-1a 64 of `t`, a newline and `d`.
@@ -394,12 +414,21 @@ mod tests {
             hash.wrapping_mul(0x0000_0100_0000_01b3)
         });
         let body = br#"[{"shard_id":0,"notice":"SHARD_READY","payload":{"guilds":1}},
+            {"shard_id":0,"payload":{"t":"READY","s":1,"op":0,"d":{"v":10}}},
+            {"shard_id":0,"guild_create":"backfill","payload":{"t":"GUILD_CREATE","s":2,"op":0,"d":{}}},
             {"shard_id":1,"payload":{"t":"MESSAGE_CREATE","s":9,"op":0,"d":{"id":"1"}}},
             {"shard_id":3,"shard_count":8,"payload":{"t":"MESSAGE_CREATE","s":2,"op":0,"d":{"id":"1"}}}]"#;
-        let hashes = content_hashes(body).unwrap();
-        assert_eq!(hashes.len(), 2);
-        assert_eq!(hashes[0], hashes[1], "the same event from two sessions");
-        assert_eq!(hashes[0], content_hash(b"MESSAGE_CREATE", br#"{"id":"1"}"#));
+        let records = content_hashes(body).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            records[0].hash, records[1].hash,
+            "the same event from two sessions"
+        );
+        assert_eq!(
+            records[0].hash,
+            content_hash(b"MESSAGE_CREATE", br#"{"id":"1"}"#)
+        );
+        assert_eq!((records[1].shard_id, records[1].seq), (3, 2));
     }
 
     fn dispatch<'e, 'a>(entry: &'e Entry<'a>) -> &'e Dispatch<'a> {

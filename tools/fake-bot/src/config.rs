@@ -59,9 +59,10 @@ pub struct BotConfig {
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
-    /// Keep, in delivery order, a content hash of every dispatch received (FNV-1a 64 of `t`, a
-    /// newline and the raw `d`: the hash the mock gateway's event list gives each event), for
-    /// tests that check exactly-once delivery by content, as across a reshard's two shard sets.
+    /// Keep, in delivery order, a content hash of every world event received (FNV-1a 64 of `t`,
+    /// a newline and the raw `d`: the hash the mock gateway's event list gives each event; READY,
+    /// RESUMED and backfill GUILD_CREATEs belong to a session and are left out), for tests that
+    /// check exactly-once delivery by content, as across a reshard's two shard sets.
     /// Costs a parse of each payload and 8 bytes per dispatch. Default: off.
     #[arg(long)]
     pub record_content: bool,

@@ -19,8 +19,8 @@ pub struct Ledger {
     shards: HashMap<u32, ShardLedger>,
     /// Notices over all shards, and those without a shard, by name.
     notices: HashMap<String, u64>,
-    /// Content hashes of the dispatches received, in order (only with `record_content`).
-    content: Vec<u64>,
+    /// The world events received, in order (only with `record_content`).
+    content: Vec<crate::batch::ContentRecord>,
 }
 
 /// How a batch is answered when the dice say fail.
@@ -140,12 +140,12 @@ impl Ledger {
     }
 
     /// Records the content hashes of an accepted batch's dispatches.
-    pub fn record_content(&mut self, hashes: &[u64]) {
-        self.content.extend_from_slice(hashes);
+    pub fn record_content(&mut self, records: &[crate::batch::ContentRecord]) {
+        self.content.extend_from_slice(records);
     }
 
-    /// The content hashes of every dispatch received, in order.
-    pub fn content(&self) -> &[u64] {
+    /// The world events received, in order.
+    pub fn content(&self) -> &[crate::batch::ContentRecord] {
         &self.content
     }
 

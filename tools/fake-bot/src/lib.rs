@@ -115,6 +115,15 @@ impl FakeBot {
     /// The content hash of every dispatch received, in order (empty unless
     /// [`BotConfig::record_content`]): FNV-1a 64 of `t`, a newline and the raw `d`.
     pub fn content(&self) -> Vec<u64> {
+        self.shared
+            .content()
+            .iter()
+            .map(|record| record.hash)
+            .collect()
+    }
+
+    /// [`FakeBot::content`] with the shard and sequence that carried each event.
+    pub fn content_records(&self) -> Vec<batch::ContentRecord> {
         self.shared.content()
     }
 

@@ -104,7 +104,7 @@ impl Shared {
         self.ledger().report(knobs)
     }
 
-    pub(crate) fn content(&self) -> Vec<u64> {
+    pub(crate) fn content(&self) -> Vec<crate::batch::ContentRecord> {
         self.ledger().content().to_vec()
     }
 

@@ -23,6 +23,7 @@
 
 pub mod compress;
 pub mod config;
+pub mod delivery;
 pub mod events;
 pub mod ledger;
 pub mod rng;
