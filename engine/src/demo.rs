@@ -23,8 +23,10 @@ use fake_bot::{BotConfig, FakeBot, Report, Secret};
 use mock_gateway::{Ledger, MockConfig, MockGateway};
 
 use crate::config::{DemoArgs, Environment, RunArgs, Settings};
+use crate::resharder::{ReshardBoard, ReshardRequest};
 use crate::runtime::{Engine, Snapshot};
 use crate::sink::latency_quantile_us;
+use mock_gateway::delivery::ContentCheck;
 
 /// The demo bot's shared secret (it only ever travels over loopback).
 const DEMO_FORWARD_SECRET: &str = "shardgate-demo-secret";
@@ -32,6 +34,11 @@ const DEMO_FORWARD_SECRET: &str = "shardgate-demo-secret";
 const GUILDS_PER_SHARD: usize = 4;
 /// Identify buckets of the simulated Discord: a large bot's `max_concurrency`.
 const DEMO_MAX_CONCURRENCY: u32 = 16;
+/// With `--reshard`: the simulated Discord's identify window (Discord's is 5 s).
+const DEMO_RESHARD_IDENTIFY_WINDOW_MS: u64 = 1000;
+/// With `--reshard`: how long after every shard is ready the reshard starts, and how long the
+/// demo goes on after it finished.
+const DEMO_RESHARD_AFTER: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -83,6 +90,12 @@ fn run_in(
             recommended_shards: Some(args.shards),
             max_concurrency: DEMO_MAX_CONCURRENCY,
             rate: f64::from(args.rate),
+            record_events: args.reshard,
+            identify_window_ms: if args.reshard {
+                DEMO_RESHARD_IDENTIFY_WINDOW_MS
+            } else {
+                MockConfig::default().identify_window_ms
+            },
             ..MockConfig::default()
         },
         1,
@@ -90,6 +103,7 @@ fn run_in(
     .map_err(|e| DemoError::Mock(e.to_string()))?;
     let bot = FakeBot::spawn(BotConfig {
         secret: Some(Secret::new(DEMO_FORWARD_SECRET)),
+        record_content: args.reshard,
         ..BotConfig::ephemeral()
     })
     .map_err(|e| DemoError::Bot(format!("{e:#}")))?;
@@ -112,7 +126,9 @@ fn run_in(
     }
 
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.duration);
+    let mut deadline = started + Duration::from_secs(args.duration);
+    let board = engine.reshard_board();
+    let mut reshard = args.reshard.then(DemoReshard::default);
     let mut last = engine.snapshot();
     let mut last_at = started;
     let mut all_ready_after: Option<Duration> = None;
@@ -142,7 +158,22 @@ fn run_in(
                 delivered: now.records_delivered,
             });
         }
-        println!("{}", second_line(started.elapsed(), &last, &now, elapsed));
+        let mut line = second_line(started.elapsed(), &last, &now, elapsed);
+        if let Some(reshard) = reshard.as_mut() {
+            let target = plan.total_shards.get() * 2;
+            if let Some(text) = reshard.step(&board, all_ready_after, started, target) {
+                line.push_str(&text);
+            }
+            // Run on until the reshard finished (or failed), and a little after.
+            if let Some(ended) = reshard.ended_at {
+                deadline = deadline.max(ended + DEMO_RESHARD_AFTER);
+            } else if Instant::now() + Duration::from_secs(1) >= deadline
+                && started.elapsed() < Duration::from_secs(args.duration + 300)
+            {
+                deadline += Duration::from_secs(1);
+            }
+        }
+        println!("{line}");
         let _ = std::io::stdout().flush();
         last = now;
     }
@@ -163,7 +194,18 @@ fn run_in(
         (mock.ledger(), bot.report())
     };
     let (ledger, report) = after;
-    let check = check_delivery(&ledger, &report);
+    // Across a reshard's two sets, sequences per shard say nothing: judge by content.
+    let content = reshard
+        .is_some()
+        .then(|| ContentCheck::up_to_the_last_received(&mock.events(), &bot.content()));
+    let check = match &content {
+        Some(content) => DeliveryCheck {
+            missing: content.missing.len() as u64,
+            duplicated: content.duplicated.len() as u64,
+            out_of_order: content.out_of_order.len() as u64,
+        },
+        None => check_delivery(&ledger, &report),
+    };
 
     let mut text = String::new();
     let _ = writeln!(
@@ -208,13 +250,21 @@ fn run_in(
     let _ = writeln!(
         text,
         "  bot's check          {} dispatches and {} notices received, {} missing, {} \
-         duplicated, {} out of order",
+         duplicated, {} out of order{}",
         report.totals.records,
         report.totals.notices.values().sum::<u64>(),
         check.missing,
-        report.totals.duplicates,
-        report.totals.out_of_order,
+        check.duplicated,
+        check.out_of_order,
+        if content.is_some() {
+            " (by content, every event of the simulated world; out of order per guild)"
+        } else {
+            ""
+        }
     );
+    if let Some(reshard) = &reshard {
+        let _ = writeln!(text, "  reshard              {}", reshard.summary(&board));
+    }
     let _ = writeln!(
         text,
         "  Discord's check      {} dispatches sent, {} protocol violations, {} identifies, {} \
@@ -250,9 +300,11 @@ fn run_in(
             resident as f64 / (1024.0 * 1024.0)
         );
     }
+    let reshard_clean = reshard.as_ref().is_none_or(|r| r.finished);
     let clean = check.missing == 0
-        && report.totals.duplicates == 0
-        && report.totals.out_of_order == 0
+        && check.duplicated == 0
+        && check.out_of_order == 0
+        && reshard_clean
         && ledger.violations.is_empty()
         && summary.shards_fatal == 0
         && summary.records_dropped_shutdown == 0;
@@ -307,6 +359,15 @@ fn demo_settings(
     ];
     if let Some(cores) = args.cores {
         flags.extend(["--cores".into(), cores.to_string()]);
+    }
+    if args.reshard {
+        // The simulated Discord's shorter identify window, and a manual reshard only.
+        flags.extend([
+            "--identify-interval-ms".into(),
+            DEMO_RESHARD_IDENTIFY_WINDOW_MS.to_string(),
+            "--reshard".into(),
+            "off".into(),
+        ]);
     }
     let parsed = Flags::try_parse_from(&flags).map_err(|e| DemoError::Settings(e.to_string()))?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -437,6 +498,8 @@ fn latency_text(buckets: &[u64]) -> String {
 /// but does not.
 struct DeliveryCheck {
     missing: u64,
+    duplicated: u64,
+    out_of_order: u64,
 }
 
 fn check_delivery(ledger: &Ledger, report: &Report) -> DeliveryCheck {
@@ -471,5 +534,93 @@ fn check_delivery(ledger: &Ledger, report: &Report) -> DeliveryCheck {
                 .count() as u64;
         }
     }
-    DeliveryCheck { missing }
+    DeliveryCheck {
+        missing,
+        duplicated: report.totals.duplicates,
+        out_of_order: report.totals.out_of_order,
+    }
+}
+
+/// `--reshard`: asks for one once every shard is ready, and follows it.
+#[derive(Default)]
+struct DemoReshard {
+    /// The request, once submitted (this thread drives the engine, which answers it).
+    asked: Option<u64>,
+    accepted: bool,
+    ended_at: Option<Instant>,
+    finished: bool,
+}
+
+impl DemoReshard {
+    /// Called once a second: starts the reshard when it is time, and says where it stands.
+    fn step(
+        &mut self,
+        board: &ReshardBoard,
+        all_ready_after: Option<Duration>,
+        started: Instant,
+        target: u32,
+    ) -> Option<String> {
+        let Some(id) = self.asked else {
+            let ready = all_ready_after?;
+            if started.elapsed() < ready + DEMO_RESHARD_AFTER {
+                return None;
+            }
+            self.asked = Some(board.submit(ReshardRequest::Start {
+                total_shards: Some(target),
+            }));
+            return Some(format!("  reshard to {target} asked"));
+        };
+        if self.ended_at.is_some() {
+            return None;
+        }
+        if !self.accepted {
+            match board.answer_to(id) {
+                Some((202, _)) => self.accepted = true,
+                Some((_, answer)) => {
+                    self.ended_at = Some(Instant::now());
+                    return Some(format!("  reshard refused: {answer}"));
+                }
+                None => return Some("  reshard asked".to_owned()),
+            }
+        }
+        let status = board.status();
+        let current = &status["current"];
+        if current.is_null() {
+            self.ended_at = Some(Instant::now());
+            self.finished = status["last"]["outcome"] == "finished";
+            return Some(format!(
+                "  reshard {}",
+                status["last"]["outcome"].as_str().unwrap_or("ended")
+            ));
+        }
+        Some(format!(
+            "  reshard {} → {} {} ({}/{} new ready)",
+            current["from"],
+            current["to"],
+            current["phase"].as_str().unwrap_or("?"),
+            current["new_shards"]["fully_ready"],
+            current["to"],
+        ))
+    }
+
+    fn summary(&self, board: &ReshardBoard) -> String {
+        let status = board.status();
+        let last = &status["last"];
+        if last.is_null() {
+            return "did not end".to_owned();
+        }
+        let merge = &last["merge"];
+        format!(
+            "{} → {}: {} in {:.1} s; the merge dropped {} duplicates and released {} copies only \
+             the new set saw; at most {} events waited for their twin, largest skew {:.1} ms",
+            last["from"],
+            last["to"],
+            last["outcome"].as_str().unwrap_or("?"),
+            last["took_s"].as_f64().unwrap_or(0.0),
+            merge["duplicates"],
+            merge["released_unmatched"],
+            merge["peak_keys"],
+            merge["max_skew_ms"].as_f64().unwrap_or(0.0),
+        )
+    }
 }

@@ -369,6 +369,36 @@ fn demo_runs_the_whole_pipeline_and_checks_it() {
 }
 
 #[test]
+fn demo_reshards_under_traffic_and_checks_every_event_once() {
+    // 4 shards become 8 while events flow; the demo runs until the reshard is done and judges
+    // delivery by content across both sets.
+    let (code, stdout, stderr) = output(&mut shardgate(&[
+        "demo",
+        "--duration",
+        "4",
+        "--shards",
+        "4",
+        "--cores",
+        "2",
+        "--rate",
+        "100",
+        "--reshard",
+    ]));
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("reshard to 8 asked"), "{stdout}");
+    assert!(stdout.contains(" 4 → 8: finished in"), "{stdout}");
+    assert!(
+        stdout.contains(" 0 missing, 0 duplicated, 0 out of order (by content"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("shards ready         8/8"), "{stdout}");
+    assert!(
+        stdout.contains("result               every event arrived once and in order"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn help_lists_the_fixed_flags() {
     let (code, stdout, _) = output(&mut shardgate(&["run", "--help"]));
     assert_eq!(code, 0);

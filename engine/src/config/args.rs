@@ -453,6 +453,13 @@ pub struct DemoArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub rate: u32,
+
+    /// Reshard under traffic: 3 s after every shard is ready, double the shard count (as POST
+    /// /reshard would), and check across the switch that every event arrived once and in order
+    /// per guild. The simulated Discord's identify window is then 1 s instead of 5 s, and the
+    /// demo runs until the reshard has finished, however long --duration.
+    #[arg(long)]
+    pub reshard: bool,
 }
 
 /// A setting's text before parsing: a flag's argument, or a config file value rendered as
