@@ -133,7 +133,8 @@ struct Entry<T> {
     first_seen: Instant,
     seen: [u32; 2],
     delivered: u32,
-    held: VecDeque<T>,
+    /// With the number of their arrival among every held copy (see [`MergeWindow::flip`]).
+    held: VecDeque<(u64, T)>,
 }
 
 /// The keyed merge of two sets (see the module docs).
@@ -150,6 +151,8 @@ pub struct MergeWindow<T> {
     /// for their twin or the switch, in the order they were first seen (see [`MergeWindow::expire`]).
     pinned: VecDeque<(u64, Instant)>,
     held: usize,
+    /// Numbers the held copies in the order they came.
+    arrivals: u64,
     /// The largest skews of the current and the previous period (see [`SKEW_PERIOD`]).
     skew_recent: [Duration; 2],
     skew_period_started: Option<Instant>,
@@ -173,6 +176,7 @@ impl<T> MergeWindow<T> {
             order: VecDeque::new(),
             pinned: VecDeque::new(),
             held: 0,
+            arrivals: 0,
             skew_recent: [Duration::ZERO; 2],
             skew_period_started: None,
             stats: MergeStats::default(),
@@ -224,13 +228,14 @@ impl<T> MergeWindow<T> {
             out.push(Merged::Deliver(item));
             self.stats.delivered[this] += 1;
             // A copy of the other set waiting for this one is its duplicate.
-            if let Some(twin) = entry.held.pop_front() {
+            if let Some((_, twin)) = entry.held.pop_front() {
                 self.held -= 1;
                 out.push(Merged::Duplicate(twin));
                 self.stats.duplicates[other] += 1;
             }
         } else {
-            entry.held.push_back(item);
+            entry.held.push_back((self.arrivals, item));
+            self.arrivals += 1;
             self.held += 1;
             self.stats.peak_held = self.stats.peak_held.max(self.held);
         }
@@ -289,20 +294,19 @@ impl<T> MergeWindow<T> {
         if self.authority == Side::New {
             return;
         }
-        for (key, first_seen) in self.pinned.drain(..).chain(self.order.iter().copied()) {
-            let Some(entry) = self.entries.get_mut(&key) else {
-                continue;
-            };
-            if entry.first_seen != first_seen {
-                continue;
-            }
-            while let Some(item) = entry.held.pop_front() {
-                entry.delivered += 1;
-                out.push(Merged::Deliver(item));
-                self.stats.delivered[Side::New.index()] += 1;
-                self.stats.released_unmatched += 1;
-            }
+        // In the order they came, not key by key: a key can hold several copies (an event
+        // repeated with the same bytes, such as a presence that did not change), and the events
+        // of its guild that came between them must stay between them.
+        let mut released = Vec::with_capacity(self.held);
+        for entry in self.entries.values_mut() {
+            entry.delivered += entry.held.len() as u32;
+            released.extend(entry.held.drain(..));
         }
+        released.sort_unstable_by_key(|&(arrival, _)| arrival);
+        self.stats.delivered[Side::New.index()] += released.len() as u64;
+        self.stats.released_unmatched += released.len() as u64;
+        out.extend(released.into_iter().map(|(_, item)| Merged::Deliver(item)));
+        self.pinned.clear();
         self.held = 0;
         self.authority = Side::New;
         // What the new set has seen as often as the live set is complete.
@@ -323,7 +327,7 @@ impl<T> MergeWindow<T> {
         for (key, first_seen) in pinned.into_iter().chain(order) {
             if let Some(entry) = entries.remove(&key) {
                 if entry.first_seen == first_seen {
-                    held.extend(entry.held);
+                    held.extend(entry.held.into_iter().map(|(_, item)| item));
                 } else {
                     entries.insert(key, entry);
                 }
@@ -361,7 +365,7 @@ impl<T> MergeWindow<T> {
     /// Removes `key`, delivering the copies it held.
     fn forget(&mut self, key: u64, out: &mut Vec<Merged<T>>) {
         if let Some(entry) = self.entries.remove(&key) {
-            for item in entry.held {
+            for (_, item) in entry.held {
                 self.held -= 1;
                 out.push(Merged::Deliver(item));
                 self.stats.delivered[self.authority.other().index()] += 1;
@@ -565,6 +569,28 @@ mod tests {
             0,
             "nothing waits for a live twin any more"
         );
+    }
+
+    #[test]
+    fn at_the_switch_a_repeated_event_goes_out_where_each_copy_came_not_with_the_first() {
+        // A guild whose live shard is down: only the new set sees its events, and one of them
+        // repeats byte for byte (2), with another event (3) between the two.
+        let mut world = World::new(LIMITS);
+        assert_eq!(world.offer(New, 2, 0, ms(0)), []);
+        assert_eq!(world.offer(New, 3, 0, ms(1)), []);
+        assert_eq!(world.offer(New, 2, 1, ms(2)), []);
+        let mut out = Vec::new();
+        world.window.flip(&mut out);
+        assert_eq!(
+            out,
+            [
+                Deliver((New, 2, 0)),
+                Deliver((New, 3, 0)),
+                Deliver((New, 2, 1))
+            ]
+        );
+        assert_eq!(world.window.held(), 0);
+        assert_eq!(world.window.stats().released_unmatched, 3);
     }
 
     #[test]
