@@ -9,8 +9,8 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -102,6 +102,27 @@ pub struct Shared {
     /// Set while a reshard's merge runs: redundant MESSAGE_UPDATEs go to the sink as
     /// [`RecordKind::Redundant`] records instead of nowhere.
     pub merging: Arc<AtomicBool>,
+    /// Shards stopped on a fatal close code (4011) whose set a reshard replaced.
+    pub fatal_replaced: Arc<AtomicU64>,
+    /// Live shards stopped on a fatal close code (a 4011), as `(shard count, shard id)`: no
+    /// session covers their guilds, so a reshard's new set forwards its backfill GUILD_CREATEs
+    /// of those guilds (the bot may never have had them: joins while the shard was closed).
+    pub uncovered: Mutex<Vec<(u32, u32)>>,
+}
+
+impl Shared {
+    /// Whether `guild_id` belongs to a shard of another set than `shard_count` that stopped on
+    /// a fatal close code (no session delivers its GUILD_CREATE but the new set's backfill).
+    pub fn guild_uncovered(&self, guild_id: u64, shard_count: u32) -> bool {
+        let uncovered = self
+            .uncovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        uncovered.iter().any(|&(count, shard_id)| {
+            count != shard_count
+                && (guild_id >> 22) % u64::from(count.max(1)) == u64::from(shard_id)
+        })
+    }
 }
 
 /// One core's assignment.
@@ -178,6 +199,13 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
                             {
                                 // Its shards hold the filter until they end.
                                 context.filters.borrow_mut().remove(&shard_count);
+                                // Its dead shards' guilds are the new set's now.
+                                context
+                                    .shared
+                                    .uncovered
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .retain(|&(count, _)| count != shard_count);
                             }
                             let ring = &context.ring;
                             let occupancy = (ring.len(), ring.capacity().unwrap_or(0));
@@ -462,10 +490,24 @@ impl Driver {
                             cause = %fatal_close_explanation(code).unwrap_or("unknown"),
                             "shard stopped by a fatal close code; the other shards run on"
                         );
+                        if slot.role.get() == Role::Live {
+                            shared
+                                .uncovered
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push((slot.shard_count(), shard_id));
+                        }
+                        // What came before the close: no session will replay it.
+                        flush_outbox(&ring, &mut outbox, &stats).await;
+                        // The board shows how it ended (a reshard's hand-over waits for every
+                        // shard of the live set that still runs).
+                        slot.publish(&machine, shard_filter.guilds(), None, Instant::now());
                         return;
                     }
                     ShardEvent::Stopped => {
                         stats.shards_running.fetch_sub(1, Ordering::Relaxed);
+                        flush_outbox(&ring, &mut outbox, &stats).await;
+                        slot.publish(&machine, shard_filter.guilds(), None, Instant::now());
                         return;
                     }
                 }
@@ -652,7 +694,7 @@ impl Driver {
                                 now,
                                 shard_id,
                                 &slot,
-                                shared.merging.load(Ordering::Relaxed),
+                                &shared,
                                 &mut decoder,
                                 &mut machine,
                                 &filter,
@@ -825,7 +867,7 @@ fn handle_frame(
     now: Instant,
     shard_id: u32,
     slot: &Slot,
-    merging: bool,
+    shared: &Shared,
     decoder: &mut Decoder,
     machine: &mut Shard,
     filter: &RefCell<Filter>,
@@ -878,12 +920,20 @@ fn handle_frame(
         .dispatch(shard_filter, &head, payload, now);
     match verdict {
         // After a reshard's hand-over the new set forwards what this shard receives.
-        Verdict::Forward(_) if !slot.forwarding.get() => {
+        Verdict::Forward(_)
+            if !slot.forwarding.get()
+                && !head
+                    .t
+                    .is_some_and(|name| crate::reshard::answers_a_command(name.as_bytes())) =>
+        {
             stats.dropped_handed_over.fetch_add(1, Ordering::Relaxed);
         }
-        // A warming shard's READY and backfill: the bot has those guilds from the live set.
+        // A warming shard's READY and backfill: the bot has those guilds from the live set,
+        // unless their live shard stopped on a fatal close code (joins while it was closed).
         Verdict::Forward(RecordKind::GuildCreate(GuildCreateClass::Backfill))
-            if slot.role.get() == Role::Warming =>
+            if slot.role.get() == Role::Warming
+                && !decode::guild_id(payload)
+                    .is_some_and(|guild_id| shared.guild_uncovered(guild_id, shard_count)) =>
         {
             stats
                 .dropped_reshard_backfill
@@ -904,7 +954,7 @@ fn handle_frame(
             payload: arena.borrow_mut().copy(payload),
         }),
         Verdict::Drop(crate::filter::DropReason::RedundantMessageUpdate)
-            if merging && slot.forwarding.get() =>
+            if slot.forwarding.get() && shared.merging.load(Ordering::Relaxed) =>
         {
             stats
                 .dropped_redundant_update
@@ -928,6 +978,31 @@ fn handle_frame(
         }
     }
     false
+}
+
+/// Hands every record still in a shard's outbox to the sink as its task ends, waiting while
+/// the ring is full (the collector empties it into memory or the spill). Records read with the
+/// frame that ended the shard (a fatal close code) have no session left to replay them.
+async fn flush_outbox(ring: &Sender<Record>, outbox: &mut VecDeque<Record>, stats: &CoreStats) {
+    while let Some(record) = outbox.pop_front() {
+        match ring.try_send(record) {
+            Ok(()) => {
+                stats.records_forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(record)) => {
+                stats.ring_full_waits.fetch_add(1, Ordering::Relaxed);
+                outbox.push_front(record);
+                glommio::timer::sleep(RING_RETRY).await;
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!(
+                    records = outbox.len() + 1,
+                    "the sink is gone; a stopping shard's last records are lost"
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// Queues the notice the shard's filter has ready, if any (after a frame or a timer).

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -199,6 +199,9 @@ pub struct Resharder {
     recommendation: RecommendationSource,
     /// Read by the cores: set while the sink merges two sets.
     merging: Arc<AtomicBool>,
+    /// Live shards stopped on a fatal close code (a 4011) whose set a reshard replaced: they no
+    /// longer count as the engine's fatal shards.
+    fatal_replaced: Arc<AtomicU64>,
     /// The live set's plan (changes at each switch).
     plan: ShardPlan,
     active: Option<Active>,
@@ -224,6 +227,8 @@ struct Active {
     switch: Switch,
     hand_over_asked: Option<Instant>,
     new_shards: Vec<NewShard>,
+    /// Live shards stopped on a fatal close code, as last reported.
+    live_fatal: u64,
 }
 
 /// The new plan of a set of `total` shards on the cores the live set uses.
@@ -244,6 +249,7 @@ impl Resharder {
         board: Arc<ReshardBoard>,
         recommendation: RecommendationSource,
         merging: Arc<AtomicBool>,
+        fatal_replaced: Arc<AtomicU64>,
     ) -> Resharder {
         let plan = config.plan;
         Resharder {
@@ -251,6 +257,7 @@ impl Resharder {
             board,
             recommendation,
             merging,
+            fatal_replaced,
             plan,
             active: None,
             recommended: None,
@@ -550,6 +557,7 @@ impl Resharder {
             switch,
             hand_over_asked: None,
             new_shards: Vec::new(),
+            live_fatal: 0,
         });
         self.run(&actions, control, sink, save, false);
     }
@@ -576,6 +584,10 @@ impl Resharder {
                 fully_ready: s.fully_ready,
             })
             .collect();
+        active.live_fatal = statuses
+            .iter()
+            .filter(|s| s.shard_count == live && s.state == crate::shard::ShardState::Fatal)
+            .count() as u64;
         let mut actions = Vec::new();
         let mut outcome = active.switch.tick(&active.new_shards, now, &mut actions);
         let report = sink.merge_report();
@@ -649,6 +661,10 @@ impl Resharder {
                     save();
                     self.plan = plan_for(*shard_count, self.plan.cores);
                     control.promote(self.plan);
+                    if let Some(active) = &self.active {
+                        self.fatal_replaced
+                            .fetch_add(active.live_fatal, Ordering::Relaxed);
+                    }
                     tracing::info!(
                         shards = shard_count,
                         "reshard switched: the new set is live and its sessions are the saved ones"
@@ -755,10 +771,26 @@ impl Resharder {
                     "started": active.new_shards.len(),
                     "fully_ready": active.new_shards.iter().filter(|s| s.fully_ready).count(),
                     "by_state": by_state,
+                    "shards": active
+                        .new_shards
+                        .iter()
+                        .map(|s| json!({
+                            "shard_id": s.shard_id,
+                            "state": s.state.as_str(),
+                            "fully_ready": s.fully_ready,
+                        }))
+                        .collect::<Vec<_>>(),
                 },
                 "merge": merge_json(&report),
             })
         });
+        // The collector keeps the last merge's figures until the next one begins (an aborted
+        // set's records still in flight are counted after the end).
+        let last_merge = if self.active.is_none() {
+            merge_json(&sink.merge_report())
+        } else {
+            self.last_merge_json.clone()
+        };
         let last = self
             .last_outcome
             .as_ref()
@@ -766,12 +798,12 @@ impl Resharder {
                 Outcome::Finished { from, to, took } => json!({
                     "outcome": "finished", "from": from, "to": to,
                     "took_s": took.as_secs_f64(), "ended_s_ago": ago(*at),
-                    "merge": self.last_merge_json,
+                    "merge": last_merge,
                 }),
                 Outcome::Aborted { from, to, reason } => json!({
                     "outcome": "aborted", "from": from, "to": to,
                     "reason": reason, "ended_s_ago": ago(*at),
-                    "merge": self.last_merge_json,
+                    "merge": last_merge,
                 }),
             });
         let refusal = self
@@ -814,6 +846,7 @@ fn merge_json(report: &crate::sink::merge::MergeReport) -> Value {
         "peak_keys": stats.peak_keys,
         "span_s": report.span.as_secs_f64(),
         "max_skew_ms": stats.max_skew.as_secs_f64() * 1000.0,
+        "dropped_on_abort": report.dropped_on_abort,
     })
 }
 

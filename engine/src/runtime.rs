@@ -271,7 +271,8 @@ impl EngineStats {
             shards_owned: self.shared.live_shards.load(Ordering::Relaxed) as u64,
             shards_ready: sum(|s| &s.shards_ready),
             shards_running: sum(|s| &s.shards_running),
-            shards_fatal: sum(|s| &s.shards_fatal),
+            shards_fatal: sum(|s| &s.shards_fatal)
+                .saturating_sub(self.shared.fatal_replaced.load(Ordering::Relaxed)),
             shards_fatal_by_code: std::array::from_fn(|index| {
                 sum_index(|s| &s.shards_fatal_by_code, index)
             }),
@@ -442,6 +443,7 @@ impl Engine {
         );
 
         let merging = Arc::new(AtomicBool::new(false));
+        let fatal_replaced = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
             main_url,
             compression: settings.compression,
@@ -467,6 +469,8 @@ impl Engine {
             certificate_warned: AtomicBool::new(false),
             rng_seed: started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
             merging: Arc::clone(&merging),
+            fatal_replaced: Arc::clone(&fatal_replaced),
+            uncovered: std::sync::Mutex::new(Vec::new()),
         });
 
         // Sink.
@@ -603,6 +607,7 @@ impl Engine {
             Arc::clone(&reshard_board),
             recommendation,
             merging,
+            fatal_replaced,
         );
         let mut engine = Engine {
             stop,
@@ -799,10 +804,11 @@ impl Engine {
             records_delivered: last.records_delivered,
             records_dropped_shutdown: last.records_dropped_shutdown,
             shards_fatal: last.shards_fatal,
+            // None when every fatal shard was of a set a reshard replaced (a 4011 it healed).
             fatal_close_codes: FATAL_CLOSE_CODES
                 .into_iter()
                 .zip(last.shards_fatal_by_code)
-                .filter(|&(_, count)| count > 0)
+                .filter(|&(_, count)| count > 0 && last.shards_fatal > 0)
                 .collect(),
         }
     }

@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -47,6 +48,8 @@ struct Setup {
     max_concurrency: u32,
     events_per_shard: u64,
     session_start_remaining: Option<u32>,
+    /// The mock's limit; past it a session is closed with 4011.
+    max_guilds_per_shard: usize,
     /// More engine flags.
     extra: &'static [&'static str],
 }
@@ -61,6 +64,7 @@ impl Setup {
             max_concurrency: 8,
             events_per_shard: 4500,
             session_start_remaining: None,
+            max_guilds_per_shard: 2500,
             extra: &[],
         }
     }
@@ -84,6 +88,7 @@ impl World {
                 max_concurrency: setup.max_concurrency,
                 identify_window_ms: IDENTIFY_WINDOW_MS,
                 session_start_remaining: setup.session_start_remaining,
+                max_guilds_per_shard: setup.max_guilds_per_shard,
                 rate: 150.0,
                 events_per_shard: setup.events_per_shard,
                 heartbeat_interval_ms: 2000,
@@ -172,10 +177,18 @@ impl World {
     /// Waits until the bot has at least every event the mock made (all of it, once the
     /// timelines ran out), then a little more for anything extra to show.
     fn wait_for_every_event(&self) {
+        self.wait_for_events(|| self.mock.events());
+    }
+
+    /// Waits until the world made all its steady events and the bot has every event of `owed`
+    /// (read again each time).
+    fn wait_for_events(&self, owed: impl Fn() -> Vec<EventRecord>) {
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         loop {
-            let events = self.mock.events();
-            let steady = events
+            let events = owed();
+            let steady = self
+                .mock
+                .events()
                 .iter()
                 .filter(|e| !matches!(e.t.as_str(), "GUILD_CREATE" | "GUILD_DELETE"))
                 .count();
@@ -214,6 +227,23 @@ impl World {
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// The world's events split into those some session received and those none did (a guild
+    /// joined as its shard was closed).
+    fn reached_events(&self) -> (Vec<EventRecord>, Vec<EventRecord>) {
+        let received: HashSet<u64> = self
+            .mock
+            .ledger()
+            .shards
+            .values()
+            .flat_map(|shard| &shard.sessions)
+            .flat_map(|session| session.event_ids().map(|(_, id)| id))
+            .collect();
+        self.mock
+            .events()
+            .into_iter()
+            .partition(|event| received.contains(&event.id))
     }
 
     /// The steady events the world makes in all: the stream's cap for each partition (the
@@ -262,6 +292,27 @@ impl Exactly for ContentCheck {
             self.out_of_order
         );
     }
+}
+
+/// A guild's events as the bot received them: (event id, t, shard, sequence), for a failure
+/// message about their order.
+fn guild_trace(
+    events: &[EventRecord],
+    received: &[fake_bot::batch::ContentRecord],
+    guild: u64,
+) -> Vec<(u64, String, u32, u64)> {
+    let by_hash: std::collections::HashMap<u64, &EventRecord> = events
+        .iter()
+        .filter(|event| event.guild_id == Some(guild))
+        .map(|event| (event.hash, event))
+        .collect();
+    received
+        .iter()
+        .filter_map(|record| {
+            let event = by_hash.get(&record.hash)?;
+            Some((event.id, event.t.clone(), record.shard_id, record.seq))
+        })
+        .collect()
 }
 
 /// The first few events with these hashes: (id, guild, t), for a failure message.
@@ -349,8 +400,72 @@ fn a_manual_reshard_switches_and_a_restart_keeps_its_count() {
     assert_eq!(answer["current"]["to"], json!(6), "{answer}");
     let (status, answer) = world.call("POST", "/reshard", b"");
     assert_eq!(status, 409, "one at a time: {answer}");
-    world.wait_phase(None, Duration::from_secs(60));
+    // The bot asks for guild members all through the switch: each request goes to the set that
+    // owns the guild then, and each answer reaches the bot once, also one that comes after its
+    // shard handed over.
+    let guilds: Vec<u64> = {
+        let mut guilds: Vec<u64> = world
+            .mock
+            .events()
+            .iter()
+            .filter_map(|e| e.guild_id)
+            .collect();
+        guilds.sort_unstable();
+        guilds.dedup();
+        guilds
+    };
+    assert!(!guilds.is_empty());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let requests = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| {
+            let mut queued = 0;
+            for guild in guilds.iter().cycle() {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let body =
+                    format!(r#"{{"op":8,"d":{{"guild_id":"{guild}","query":"a","limit":1}}}}"#);
+                let (status, _, answer) =
+                    http(world.admin, "POST", "/commands", None, body.as_bytes());
+                assert_eq!(status, 202, "{answer}");
+                queued += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            queued
+        });
+        world.wait_phase(None, Duration::from_secs(60));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        asking.join().unwrap()
+    });
     assert_eq!(world.reshard()["last"]["outcome"], "finished");
+    let answers = |by_type: &std::collections::BTreeMap<String, u64>| {
+        ["GUILD_MEMBERS_CHUNK", "RATE_LIMITED"]
+            .iter()
+            .map(|name| by_type.get(*name).copied().unwrap_or(0))
+            .sum::<u64>()
+    };
+    wait_until("every answer at the bot", Duration::from_secs(20), || {
+        let sent: u64 = world
+            .mock
+            .ledger()
+            .shards
+            .values()
+            .flat_map(|shard| &shard.sessions)
+            .map(|session| answers(&session.by_type))
+            .sum();
+        let received: u64 = world
+            .bot
+            .report()
+            .shards
+            .values()
+            .map(|shard| answers(&shard.by_type))
+            .sum();
+        assert!(
+            received <= sent,
+            "{received} answers at the bot, {sent} sent"
+        );
+        sent == requests && received == sent
+    });
     world.terminate();
     // Restarted with the same --total-shards 4: the reshard stands.
     world.start_engine();
@@ -399,6 +514,14 @@ fn an_aborted_reshard_leaves_the_stream_as_without_one() {
     wait_until("a new shard identified", Duration::from_secs(20), || {
         world.reshard()["current"]["new_shards"]["started"].as_u64() >= Some(2)
     });
+    // Progress shard by shard: the ones started, in order, each with its state.
+    let current = world.reshard()["current"].clone();
+    let shards = current["new_shards"]["shards"].as_array().expect("a list");
+    assert!(shards.len() >= 2, "{current}");
+    for (index, shard) in shards.iter().enumerate() {
+        assert_eq!(shard["shard_id"], json!(index), "{current}");
+        assert!(shard["state"].is_string(), "{current}");
+    }
     let (status, answer) = world.call("DELETE", "/reshard", b"");
     assert_eq!(status, 202, "{answer}");
     let state = world.reshard();
@@ -460,4 +583,75 @@ fn kill_9_in_the_overlap_loses_nothing() {
     assert!(check.unknown.is_empty());
     let ledger = world.mock.ledger();
     assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
+}
+
+/// Discord closes the shards that grew past the guilds a shard may hold with 4011: the engine
+/// reshards at once (the fill level alone would not have), the closed shards' guilds come back
+/// on the new set, and the process does not count them as fatal.
+#[test]
+fn a_4011_triggers_a_reshard_and_the_closed_shards_guilds_come_back() {
+    let mut world = World::start(Setup {
+        // The fill level is 10 guilds: only Discord's limit of 7 is passed.
+        extra: &["--reshard-at-percent", "100"],
+        max_guilds_per_shard: 7,
+        ..Setup::new("sharding-required")
+    });
+    world.wait_ready();
+    world.mock.set_guild_count(28);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while world.reshard()["last"]["outcome"] != "finished" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reshard after the 4011s: {}",
+            world.reshard()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ledger = world.mock.ledger();
+    let closed: HashSet<u64> = ledger
+        .shards
+        .iter()
+        .filter(|(_, shard)| {
+            shard
+                .sessions
+                .iter()
+                .any(|session| session.ended.as_deref() == Some("close_4011"))
+        })
+        .map(|(&shard_id, _)| u64::from(shard_id))
+        .collect();
+    assert!(!closed.is_empty(), "the mock closed no shard with 4011");
+    assert_eq!(world.reshard()["live_shards"], json!(8));
+    world.wait_for_events(|| world.reached_events().0);
+    // A guild that joined as its shard was closed reached no session (Discord would not
+    // deliver it either): the bot learns of it from the new set's backfill, forwarded because
+    // the live shard that covered it is gone.
+    let (owed, unreached) = world.reached_events();
+    // Events of its guilds made before the new set's shard came up reached no session either:
+    // Discord loses those too, and no client can have them.
+    for event in &unreached {
+        let shard_id = event.guild_id.map_or(0, |guild_id| (guild_id >> 22) % 4);
+        assert!(closed.contains(&shard_id), "{event:?} reached no session");
+    }
+    let joins: Vec<_> = unreached.iter().filter(|e| e.t == "GUILD_CREATE").collect();
+    assert!(!joins.is_empty(), "every join reached a session");
+    let backfill: HashSet<u64> = world.bot.backfill_guilds().into_iter().collect();
+    for event in joins {
+        let guild_id = event.guild_id.expect("a join has a guild");
+        assert!(
+            backfill.contains(&guild_id),
+            "the bot never got guild {guild_id}, joined while its shard was closed"
+        );
+    }
+    let check = ContentCheck::new(&owed, &world.bot.content());
+    if let Some(&guild) = check.out_of_order.first() {
+        panic!(
+            "guild {guild} out of order: {:?}",
+            guild_trace(&owed, &world.bot.content_records(), guild)
+        );
+    }
+    check.assert_exactly_once("after 4011");
+    let ledger = world.mock.ledger();
+    assert!(ledger.violations.is_empty(), "{:?}", ledger.violations);
+    let stderr = world.terminate();
+    assert!(!stderr.contains("stopped on close code"), "{stderr}");
 }

@@ -75,8 +75,13 @@ static EVENT_KEYS: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::R
 
 /// The merge key of a dispatch: a keyed 64-bit hash of its `t` and its raw `d`.
 pub fn event_key(payload: &[u8]) -> u64 {
+    key_of(payload, crate::decode::scan::event_name_and_data(payload))
+}
+
+/// [`event_key`] of a payload already split into its `t` and `d`.
+fn key_of(payload: &[u8], parts: Option<(&[u8], &[u8])>) -> u64 {
     let mut hasher = EVENT_KEYS.build_hasher();
-    match crate::decode::scan::event_name_and_data(payload) {
+    match parts {
         Some((name, data)) => {
             hasher.write(name);
             hasher.write_u8(0xff);
@@ -120,7 +125,19 @@ impl Merger {
             into.push(record);
             return false;
         }
-        let key = event_key(&record.payload);
+        let parts = crate::decode::scan::event_name_and_data(&record.payload);
+        // `t` as it is in the payload, quoted.
+        let answer = parts.is_some_and(|(name, _)| {
+            name.strip_prefix(b"\"")
+                .and_then(|name| name.strip_suffix(b"\""))
+                .is_some_and(crate::reshard::answers_a_command)
+        });
+        if answer {
+            // Only the session that was asked gets it: no twin will come.
+            into.push(record);
+            return false;
+        }
+        let key = key_of(&record.payload, parts);
         self.window.offer(side, key, record, now, &mut self.out);
         self.drain(into);
         false
@@ -137,6 +154,11 @@ impl Merger {
     pub(super) fn await_hand_over(&mut self, shard_ids: Vec<u32>, into: &mut Vec<Record>) -> bool {
         self.expected = Some(shard_ids.into_iter().collect());
         self.maybe_flip(into)
+    }
+
+    /// The shard count of the set being merged in.
+    pub(super) fn new_set(&self) -> u32 {
+        self.new
     }
 
     /// The merge's end after an abort: the held copies, dropped.
@@ -268,5 +290,36 @@ mod tests {
         merger.take(notice, now, &mut into);
         merger.take(dispatch(16, 0, 1, "{}"), now, &mut into);
         assert_eq!(into.len(), 2);
+    }
+
+    #[test]
+    fn a_commands_answer_passes_the_merge_even_after_the_switch() {
+        let now = Instant::now();
+        let chunk = |shard_count, seq| Record {
+            shard_id: 1,
+            shard_count,
+            seq,
+            kind: RecordKind::Dispatch,
+            payload: format!(
+                r#"{{"t":"GUILD_MEMBERS_CHUNK","s":{seq},"op":0,"d":{{"nonce":"a"}}}}"#
+            )
+            .into_bytes()
+            .into(),
+        };
+        let mut merger = Merger::new(4, 8, MergeLimits::DEFAULT);
+        let mut into = Vec::new();
+        // The new set's copy of an event waits for its twin; an answer to the live session does
+        // not wait for one.
+        merger.take(dispatch(8, 1, 1, "{\"id\":1}"), now, &mut into);
+        merger.take(chunk(4, 7), now, &mut into);
+        assert_eq!(summary(&into), [(4, 1, 7, RecordKind::Dispatch)]);
+        into.clear();
+        assert!(!merger.await_hand_over(vec![1], &mut into));
+        assert!(merger.take(handed_over(4, 1), now, &mut into));
+        into.clear();
+        // Asked before the hand-over, answered after it: still the bot's.
+        merger.take(chunk(4, 8), now, &mut into);
+        assert_eq!(summary(&into), [(4, 1, 8, RecordKind::Dispatch)]);
+        assert_eq!(merger.window.keys(), 0, "answers leave no key behind");
     }
 }

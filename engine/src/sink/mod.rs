@@ -284,6 +284,9 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
     let mut staged: VecDeque<Record> = VecDeque::with_capacity(COLLECT_CHUNK);
     let mut merged: Vec<Record> = Vec::new();
     let mut merger: Option<Merger> = None;
+    // The set of the last reshard aborted: its shards' records still on the rings are the live
+    // set's events a second time, and go no further.
+    let mut aborted_set: Option<u32> = None;
     // After a hand-over flipped the merge: how many staged records come before the barrier.
     let mut before_barrier: Option<usize> = None;
     let mut next_ring = 0;
@@ -304,6 +307,7 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
             let flipped = match order {
                 SinkControl::BeginMerge { live, new, limits } => {
                     merger = Some(Merger::new(live, new, limits));
+                    aborted_set = None;
                     // A new merge's figures start from nothing.
                     *shared.merge() = MergeReport::default();
                     false
@@ -317,6 +321,7 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
                         ended.report(&mut report);
                         report.sets = None;
                         if abort {
+                            aborted_set = Some(ended.new_set());
                             report.dropped_on_abort += ended.abort();
                         }
                     }
@@ -364,10 +369,21 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
                 staged.extend(merged.drain(..));
                 merger.report(&mut shared.merge());
             }
-            // Hand-over records outside a merge (a reshard that ended meanwhile) go no further.
-            None => staged.extend(chunk.drain(..).filter(|record| {
-                !matches!(record.kind, RecordKind::HandedOver | RecordKind::Redundant)
-            })),
+            // Hand-over records outside a merge (a reshard that ended meanwhile) go no further,
+            // nor does what an aborted reshard's set sent before it closed.
+            None => {
+                let mut dropped = 0;
+                staged.extend(chunk.drain(..).filter(|record| {
+                    if aborted_set == Some(record.shard_count) {
+                        dropped += u64::from(record.kind.is_for_bot());
+                        return false;
+                    }
+                    !matches!(record.kind, RecordKind::HandedOver | RecordKind::Redundant)
+                }));
+                if dropped > 0 {
+                    shared.merge().dropped_on_abort += dropped;
+                }
+            }
         }
         if staged.is_empty() && before_barrier.is_none() {
             if open.iter().all(|o| !o) {

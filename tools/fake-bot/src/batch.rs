@@ -24,11 +24,21 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Entry<'_>>, BatchError> {
         .collect()
 }
 
-/// The content hash of every world event in a body, in order: FNV-1a 64 over `t` (the event
-/// name, unquoted), a newline and the raw bytes of `d`. Skipped: notices, and what belongs to one
-/// session rather than to the world (READY, RESUMED, and the GUILD_CREATEs of a READY's guilds,
-/// `"guild_create":"backfill"`). For a body [`parse_batch`] accepted.
-pub fn content_hashes(body: &[u8]) -> Result<Vec<ContentRecord>, serde_json::Error> {
+/// What a body carried, for tests that compare it with the mock's world events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodyContent {
+    /// The content hash of every world event, in order: FNV-1a 64 over `t` (the event name,
+    /// unquoted), a newline and the raw bytes of `d`. Left out: notices, and what belongs to one
+    /// session rather than to the world (READY, RESUMED, the GUILD_CREATEs of a READY's guilds,
+    /// `"guild_create":"backfill"`, and the answers to commands: GUILD_MEMBERS_CHUNK,
+    /// RATE_LIMITED, SOUNDBOARD_SOUNDS).
+    pub events: Vec<ContentRecord>,
+    /// The guild (`d.id`) of every backfill GUILD_CREATE, in order.
+    pub backfill_guilds: Vec<u64>,
+}
+
+/// The [`BodyContent`] of a body [`parse_batch`] accepted.
+pub fn body_content(body: &[u8]) -> Result<BodyContent, serde_json::Error> {
     #[derive(Deserialize)]
     struct ContentEnvelope<'a> {
         #[serde(default)]
@@ -49,26 +59,50 @@ pub fn content_hashes(body: &[u8]) -> Result<Vec<ContentRecord>, serde_json::Err
         #[serde(default)]
         s: u64,
     }
+    #[derive(Deserialize)]
+    struct Guild<'a> {
+        #[serde(borrow)]
+        d: GuildData<'a>,
+    }
+    #[derive(Deserialize)]
+    struct GuildData<'a> {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+    }
     let envelopes: Vec<ContentEnvelope<'_>> = serde_json::from_slice(body)?;
-    let mut hashes = Vec::with_capacity(envelopes.len());
+    let mut content = BodyContent {
+        events: Vec::with_capacity(envelopes.len()),
+        backfill_guilds: Vec::new(),
+    };
     for envelope in envelopes {
-        if envelope.notice.is_some() || envelope.guild_create.as_deref() == Some("backfill") {
-            continue;
-        }
         let Some(payload) = envelope.payload else {
             continue;
         };
-        let content: Content<'_> = serde_json::from_str(payload.get())?;
-        if matches!(content.t.as_ref(), "READY" | "RESUMED") {
+        if envelope.notice.is_some() {
             continue;
         }
-        hashes.push(ContentRecord {
-            hash: content_hash(content.t.as_bytes(), content.d.get().as_bytes()),
+        if envelope.guild_create.as_deref() == Some("backfill") {
+            let guild: Guild<'_> = serde_json::from_str(payload.get())?;
+            if let Ok(id) = guild.d.id.parse() {
+                content.backfill_guilds.push(id);
+            }
+            continue;
+        }
+        let event: Content<'_> = serde_json::from_str(payload.get())?;
+        // A session's own, like the answers to its commands: no other session has them.
+        if matches!(
+            event.t.as_ref(),
+            "READY" | "RESUMED" | "GUILD_MEMBERS_CHUNK" | "RATE_LIMITED" | "SOUNDBOARD_SOUNDS"
+        ) {
+            continue;
+        }
+        content.events.push(ContentRecord {
+            hash: content_hash(event.t.as_bytes(), event.d.get().as_bytes()),
             shard_id: envelope.shard_id,
-            seq: content.s,
+            seq: event.s,
         });
     }
-    Ok(hashes)
+    Ok(content)
 }
 
 /// A world event as a bot received it: its content hash, and the shard and sequence that
@@ -406,7 +440,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_hashes_read_name_and_raw_data_and_skip_notices() {
+    fn body_content_reads_name_and_raw_data_skips_notices_and_lists_backfill_guilds() {
         // FNV-1a 64 reference values: the empty input, and "a".
         assert_eq!(content_hash(b"", b""), {
             let mut hash = 0xcbf2_9ce4_8422_2325_u64;
@@ -415,10 +449,12 @@ mod tests {
         });
         let body = br#"[{"shard_id":0,"notice":"SHARD_READY","payload":{"guilds":1}},
             {"shard_id":0,"payload":{"t":"READY","s":1,"op":0,"d":{"v":10}}},
-            {"shard_id":0,"guild_create":"backfill","payload":{"t":"GUILD_CREATE","s":2,"op":0,"d":{}}},
+            {"shard_id":0,"guild_create":"backfill","payload":{"t":"GUILD_CREATE","s":2,"op":0,"d":{"id":"41"}}},
             {"shard_id":1,"payload":{"t":"MESSAGE_CREATE","s":9,"op":0,"d":{"id":"1"}}},
             {"shard_id":3,"shard_count":8,"payload":{"t":"MESSAGE_CREATE","s":2,"op":0,"d":{"id":"1"}}}]"#;
-        let records = content_hashes(body).unwrap();
+        let content = body_content(body).unwrap();
+        assert_eq!(content.backfill_guilds, [41]);
+        let records = content.events;
         assert_eq!(records.len(), 2);
         assert_eq!(
             records[0].hash, records[1].hash,

@@ -61,8 +61,9 @@ pub struct BotConfig {
 
     /// Keep, in delivery order, a content hash of every world event received (FNV-1a 64 of `t`,
     /// a newline and the raw `d`: the hash the mock gateway's event list gives each event; READY,
-    /// RESUMED and backfill GUILD_CREATEs belong to a session and are left out), for tests that
-    /// check exactly-once delivery by content, as across a reshard's two shard sets.
+    /// RESUMED, backfill GUILD_CREATEs and answers to commands belong to a session and are left
+    /// out, the backfill's guild ids kept apart), for tests that check exactly-once delivery by
+    /// content, as across a reshard's two shard sets.
     /// Costs a parse of each payload and 8 bytes per dispatch. Default: off.
     #[arg(long)]
     pub record_content: bool,

@@ -21,6 +21,8 @@ pub struct Ledger {
     notices: HashMap<String, u64>,
     /// The world events received, in order (only with `record_content`).
     content: Vec<crate::batch::ContentRecord>,
+    /// The guilds of the backfill GUILD_CREATEs received, in order (only with `record_content`).
+    backfill_guilds: Vec<u64>,
 }
 
 /// How a batch is answered when the dice say fail.
@@ -50,6 +52,7 @@ impl Ledger {
             shards: HashMap::new(),
             notices: HashMap::new(),
             content: Vec::new(),
+            backfill_guilds: Vec::new(),
         }
     }
 
@@ -137,11 +140,19 @@ impl Ledger {
         self.shards.clear();
         self.notices.clear();
         self.content.clear();
+        self.backfill_guilds.clear();
     }
 
     /// Records the content hashes of an accepted batch's dispatches.
-    pub fn record_content(&mut self, records: &[crate::batch::ContentRecord]) {
-        self.content.extend_from_slice(records);
+    pub fn record_content(&mut self, content: &crate::batch::BodyContent) {
+        self.content.extend_from_slice(&content.events);
+        self.backfill_guilds
+            .extend_from_slice(&content.backfill_guilds);
+    }
+
+    /// The guilds of the backfill GUILD_CREATEs received, in order.
+    pub fn backfill_guilds(&self) -> &[u64] {
+        &self.backfill_guilds
     }
 
     /// The world events received, in order.

@@ -127,6 +127,12 @@ impl FakeBot {
         self.shared.content()
     }
 
+    /// The guild of every backfill GUILD_CREATE received, in order (empty unless
+    /// [`BotConfig::record_content`]).
+    pub fn backfill_guilds(&self) -> Vec<u64> {
+        self.shared.backfill_guilds()
+    }
+
     /// What the bot has recorded so far; the same value `GET /_bot/report` serves.
     pub fn report(&self) -> Report {
         self.shared.report()

@@ -108,6 +108,10 @@ impl Shared {
         self.ledger().content().to_vec()
     }
 
+    pub(crate) fn backfill_guilds(&self) -> Vec<u64> {
+        self.ledger().backfill_guilds().to_vec()
+    }
+
     pub(crate) fn set_fail_rate(&self, fail_rate: f64) {
         self.fail_rate_bits
             .store(fail_rate.to_bits(), Ordering::Relaxed);
@@ -401,9 +405,9 @@ async fn batch(shared: &Shared, request: Request<Incoming>) -> Answer {
     };
     // A body parse_batch accepted is JSON with dispatch payloads: this reads the same bytes.
     let content = if shared.record_content {
-        crate::batch::content_hashes(&body).unwrap_or_default()
+        crate::batch::body_content(&body).unwrap_or_default()
     } else {
-        Vec::new()
+        crate::batch::BodyContent::default()
     };
     let slow_ms = shared.slow_ms.load(Ordering::Relaxed);
     if slow_ms > 0 {
