@@ -7,7 +7,8 @@
 //! Invariants checked (a violation panics, which is what a fuzzer reports):
 //! - never more than 120 payloads in any 60 s on one connection, heartbeats included;
 //! - every payload is valid JSON of at most 4096 bytes; commands only while active, each one
-//!   accepted command sent once, in order, byte for byte;
+//!   accepted command sent once, in order, byte for byte, or counted as refused when the shard
+//!   ends before it could be sent;
 //! - identify only after a permit on this connection (one identify per permit), and one
 //!   `NeedIdentify` at a time; resume only with a session;
 //! - no close with 1000/1001 unless a non-resumable shutdown was requested;
@@ -60,6 +61,7 @@ pub(crate) fn run(data: &[u8]) -> ShardCounters {
         shutdown_requested: false,
         last_close_fatal: false,
         commands: VecDeque::new(),
+        commands_refused: 0,
         permit_unspent: false,
         identify_requested: false,
     };
@@ -106,6 +108,8 @@ struct Harness {
     last_close_fatal: bool,
     /// Commands the machine accepted and has not sent, in order.
     commands: VecDeque<Vec<u8>>,
+    /// Commands refused: at once, or still waiting when the shard ended.
+    commands_refused: u64,
     /// A permit was granted on this connection and no identify went out for it yet.
     permit_unspent: bool,
     /// A `NeedIdentify` is waiting for [`Harness::permit`].
@@ -244,6 +248,8 @@ impl Harness {
                     // Rejections are valid answers; the invariants are checked on what is sent.
                     if self.shard.send_command(payload.clone()).is_ok() {
                         self.commands.push_back(payload);
+                    } else {
+                        self.commands_refused += 1;
                     }
                 }
             }
@@ -410,8 +416,14 @@ impl Harness {
                         self.last_close_fatal,
                         "fatal {code} without a fatal close code"
                     );
+                    self.commands_refused += self.commands.len() as u64;
+                    self.commands.clear();
                 }
-                ShardEvent::Stopped => assert!(self.shutdown_requested, "stopped unasked"),
+                ShardEvent::Stopped => {
+                    assert!(self.shutdown_requested, "stopped unasked");
+                    self.commands_refused += self.commands.len() as u64;
+                    self.commands.clear();
+                }
                 ShardEvent::Connect { .. } => {
                     self.sent_at.clear();
                     self.permit_unspent = false;
@@ -443,6 +455,11 @@ impl Harness {
             self.shard.queued_commands(),
             self.commands.len(),
             "commands lost or duplicated"
+        );
+        assert_eq!(
+            self.shard.counters().commands_rejected_total,
+            self.commands_refused,
+            "a command neither sent nor counted as refused"
         );
     }
 }

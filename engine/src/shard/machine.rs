@@ -1584,6 +1584,7 @@ impl Shard {
     fn stop(&mut self) {
         self.reset_connection();
         self.reconnect_at = None;
+        self.reject_waiting_commands();
         self.state = ShardState::Stopped;
         debug!(shard = self.config.shard_id, "stopped");
         self.events.push_back(ShardEvent::Stopped);
@@ -1598,11 +1599,26 @@ impl Shard {
         );
         self.reset_connection();
         self.reconnect_at = None;
+        self.reject_waiting_commands();
         self.state = ShardState::Fatal;
         self.events.push_back(ShardEvent::Fatal {
             code,
             reason: reason.to_owned(),
         });
+    }
+
+    /// The shard ends with bot commands still waiting for the send allowance: they will not be
+    /// sent, and are counted as refused.
+    fn reject_waiting_commands(&mut self) {
+        if !self.commands.is_empty() {
+            debug!(
+                shard = self.config.shard_id,
+                commands = self.commands.len(),
+                "stopped with commands unsent"
+            );
+            self.counters.commands_rejected_total += self.commands.len() as u64;
+            self.commands.clear();
+        }
     }
 
     /// Forgets everything tied to the current connection.
@@ -2875,6 +2891,26 @@ mod tests {
             })
         );
         assert_eq!(driver.shard.queued_commands(), 1);
+        assert_eq!(driver.shard.counters().commands_rejected_total, 1);
+    }
+
+    #[test]
+    fn commands_still_waiting_when_the_shard_stops_are_counted_as_refused() {
+        let mut driver = active();
+        driver
+            .shard
+            .connection_lost(driver.now, LossCause::Transport);
+        driver.drain();
+        // Waiting for the reconnect, as it would for the send allowance.
+        assert_eq!(
+            driver.shard.send_command(br#"{"op":3,"d":{}}"#.to_vec()),
+            Ok(())
+        );
+        assert_eq!(driver.shard.queued_commands(), 1);
+        driver.shard.request_shutdown(driver.now, true);
+        driver.drain();
+        assert_eq!(driver.shard.state(), ShardState::Stopped);
+        assert_eq!(driver.shard.queued_commands(), 0);
         assert_eq!(driver.shard.counters().commands_rejected_total, 1);
     }
 
