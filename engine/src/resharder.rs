@@ -845,6 +845,7 @@ fn merge_json(report: &crate::sink::merge::MergeReport) -> Value {
         "held": report.held,
         "peak_keys": stats.peak_keys,
         "span_s": report.span.as_secs_f64(),
+        "skew_p99_ms": report.skew.as_secs_f64() * 1000.0,
         "max_skew_ms": stats.max_skew.as_secs_f64() * 1000.0,
         "dropped_on_abort": report.dropped_on_abort,
     })

@@ -121,7 +121,9 @@ print(f"  engine CPU: {before_cpu * 100:.1f} % of one CPU before, {overlap_cpu *
 print(f"  engine RSS: {before_rss:.0f} MiB before, {peak_rss:.0f} MiB at the peak, "
       f"{after_rss:.0f} MiB after")
 print(f"  merge: {merge.get('duplicates')} duplicates dropped, {merge.get('delivered')} delivered, "
-      f"{merge.get('released_unmatched')} released unmatched; peak {merge.get('peak_keys')} keys "
-      f"waiting for a twin; largest skew {merge.get('max_skew_ms', 0):.1f} ms")
+      f"{merge.get('released_unmatched')} released unmatched, {merge.get('expired_unmatched')} "
+      f"expired unmatched; peak {merge.get('peak_keys')} keys waiting for a twin")
+print(f"  skew between the sets: {merge.get('skew_p99_ms', 0):.1f} ms (99th percentile), "
+      f"{merge.get('max_skew_ms', 0):.1f} ms at most; span {merge.get('span_s', 0):.1f} s")
 PY
 world_stop_engine || { echo "the engine did not stop cleanly" >&2; exit 1; }

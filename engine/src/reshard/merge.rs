@@ -25,7 +25,7 @@
 //! **Bounded.** A key both sets have seen equally often is complete and forgotten at once. The
 //! others stay for [`MergeWindow::span`] after their first copy, never more than
 //! [`MergeLimits::keys_max`] of them; the span follows the skew measured between the sets (four
-//! times the largest skew of the last 30 to 60 s, within the limits). A twin that comes later
+//! times the 99th percentile of the skews of the last 30 to 60 s, within the limits). A twin that comes later
 //! than the span, or after its key was pushed out to stay within the bound, is delivered again:
 //! a duplicate, as at-least-once delivery allows, never a loss. Such keys are counted
 //! ([`MergeStats::expired_unmatched`], [`MergeStats::evicted_for_room`]), together with the
@@ -153,16 +153,68 @@ pub struct MergeWindow<T> {
     held: usize,
     /// Numbers the held copies in the order they came.
     arrivals: u64,
-    /// The largest skews of the current and the previous period (see [`SKEW_PERIOD`]).
-    skew_recent: [Duration; 2],
+    /// The skews of the current and the previous period (see [`SKEW_PERIOD`]).
+    skew_recent: [SkewSamples; 2],
     skew_period_started: Option<Instant>,
     stats: MergeStats,
 }
 
-/// The span follows the largest skew of the last one to two of these periods.
+/// The span follows the skews of the last one to two of these periods.
 const SKEW_PERIOD: Duration = Duration::from_secs(30);
 /// The span is this many times that skew.
 const SPAN_PER_SKEW: u32 = 4;
+/// The share of a period's skews the span covers: the rest are outliers that would otherwise
+/// set it alone (a pairing that was a guess, a stalled thread), and cost a duplicate at worst.
+const SKEW_QUANTILE: f64 = 0.99;
+/// Quarter-octave buckets from 1 ms: the last one starts past 4 hours.
+const SKEW_BUCKETS: usize = 96;
+
+/// One period's skew samples: a count and the largest sample per quarter-octave bucket, so a
+/// quantile reads as a real sample, within a quarter octave of the exact one.
+#[derive(Clone, Debug)]
+struct SkewSamples {
+    counts: [u32; SKEW_BUCKETS],
+    largest: [Duration; SKEW_BUCKETS],
+    total: u64,
+}
+
+impl Default for SkewSamples {
+    fn default() -> SkewSamples {
+        SkewSamples {
+            counts: [0; SKEW_BUCKETS],
+            largest: [Duration::ZERO; SKEW_BUCKETS],
+            total: 0,
+        }
+    }
+}
+
+impl SkewSamples {
+    fn add(&mut self, skew: Duration) {
+        let ms = skew.as_secs_f64() * 1000.0;
+        // Bucket 0 below 1 ms; bucket i from 2^((i - 1) / 4) ms.
+        let bucket = if ms < 1.0 {
+            0
+        } else {
+            ((ms.log2() * 4.0) as usize + 1).min(SKEW_BUCKETS - 1)
+        };
+        self.counts[bucket] = self.counts[bucket].saturating_add(1);
+        self.largest[bucket] = self.largest[bucket].max(skew);
+        self.total += 1;
+    }
+
+    /// The largest sample of the bucket where [`SKEW_QUANTILE`] of the samples are reached.
+    fn quantile(&self) -> Duration {
+        let wanted = (self.total as f64 * SKEW_QUANTILE).ceil() as u64;
+        let mut seen = 0;
+        for (count, largest) in self.counts.iter().zip(&self.largest) {
+            seen += u64::from(*count);
+            if seen >= wanted.max(1) {
+                return *largest;
+            }
+        }
+        Duration::ZERO
+    }
+}
 
 impl<T> MergeWindow<T> {
     /// A window where the live set has authority.
@@ -177,7 +229,7 @@ impl<T> MergeWindow<T> {
             pinned: VecDeque::new(),
             held: 0,
             arrivals: 0,
-            skew_recent: [Duration::ZERO; 2],
+            skew_recent: [SkewSamples::default(), SkewSamples::default()],
             skew_period_started: None,
             stats: MergeStats::default(),
         }
@@ -216,8 +268,10 @@ impl<T> MergeWindow<T> {
             unreachable!("inserted above");
         };
         entry.seen[this] += 1;
-        // The first copy of this side meets the other side's: one skew sample.
-        let skew = (entry.seen[this] == 1 && entry.seen[other] > 0)
+        // The first copy of each side: one skew sample. (With more copies on either side the
+        // pairing is a guess: an event repeated byte for byte, one copy seen before the other
+        // set was connected.)
+        let skew = (entry.seen[this] == 1 && entry.seen[other] == 1)
             .then(|| now.saturating_duration_since(entry.first_seen));
         if entry.seen[this] <= entry.delivered {
             // The other set's copy of this occurrence went out already.
@@ -341,11 +395,17 @@ impl<T> MergeWindow<T> {
         self.authority
     }
 
-    /// How long a key waits for its twin: four times the largest skew of the last 30 to 60 s,
-    /// within the limits.
+    /// How long a key waits for its twin: four times the skew of the last 30 to 60 s (its 99th
+    /// percentile, see [`SKEW_QUANTILE`]), within the limits.
     pub fn span(&self) -> Duration {
-        let skew = self.skew_recent[0].max(self.skew_recent[1]);
-        (skew * SPAN_PER_SKEW).clamp(self.limits.span_min, self.limits.span_max)
+        (self.skew() * SPAN_PER_SKEW).clamp(self.limits.span_min, self.limits.span_max)
+    }
+
+    /// The skew the span follows: the 99th percentile of the last 30 to 60 s.
+    pub fn skew(&self) -> Duration {
+        self.skew_recent[0]
+            .quantile()
+            .max(self.skew_recent[1].quantile())
     }
 
     /// Keys held now.
@@ -406,10 +466,11 @@ impl<T> MergeWindow<T> {
     fn record_skew(&mut self, skew: Duration, now: Instant) {
         let started = *self.skew_period_started.get_or_insert(now);
         if now.saturating_duration_since(started) >= SKEW_PERIOD {
-            self.skew_recent = [Duration::ZERO, self.skew_recent[0]];
+            let current = std::mem::take(&mut self.skew_recent[0]);
+            self.skew_recent[1] = current;
             self.skew_period_started = Some(now);
         }
-        self.skew_recent[0] = self.skew_recent[0].max(skew);
+        self.skew_recent[0].add(skew);
         self.stats.max_skew = self.stats.max_skew.max(skew);
     }
 }
@@ -623,6 +684,34 @@ mod tests {
         world.offer(Live, 4, 0, Duration::from_secs(131));
         assert_eq!(world.window.span(), LIMITS.span_min);
         assert_eq!(world.window.stats().max_skew, Duration::from_secs(16));
+    }
+
+    #[test]
+    fn the_span_follows_most_skews_not_the_outliers() {
+        let mut world = World::new(LIMITS);
+        // 300 events 3 s apart between the sets, then two 9.9 s apart.
+        for key in 0..300 {
+            world.offer(Live, key, 0, ms(key));
+        }
+        for key in 0..300 {
+            assert_eq!(
+                world.offer(New, key, 0, ms(3000 + key)),
+                [Duplicate((New, key, 0))]
+            );
+        }
+        assert_eq!(world.window.span(), Duration::from_secs(12));
+        for key in 300..302 {
+            world.offer(Live, key, 0, ms(3400));
+        }
+        for key in 300..302 {
+            world.offer(New, key, 0, ms(13_300));
+        }
+        assert_eq!(world.window.stats().max_skew, ms(9900));
+        assert_eq!(
+            world.window.span(),
+            Duration::from_secs(12),
+            "two outliers in 302 do not set the span"
+        );
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct MergeReport {
     pub keys: usize,
     pub held: usize,
     pub span: Duration,
+    /// The skew the span follows (the 99th percentile of the recent ones).
+    pub skew: Duration,
     /// Set once the live set has handed over and the merge flipped: the index of the first
     /// record queued after that.
     pub barrier: Option<u64>,
@@ -172,6 +174,7 @@ impl Merger {
         report.keys = self.window.keys();
         report.held = self.window.held();
         report.span = self.window.span();
+        report.skew = self.window.skew();
     }
 
     fn handed_over(&mut self, record: &Record, into: &mut Vec<Record>) -> bool {
