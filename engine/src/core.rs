@@ -518,22 +518,10 @@ impl Driver {
             }
 
             // 3. Hand records to the sink; a full ring pauses reading this socket.
-            while let Some(record) = outbox.pop_front() {
-                match ring.try_send(record) {
-                    Ok(()) => {
-                        stats.records_forwarded.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(TrySendError::Full(record)) => {
-                        stats.ring_full_waits.fetch_add(1, Ordering::Relaxed);
-                        outbox.push_front(record);
-                        break;
-                    }
-                    Err(TrySendError::Disconnected(_)) => {
-                        tracing::error!(shard = shard_id, "the sink is gone; stopping the shard");
-                        stats.shards_running.fetch_sub(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
+            if push_outbox(&ring, &mut outbox, &stats) == Pushed::SinkGone {
+                tracing::error!(shard = shard_id, "the sink is gone; stopping the shard");
+                stats.shards_running.fetch_sub(1, Ordering::Relaxed);
+                return;
             }
 
             // 4. Publish for the control plane, then wait for a frame, a deadline or the core.
@@ -980,10 +968,17 @@ fn handle_frame(
     false
 }
 
-/// Hands every record still in a shard's outbox to the sink as its task ends, waiting while
-/// the ring is full (the collector empties it into memory or the spill). Records read with the
-/// frame that ended the shard (a fatal close code) have no session left to replay them.
-async fn flush_outbox(ring: &Sender<Record>, outbox: &mut VecDeque<Record>, stats: &CoreStats) {
+/// How far [`push_outbox`] got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pushed {
+    All,
+    RingFull,
+    SinkGone,
+}
+
+/// Moves the outbox's records onto the sink's ring, oldest first, until it is empty or the ring
+/// is full.
+fn push_outbox(ring: &Sender<Record>, outbox: &mut VecDeque<Record>, stats: &CoreStats) -> Pushed {
     while let Some(record) = outbox.pop_front() {
         match ring.try_send(record) {
             Ok(()) => {
@@ -992,9 +987,23 @@ async fn flush_outbox(ring: &Sender<Record>, outbox: &mut VecDeque<Record>, stat
             Err(TrySendError::Full(record)) => {
                 stats.ring_full_waits.fetch_add(1, Ordering::Relaxed);
                 outbox.push_front(record);
-                glommio::timer::sleep(RING_RETRY).await;
+                return Pushed::RingFull;
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Disconnected(_)) => return Pushed::SinkGone,
+        }
+    }
+    Pushed::All
+}
+
+/// Hands every record still in a shard's outbox to the sink as its task ends, waiting while
+/// the ring is full (the collector empties it into memory or the spill). Records read with the
+/// frame that ended the shard (a fatal close code) have no session left to replay them.
+async fn flush_outbox(ring: &Sender<Record>, outbox: &mut VecDeque<Record>, stats: &CoreStats) {
+    loop {
+        match push_outbox(ring, outbox, stats) {
+            Pushed::All => return,
+            Pushed::RingFull => glommio::timer::sleep(RING_RETRY).await,
+            Pushed::SinkGone => {
                 tracing::error!(
                     records = outbox.len() + 1,
                     "the sink is gone; a stopping shard's last records are lost"

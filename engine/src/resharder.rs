@@ -403,15 +403,7 @@ impl Resharder {
                     );
                 }
                 let live = self.plan.total_shards.get();
-                let to = total_shards.unwrap_or_else(|| {
-                    plan::target_count(
-                        &self.config.policy,
-                        live,
-                        self.fill,
-                        self.recommended,
-                        self.config.max_concurrency,
-                    )
-                });
+                let to = total_shards.unwrap_or_else(|| self.target_count());
                 match plan::check(&self.config.policy, live, to, self.fill, identify_budget) {
                     Ok(()) => {
                         self.begin(to, Trigger::Manual, control, sink, save, now);
@@ -492,13 +484,7 @@ impl Resharder {
         ) else {
             return;
         };
-        let to = plan::target_count(
-            &self.config.policy,
-            live,
-            self.fill,
-            self.recommended,
-            self.config.max_concurrency,
-        );
+        let to = self.target_count();
         match plan::check(&self.config.policy, live, to, self.fill, identify_budget) {
             Ok(()) => {
                 self.sharding_required = false;
@@ -522,6 +508,17 @@ impl Resharder {
     fn refused(&mut self, reason: &str, now: Instant) {
         self.counts.refused += 1;
         self.last_refusal = Some((reason.to_owned(), now));
+    }
+
+    /// The count a reshard without a given one goes to (see [`plan::target_count`]).
+    fn target_count(&self) -> u32 {
+        plan::target_count(
+            &self.config.policy,
+            self.plan.total_shards.get(),
+            self.fill,
+            self.recommended,
+            self.config.max_concurrency,
+        )
     }
 
     fn begin(
