@@ -39,15 +39,19 @@ pub enum CoreRequest {
     /// Every shard's status and the core's ring occupancy.
     Report { reply: Sender<CoreReport> },
     /// Queue a bot command (already checked by [`crate::shard::check_command_shape`]) on the
-    /// selected shards of this core.
+    /// selected shards of the set with `shard_count` shards (the live one when the command was
+    /// routed) on this core.
     Command {
         selection: Selection,
+        shard_count: u32,
         payload: Vec<u8>,
         reply: Sender<CommandReceipt>,
     },
-    /// Reconnect a shard: resume, or with `new_session` identify anew (through the limiter).
+    /// Reconnect a shard of the set with `shard_count` shards: resume, or with `new_session`
+    /// identify anew (through the limiter).
     Reconnect {
         shard_id: u32,
+        shard_count: u32,
         new_session: bool,
         reply: Sender<Result<(), ControlError>>,
     },
@@ -98,6 +102,17 @@ impl Selection {
             Selection::All => true,
         }
     }
+}
+
+/// Where a command goes, as the admin API knows it; resolved against one reading of the live
+/// plan, so that a reshard's switch between reading the count and picking the shard cannot
+/// send it to a shard of neither set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The shard of the live set that holds the guild.
+    Guild(u64),
+    Shard(u32),
+    All,
 }
 
 /// What became of a command, per shard.
@@ -211,7 +226,10 @@ impl ControlHandle {
 
     /// The core that runs `shard_id` of the live set.
     pub fn core_of(&self, shard_id: u32) -> Result<usize, ControlError> {
-        let plan = self.plan();
+        self.core_in(&self.plan(), shard_id)
+    }
+
+    fn core_in(&self, plan: &ShardPlan, shard_id: u32) -> Result<usize, ControlError> {
         let not_owned = ControlError::NotOwned {
             shard_id,
             first: plan.shards.start(),
@@ -231,9 +249,7 @@ impl ControlHandle {
     /// The shard of the live set that receives a guild's events and commands:
     /// `(guild_id >> 22) % total`.
     pub fn shard_for_guild(&self, guild_id: u64) -> u32 {
-        let total = u64::from(self.plan().total_shards.get());
-        // The remainder is below `total`, a u32.
-        u32::try_from((guild_id >> 22) % total).unwrap_or(0)
+        shard_of_guild(&self.plan(), guild_id)
     }
 
     /// Starts shards of another set (a reshard's new set, all of its `shard_count` shards being
@@ -310,14 +326,16 @@ impl ControlHandle {
             .ok_or(ControlError::CoreUnresponsive { core })
     }
 
-    /// Queues a command on one shard or on every shard of the process.
-    pub fn command(
-        &self,
-        selection: Selection,
-        payload: Vec<u8>,
-    ) -> Result<CommandReceipt, ControlError> {
+    /// Queues a command on one shard or on every shard of the process, of the live set.
+    pub fn command(&self, route: Route, payload: Vec<u8>) -> Result<CommandReceipt, ControlError> {
+        let plan = self.plan();
+        let selection = match route {
+            Route::Guild(guild_id) => Selection::One(shard_of_guild(&plan, guild_id)),
+            Route::Shard(shard_id) => Selection::One(shard_id),
+            Route::All => Selection::All,
+        };
         let cores: Vec<usize> = match selection {
-            Selection::One(shard_id) => vec![self.core_of(shard_id)?],
+            Selection::One(shard_id) => vec![self.core_in(&plan, shard_id)?],
             Selection::All => (0..self.inner.cores.len()).collect(),
         };
         let mut receipt = CommandReceipt::default();
@@ -325,6 +343,7 @@ impl ControlHandle {
             let (reply, answer) = crossbeam_channel::bounded(1);
             let request = CoreRequest::Command {
                 selection,
+                shard_count: plan.total_shards.get(),
                 payload: payload.clone(),
                 reply,
             };
@@ -335,10 +354,12 @@ impl ControlHandle {
 
     /// Reconnects a shard (`new_session`: identify instead of resuming).
     pub fn reconnect(&self, shard_id: u32, new_session: bool) -> Result<(), ControlError> {
-        let core = self.core_of(shard_id)?;
+        let plan = self.plan();
+        let core = self.core_in(&plan, shard_id)?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         let request = CoreRequest::Reconnect {
             shard_id,
+            shard_count: plan.total_shards.get(),
             new_session,
             reply,
         };
@@ -358,6 +379,13 @@ impl ControlHandle {
             .recv_timeout(CORE_ANSWER_TIMEOUT)
             .map_err(|_| unresponsive)
     }
+}
+
+/// `(guild_id >> 22) % total` of `plan`.
+fn shard_of_guild(plan: &ShardPlan, guild_id: u64) -> u32 {
+    let total = u64::from(plan.total_shards.get());
+    // The remainder is below `total`, a u32.
+    u32::try_from((guild_id >> 22) % total).unwrap_or(0)
 }
 
 // ---- The core side --------------------------------------------------------------------------
@@ -462,11 +490,13 @@ impl Board {
     }
 
     /// The live shard `shard_id`'s index: commands and reconnects go to the live set.
-    fn live_index_of(&self, shard_id: u32) -> Option<usize> {
+    /// The newest slot of `shard_id` in the set with `shard_count` shards (an aborted set's
+    /// stopped shard may sit before a later one of the same set).
+    fn index_in_set(&self, shard_id: u32, shard_count: u32) -> Option<usize> {
         self.slots
             .borrow()
             .iter()
-            .position(|slot| slot.shard_id == shard_id && slot.role.get() == Role::Live)
+            .rposition(|slot| slot.shard_id == shard_id && slot.shard_count == shard_count)
     }
 
     /// Answers `request`; `nudge(index, what)` reaches the shard task at `index`.
@@ -492,15 +522,22 @@ impl Board {
             }
             CoreRequest::Command {
                 selection,
+                shard_count,
                 payload,
                 reply,
             } => {
                 let mut receipt = CommandReceipt::default();
                 for (index, slot) in slots.iter().enumerate() {
-                    if slot.role.get() != Role::Live || !selection.includes(slot.shard_id) {
+                    // By set, not by role: a promoted set's shards may not have taken their
+                    // new role yet.
+                    if slot.shard_count != shard_count || !selection.includes(slot.shard_id) {
                         continue;
                     }
                     let view = slot.view.get();
+                    if view.state.is_terminal() && slot.role.get() != Role::Live {
+                        // An aborted set's stopped shard, beside its namesake of a later set.
+                        continue;
+                    }
                     let mut staged = slot.staged.borrow_mut();
                     if view.state.is_terminal() {
                         receipt.stopped.push(slot.shard_id);
@@ -518,10 +555,11 @@ impl Board {
             }
             CoreRequest::Reconnect {
                 shard_id,
+                shard_count,
                 new_session,
                 reply,
             } => {
-                let answer = match self.live_index_of(shard_id) {
+                let answer = match self.index_in_set(shard_id, shard_count) {
                     None => Err(ControlError::CoreUnresponsive { core: self.core }),
                     Some(index) => {
                         let state = slots[index].view.get().state;
@@ -675,6 +713,7 @@ mod tests {
             let (reply, answer) = crossbeam_channel::bounded(1);
             let request = CoreRequest::Command {
                 selection,
+                shard_count: 8,
                 payload: br#"{"op":3,"d":{}}"#.to_vec(),
                 reply,
             };
@@ -719,6 +758,7 @@ mod tests {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let request = CoreRequest::Command {
             selection: Selection::One(5),
+            shard_count: 8,
             payload: b"{}".to_vec(),
             reply,
         };
@@ -727,6 +767,7 @@ mod tests {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let request = CoreRequest::Reconnect {
             shard_id: 5,
+            shard_count: 8,
             new_session: false,
             reply,
         };
@@ -738,5 +779,44 @@ mod tests {
                 state: shard.state()
             })
         );
+    }
+
+    /// A reshard's switch promotes the new set's plan before its shard tasks take the live
+    /// role: a command routed by the new count reaches the new set's shard (not nobody, not the
+    /// old set's namesake).
+    #[test]
+    fn a_command_goes_to_the_set_it_was_routed_by_whatever_the_roles_say() {
+        let board = Board::new(0, &[1], 4);
+        board.add(1, 8, Role::Warming);
+        let mut nudged = Vec::new();
+        let mut send = |shard_count| {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let request = CoreRequest::Command {
+                selection: Selection::One(1),
+                shard_count,
+                payload: b"{}".to_vec(),
+                reply,
+            };
+            board.answer(request, Instant::now(), (0, 0), |index, _| {
+                nudged.push(index)
+            });
+            answer.try_recv().unwrap()
+        };
+        assert_eq!(send(8).queued, [1]);
+        assert_eq!(send(4).queued, [1]);
+        assert_eq!(nudged, [1, 0], "the new set's slot, then the old set's");
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let request = CoreRequest::Reconnect {
+            shard_id: 1,
+            shard_count: 8,
+            new_session: false,
+            reply,
+        };
+        let mut reconnected = Vec::new();
+        board.answer(request, Instant::now(), (0, 0), |index, nudge| {
+            reconnected.push((index, nudge))
+        });
+        assert_eq!(answer.try_recv().unwrap(), Ok(()));
+        assert_eq!(reconnected, [(1, Nudge::Reconnect { new_session: false })]);
     }
 }

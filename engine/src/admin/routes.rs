@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::AdminContext;
 use super::http::{Request, Response};
-use crate::control::{CommandReceipt, ControlError, Selection, ShardStatus};
+use crate::control::{CommandReceipt, ControlError, Route, ShardStatus};
 use crate::resharder::ReshardRequest;
 use crate::shard::ShardState;
 
@@ -325,8 +325,8 @@ fn command(context: &AdminContext, request: &Request) -> Response {
         Ok(op) => op,
         Err(error) => return Response::error(400, error),
     };
-    let selection = match request.query_value("shard_id") {
-        Some("all") if op == 3 => Selection::All,
+    let route = match request.query_value("shard_id") {
+        Some("all") if op == 3 => Route::All,
         Some("all") => {
             return Response::error(
                 400,
@@ -334,13 +334,13 @@ fn command(context: &AdminContext, request: &Request) -> Response {
             );
         }
         Some(id) => match parse_shard_id(id) {
-            Ok(shard_id) => Selection::One(shard_id),
+            Ok(shard_id) => Route::Shard(shard_id),
             Err(refusal) => return refusal,
         },
         None => match guild_id(&payload) {
-            Some(Ok(guild_id)) => Selection::One(context.control.shard_for_guild(guild_id)),
+            Some(Ok(guild_id)) => Route::Guild(guild_id),
             Some(Err(reason)) => return Response::error(400, reason),
-            None if op == 3 => Selection::All,
+            None if op == 3 => Route::All,
             None => {
                 return Response::error(
                     400,
@@ -349,7 +349,7 @@ fn command(context: &AdminContext, request: &Request) -> Response {
             }
         },
     };
-    match context.control.command(selection, request.body.clone()) {
+    match context.control.command(route, request.body.clone()) {
         Ok(receipt) => command_answer(&receipt),
         Err(error) => control_error(&error),
     }
