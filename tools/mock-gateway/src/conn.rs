@@ -120,7 +120,7 @@ where
 
     let exit = conn.run(&mut ws, &mut control_rx).await;
     conn.finish(&exit);
-    shared.lock().connections.remove(&id);
+    shared.lock().remove_connection(id);
     match exit {
         Exit::Close(code) => close(&mut ws, code).await,
         // Reading on lets tungstenite send its close reply, completing the handshake the
@@ -703,9 +703,8 @@ impl Connection {
                         *n += 1;
                         *n
                     };
-                    if let Some(handle) = state.connections.get_mut(&self.id) {
-                        handle.shard = Some([shard, total]);
-                    }
+                    // Live from here: the session is this connection's in this critical section.
+                    state.go_live(self.id, [shard, total], &shared.ledger);
                     let ledger_index = shared.ledger.with(|l| {
                         l.identifies_total += 1;
                         let entry = l.shards.entry(shard).or_default();
@@ -871,16 +870,9 @@ impl Connection {
             guard.delta.frames_sent += 1;
             guard.flush_ledger(&shared.ledger);
             drop(guard);
-            // Lock order is State before Session: tell the old owner only after letting go.
-            if let Some(previous) = previous
-                && let Some(handle) = shared.lock().connections.get(&previous)
-            {
-                // The old connection may already be gone; nothing to do then.
-                let _ = handle.control.send(Control::Superseded);
-            }
-            Some((session, replay, resumed, shard, total))
+            Some((session, replay, resumed, shard, total, previous))
         });
-        let Some((session, mut replay, resumed, shard, total)) = resumed else {
+        let Some((session, mut replay, resumed, shard, total, previous)) = resumed else {
             tracing::debug!(shard = ?self.shard, "resume rejected");
             shared.ledger.with(|l| l.resumes_rejected_total += 1);
             return self
@@ -888,9 +880,22 @@ impl Connection {
                 .await;
         };
         let connection_number = {
+            // Lock order is State before Session: the hand-over happens here, after the
+            // session lock above was let go.
             let mut state = shared.lock();
-            if let Some(handle) = state.connections.get_mut(&self.id) {
-                handle.shard = Some([shard, total]);
+            if let Some(previous) = previous {
+                // Discord closes the connection a resume takes over: it stops being live now,
+                // before this one goes live, and drops as soon as it reads this.
+                state.leave_live(previous);
+                if let Some(handle) = state.connections.get(&previous) {
+                    // The old connection may already be gone; nothing to do then.
+                    let _ = handle.control.send(Control::Superseded);
+                }
+            }
+            // Another RESUME of the same session may have taken it over since the session lock
+            // was let go; then that connection is the live one and this one is superseded.
+            if lock(&session).owner == Some(self.id) {
+                state.go_live(self.id, [shard, total], &shared.ledger);
             }
             let n = state.connection_numbers.entry(shard).or_default();
             *n += 1;
@@ -1092,9 +1097,12 @@ impl Connection {
         }
     }
 
-    /// Lets go of the session (it stays resumable unless ended).
+    /// Lets go of the session (it stays resumable unless ended); the connection is no longer
+    /// live for its shard.
     fn release_session(&mut self, now: Instant) {
         if let Some(session) = self.session.take() {
+            let mut state = self.shared.lock();
+            state.leave_live(self.id);
             let mut session = lock(&session);
             session.flush_ledger(&self.shared.ledger);
             if session.owner == Some(self.id) {

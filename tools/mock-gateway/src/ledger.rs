@@ -39,6 +39,11 @@ pub struct Ledger {
     /// shard to be counted under).
     pub resumes_rejected_total: u64,
     pub dispatches_total: u64,
+    /// Times a connection went live for a `[shard_id, num_shards]` while another connection was
+    /// still live for the same pair: two hosts running one shard. Summed over
+    /// [`ShardLedger::overlapping_sessions`], which says exactly what counts.
+    #[serde(default)]
+    pub overlapping_sessions: u64,
 }
 
 /// What happened on one shard id (across all shard totals it was used with).
@@ -67,6 +72,29 @@ pub struct ShardLedger {
     /// Close codes the client closed with (`"none"` when it closed without a code, `"drop"`
     /// when the TCP connection ended without a close frame).
     pub client_closes: BTreeMap<String, u64>,
+    /// Overlaps on this shard id: times a connection went live for `[shard_id, num_shards]`
+    /// while another connection was live for the same pair (one count per connection going
+    /// live, however many others were live).
+    ///
+    /// A connection is live from the moment its IDENTIFY is accepted or its RESUME succeeds
+    /// until it lets go of the session: it ends (the client closes or drops TCP, the mock
+    /// closes or drops it, a read or write error), op 9 `d: false` or an overrun ends its
+    /// session (the connection may stay open, but runs no shard), or a RESUME of its session on
+    /// another connection takes it over. A zombie connection (a `zombie` fault) stays live until
+    /// it ends. So an overlap is two different sessions live at once for one `[shard_id,
+    /// num_shards]`, or one session live on two connections at once. The mock never lets the
+    /// latter happen: as Discord does, a RESUME that takes over a session whose old connection
+    /// is still open drops that connection, and the old connection stops being live at the
+    /// instant the new one becomes live (its TCP drop follows a moment later). That hand-over is
+    /// not an overlap. A connection whose client closed is live until the mock has read the
+    /// close frame (or seen TCP end): a client that waits for the mock's close reply before the
+    /// next session starts never overlaps.
+    ///
+    /// Sessions of one shard id with different `num_shards` never overlap each other (a
+    /// zero-downtime reshard runs both shard sets at once); overlaps within either set are
+    /// counted here alike, under the shard id.
+    #[serde(default)]
+    pub overlapping_sessions: u64,
 }
 
 /// One gateway session: an IDENTIFY and everything sent under its session id.
@@ -453,6 +481,22 @@ mod tests {
         // FNV-1a 64 of "a", the published test vector.
         assert_eq!(fnv(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(event_content_hash(b"T", b"{}"), fnv(b"T\n{}"));
+    }
+
+    #[test]
+    fn a_ledger_from_before_overlapping_sessions_still_parses() {
+        let mut ledger = Ledger::default();
+        ledger.shards.insert(0, ShardLedger::default());
+        let mut json = serde_json::to_value(&ledger).expect("a ledger serialises");
+        json.as_object_mut()
+            .and_then(|l| l.remove("overlapping_sessions"))
+            .expect("the total is there");
+        json["shards"]["0"]
+            .as_object_mut()
+            .and_then(|s| s.remove("overlapping_sessions"))
+            .expect("the per-shard count is there");
+        let parsed: Ledger = serde_json::from_value(json).expect("an older ledger parses");
+        assert_eq!(parsed, ledger);
     }
 
     #[test]

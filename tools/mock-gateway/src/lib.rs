@@ -129,6 +129,7 @@ impl MockGateway {
                 .unwrap_or(config.session_start_total),
             reset_at: now + std::time::Duration::from_millis(config.session_start_reset_after_ms),
             connections: Default::default(),
+            live: Default::default(),
             next_connection_id: 0,
             member_requests: Default::default(),
             connection_numbers: Default::default(),

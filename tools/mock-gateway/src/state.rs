@@ -130,6 +130,13 @@ pub(crate) struct State {
     pub remaining: u32,
     pub reset_at: Instant,
     pub connections: HashMap<u64, ConnectionHandle>,
+    /// `[shard, num_shards]` → the connections live for it, in the order they went live. A
+    /// connection is live from the moment its IDENTIFY is accepted or its RESUME takes its
+    /// session over until it lets go of that session: it ends (any side, any way), op 9
+    /// `d: false` or an overrun takes its session, or another connection's RESUME takes it
+    /// over. Only [`State::go_live`] adds to it and [`State::leave_live`] removes; an entry with
+    /// two connections is an overlap (see [`crate::ledger::Ledger::overlapping_sessions`]).
+    pub live: HashMap<[u32; 2], Vec<u64>>,
     pub next_connection_id: u64,
     /// Guild → when all its members were last requested (op 8, query "", limit 0).
     pub member_requests: HashMap<u64, Instant>,
@@ -138,12 +145,61 @@ pub(crate) struct State {
 }
 
 pub(crate) struct ConnectionHandle {
-    /// `[shard, num_shards]` once identified or resumed.
+    /// `[shard, num_shards]` once identified or resumed (kept after the connection lets go of
+    /// its session; [`State::live`] says whether it is live).
     pub shard: Option<[u32; 2]>,
     pub control: mpsc::UnboundedSender<Control>,
 }
 
 impl State {
+    /// Connection `id` went live for `shard_set` (`[shard, num_shards]`): its IDENTIFY was
+    /// accepted, or its RESUME took its session over. If another connection is live for the
+    /// same pair, that is an overlap and the ledger counts it (once, however many others are
+    /// live). Called in the critical section that hands the session to `id`, so that of two
+    /// connections going live at once one sees the other; a superseded connection must have
+    /// left (see `leave_live`) before its successor goes live.
+    pub fn go_live(&mut self, id: u64, shard_set: [u32; 2], ledger: &LedgerWriter) {
+        self.leave_live(id);
+        // The connection's task registered its handle before reading anything and removes it
+        // only as it ends, so it is there; were it not, `live` must not name the connection
+        // (nothing would take it out again).
+        let Some(handle) = self.connections.get_mut(&id) else {
+            return;
+        };
+        handle.shard = Some(shard_set);
+        let live = self.live.entry(shard_set).or_default();
+        let overlap = !live.is_empty();
+        live.push(id);
+        if overlap {
+            let [shard, total] = shard_set;
+            tracing::debug!(shard, total, live = live.len(), "overlapping sessions");
+            ledger.with(|l| {
+                l.overlapping_sessions += 1;
+                l.shards.entry(shard).or_default().overlapping_sessions += 1;
+            });
+        }
+    }
+
+    /// Connection `id` is no longer live (it let go of its session, was superseded, or
+    /// ended). A no-op if it was not live.
+    pub fn leave_live(&mut self, id: u64) {
+        let Some(shard_set) = self.connections.get(&id).and_then(|handle| handle.shard) else {
+            return;
+        };
+        if let Some(live) = self.live.get_mut(&shard_set) {
+            live.retain(|other| *other != id);
+            if live.is_empty() {
+                self.live.remove(&shard_set);
+            }
+        }
+    }
+
+    /// Forgets connection `id` as it ends, leaving [`State::live`] first.
+    pub fn remove_connection(&mut self, id: u64) {
+        self.leave_live(id);
+        self.connections.remove(&id);
+    }
+
     /// `/gateway/bot`'s `shards`: set at run time, else `--recommended-shards`, else one per
     /// 1000 guilds.
     pub fn recommended_shards(&self, config: &MockConfig) -> u32 {
