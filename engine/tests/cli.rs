@@ -12,7 +12,8 @@ fn shardgate(args: &[&str]) -> Command {
         .args(args)
         .env_remove("DISCORD_TOKEN")
         .env_remove("FORWARD_SECRET")
-        .env_remove("SHARDGATE_ADMIN_TOKEN");
+        .env_remove("SHARDGATE_ADMIN_TOKEN")
+        .env_remove("SHARDGATE_REDIS_URL");
     command
 }
 

@@ -25,6 +25,8 @@ pub const ENV_TOKEN: &str = "DISCORD_TOKEN";
 pub const ENV_FORWARD_SECRET: &str = "FORWARD_SECRET";
 /// Environment variable of `--admin-token`.
 pub const ENV_ADMIN_TOKEN: &str = "SHARDGATE_ADMIN_TOKEN";
+/// Environment variable of `--redis-url` (it may carry the Redis password).
+pub const ENV_REDIS_URL: &str = "SHARDGATE_REDIS_URL";
 
 /// The keys a `--config` file may hold: every [`RunArgs`] field but `config` (a test keeps this
 /// list equal to the flags).
@@ -43,6 +45,13 @@ pub const FILE_KEYS: &[&str] = &[
     "reshard",
     "reshard_at_percent",
     "reshard_check_interval",
+    "redis_url",
+    "cluster_name",
+    "host_id",
+    "host_lease_ms",
+    "shard_lease_ms",
+    "moves_per_minute",
+    "host_capacity",
     "events",
     "dedup_message_updates",
     "dedup_cache_entries",
@@ -70,7 +79,7 @@ pub const FILE_KEYS: &[&str] = &[
     "reshard_cooldown",
 ];
 
-/// `shardgate run` settings as written: flags, the three secrets' environment variables (read by
+/// `shardgate run` settings as written: flags, the four secrets' environment variables (read by
 /// clap), or the `--config` file. Precedence and validation: [`Settings::load`](super::Settings::load).
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -209,6 +218,76 @@ pub struct RunArgs {
     /// Also asked at once when Discord closes a shard with 4011. Range 1s..=7d. Default: 1h.
     #[arg(long, value_name = "DURATION", help_heading = "Resharding")]
     pub reshard_check_interval: Option<RawValue>,
+
+    // ---- Fleet ----
+    /// The fleet's Redis: redis://[user:password@]host:port[/db] or
+    /// redis+unix:///path/to/socket. Setting it turns on the fleet mode: several shardgate
+    /// processes share the bot's shards through this Redis, and a shard whose host dies moves
+    /// to a live one.
+    ///
+    /// rediss:// (TLS) needs a build with the Redis client's TLS support; --check says when it
+    /// is missing. May carry the Redis password: never logged or printed. Prefer the environment variable:
+    /// flags are visible in the process list. With --redis-url, --shards names the shards
+    /// pinned to this host. Default: none (this process runs alone, with every shard of
+    /// --shards).
+    #[arg(
+        long,
+        env = ENV_REDIS_URL,
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = secret_arg,
+        help_heading = "Fleet (Redis)"
+    )]
+    pub redis_url: Option<Secret>,
+
+    /// The fleet's name: its keys in Redis start with sg:{NAME}:, so several bots (or a test
+    /// fleet beside the real one) can share one Redis.
+    ///
+    /// Every process of one fleet must use the same name. 1 to 64 characters of A-Z, a-z, 0-9,
+    /// `.`, `_` and `-`. Needs --redis-url. Default: shardgate.
+    #[arg(long, value_name = "NAME", help_heading = "Fleet (Redis)")]
+    pub cluster_name: Option<RawValue>,
+
+    /// This process's name in the fleet.
+    ///
+    /// Several processes on one machine need distinct ids. Keep an id across restarts: a host
+    /// that comes back under the same id gets its shards back. 1 to 64 characters of A-Z, a-z,
+    /// 0-9, `.`, `_` and `-`. Needs --redis-url. Default: the machine's hostname (from
+    /// /proc/sys/kernel/hostname; `host` when it cannot be read).
+    #[arg(long, value_name = "ID", help_heading = "Fleet (Redis)")]
+    pub host_id: Option<RawValue>,
+
+    /// This host's lease in Redis: how long it counts as alive after its last renewal.
+    ///
+    /// A host silent for this long is dead, and the assigner gives its shards to the live
+    /// hosts. Shorter moves a dead host's shards sooner, but also declares a host dead after a
+    /// shorter stall (a long pause, a slow Redis). Range 500..=600000. Needs --redis-url.
+    /// Default: 10000.
+    #[arg(long, value_name = "MS", help_heading = "Fleet (Redis)")]
+    pub host_lease_ms: Option<RawValue>,
+
+    /// A host's lease on each shard it runs: how long it lasts unless renewed. Another host
+    /// takes the shard only after the lease has run out.
+    ///
+    /// At least --host-lease-ms. Range 1000..=600000. Needs --redis-url. Default: 15000.
+    #[arg(long, value_name = "MS", help_heading = "Fleet (Redis)")]
+    pub shard_lease_ms: Option<RawValue>,
+
+    /// Most shards the assigner moves between live hosts per minute when it rebalances (a
+    /// host joined, or the weights changed).
+    ///
+    /// Each move is a reconnect of that shard on its new host. The shards of a dead host are
+    /// not limited: they move at once. Range 1..=100000. Needs --redis-url. Default: 60.
+    #[arg(long, value_name = "SHARDS", help_heading = "Fleet (Redis)")]
+    pub moves_per_minute: Option<RawValue>,
+
+    /// Most shards this host takes from the assigner, and its weight when the shards are
+    /// spread (a host with 200 gets twice the shards of one with 100).
+    ///
+    /// At least 1. Needs --redis-url. Default: as many as the bot has (every host the same
+    /// weight).
+    #[arg(long, value_name = "SHARDS", help_heading = "Fleet (Redis)")]
+    pub host_capacity: Option<RawValue>,
 
     // ---- Filtering ----
     /// Forward only these dispatch events: comma-separated names as Discord sends them in `t`

@@ -279,6 +279,22 @@ pub enum ConfigError {
         /// Where it came from.
         origin: Origin,
     },
+    /// `--cluster-name` or `--host-id` with characters or a length a Redis key part cannot
+    /// take.
+    #[error(
+        "{setting} '{value}'{origin}: write 1 to 64 characters of A-Z, a-z, 0-9, `.`, `_` and \
+         `-` (no spaces, braces or colons), e.g. {setting} {example}"
+    )]
+    InvalidFleetName {
+        /// The flag.
+        setting: &'static str,
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        /// A valid value.
+        example: &'static str,
+    },
     /// `--log` is not a valid tracing `EnvFilter`.
     #[error(
         "--log {value}{origin}: not a valid log filter ({reason}); write a level \
@@ -392,6 +408,39 @@ pub enum ConfigError {
     AdminTokenRequired {
         /// The address given.
         addr: SocketAddr,
+    },
+    /// A fleet setting without `--redis-url`, with a value other than its default.
+    #[error(
+        "{setting}{origin} needs --redis-url (the fleet mode): set --redis-url (or \
+         SHARDGATE_REDIS_URL) to run in a fleet, or remove {setting} to run alone"
+    )]
+    FleetSettingWithoutRedis {
+        /// The flag.
+        setting: &'static str,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// A shard lease shorter than the host lease.
+    #[error(
+        "--shard-lease-ms {shard_lease_ms} is below --host-lease-ms {host_lease_ms}: a \
+         shard's lease must last at least as long as its host's; raise --shard-lease-ms to \
+         {host_lease_ms} or more, or lower --host-lease-ms to {shard_lease_ms} or less"
+    )]
+    ShardLeaseBelowHostLease {
+        /// `--shard-lease-ms`.
+        shard_lease_ms: u64,
+        /// `--host-lease-ms`.
+        host_lease_ms: u64,
+    },
+    /// The fleet mode without `--host-id`, on a machine whose hostname is no valid host id.
+    #[error(
+        "--host-id is not set and this machine's hostname '{hostname}' cannot be a host id \
+         (1 to 64 characters of A-Z, a-z, 0-9, `.`, `_` and `-`); set --host-id, e.g. \
+         --host-id gateway-1"
+    )]
+    HostnameNotAHostId {
+        /// The hostname `--host-id` would default to.
+        hostname: String,
     },
     /// A shortened identify window aimed at the real Discord.
     #[error(

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use args::{
-    DemoArgs, ENV_ADMIN_TOKEN, ENV_FORWARD_SECRET, ENV_TOKEN, FILE_KEYS, RawValue, RunArgs,
+    DemoArgs, ENV_ADMIN_TOKEN, ENV_FORWARD_SECRET, ENV_REDIS_URL, ENV_TOKEN, FILE_KEYS, RawValue,
+    RunArgs,
 };
 pub use error::{ConfigError, Origin};
 pub use names::{EVENT_NAMES, INTENTS};
@@ -122,6 +123,24 @@ pub struct Settings {
     pub reshard_guilds_per_shard: u32,
     /// The hidden `--reshard-cooldown`.
     pub reshard_cooldown: Duration,
+    /// `--redis-url`, checked to be a Redis URL; `None`: this process runs alone (no fleet).
+    pub redis_url: Option<Secret>,
+    /// `--cluster-name`: 1 to 64 of `[A-Za-z0-9._-]`.
+    pub cluster_name: String,
+    /// `--host-id` as given (1 to 64 of `[A-Za-z0-9._-]`); `None`: the hostname.
+    /// [`Settings::host_id`] resolves it.
+    pub host_id: Option<String>,
+    /// This machine's hostname as seen by [`Environment`], or [`Settings::HOSTNAME_FALLBACK`]:
+    /// the default of `--host-id`. Checked only in the fleet mode with no `--host-id`.
+    pub hostname: String,
+    /// `--host-lease-ms`, 500..=600000.
+    pub host_lease_ms: u64,
+    /// `--shard-lease-ms`, 1000..=600000, at least `host_lease_ms`.
+    pub shard_lease_ms: u64,
+    /// `--moves-per-minute`, 1..=100000.
+    pub moves_per_minute: u32,
+    /// `--host-capacity`, at least 1; `None`: as many shards as the bot has (equal weights).
+    pub host_capacity: Option<u32>,
 }
 
 impl Settings {
@@ -177,6 +196,18 @@ impl Settings {
     pub const DEFAULT_RESHARD_AT_PERCENT: u8 = 80;
     /// Default of `--reshard-check-interval`.
     pub const DEFAULT_RESHARD_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+    /// Default of `--cluster-name`.
+    pub const DEFAULT_CLUSTER_NAME: &str = "shardgate";
+    /// The hostname, and so the default `--host-id`, when [`Environment`] has none.
+    pub const HOSTNAME_FALLBACK: &str = "host";
+    /// Default of `--host-lease-ms`.
+    pub const DEFAULT_HOST_LEASE_MS: u64 = 10_000;
+    /// Default of `--shard-lease-ms`.
+    pub const DEFAULT_SHARD_LEASE_MS: u64 = 15_000;
+    /// Default of `--moves-per-minute`.
+    pub const DEFAULT_MOVES_PER_MINUTE: u32 = 60;
+    /// Longest `--cluster-name` and `--host-id`, in characters.
+    pub const FLEET_NAME_CHARS_MAX: usize = 64;
 
     /// Resolves `args` (flags), `env` (environment variables and CPU count) and `file` (the
     /// `--config` file's text, when there is one) into settings.
@@ -186,7 +217,8 @@ impl Settings {
     /// returned: the file (TOML syntax, unknown keys), every value on its own, the required
     /// settings (`--token`, `--forward-url`), then combinations (shards against the shard count,
     /// placement, the memory queue against the batch size, admin exposure, the identify
-    /// window). Pure: no I/O, no process environment.
+    /// window, fleet settings without `--redis-url`, the shard lease against the host lease,
+    /// the hostname as the default host id). Pure: no I/O, no process environment.
     pub fn load(
         args: &RunArgs,
         env: &Environment,
@@ -493,6 +525,51 @@ impl Settings {
             None => crate::reshard::plan::COOLDOWN_DEFAULT,
         };
 
+        // Fleet.
+        let redis_url = src
+            .secret("--redis-url", ENV_REDIS_URL, env, |a| {
+                a.redis_url.as_ref().map(Secret::expose_secret)
+            })?
+            .map(checked_redis_url)
+            .transpose()?
+            .map(Secret::new);
+        let cluster_name = match src.get(|a| &a.cluster_name) {
+            Some(input) => fleet_name("--cluster-name", &input, Self::DEFAULT_CLUSTER_NAME)?,
+            None => Self::DEFAULT_CLUSTER_NAME.to_owned(),
+        };
+        let host_id = src
+            .get(|a| &a.host_id)
+            .map(|input| fleet_name("--host-id", &input, "gateway-1"))
+            .transpose()?;
+        let hostname = env.hostname().unwrap_or(Self::HOSTNAME_FALLBACK).to_owned();
+        let host_lease_ms = src.millis(
+            |a| &a.host_lease_ms,
+            "--host-lease-ms",
+            500,
+            600_000,
+            Self::DEFAULT_HOST_LEASE_MS,
+        )?;
+        let shard_lease_ms = src.millis(
+            |a| &a.shard_lease_ms,
+            "--shard-lease-ms",
+            1_000,
+            600_000,
+            Self::DEFAULT_SHARD_LEASE_MS,
+        )?;
+        let moves_per_minute = match src.get(|a| &a.moves_per_minute) {
+            Some(input) => input.number_u32(
+                "--moves-per-minute",
+                1,
+                Some(100_000),
+                u64::from(Self::DEFAULT_MOVES_PER_MINUTE),
+            )?,
+            None => Self::DEFAULT_MOVES_PER_MINUTE,
+        };
+        let host_capacity = src
+            .get(|a| &a.host_capacity)
+            .map(|input| input.number_u32("--host-capacity", 1, None, 100))
+            .transpose()?;
+
         // Required.
         let token = token.ok_or(ConfigError::MissingToken)?;
         let forward_url = forward_url.ok_or(ConfigError::MissingForwardUrl)?;
@@ -538,6 +615,14 @@ impl Settings {
             reshard_check_interval,
             reshard_guilds_per_shard,
             reshard_cooldown,
+            redis_url,
+            cluster_name,
+            host_id,
+            hostname,
+            host_lease_ms,
+            shard_lease_ms,
+            moves_per_minute,
+            host_capacity,
         };
 
         // Combinations.
@@ -564,7 +649,21 @@ impl Settings {
                 identify_interval_ms: settings.identify_interval_ms,
             });
         }
+        settings.check_fleet(&src)?;
         Ok(settings)
+    }
+
+    /// Whether this process runs in a fleet (`--redis-url` is set).
+    pub fn is_fleet(&self) -> bool {
+        self.redis_url.is_some()
+    }
+
+    /// This process's id in the fleet: `--host-id`, else the machine's hostname (else
+    /// [`Settings::HOSTNAME_FALLBACK`]).
+    pub fn host_id(&self) -> String {
+        self.host_id
+            .clone()
+            .unwrap_or_else(|| self.hostname.clone())
     }
 
     /// What decides an automatic reshard.
@@ -780,6 +879,17 @@ impl Settings {
                 "reshard_cooldown",
                 format!("{}s", self.reshard_cooldown.as_secs()),
             ),
+            ("redis_url", set(&self.redis_url).to_owned()),
+            ("cluster_name", self.cluster_name.clone()),
+            ("host_id", self.host_id()),
+            ("host_lease_ms", self.host_lease_ms.to_string()),
+            ("shard_lease_ms", self.shard_lease_ms.to_string()),
+            ("moves_per_minute", self.moves_per_minute.to_string()),
+            (
+                "host_capacity",
+                self.host_capacity
+                    .map_or_else(|| "all".to_owned(), |capacity| capacity.to_string()),
+            ),
         ];
         fields
             .into_iter()
@@ -836,6 +946,61 @@ impl Settings {
         ))
     }
 
+    /// The fleet's combinations: without `--redis-url` no other fleet setting may differ from
+    /// its default (a value written down for a fleet would otherwise be silently ignored); the
+    /// shard lease at least the host lease; in the fleet mode, a usable host id.
+    fn check_fleet(&self, src: &Sources<'_>) -> Result<(), ConfigError> {
+        if !self.is_fleet() {
+            let given: [(&'static str, Field, bool); 6] = [
+                (
+                    "--cluster-name",
+                    |a| &a.cluster_name,
+                    self.cluster_name != Self::DEFAULT_CLUSTER_NAME,
+                ),
+                ("--host-id", |a| &a.host_id, self.host_id.is_some()),
+                (
+                    "--host-lease-ms",
+                    |a| &a.host_lease_ms,
+                    self.host_lease_ms != Self::DEFAULT_HOST_LEASE_MS,
+                ),
+                (
+                    "--shard-lease-ms",
+                    |a| &a.shard_lease_ms,
+                    self.shard_lease_ms != Self::DEFAULT_SHARD_LEASE_MS,
+                ),
+                (
+                    "--moves-per-minute",
+                    |a| &a.moves_per_minute,
+                    self.moves_per_minute != Self::DEFAULT_MOVES_PER_MINUTE,
+                ),
+                (
+                    "--host-capacity",
+                    |a| &a.host_capacity,
+                    self.host_capacity.is_some(),
+                ),
+            ];
+            if let Some(&(setting, field, _)) = given.iter().find(|(_, _, set)| *set) {
+                return Err(ConfigError::FleetSettingWithoutRedis {
+                    setting,
+                    // A non-default value was read from one of the two sources.
+                    origin: src.get(field).map_or(Origin::Flag, |input| input.origin),
+                });
+            }
+        }
+        if self.shard_lease_ms < self.host_lease_ms {
+            return Err(ConfigError::ShardLeaseBelowHostLease {
+                shard_lease_ms: self.shard_lease_ms,
+                host_lease_ms: self.host_lease_ms,
+            });
+        }
+        if self.is_fleet() && self.host_id.is_none() && !is_fleet_name(&self.hostname) {
+            return Err(ConfigError::HostnameNotAHostId {
+                hostname: self.hostname.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether the gateway is Discord's own (no mock named by `--gateway-url`/`--api-base`).
     fn targets_discord(&self) -> bool {
         match &self.gateway_url {
@@ -845,28 +1010,39 @@ impl Settings {
     }
 }
 
-/// The environment `load` reads: the secrets' variables and the CPUs available.
+/// The environment `load` reads: the secrets' variables, the CPUs available and the hostname.
 #[derive(Clone)]
 pub struct Environment {
     vars: BTreeMap<String, String>,
     cpus_available: usize,
+    hostname: Option<String>,
 }
 
 impl Environment {
     /// The variables shardgate reads.
-    pub const VARS: [&str; 3] = [ENV_TOKEN, ENV_FORWARD_SECRET, ENV_ADMIN_TOKEN];
+    pub const VARS: [&str; 4] = [
+        ENV_TOKEN,
+        ENV_FORWARD_SECRET,
+        ENV_ADMIN_TOKEN,
+        ENV_REDIS_URL,
+    ];
 
-    /// No variables, `cpus_available` CPUs (at least 1): for tests and embedding.
+    /// Where Linux keeps the hostname.
+    const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
+
+    /// No variables, `cpus_available` CPUs (at least 1), no hostname: for tests and embedding.
     pub fn new(cpus_available: usize) -> Self {
         Self {
             vars: BTreeMap::new(),
             cpus_available: cpus_available.max(1),
+            hostname: None,
         }
     }
 
     /// This process's: [`Environment::VARS`] (non-UTF-8 values count as unset; clap has
-    /// already refused them) and the CPUs it may run on (`available_parallelism`, which honours
-    /// the affinity mask and cgroup quotas; else `core_affinity`'s core list; else 1).
+    /// already refused them), the CPUs it may run on (`available_parallelism`, which honours
+    /// the affinity mask and cgroup quotas; else `core_affinity`'s core list; else 1) and the
+    /// hostname (`/proc/sys/kernel/hostname`; none where it cannot be read).
     pub fn from_process() -> Self {
         let cpus = std::thread::available_parallelism()
             .map(NonZeroUsize::get)
@@ -879,7 +1055,24 @@ impl Environment {
                 env = env.with_var(name, value);
             }
         }
+        if let Ok(hostname) = std::fs::read_to_string(Self::HOSTNAME_FILE) {
+            env = env.with_hostname(hostname);
+        }
         env
+    }
+
+    /// Sets the hostname (trimmed; empty means none).
+    #[must_use]
+    pub fn with_hostname(mut self, hostname: impl Into<String>) -> Self {
+        let hostname = hostname.into();
+        let trimmed = hostname.trim();
+        self.hostname = (!trimmed.is_empty()).then(|| trimmed.to_owned());
+        self
+    }
+
+    /// The machine's hostname, when known.
+    pub fn hostname(&self) -> Option<&str> {
+        self.hostname.as_deref()
     }
 
     /// Sets a variable.
@@ -906,6 +1099,7 @@ impl fmt::Debug for Environment {
         f.debug_struct("Environment")
             .field("vars", &self.vars.keys().collect::<Vec<_>>())
             .field("cpus_available", &self.cpus_available)
+            .field("hostname", &self.hostname)
             .finish()
     }
 }
@@ -1474,6 +1668,118 @@ fn checked_token(token: &str) -> Result<&str, ConfigError> {
         return Err(malformed("contains whitespace; give the token alone"));
     }
     Ok(token)
+}
+
+/// `--redis-url`'s own rules on top of [`Sources::secret`]'s: a URL the Redis client accepts,
+/// checked here piece by piece so the message says what is wrong. No message repeats any part
+/// of the URL: it may carry the password.
+fn checked_redis_url(url: &str) -> Result<&str, ConfigError> {
+    let malformed = |problem| ConfigError::MalformedSecret {
+        setting: "--redis-url",
+        env: ENV_REDIS_URL,
+        problem,
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(malformed(
+            "is not a Redis URL; write redis://[user:password@]host:port[/db] (rediss:// for \
+             TLS, redis+unix:///path/to/socket for a local socket)",
+        ));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if !["redis", "rediss", "redis+unix", "unix"].contains(&scheme.as_str()) {
+        return Err(malformed(
+            "must start with redis://, rediss:// (TLS) or redis+unix:// (a local socket); \
+             write redis://[user:password@]host:port[/db]",
+        ));
+    }
+    if url.chars().any(char::is_whitespace) {
+        return Err(malformed(
+            "contains whitespace; write the URL without spaces (a space in the password is \
+             written %20)",
+        ));
+    }
+    if scheme.ends_with("unix") {
+        if !rest.starts_with('/') || rest.len() < 2 {
+            return Err(malformed(
+                "has no socket path; write redis+unix:///path/to/redis.sock",
+            ));
+        }
+    } else {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, after) = rest.split_at(end);
+        // The host starts after the last `@` (a password's own `@` is written %40).
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let host = authority_host(host_port);
+        if host.is_empty() {
+            return Err(malformed(
+                "has no host; write redis://[user:password@]host:port[/db], e.g. \
+                 redis://127.0.0.1:6379",
+            ));
+        }
+        if ["0.0.0.0", "[::]"].contains(&host) {
+            return Err(malformed(
+                "names a wildcard address (0.0.0.0 or ::); write the Redis server's address",
+            ));
+        }
+        let port = &host_port[host.len()..];
+        if !port.is_empty()
+            && port
+                .strip_prefix(':')
+                .is_none_or(|port| port.parse::<u16>().is_err())
+        {
+            return Err(malformed(
+                "has an invalid port; a port is a number up to 65535, e.g. \
+                 redis://127.0.0.1:6379",
+            ));
+        }
+        let db = after[..after.find(['?', '#']).unwrap_or(after.len())].trim_matches('/');
+        if !db.is_empty() && db.parse::<u32>().is_err() {
+            return Err(malformed(
+                "has an invalid database; after the host write only a database number, e.g. \
+                 redis://127.0.0.1:6379/0",
+            ));
+        }
+    }
+    if redis::IntoConnectionInfo::into_connection_info(url).is_err() {
+        // Parsing only, nothing is connected; the client's own message is not shown, as it
+        // could name a part of the URL.
+        let tls_built =
+            redis::IntoConnectionInfo::into_connection_info("rediss://127.0.0.1").is_ok();
+        return Err(malformed(if scheme == "rediss" && !tls_built {
+            "asks for TLS (rediss://), which this build of shardgate does not include; use \
+             redis:// (through a TLS tunnel to a remote Redis)"
+        } else {
+            "is refused by the Redis client; write redis://[user:password@]host:port[/db]"
+        }));
+    }
+    Ok(url)
+}
+
+/// `--cluster-name` or `--host-id`: trimmed, checked by [`is_fleet_name`].
+fn fleet_name(
+    setting: &'static str,
+    input: &Input<'_>,
+    example: &'static str,
+) -> Result<String, ConfigError> {
+    let name = input.text.trim();
+    if !is_fleet_name(name) {
+        return Err(ConfigError::InvalidFleetName {
+            setting,
+            value: input.text.to_owned(),
+            origin: input.origin.clone(),
+            example,
+        });
+    }
+    Ok(name.to_owned())
+}
+
+/// 1 to [`Settings::FLEET_NAME_CHARS_MAX`] of `[A-Za-z0-9._-]`: safe inside a Redis key
+/// (`sg:{NAME}:`, no `:`, no braces that would change the key's hash slot) and in a log field.
+fn is_fleet_name(name: &str) -> bool {
+    (1..=Settings::FLEET_NAME_CHARS_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn on_off(on: bool) -> &'static str {

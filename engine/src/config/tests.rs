@@ -110,6 +110,16 @@ fn defaults() {
     assert_eq!(settings.log, "info");
     assert_eq!(settings.log_format, LogFormat::Pretty);
     assert_eq!(settings.identify_interval_ms, 5_000);
+    assert_eq!(settings.redis_url, None);
+    assert!(!settings.is_fleet());
+    assert_eq!(settings.cluster_name, "shardgate");
+    assert_eq!(settings.host_id, None);
+    assert_eq!(settings.hostname, "host");
+    assert_eq!(settings.host_id(), "host");
+    assert_eq!(settings.host_lease_ms, 10_000);
+    assert_eq!(settings.shard_lease_ms, 15_000);
+    assert_eq!(settings.moves_per_minute, 60);
+    assert_eq!(settings.host_capacity, None);
 }
 
 #[test]
@@ -274,19 +284,28 @@ fn precedence_flag_over_env_over_file_over_default() {
             ("--token", "token", ENV_TOKEN),
             ("--forward-secret", "forward_secret", ENV_FORWARD_SECRET),
             ("--admin-token", "admin_token", ENV_ADMIN_TOKEN),
+            ("--redis-url", "redis_url", ENV_REDIS_URL),
         ] {
+            // The Redis URL must be one: the source's name becomes its host.
+            let value = |source: &str| match setting {
+                "--redis-url" => format!("redis://{source}:6379"),
+                _ => source.to_owned(),
+            };
+            let (flag, var, file) = (flag.map(value), var.map(value), file.map(value));
             let mut argv = vec!["--forward-url", FORWARD_URL];
             if setting != "--token" {
                 argv.extend(["--token", TOKEN]);
             }
-            if let Some(flag) = flag {
-                argv.extend([setting, flag]);
+            if let Some(flag) = &flag {
+                argv.extend([setting, flag.as_str()]);
             }
             let mut environment = env();
-            if let Some(value) = var {
+            if let Some(value) = &var {
                 environment = environment.with_var(name, value);
             }
-            let toml = file.map_or_else(String::new, |value| format!("{key} = {value:?}"));
+            let toml = file
+                .as_ref()
+                .map_or_else(String::new, |value| format!("{key} = {value:?}"));
             let file = ConfigFile::new("data.toml", toml);
             let settings = Settings::load(&args(&argv), &environment, Some(&file)).expect("valid");
             let got = match setting {
@@ -296,6 +315,7 @@ fn precedence_flag_over_env_over_file_over_default() {
                     .expect("set")
                     .expose_secret()
                     .to_owned(),
+                "--redis-url" => settings.redis_url.expect("set").expose_secret().to_owned(),
                 _ => settings
                     .admin_token
                     .expect("set")
@@ -303,7 +323,8 @@ fn precedence_flag_over_env_over_file_over_default() {
                     .to_owned(),
             };
             assert_eq!(
-                got, expected,
+                got,
+                value(expected),
                 "{setting}: flag {flag:?} env {var:?} file {file:?}"
             );
         }
@@ -352,6 +373,13 @@ fn the_file_sets_every_key() {
         reshard_check_interval = "15m"
         reshard_guilds_per_shard = 10
         reshard_cooldown = 0
+        redis_url = "redis://redis.internal:6379/2"
+        cluster_name = "bot-test"
+        host_id = "gateway-3"
+        host_lease_ms = 2000
+        shard_lease_ms = 3000
+        moves_per_minute = 10
+        host_capacity = 40
     "#;
     let file = ConfigFile::new("data.toml", toml);
     let settings = Settings::load(&RunArgs::default(), &env(), Some(&file)).expect("valid");
@@ -380,6 +408,18 @@ fn the_file_sets_every_key() {
     );
     assert_eq!(settings.reshard_guilds_per_shard, 10);
     assert_eq!(settings.reshard_cooldown, std::time::Duration::ZERO);
+    assert_eq!(
+        settings.redis_url,
+        Some(Secret::new("redis://redis.internal:6379/2"))
+    );
+    assert_eq!(settings.cluster_name, "bot-test");
+    assert_eq!(settings.host_id(), "gateway-3");
+    assert_eq!(
+        (settings.host_lease_ms, settings.shard_lease_ms),
+        (2_000, 3_000)
+    );
+    assert_eq!(settings.moves_per_minute, 10);
+    assert_eq!(settings.host_capacity, Some(40));
     assert!(
         settings
             .summary()
@@ -484,6 +524,25 @@ fn help_states_every_default() {
             "identify_interval_ms",
             Settings::DEFAULT_IDENTIFY_INTERVAL_MS.to_string(),
         ),
+        ("redis_url", "none".to_owned()),
+        ("cluster_name", Settings::DEFAULT_CLUSTER_NAME.to_owned()),
+        (
+            "host_id",
+            format!(
+                "the machine's hostname (from /proc/sys/kernel/hostname; `{}`",
+                Settings::HOSTNAME_FALLBACK
+            ),
+        ),
+        ("host_lease_ms", Settings::DEFAULT_HOST_LEASE_MS.to_string()),
+        (
+            "shard_lease_ms",
+            Settings::DEFAULT_SHARD_LEASE_MS.to_string(),
+        ),
+        (
+            "moves_per_minute",
+            Settings::DEFAULT_MOVES_PER_MINUTE.to_string(),
+        ),
+        ("host_capacity", "as many as the bot has".to_owned()),
     ];
     let command = RunArgs::augment_args(Command::new("run"));
     for arg in command.get_arguments() {
@@ -975,6 +1034,94 @@ fn errors_name_the_setting() {
                 example: 1_000,
             },
         ),
+        (
+            &["--redis-url", " "],
+            ConfigError::EmptySecret {
+                setting: "--redis-url",
+                env: ENV_REDIS_URL,
+            },
+        ),
+        (
+            &["--cluster-name", "sg:prod"],
+            ConfigError::InvalidFleetName {
+                setting: "--cluster-name",
+                value: "sg:prod".into(),
+                origin: flag(),
+                example: "shardgate",
+            },
+        ),
+        (
+            &["--redis-url", REDIS_URL, "--host-id", "{gw}"],
+            ConfigError::InvalidFleetName {
+                setting: "--host-id",
+                value: "{gw}".into(),
+                origin: flag(),
+                example: "gateway-1",
+            },
+        ),
+        (
+            &["--host-lease-ms", "499"],
+            ConfigError::OutOfRange {
+                setting: "--host-lease-ms",
+                value: 499,
+                origin: flag(),
+                min: 500,
+                max: Some(600_000),
+            },
+        ),
+        (
+            &["--shard-lease-ms", "600001"],
+            ConfigError::OutOfRange {
+                setting: "--shard-lease-ms",
+                value: 600_001,
+                origin: flag(),
+                min: 1_000,
+                max: Some(600_000),
+            },
+        ),
+        (
+            &["--moves-per-minute", "0"],
+            ConfigError::OutOfRange {
+                setting: "--moves-per-minute",
+                value: 0,
+                origin: flag(),
+                min: 1,
+                max: Some(100_000),
+            },
+        ),
+        (
+            &["--host-capacity", "0"],
+            ConfigError::OutOfRange {
+                setting: "--host-capacity",
+                value: 0,
+                origin: flag(),
+                min: 1,
+                max: None,
+            },
+        ),
+        (
+            &["--host-capacity", "lots"],
+            ConfigError::NotANumber {
+                setting: "--host-capacity",
+                value: "lots".into(),
+                origin: flag(),
+                example: 100,
+            },
+        ),
+        (
+            &["--host-id", "gateway-1"],
+            ConfigError::FleetSettingWithoutRedis {
+                setting: "--host-id",
+                origin: flag(),
+            },
+        ),
+        (
+            &["--redis-url", REDIS_URL, "--host-lease-ms", "20000"],
+            ConfigError::ShardLeaseBelowHostLease {
+                shard_lease_ms: 15_000,
+                host_lease_ms: 20_000,
+            },
+        ),
     ];
     for (argv, expected) in cases {
         assert_eq!(load(argv).map(|_| ()), Err(expected), "{argv:?}");
@@ -1060,6 +1207,36 @@ fn messages_say_the_setting_and_the_fix() {
         (
             &["--session-save-interval-ms", "50"],
             "--session-save-interval-ms 50: must be 100..=60000",
+        ),
+        (
+            &["--redis-url", "http://127.0.0.1:6379"],
+            "--redis-url (from the flag, SHARDGATE_REDIS_URL or the config file) must start with \
+             redis://, rediss:// (TLS) or redis+unix:// (a local socket); write \
+             redis://[user:password@]host:port[/db]",
+        ),
+        (
+            &["--cluster-name", "my bot"],
+            "--cluster-name 'my bot': write 1 to 64 characters of A-Z, a-z, 0-9, `.`, `_` and \
+             `-` (no spaces, braces or colons), e.g. --cluster-name shardgate",
+        ),
+        (
+            &["--host-id", "gateway-1"],
+            "--host-id needs --redis-url (the fleet mode): set --redis-url (or \
+             SHARDGATE_REDIS_URL) to run in a fleet, or remove --host-id to run alone",
+        ),
+        (
+            &["--redis-url", REDIS_URL, "--shard-lease-ms", "5000"],
+            "--shard-lease-ms 5000 is below --host-lease-ms 10000: a shard's lease must last at \
+             least as long as its host's; raise --shard-lease-ms to 10000 or more, or lower \
+             --host-lease-ms to 5000 or less",
+        ),
+        (
+            &["--host-capacity", "0"],
+            "--host-capacity 0: must be at least 1",
+        ),
+        (
+            &["--moves-per-minute", "100001"],
+            "--moves-per-minute 100001: must be 1..=100000",
         ),
     ];
     for (argv, expected) in cases {
@@ -1158,6 +1335,15 @@ fn file_errors() {
             value: 4096,
             origin: from_file(),
         })
+    );
+    // A fleet setting in the file without --redis-url names the file.
+    assert_eq!(
+        load_file(&[], "host_capacity = 50")
+            .expect_err("no fleet")
+            .to_string(),
+        "--host-capacity (from config file data.toml) needs --redis-url (the fleet mode): set \
+         --redis-url (or SHARDGATE_REDIS_URL) to run in a fleet, or remove --host-capacity to \
+         run alone"
     );
     // A flag overrides a bad file value without complaint.
     assert!(load_file(&["--shards", "0..=1"], "shards = \"10..=5\"").is_ok());
@@ -1450,12 +1636,19 @@ fn spill_and_backlog_settings() {
 
 #[test]
 fn secrets_never_print() {
-    let secrets = [TOKEN, "fwd-SECRET-value", "admin-SECRET-value"];
+    let secrets = [
+        TOKEN,
+        "fwd-SECRET-value",
+        "admin-SECRET-value",
+        "redis-SECRET-value",
+    ];
     let argv = [
         "--forward-secret",
         secrets[1],
         "--admin-token",
         secrets[2],
+        "--redis-url",
+        "redis://shardgate:redis-SECRET-value@redis.internal:6379/0",
         "--admin-addr",
         "0.0.0.0:7878",
         "--total-shards",
@@ -1485,7 +1678,9 @@ fn secrets_never_print() {
     assert!(printed[0].contains("[redacted]"));
     let summary = settings.summary();
     assert!(
-        summary.contains("forward_secret=set") && summary.contains("admin_token=set"),
+        summary.contains("forward_secret=set")
+            && summary.contains("admin_token=set")
+            && summary.contains("redis_url=set"),
         "{summary}"
     );
 
@@ -1497,6 +1692,13 @@ fn secrets_never_print() {
         &["--admin-token", "hunter2\u{7}"][..],
         &["--forward-url", "https://user:hunter2@bot/"][..],
         &["--gateway-url", "http://user:hunter2@gateway/"][..],
+        &["--redis-url", "http://user:hunter2@redis/"][..],
+        &["--redis-url", "redis://user:hunter2@redis:99999/"][..],
+        &["--redis-url", "redis://:hunter2@redis/zero"][..],
+        &["--redis-url", "redis://:hunter2@[::1"][..],
+        &["--redis-url", "redis://:hunter2@redis/?protocol=hunter2"][..],
+        &["--redis-url", "hunter2"][..],
+        &["--redis-url", "redis://:hunter2 @redis"][..],
     ] {
         let message = load(argv).expect_err("invalid").to_string();
         assert!(!message.contains("hunter2"), "{message}");
@@ -1642,4 +1844,331 @@ fn a_secret_matches_only_itself() {
         assert!(!secret.matches(other), "{other:?}");
     }
     assert!(Secret::new("").matches(b""));
+}
+
+/// A valid `--redis-url` with a password.
+const REDIS_URL: &str = "redis://shardgate:s3cret@127.0.0.1:6379/0";
+
+#[test]
+fn fleet_settings_are_read() {
+    let settings = load(&[
+        "--redis-url",
+        REDIS_URL,
+        "--cluster-name",
+        "bot.prod_2-eu",
+        "--host-id",
+        " gateway-1 ",
+        "--host-lease-ms",
+        "500",
+        "--shard-lease-ms",
+        "600000",
+        "--moves-per-minute",
+        "100_000",
+        "--host-capacity",
+        "4294967295",
+    ])
+    .expect("every value is valid");
+    assert!(settings.is_fleet());
+    assert_eq!(settings.redis_url, Some(Secret::new(REDIS_URL)));
+    assert_eq!(settings.cluster_name, "bot.prod_2-eu");
+    assert_eq!(settings.host_id.as_deref(), Some("gateway-1"));
+    assert_eq!(settings.host_id(), "gateway-1");
+    assert_eq!(
+        (settings.host_lease_ms, settings.shard_lease_ms),
+        (500, 600_000)
+    );
+    assert_eq!(settings.moves_per_minute, 100_000);
+    assert_eq!(settings.host_capacity, Some(u32::MAX));
+    let summary = settings.summary();
+    for field in [
+        "redis_url=set",
+        "cluster_name=bot.prod_2-eu",
+        "host_id=gateway-1",
+        "host_lease_ms=500",
+        "shard_lease_ms=600000",
+        "moves_per_minute=100000",
+        "host_capacity=4294967295",
+    ] {
+        assert!(
+            summary.split(' ').any(|pair| pair == field),
+            "{field} not in {summary}"
+        );
+    }
+    let alone = load(&[]).expect("valid").summary();
+    for field in [
+        "redis_url=unset",
+        "cluster_name=shardgate",
+        "host_id=host",
+        "host_lease_ms=10000",
+        "shard_lease_ms=15000",
+        "moves_per_minute=60",
+        "host_capacity=all",
+    ] {
+        assert!(
+            alone.split(' ').any(|pair| pair == field),
+            "{field} not in {alone}"
+        );
+    }
+
+    // The leases may be equal; the names may be 1 or 64 characters.
+    let longest: &'static str = "a".repeat(64).leak();
+    for argv in [
+        &["--host-lease-ms", "15000"][..],
+        &["--host-lease-ms", "600000", "--shard-lease-ms", "600000"][..],
+        &["--cluster-name", "x", "--host-id", longest][..],
+        &["--shard-lease-ms", "1000", "--host-lease-ms", "1000"][..],
+    ] {
+        let argv: Vec<&'static str> = ["--redis-url", REDIS_URL]
+            .iter()
+            .chain(argv)
+            .copied()
+            .collect();
+        assert!(load(&argv).is_ok(), "{argv:?}");
+    }
+}
+
+#[test]
+fn without_redis_only_the_fleet_defaults_are_accepted() {
+    // The defaults written out (as examples/shardgate.toml does) are fine alone.
+    for argv in [
+        &["--cluster-name", "shardgate"][..],
+        &["--host-lease-ms", "10000"][..],
+        &["--shard-lease-ms", "15_000"][..],
+        &["--moves-per-minute", "60"][..],
+    ] {
+        let settings = load(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+        assert!(!settings.is_fleet(), "{argv:?}");
+    }
+    let toml = "cluster_name = \"shardgate\"\nhost_lease_ms = 10000\nshard_lease_ms = 15000\n\
+                moves_per_minute = 60";
+    assert!(load_file(&[], toml).is_ok());
+
+    // Anything else names the first such setting.
+    let cases: &[(&[&'static str], &str)] = &[
+        (&["--cluster-name", "other"], "--cluster-name"),
+        (&["--host-id", "host"], "--host-id"),
+        (&["--host-lease-ms", "5000"], "--host-lease-ms"),
+        (&["--shard-lease-ms", "20000"], "--shard-lease-ms"),
+        (&["--moves-per-minute", "61"], "--moves-per-minute"),
+        (&["--host-capacity", "100"], "--host-capacity"),
+        (
+            &["--host-capacity", "100", "--cluster-name", "other"],
+            "--cluster-name",
+        ),
+    ];
+    for &(argv, setting) in cases {
+        assert_eq!(
+            load(argv).map(|_| ()),
+            Err(ConfigError::FleetSettingWithoutRedis {
+                setting,
+                origin: Origin::Flag
+            }),
+            "{argv:?}"
+        );
+    }
+    assert_eq!(
+        load_file(&[], "host_id = \"gateway-1\"").map(|_| ()),
+        Err(ConfigError::FleetSettingWithoutRedis {
+            setting: "--host-id",
+            origin: from_file(),
+        })
+    );
+    // With the URL from the environment or the file, they are accepted.
+    let environment = env().with_var(ENV_REDIS_URL, REDIS_URL);
+    let parsed = args(&with_required(&["--host-id", "gateway-1"]));
+    assert!(Settings::load(&parsed, &environment, None).is_ok());
+    assert!(
+        load_file(
+            &["--host-capacity", "5"],
+            &format!("redis_url = {REDIS_URL:?}")
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn redis_urls() {
+    for url in [
+        "redis://127.0.0.1",
+        "redis://127.0.0.1:6379",
+        "REDIS://redis.internal:6380/15",
+        "redis://user:pa%40ss@redis.internal:6379/3",
+        "redis://:password@[::1]:6379",
+        "redis://localhost/?protocol=resp3",
+        "redis+unix:///run/redis/redis.sock",
+        "unix:///run/redis.sock?db=2",
+    ] {
+        let settings = load(&["--redis-url", url]).unwrap_or_else(|error| panic!("{url}: {error}"));
+        assert_eq!(settings.redis_url, Some(Secret::new(url)), "{url}");
+    }
+    // Trimmed, as every secret is (a variable or a file often ends in a newline).
+    let environment = env().with_var(ENV_REDIS_URL, "redis://127.0.0.1:6379\n");
+    let settings = Settings::load(&args(&with_required(&[])), &environment, None).expect("valid");
+    assert_eq!(
+        settings.redis_url,
+        Some(Secret::new("redis://127.0.0.1:6379"))
+    );
+
+    let problem = |argv: &[&'static str]| match load(argv) {
+        Err(ConfigError::MalformedSecret {
+            setting: "--redis-url",
+            env: ENV_REDIS_URL,
+            problem,
+        }) => problem,
+        other => panic!("{argv:?}: {other:?}"),
+    };
+    let cases: &[(&'static str, &str)] = &[
+        ("127.0.0.1:6379", "is not a Redis URL"),
+        ("http://127.0.0.1:6379", "must start with redis://"),
+        ("valkey://127.0.0.1:6379", "must start with redis://"),
+        ("redis://", "has no host"),
+        ("redis://:password@/0", "has no host"),
+        ("redis://127.0.0.1:99999", "has an invalid port"),
+        ("redis://127.0.0.1:", "has an invalid port"),
+        ("redis://127.0.0.1/db0", "has an invalid database"),
+        ("redis://127.0.0.1/0/1", "has an invalid database"),
+        ("redis://0.0.0.0:6379", "names a wildcard address"),
+        ("redis://[::]:6379", "names a wildcard address"),
+        ("redis+unix://", "has no socket path"),
+        ("unix://relative.sock", "has no socket path"),
+        ("redis://a b:6379", "contains whitespace"),
+        ("redis://[::1", "is refused by the Redis client"),
+        (
+            "redis://127.0.0.1/?protocol=9",
+            "is refused by the Redis client",
+        ),
+    ];
+    for &(url, start) in cases {
+        let problem = problem(&["--redis-url", url]);
+        assert!(problem.starts_with(start), "{url}: {problem}");
+    }
+    assert_eq!(
+        load(&["--redis-url", "redis://127.0.0.1\t:6379"]).map(|_| ()),
+        Err(ConfigError::MalformedSecret {
+            setting: "--redis-url",
+            env: ENV_REDIS_URL,
+            problem: "contains a control character (a line break?); remove it",
+        })
+    );
+
+    // rediss:// is accepted exactly when the Redis client was built with TLS.
+    let tls_built = redis::IntoConnectionInfo::into_connection_info("rediss://127.0.0.1").is_ok();
+    let tls = load(&["--redis-url", "rediss://redis.internal:6380"]);
+    if tls_built {
+        assert!(tls.is_ok(), "{tls:?}");
+    } else {
+        assert_eq!(
+            tls.expect_err("no TLS in this build").to_string(),
+            "--redis-url (from the flag, SHARDGATE_REDIS_URL or the config file) asks for TLS \
+             (rediss://), which this build of shardgate does not include; use redis:// (through \
+             a TLS tunnel to a remote Redis)"
+        );
+    }
+}
+
+#[test]
+fn fleet_names() {
+    for name in ["a", "shardgate", "Bot.Prod_2-eu", "10.0.0.7", "gw-1"] {
+        let argv = [
+            "--redis-url",
+            REDIS_URL,
+            "--cluster-name",
+            name,
+            "--host-id",
+            name,
+        ];
+        let settings = load(&argv).unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert_eq!(
+            (settings.cluster_name.as_str(), settings.host_id().as_str()),
+            (name, name)
+        );
+    }
+    let too_long: &'static str = "a".repeat(65).leak();
+    for name in ["", " ", "sg:x", "{x}", "a b", "a/b", "é", too_long] {
+        for (setting, example) in [("--cluster-name", "shardgate"), ("--host-id", "gateway-1")] {
+            assert_eq!(
+                load(&["--redis-url", REDIS_URL, setting, name]).map(|_| ()),
+                Err(ConfigError::InvalidFleetName {
+                    setting,
+                    value: name.to_owned(),
+                    origin: Origin::Flag,
+                    example,
+                }),
+                "{setting} {name:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_host_id_defaults_to_the_hostname() {
+    let load_env = |argv: &[&'static str], environment: Environment| {
+        Settings::load(&args(&with_required(argv)), &environment, None)
+    };
+    let fleet = ["--redis-url", REDIS_URL];
+    let settings = load_env(&fleet, env().with_hostname("gw-7.example\n")).expect("valid");
+    assert_eq!(settings.hostname, "gw-7.example");
+    assert_eq!(settings.host_id, None);
+    assert_eq!(settings.host_id(), "gw-7.example");
+    // --host-id wins; no hostname (or an empty one) is `host`.
+    let settings = load_env(
+        &["--redis-url", REDIS_URL, "--host-id", "gateway-2"],
+        env().with_hostname("gw-7"),
+    )
+    .expect("valid");
+    assert_eq!(settings.host_id(), "gateway-2");
+    for environment in [env(), env().with_hostname(" \n")] {
+        let settings = load_env(&fleet, environment).expect("valid");
+        assert_eq!(settings.host_id(), Settings::HOSTNAME_FALLBACK);
+    }
+    // A hostname that cannot be a host id is refused only when it would be one.
+    let odd = "host name with spaces";
+    assert_eq!(
+        load_env(&fleet, env().with_hostname(odd)).map(|_| ()),
+        Err(ConfigError::HostnameNotAHostId {
+            hostname: odd.to_owned()
+        })
+    );
+    assert_eq!(
+        load_env(&fleet, env().with_hostname(odd))
+            .expect_err("invalid")
+            .to_string(),
+        "--host-id is not set and this machine's hostname 'host name with spaces' cannot be a \
+         host id (1 to 64 characters of A-Z, a-z, 0-9, `.`, `_` and `-`); set --host-id, e.g. \
+         --host-id gateway-1"
+    );
+    assert!(load_env(&[], env().with_hostname(odd)).is_ok());
+    assert!(
+        load_env(
+            &["--redis-url", REDIS_URL, "--host-id", "gateway-1"],
+            env().with_hostname(odd)
+        )
+        .is_ok()
+    );
+    // This process's environment reads the real hostname.
+    let real = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty());
+    assert_eq!(Environment::from_process().hostname(), real.as_deref());
+}
+
+#[test]
+fn every_secret_has_its_hidden_environment_variable() {
+    let command = RunArgs::augment_args(Command::new("run"));
+    for (id, var) in [
+        ("token", ENV_TOKEN),
+        ("forward_secret", ENV_FORWARD_SECRET),
+        ("admin_token", ENV_ADMIN_TOKEN),
+        ("redis_url", ENV_REDIS_URL),
+    ] {
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .expect("a flag");
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(var)), "{id}");
+        assert!(arg.is_hide_env_values_set(), "{id}");
+        assert!(Environment::VARS.contains(&var), "{var}");
+    }
+    assert_eq!(Environment::VARS.len(), 4);
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::names::{INTENTS, KNOWN_INTENT_BITS, PRIVILEGED_INTENT_BITS};
 
-/// A secret that is not the bot token (`--forward-secret`, `--admin-token`).
+/// A secret that is not the bot token (`--forward-secret`, `--admin-token`, `--redis-url`).
 ///
 /// `Debug` prints `[redacted]` and there is no `Display`, so a secret inside a config, a log
 /// field or an error never prints itself. Read it with [`Secret::expose_secret`] where it must
