@@ -11,7 +11,7 @@
 //! [`COUNTERS_PUBLISH_INTERVAL`]: the hot path pays a few stores per frame.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::ShardPlan;
-use crate::shard::{Shard, ShardConfig, ShardCounters, ShardState};
+use crate::shard::{Session, Shard, ShardConfig, ShardCounters, ShardState};
 
 /// How often a core's control task looks for requests (and for the stop flag).
 pub const CONTROL_POLL: Duration = Duration::from_millis(10);
@@ -65,6 +65,19 @@ pub enum CoreRequest {
     /// Tell every shard of the set with `shard_count` shards on this core: hand over, retire or
     /// become live.
     Set { shard_count: u32, nudge: Nudge },
+    /// Start one shard of the live set (a fleet gave it to this host), resuming `session` if
+    /// there is one.
+    StartShard {
+        shard_id: u32,
+        shard_count: u32,
+        session: Option<Session>,
+    },
+    /// Tell one shard (the newest of that id in the set).
+    Shard {
+        shard_id: u32,
+        shard_count: u32,
+        nudge: Nudge,
+    },
 }
 
 /// What a shard is for.
@@ -198,6 +211,9 @@ pub struct ControlHandle {
 struct HandleInner {
     /// Per core: its request channel.
     cores: Vec<Sender<CoreRequest>>,
+    /// In a fleet: the core each shard this host was given runs on (shards come and go one by
+    /// one, each on the core with the fewest).
+    placed: Mutex<HashMap<u32, usize>>,
     /// The live set's plan: commands and reconnects go to its shards. A reshard's switch
     /// replaces it ([`ControlHandle::promote`]).
     live: Mutex<ShardPlan>,
@@ -210,6 +226,7 @@ impl ControlHandle {
         ControlHandle {
             inner: Arc::new(HandleInner {
                 cores,
+                placed: Mutex::new(HashMap::new()),
                 live: Mutex::new(plan),
             }),
         }
@@ -230,6 +247,9 @@ impl ControlHandle {
     }
 
     fn core_in(&self, plan: &ShardPlan, shard_id: u32) -> Result<usize, ControlError> {
+        if let Some(&core) = self.placed().get(&shard_id) {
+            return Ok(core);
+        }
         let not_owned = ControlError::NotOwned {
             shard_id,
             first: plan.shards.start(),
@@ -273,6 +293,55 @@ impl ControlHandle {
                 });
             }
         }
+    }
+
+    /// Starts `shard_id` of the live set on the core with the fewest placed shards (a fleet
+    /// gave it to this host); returns that core.
+    pub fn place_shard(&self, shard_id: u32, session: Option<Session>) -> usize {
+        let core = {
+            let mut placed = self.placed();
+            let mut load = vec![0usize; self.inner.cores.len().max(1)];
+            for &core in placed.values() {
+                load[core] += 1;
+            }
+            let core = (0..load.len()).min_by_key(|&core| load[core]).unwrap_or(0);
+            placed.insert(shard_id, core);
+            core
+        };
+        if let Some(requests) = self.inner.cores.get(core) {
+            let _ = requests.send(CoreRequest::StartShard {
+                shard_id,
+                shard_count: self.plan().total_shards.get(),
+                session,
+            });
+        }
+        core
+    }
+
+    /// Tells one placed shard (a fleet's identify grant, or its stop); false when it is not
+    /// placed here.
+    pub fn nudge_shard(&self, shard_id: u32, nudge: Nudge) -> bool {
+        let Some(&core) = self.placed().get(&shard_id) else {
+            return false;
+        };
+        let _ = self.inner.cores[core].send(CoreRequest::Shard {
+            shard_id,
+            shard_count: self.plan().total_shards.get(),
+            nudge,
+        });
+        true
+    }
+
+    /// Forgets where a shard ran (its task ended: the fleet gave it away).
+    pub fn unplace_shard(&self, shard_id: u32) {
+        self.placed().remove(&shard_id);
+    }
+
+    fn placed(&self) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
+        self.inner
+            .placed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Tells every shard of a set, on every core.
@@ -406,6 +475,8 @@ pub enum Nudge {
     Retire,
     /// Become [`Role::Live`].
     Promote,
+    /// The fleet's identify bucket granted this shard's identify.
+    IdentifyPermit,
 }
 
 /// A core's shards as their tasks last published them, in the order they started.
@@ -500,7 +571,8 @@ impl Board {
     }
 
     /// Answers `request`; `nudge(index, what)` reaches the shard task at `index`.
-    /// [`CoreRequest::StartShards`] is the core's to do; here it is ignored.
+    /// [`CoreRequest::StartShards`] and [`CoreRequest::StartShard`] are the core's to do; here
+    /// they are ignored.
     pub(crate) fn answer(
         &self,
         request: CoreRequest,
@@ -583,7 +655,16 @@ impl Board {
                     }
                 }
             }
-            CoreRequest::StartShards { .. } => {}
+            CoreRequest::Shard {
+                shard_id,
+                shard_count,
+                nudge: what,
+            } => {
+                if let Some(index) = self.index_in_set(shard_id, shard_count) {
+                    nudge(index, what);
+                }
+            }
+            CoreRequest::StartShards { .. } | CoreRequest::StartShard { .. } => {}
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct Shared {
     pub decoder_limits: DecoderLimits,
     pub tls: Arc<rustls::ClientConfig>,
     pub limiter: Arc<IdentifyLimiter>,
+    /// In a fleet: the fleet's identify limiter, which `limiter` then stands aside for.
+    pub fleet_gate: Option<Arc<crate::fleet::gate::FleetGate>>,
     pub connect_timeout: Duration,
     /// Socket reads of every connection wait for a tick after draining their socket.
     pub read_coalescing: Option<ReadCoalescing>,
@@ -189,6 +191,15 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
                                 for shard_id in shard_ids {
                                     context.spawn(shard_id, shard_count, role, None);
                                 }
+                            }
+                        }
+                        CoreRequest::StartShard {
+                            shard_id,
+                            shard_count,
+                            session,
+                        } => {
+                            if !stopped {
+                                context.spawn(shard_id, shard_count, Role::Live, session);
                             }
                         }
                         request => {
@@ -331,7 +342,26 @@ impl Driver {
         config.payload_compression = shared.compression.identify_compress();
         config.large_threshold = shared.large_threshold;
         config.rng_seed = shared.rng_seed;
+        let mut outbox: VecDeque<Record> = VecDeque::new();
         let mut saved_pending = saved.is_some();
+        // A session to resume that the sink has not heard of (the fleet handed it over from
+        // another host): announced ahead of anything the shard forwards.
+        if let Some(session) = saved.as_ref().filter(|_| shared.fleet_gate.is_some()) {
+            match serde_json::to_vec(session) {
+                Ok(payload) => outbox.push_back(Record {
+                    shard_id,
+                    shard_count,
+                    seq: session.sequence,
+                    kind: RecordKind::Session,
+                    payload: payload.into(),
+                }),
+                Err(error) => tracing::error!(shard = shard_id, %error, "cannot note the session"),
+            }
+        }
+        // Ran (or resumes) a session: its identifies are reconnects, ahead of new sessions.
+        let mut had_session = saved.is_some();
+        // In a fleet: an identify asked for and not granted yet.
+        let mut identify_wanted = false;
         let built = match saved {
             Some(session) => {
                 Shard::with_session(config.clone(), session, Instant::now()).or_else(|error| {
@@ -362,7 +392,6 @@ impl Driver {
         let mut shard_filter = ShardFilter::new();
         let mut connection: Option<Connection> = None;
         let mut transmit = Vec::with_capacity(1024);
-        let mut outbox: VecDeque<Record> = VecDeque::new();
         // The identify slot reserved for this shard's next new session.
         let mut identify_at: Option<Instant> = None;
         // A connect held until shortly before that slot.
@@ -392,7 +421,11 @@ impl Driver {
                     connection = None;
                     machine.connection_lost(Instant::now(), LossCause::Transport);
                 } else if identified {
-                    shared.limiter.identified(shard_id, Instant::now());
+                    identify_wanted = false;
+                    match &shared.fleet_gate {
+                        Some(gate) => gate.sent(shard_id, Instant::now()),
+                        None => shared.limiter.identified(shard_id, Instant::now()),
+                    }
                     tracing::debug!(shard = shard_id, "identify sent");
                 }
             }
@@ -403,7 +436,7 @@ impl Driver {
                         connection = None;
                         // A new session takes its identify slot now and opens its socket just
                         // before it: a cold start opens connections round by round.
-                        if machine.session().is_none() {
+                        if machine.session().is_none() && shared.fleet_gate.is_none() {
                             let now = Instant::now();
                             let at = *identify_at
                                 .get_or_insert_with(|| shared.limiter.reserve(shard_id, now).at);
@@ -434,13 +467,19 @@ impl Driver {
                         machine.connection_lost(Instant::now(), LossCause::Transport);
                     }
                     ShardEvent::NeedIdentify => {
-                        // Usually reserved when the connect was asked for.
-                        if identify_at.is_none() {
+                        if let Some(gate) = &shared.fleet_gate {
+                            // Asked once; the grant comes as a nudge.
+                            if !std::mem::replace(&mut identify_wanted, true) {
+                                gate.want(shard_id, had_session);
+                            }
+                        } else if identify_at.is_none() {
+                            // Usually reserved when the connect was asked for.
                             let reservation = shared.limiter.reserve(shard_id, Instant::now());
                             identify_at = Some(reservation.at);
                         }
                     }
                     ShardEvent::Ready { .. } => {
+                        had_session = true;
                         session_since = Some(Instant::now());
                         stats.identifies.fetch_add(1, Ordering::Relaxed);
                         if std::mem::take(&mut saved_pending) {
@@ -497,6 +536,8 @@ impl Driver {
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .push((slot.shard_count(), shard_id));
                         }
+                        withdraw_identify(&shared, shard_id, identify_wanted);
+                        note_end(&shared, &machine, shard_id, shard_count, &mut outbox);
                         // What came before the close: no session will replay it.
                         flush_outbox(&ring, &mut outbox, &stats).await;
                         // The board shows how it ended (a reshard's hand-over waits for every
@@ -506,6 +547,8 @@ impl Driver {
                     }
                     ShardEvent::Stopped => {
                         stats.shards_running.fetch_sub(1, Ordering::Relaxed);
+                        withdraw_identify(&shared, shard_id, identify_wanted);
+                        note_end(&shared, &machine, shard_id, shard_count, &mut outbox);
                         flush_outbox(&ring, &mut outbox, &stats).await;
                         slot.publish(&machine, shard_filter.guilds(), None, Instant::now());
                         return;
@@ -586,11 +629,26 @@ impl Driver {
                     if identify_at.is_some_and(|at| now >= at)
                         && machine.state() == ShardState::AwaitingIdentifyPermit
                     {
-                        // The bucket's previous identify may have gone out late.
-                        identify_at = shared.limiter.claim(shard_id, now);
-                        if identify_at.is_none()
-                            && let Err(error) = machine.identify_permitted(now)
-                        {
+                        let go = match &shared.fleet_gate {
+                            // The fleet's bucket granted it (the nudge set `identify_at`);
+                            // without a grant to take, the next nudge brings one.
+                            Some(gate) => {
+                                identify_at = None;
+                                let go = gate.take(shard_id, now);
+                                if !go {
+                                    // Too old to use safely: queue again.
+                                    gate.want(shard_id, had_session);
+                                    identify_wanted = true;
+                                }
+                                go
+                            }
+                            // The bucket's previous identify may have gone out late.
+                            None => {
+                                identify_at = shared.limiter.claim(shard_id, now);
+                                identify_at.is_none()
+                            }
+                        };
+                        if go && let Err(error) = machine.identify_permitted(now) {
                             tracing::debug!(shard = shard_id, %error, "identify slot unused");
                         }
                     }
@@ -639,6 +697,8 @@ impl Driver {
                 }
                 // Taken at the top of the loop.
                 Wake::Nudge(Some(Nudge::Commands)) => {}
+                // The fleet's bucket granted this shard's identify: used on the next turn.
+                Wake::Nudge(Some(Nudge::IdentifyPermit)) => identify_at = Some(now),
                 Wake::Nudge(Some(Nudge::Reconnect { new_session })) => {
                     tracing::info!(shard = shard_id, new_session, "reconnect requested");
                     if let Err(error) = machine.request_reconnect(now, new_session) {
@@ -966,6 +1026,33 @@ fn handle_frame(
         }
     }
     false
+}
+
+/// In a fleet, a shard's last record says that it ended here: the fleet hands the session over
+/// once the bot has every record before it.
+fn note_end(
+    shared: &Shared,
+    machine: &Shard,
+    shard_id: u32,
+    shard_count: u32,
+    outbox: &mut VecDeque<Record>,
+) {
+    if shared.fleet_gate.is_some() {
+        outbox.push_back(Record {
+            shard_id,
+            shard_count,
+            seq: machine.session().map_or(0, |session| session.sequence),
+            kind: RecordKind::Ended,
+            payload: bytes::Bytes::new(),
+        });
+    }
+}
+
+/// A stopping shard's identify ticket, if it still waits, leaves the fleet's bucket.
+fn withdraw_identify(shared: &Shared, shard_id: u32, wanted: bool) {
+    if wanted && let Some(gate) = &shared.fleet_gate {
+        gate.cancel(shard_id);
+    }
 }
 
 /// How far [`push_outbox`] got.

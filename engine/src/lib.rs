@@ -11,6 +11,7 @@ pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod filter;
+pub mod fleet;
 pub mod limiter;
 pub mod procfs;
 pub mod progress;

@@ -55,6 +55,11 @@ pub enum RecordKind {
     /// (which its own filter, with another cache, may have let through) is then a duplicate, not
     /// an event only that set saw. The collector never queues it.
     Redundant,
+    /// Not for the bot: a fleet's shard task ended on this host (the shard went to another).
+    /// It travels the ring behind the shard's last record, so that once the queue has it, the
+    /// queue knows every record of that session here (see
+    /// [`crate::sink::queue::Queue::acknowledged_sessions`]); the queue consumes it.
+    Ended,
 }
 
 impl RecordKind {
@@ -66,6 +71,7 @@ impl RecordKind {
                 | RecordKind::Position
                 | RecordKind::HandedOver
                 | RecordKind::Redundant
+                | RecordKind::Ended
         )
     }
 }

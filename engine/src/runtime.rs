@@ -68,6 +68,8 @@ pub enum RunError {
     ForwardUrl(#[from] crate::sink::http::UrlError),
     #[error(transparent)]
     Limiter(#[from] crate::limiter::LimiterError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start a thread: {0}")]
@@ -219,6 +221,9 @@ pub struct Engine {
     limiter: Arc<IdentifyLimiter>,
     resharder: std::cell::RefCell<Resharder>,
     reshard_board: Arc<ReshardBoard>,
+    /// In a fleet (`--redis-url`): this host's part; it saves the sessions (in Redis, not in
+    /// the data dir).
+    fleet: Option<crate::fleet::Fleet>,
     /// Held (`flock`) until the engine is dropped, after the last sessions save.
     _data_dir_lock: std::fs::File,
 }
@@ -362,7 +367,14 @@ impl Engine {
         let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
 
         // Discord's view: URL, recommended shards, identify limits.
-        let needs_rest = settings.gateway_url.is_none() || settings.fixed_plan().is_none();
+        let fleet_url = settings
+            .redis_url
+            .as_ref()
+            .map(|url| url.expose_secret().to_owned());
+        // A fleet reconciles the day's identify budget with Discord's own count.
+        let needs_rest = settings.gateway_url.is_none()
+            || settings.fixed_plan().is_none()
+            || fleet_url.is_some();
         let gateway_bot = if needs_rest {
             Some(fetch_gateway_bot(&settings, &tls)?)
         } else {
@@ -370,9 +382,25 @@ impl Engine {
         };
         let recommended = gateway_bot.as_ref().map_or(1, |g| g.shards).max(1);
         let mut plan = settings.plan(NonZeroU32::new(recommended).unwrap_or(NonZeroU32::MIN))?;
+        if let Some(url) = &fleet_url {
+            // Every host runs the count the first one started with.
+            let agreed = crate::fleet::agree_shard_count(url, &settings.cluster_name, plan)?;
+            if agreed != plan.total_shards {
+                tracing::info!(
+                    configured = plan.total_shards.get(),
+                    fleet = agreed.get(),
+                    "the fleet runs another shard count: running its count"
+                );
+            }
+            plan = settings.plan_with_total(agreed)?;
+        }
         // A reshard of the last run stands: its sessions are saved for its new count, and the
         // configured count is still the one it left behind.
-        if let Some(total) = resharded_count(&settings.sessions_file(), plan, settings.shards) {
+        if fleet_url.is_some() {
+            // Sessions live in Redis; the data dir's file is the single process's.
+        } else if let Some(total) =
+            resharded_count(&settings.sessions_file(), plan, settings.shards)
+        {
             tracing::info!(
                 configured = plan.total_shards.get(),
                 running = total.get(),
@@ -442,6 +470,15 @@ impl Engine {
             "sizes per core"
         );
 
+        let (fleet_gate, gate_requests) = if fleet_url.is_some() {
+            let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
+            (
+                Some(Arc::new(crate::fleet::gate::FleetGate::new(requests_tx))),
+                Some(requests_rx),
+            )
+        } else {
+            (None, None)
+        };
         let merging = Arc::new(AtomicBool::new(false));
         let fatal_replaced = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
@@ -457,14 +494,21 @@ impl Engine {
             },
             tls: Arc::clone(&tls),
             limiter: Arc::clone(&limiter),
+            fleet_gate: fleet_gate.clone(),
             connect_timeout: Duration::from_secs(10),
             read_coalescing: (settings.read_coalesce_ms > 0).then(|| ReadCoalescing {
                 tick: Duration::from_millis(settings.read_coalesce_ms),
                 epoch: Instant::now(),
             }),
             shards_ready: AtomicUsize::new(0),
-            shards_owned: owned.len(),
-            live_shards: AtomicUsize::new(owned.len()),
+            // A fleet host's shards come and go: it never announces ALL_SHARDS_READY, and never
+            // stops for lack of shards.
+            shards_owned: if fleet_url.is_some() {
+                usize::MAX
+            } else {
+                owned.len()
+            },
+            live_shards: AtomicUsize::new(if fleet_url.is_some() { 0 } else { owned.len() }),
             stop: AtomicBool::new(false),
             certificate_warned: AtomicBool::new(false),
             rng_seed: started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id()),
@@ -512,7 +556,11 @@ impl Engine {
             None => None,
         };
         let sessions_path = settings.sessions_file();
-        let saved = load_sessions(&sessions_path, plan.total_shards.get(), &owned);
+        let saved = if fleet_url.is_some() {
+            SavedSessions::new(plan.total_shards.get())
+        } else {
+            load_sessions(&sessions_path, plan.total_shards.get(), &owned)
+        };
         let queue = Queue::new(
             settings.queue_bytes_max,
             spill,
@@ -530,7 +578,13 @@ impl Engine {
         let mut core_stats = Vec::new();
         let mut executors = Vec::new();
         let cores_done = Arc::new(AtomicUsize::new(0));
-        for (index, shard_ids) in owned.chunks(per_core).enumerate() {
+        // In a fleet the cores start empty: the agent places each shard it is given.
+        let core_shards: Vec<Vec<u32>> = if fleet_url.is_some() {
+            vec![Vec::new(); plan.cores as usize]
+        } else {
+            owned.chunks(per_core).map(<[u32]>::to_vec).collect()
+        };
+        for (index, shard_ids) in core_shards.iter().enumerate() {
             let (ring_tx, ring_rx) = crossbeam_channel::bounded(settings.ring_capacity);
             rings.push(ring_rx);
             // Unbounded: only the admin API sends, one request per HTTP request in flight.
@@ -584,6 +638,50 @@ impl Engine {
             sink_stats,
         });
         let control = ControlHandle::new(core_links, plan);
+        let fleet = match (&fleet_url, fleet_gate, gate_requests) {
+            (Some(url), Some(gate), Some(gate_requests)) => {
+                let pinned: Vec<u32> = settings
+                    .shards
+                    .map(|range| (range.start()..=range.end()).collect())
+                    .unwrap_or_default();
+                let fleet_settings = crate::fleet::agent::FleetSettings {
+                    cluster: settings.cluster_name.clone(),
+                    host: crate::fleet::store::HostInfo {
+                        id: settings.host_id(),
+                        admin: settings.admin_addr.to_string(),
+                        capacity: if pinned.is_empty() {
+                            settings.host_capacity.unwrap_or(plan.total_shards.get())
+                        } else {
+                            pinned.len() as u32
+                        },
+                        pinned,
+                    },
+                    host_lease: Duration::from_millis(settings.host_lease_ms),
+                    shard_lease: Duration::from_millis(settings.shard_lease_ms),
+                    moves_per_minute: settings.moves_per_minute,
+                    total_shards: plan.total_shards.get(),
+                    session_save_interval: Duration::from_millis(settings.session_save_interval_ms),
+                    handover_timeout: HANDOVER_TIMEOUT,
+                };
+                let identify = crate::fleet::identify::IdentifySettings {
+                    host_id: settings.host_id(),
+                    max_concurrency: session_start_limit.max_concurrency,
+                    interval: identify_interval,
+                    reserve: identify_reserve(session_start_limit.total),
+                };
+                Some(crate::fleet::Fleet::start(
+                    url,
+                    fleet_settings,
+                    identify,
+                    session_start_limit,
+                    control.clone(),
+                    sink.positions(),
+                    gate,
+                    gate_requests,
+                )?)
+            }
+            _ => None,
+        };
         let reshard_board = Arc::new(ReshardBoard::default());
         let recommendation = {
             let settings = settings.clone();
@@ -599,7 +697,9 @@ impl Engine {
             ResharderConfig {
                 policy: settings.reshard_policy(),
                 check_interval: settings.reshard_check_interval,
-                owns_every_shard: plan.shards.len() == u64::from(plan.total_shards.get()),
+                // A fleet does not reshard (yet): no host sees every shard's guilds.
+                owns_every_shard: fleet_url.is_none()
+                    && plan.shards.len() == u64::from(plan.total_shards.get()),
                 max_concurrency: session_start_limit.max_concurrency,
                 identify_interval,
                 plan,
@@ -628,6 +728,7 @@ impl Engine {
             limiter: Arc::clone(&limiter),
             resharder: std::cell::RefCell::new(resharder),
             reshard_board: Arc::clone(&reshard_board),
+            fleet,
             _data_dir_lock: data_dir_lock,
         };
         let context = AdminContext {
@@ -635,6 +736,7 @@ impl Engine {
             stats,
             limiter,
             reshard: reshard_board,
+            fleet: engine.fleet.as_ref().map(crate::fleet::Fleet::handle),
             token: settings.admin_token.clone(),
             started,
         };
@@ -672,13 +774,19 @@ impl Engine {
                 stopping || self.shared.stop.load(Ordering::Acquire),
                 Instant::now(),
             );
-            let live = resharder.plan().shards.len();
+            let live = match &self.fleet {
+                Some(fleet) => crate::fleet::FleetCounters::get(&fleet.counters().shards_held),
+                None => resharder.plan().shards.len(),
+            };
             self.shared.live_shards.store(
                 usize::try_from(live).unwrap_or(usize::MAX),
                 Ordering::Relaxed,
             );
         }
         if stopping && !self.shared.stop.load(Ordering::Acquire) {
+            if let Some(fleet) = &self.fleet {
+                fleet.begin_stop();
+            }
             tracing::info!("stopping: closing every shard resumably (4000) and flushing");
             self.shared.stop.store(true, Ordering::Release);
         }
@@ -739,9 +847,10 @@ impl Engine {
         spawned >= self.shared.shards_owned as u64 && sum(|s| &s.shards_ended) >= spawned
     }
 
-    /// Writes every shard's session and durable sequence to the data dir.
+    /// Writes every shard's session and durable sequence to the data dir (alone; a fleet keeps
+    /// them in Redis).
     fn save_sessions(&self) {
-        let Some(sink) = self.sink.as_ref() else {
+        let Some(sink) = self.sink.as_ref().filter(|_| self.fleet.is_none()) else {
             return;
         };
         let saved = sink.saved_sessions();
@@ -787,14 +896,18 @@ impl Engine {
             if !clean {
                 tracing::error!("a sink thread panicked");
             }
-            match crate::sink::sessions::save(&self.sessions_path, &saved) {
-                Ok(()) => tracing::info!(
-                    sessions = saved.shards.len(),
-                    path = %self.sessions_path.display(),
-                    "sessions saved"
-                ),
-                Err(error) => {
-                    tracing::error!(%error, "cannot save the sessions; a restart will identify");
+            if let Some(fleet) = self.fleet.take() {
+                fleet.finish();
+            } else {
+                match crate::sink::sessions::save(&self.sessions_path, &saved) {
+                    Ok(()) => tracing::info!(
+                        sessions = saved.shards.len(),
+                        path = %self.sessions_path.display(),
+                        "sessions saved"
+                    ),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot save the sessions; a restart will identify");
+                    }
                 }
             }
         }
@@ -812,6 +925,15 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// Most time a fleet's hand-over waits for the bot to acknowledge the shard's last records.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Identifies of the day's budget a fleet keeps for reconnects of running shards: a twentieth
+/// of it (50 of Discord's usual 1,000), at least one.
+fn identify_reserve(total: u32) -> u32 {
+    (total / 20).max(1)
 }
 
 /// Creates the data dir and takes `{data_dir}/shardgate.lock` for this process.

@@ -176,6 +176,12 @@ fn every_endpoint_but_healthz_needs_the_token() {
             );
             continue;
         }
+        if path == "/cluster" || path.ends_with("/move?to=HOST") {
+            // The fleet's endpoints, on a process that runs alone: a 404 that says so.
+            assert_eq!(status, 404, "{method} {path} with the token: {answer}");
+            assert!(answer.contains("--redis-url"), "{answer}");
+            continue;
+        }
         assert!(
             (200..300).contains(&status),
             "{method} {path} with the token: {status} {answer}"

@@ -41,6 +41,7 @@ fn shardgate_with_admin(dir: &Path, admin: &str) -> Command {
         .args(["--data-dir", dir.join("data").to_str().unwrap()])
         .env_remove("FORWARD_SECRET")
         .env_remove("SHARDGATE_ADMIN_TOKEN")
+        .env_remove("SHARDGATE_REDIS_URL")
         .env("DISCORD_TOKEN", TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -425,6 +426,39 @@ fn a_second_process_on_the_same_data_dir_is_refused_before_any_network() {
 
 /// A start after a run that saved no session (its shards never connected) says nothing about
 /// resuming; one after a run that saved a session says how many it resumes.
+/// A fleet whose Redis does not answer: the start fails at once, naming `--redis-url` and what
+/// to check, without the URL's password, and nothing runs.
+#[test]
+fn a_redis_that_does_not_answer_stops_the_start_naming_redis_url() {
+    let dir = scratch("redis-down");
+    let mock = plain_mock();
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    // A port nothing listens on.
+    let redis = free_addr();
+    let mut engine = Running::start(
+        shardgate(&dir)
+            .args(["--api-base", &mock.api_base(), "--total-shards", "2"])
+            .args(["--forward-url", &bot.url()])
+            .args(["--redis-url", &format!("redis://:hunter2-secret@{redis}/0")])
+            .args(["--host-id", "gateway-1"])
+            .env("DISCORD_TOKEN", mock.token()),
+    );
+    let (status, stderr) = engine.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "shardgate: cannot reach Redis at redis://{redis}/0 (--redis-url)"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("check that it runs"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password must not show: {stderr}"
+    );
+    assert_eq!(mock.ledger().connections_total, 0, "no shard connected");
+}
+
 #[test]
 fn resuming_saved_sessions_is_logged_only_when_there_are_some() {
     let dir = scratch("sessions-log");

@@ -497,7 +497,100 @@ pub fn render(context: &AdminContext, reports: &[CoreReport]) -> String {
         snapshot.saved_sessions_rejected as f64,
     );
     reshard_families(&mut out, &context.reshard.metrics(), reports, live);
+    if let Some(fleet) = &context.fleet {
+        fleet_families(&mut out, fleet);
+    }
     out.0
+}
+
+/// In a fleet: this host's leases, hand-overs, identifies through the fleet's buckets, and
+/// Redis.
+fn fleet_families(out: &mut Exposition, fleet: &crate::fleet::FleetHandle) {
+    let counters = fleet.counters();
+    let view = fleet.view();
+    let get = crate::fleet::FleetCounters::get;
+    out.family(
+        "shardgate_fleet_shards_held",
+        "gauge",
+        "Shards whose lease this host holds.",
+    );
+    out.sample(
+        "shardgate_fleet_shards_held",
+        &[],
+        get(&counters.shards_held) as f64,
+    );
+    out.family(
+        "shardgate_fleet_leases_total",
+        "counter",
+        "Shard leases by what became of them: granted, lost (another host holds it), lapsed \
+         (not renewed in time: Redis did not answer).",
+    );
+    for (event, counter) in [
+        ("granted", &counters.leases_granted),
+        ("lost", &counters.leases_lost),
+        ("lapsed", &counters.leases_lapsed),
+    ] {
+        out.sample(
+            "shardgate_fleet_leases_total",
+            &[("event", event)],
+            get(counter) as f64,
+        );
+    }
+    out.family(
+        "shardgate_fleet_handovers_total",
+        "counter",
+        "Shards handed to another host, by whether the bot had acknowledged every record first \
+         (acknowledged) or the wait ran out (timed_out: the new host gets the rest again).",
+    );
+    let timed_out = get(&counters.handover_timeouts);
+    for (outcome, value) in [
+        (
+            "acknowledged",
+            get(&counters.handed_over).saturating_sub(timed_out),
+        ),
+        ("timed_out", timed_out),
+    ] {
+        out.sample(
+            "shardgate_fleet_handovers_total",
+            &[("outcome", outcome)],
+            value as f64,
+        );
+    }
+    for (name, help, counter) in [
+        (
+            "shardgate_fleet_sessions_taken_over_total",
+            "Shards started here by resuming a session another host (or this one) left in Redis.",
+            &counters.sessions_taken_over,
+        ),
+        (
+            "shardgate_fleet_identifies_granted_total",
+            "Identifies the fleet's shared buckets granted to this host's shards.",
+            &counters.identifies_granted,
+        ),
+        (
+            "shardgate_fleet_identify_round_trips_total",
+            "Redis commands this host's identify worker sent.",
+            &counters.identify_round_trips,
+        ),
+        (
+            "shardgate_fleet_redis_errors_total",
+            "Redis steps that failed (unreachable, timed out, refused).",
+            &counters.redis_errors,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        out.sample(name, &[], get(counter) as f64);
+    }
+    out.family(
+        "shardgate_fleet_redis_connected",
+        "gauge",
+        "1 while the agent's last step reached Redis.",
+    );
+    out.sample(
+        "shardgate_fleet_redis_connected",
+        &[],
+        f64::from(u8::from(view.redis_connected)),
+    );
 }
 
 /// Resharding: the phase, the shards of each set, reshards by outcome, and the merge.

@@ -40,6 +40,8 @@ pub struct AdminContext {
     pub stats: Arc<EngineStats>,
     pub limiter: Arc<IdentifyLimiter>,
     pub reshard: Arc<crate::resharder::ReshardBoard>,
+    /// In a fleet: `GET /cluster` and moves.
+    pub fleet: Option<crate::fleet::FleetHandle>,
     pub token: Option<Secret>,
     pub started: Instant,
 }

@@ -44,6 +44,8 @@ pub fn handle(context: &AdminContext, request: &Request) -> Response {
         ("GET", ["shards"]) => shards(context),
         ("GET", ["shards", id]) => shard(context, id),
         ("POST", ["shards", id, "reconnect"]) => reconnect(context, id, request),
+        ("POST", ["shards", id, "move"]) => move_shard(context, id, request),
+        ("GET", ["cluster"]) => cluster(context),
         ("POST", ["commands"]) => command(context, request),
         ("GET", ["reshard"]) => Response::json(200, &context.reshard.status()),
         ("POST", ["reshard"]) => reshard_start(context, request),
@@ -51,7 +53,10 @@ pub fn handle(context: &AdminContext, request: &Request) -> Response {
         (_, ["readyz" | "status" | "metrics" | "shards"] | ["shards", _]) => {
             method_not_allowed(method, "GET")
         }
-        (_, ["shards", _, "reconnect"] | ["commands"]) => method_not_allowed(method, "POST"),
+        (_, ["shards", _, "reconnect" | "move"] | ["commands"]) => {
+            method_not_allowed(method, "POST")
+        }
+        (_, ["cluster"]) => method_not_allowed(method, "GET"),
         (_, ["reshard"]) => method_not_allowed(method, "GET, POST, DELETE"),
         _ => Response::error(404, format!("no such endpoint: {method} {}", request.path)),
     }
@@ -395,6 +400,140 @@ fn guild_id(payload: &Value) -> Option<Result<u64, String>> {
         _ => None,
     };
     Some(parsed.ok_or_else(|| format!("d.guild_id {value} is not a snowflake")))
+}
+
+/// Without `--redis-url` there is no fleet to show or move shards in.
+fn no_fleet() -> Response {
+    Response::error(
+        404,
+        "this process runs alone: the fleet endpoints need --redis-url (see docs/fleet.md)",
+    )
+}
+
+/// `GET /cluster`: the hosts, their shards and leases, and the assigner, as this host's agent
+/// last saw them (every tick).
+fn cluster(context: &AdminContext) -> Response {
+    let Some(fleet) = &context.fleet else {
+        return no_fleet();
+    };
+    let view = fleet.view();
+    let settings = fleet.settings();
+    let counters = fleet.counters();
+    let get = crate::fleet::FleetCounters::get;
+    let hosts: Vec<Value> = view
+        .hosts
+        .iter()
+        .map(|host| {
+            let assigned: Vec<u32> = view
+                .assignment
+                .iter()
+                .filter(|(_, owner)| **owner == host.info.id)
+                .map(|(shard, _)| *shard)
+                .collect();
+            let leased: Vec<u32> = view
+                .leases
+                .iter()
+                .filter(|(_, lease)| lease.host == host.info.id)
+                .map(|(shard, _)| *shard)
+                .collect();
+            json!({
+                "id": host.info.id,
+                "admin": host.info.admin,
+                "capacity": host.info.capacity,
+                "pinned": host.info.pinned,
+                "assigned": assigned,
+                "leased": leased,
+                "lease_until_ms": host.lease_until_ms,
+            })
+        })
+        .collect();
+    let leases: serde_json::Map<String, Value> = view
+        .leases
+        .iter()
+        .map(|(shard, lease)| {
+            (
+                shard.to_string(),
+                json!({
+                    "host": lease.host,
+                    "token": lease.token,
+                    "ttl_ms": lease.ttl.as_millis() as u64,
+                }),
+            )
+        })
+        .collect();
+    Response::json(
+        200,
+        &json!({
+            "cluster": settings.cluster,
+            "host": settings.host.id,
+            "total_shards": settings.total_shards,
+            "redis_connected": view.redis_connected,
+            "last_error": view.last_error,
+            "assigner": view.assigner,
+            "hosts": hosts,
+            "leases": leases,
+            "held": view.held.keys().collect::<Vec<_>>(),
+            "epoch_ms": view.epoch_ms,
+            "handing_over": view.handing_over,
+            "counters": {
+                "leases_granted": get(&counters.leases_granted),
+                "leases_lost": get(&counters.leases_lost),
+                "leases_lapsed": get(&counters.leases_lapsed),
+                "sessions_taken_over": get(&counters.sessions_taken_over),
+                "sessions_saved": get(&counters.sessions_saved),
+                "handed_over": get(&counters.handed_over),
+                "handover_timeouts": get(&counters.handover_timeouts),
+                "identifies_granted": get(&counters.identifies_granted),
+                "identify_round_trips": get(&counters.identify_round_trips),
+                "redis_errors": get(&counters.redis_errors),
+            },
+        }),
+    )
+}
+
+/// `POST /shards/{id}/move?to=HOST`: the assigner moves the shard to a live host; the shard is
+/// handed over (its session resumed there, no identify). Answers 202 at once.
+fn move_shard(context: &AdminContext, id: &str, request: &Request) -> Response {
+    let Some(fleet) = &context.fleet else {
+        return no_fleet();
+    };
+    let shard_id = match parse_shard_id(id) {
+        Ok(shard_id) => shard_id,
+        Err(refusal) => return refusal,
+    };
+    let total = fleet.settings().total_shards;
+    if shard_id >= total {
+        return Response::error(
+            400,
+            format!("shard {shard_id} does not exist: the fleet runs {total} shards"),
+        );
+    }
+    let Some(to) = request.query_value("to").filter(|to| !to.is_empty()) else {
+        return Response::error(400, "give the host to move it to: ?to=HOST");
+    };
+    let view = fleet.view();
+    let Some(host) = view.hosts.iter().find(|host| host.info.id == to) else {
+        let live: Vec<&str> = view.hosts.iter().map(|h| h.info.id.as_str()).collect();
+        return Response::error(
+            409,
+            format!("no live host '{to}' in the fleet; live hosts: {live:?}"),
+        );
+    };
+    if !host.info.pinned.is_empty() {
+        return Response::error(
+            409,
+            format!("host '{to}' runs pinned shards only (--shards); it takes no moves"),
+        );
+    }
+    fleet.request_move(shard_id, to.to_owned());
+    Response::json(
+        202,
+        &json!({
+            "shard_id": shard_id,
+            "from": view.assignment.get(&shard_id),
+            "to": to,
+        }),
+    )
 }
 
 fn parse_shard_id(id: &str) -> Result<u32, Response> {

@@ -38,7 +38,8 @@ pub fn encode_except(records: &[Record], skip: &[usize], body: &mut Vec<u8>) {
             RecordKind::Session
             | RecordKind::Position
             | RecordKind::HandedOver
-            | RecordKind::Redundant => {
+            | RecordKind::Redundant
+            | RecordKind::Ended => {
                 unreachable!("skipped above")
             }
             RecordKind::GuildCreate(class) => {

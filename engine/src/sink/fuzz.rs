@@ -26,7 +26,7 @@ use crate::decode::too_deep;
 use crate::record::{GuildCreateClass, Notice, Record, RecordKind};
 
 /// The kinds a record may have, by the input's kind byte (modulo the length).
-const KINDS: [RecordKind; 12] = [
+const KINDS: [RecordKind; 13] = [
     RecordKind::Dispatch,
     RecordKind::Session,
     RecordKind::Position,
@@ -39,6 +39,7 @@ const KINDS: [RecordKind; 12] = [
     RecordKind::Notice(Notice::AllShardsReady),
     RecordKind::Notice(Notice::ReshardStarted),
     RecordKind::Notice(Notice::ReshardFinished),
+    RecordKind::Ended,
 ];
 
 /// Interprets `data` as records, encodes them and checks the body.
@@ -91,7 +92,8 @@ fn check_element(record: &Record, element: &serde_json::Value) {
         | RecordKind::Session
         | RecordKind::Position
         | RecordKind::HandedOver
-        | RecordKind::Redundant => (None, None),
+        | RecordKind::Redundant
+        | RecordKind::Ended => (None, None),
         RecordKind::GuildCreate(class) => (Some("guild_create"), Some(class.as_str())),
         RecordKind::Notice(notice) => (Some("notice"), Some(notice.as_str())),
     };

@@ -182,6 +182,17 @@ impl SinkShared {
     }
 }
 
+/// Reads the queue's positions from another thread.
+#[derive(Clone)]
+pub struct SinkPositions(Arc<SinkShared>);
+
+impl SinkPositions {
+    /// See [`Queue::acknowledged_sessions`].
+    pub fn acknowledged_sessions(&self, shard_count: u32) -> Vec<queue::Acknowledged> {
+        self.0.queue().acknowledged_sessions(shard_count)
+    }
+}
+
 impl Sink {
     /// Starts the collector and the deliverer. They end once every ring is disconnected (all
     /// cores ended) and the queue is delivered, or, once `stop` is set, after the shutdown
@@ -227,6 +238,11 @@ impl Sink {
     /// Every shard's session with the last sequence that reached the bot or the spill.
     pub fn saved_sessions(&self) -> SavedSessions {
         self.shared.queue().saved_sessions()
+    }
+
+    /// A handle on the queue's positions for another thread (the fleet's agent).
+    pub fn positions(&self) -> SinkPositions {
+        SinkPositions(Arc::clone(&self.shared))
     }
 
     /// Tells the collector (in order with the records it takes).

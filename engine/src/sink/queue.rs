@@ -53,6 +53,9 @@ struct Track {
     spilled_seq: u64,
     /// Records of this shard in memory or in the batch being delivered from memory.
     in_memory: u64,
+    /// The shard's task ended here (a fleet gave the shard to another host): every record of
+    /// its session has reached the queue.
+    ended: bool,
 }
 
 impl Track {
@@ -63,6 +66,18 @@ impl Track {
             self.delivered_seq.max(self.spilled_seq)
         }
     }
+}
+
+/// A shard's session as [`Queue::acknowledged_sessions`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    pub shard_id: u32,
+    /// With the last sequence the bot acknowledged.
+    pub session: Session,
+    /// Records of the shard wait in memory, in delivery, or on the spill past that sequence.
+    pub unacknowledged: bool,
+    /// Its task ended and its last record reached the queue ([`RecordKind::Ended`]).
+    pub ended: bool,
 }
 
 /// What [`Queue::push`] did with a record.
@@ -120,6 +135,7 @@ impl Queue {
                     spilled_seq: session.sequence,
                     session: Some(session.clone()),
                     in_memory: 0,
+                    ended: false,
                 };
                 ((saved.total_shards, *shard), track)
             })
@@ -172,6 +188,10 @@ impl Queue {
     pub fn push(&mut self, record: Record, now: Instant) -> Result<Pushed, (SpillError, Record)> {
         if record.kind == RecordKind::Session {
             self.start_session(&record);
+            return Ok(Pushed::default());
+        }
+        if record.kind == RecordKind::Ended {
+            self.tracks.entry(key(&record)).or_default().ended = true;
             return Ok(Pushed::default());
         }
         if record.kind == RecordKind::Position && self.spill.as_ref().is_some_and(|s| !s.is_empty())
@@ -381,6 +401,32 @@ impl Queue {
         saved
     }
 
+    /// The sessions of the set with `shard_count` shards for another host to resume: each with
+    /// the last sequence the bot acknowledged (what is only on this host's spill does not
+    /// count: resuming from before it, Discord sends it again), and how far the shard's
+    /// records got.
+    pub fn acknowledged_sessions(&self, shard_count: u32) -> Vec<Acknowledged> {
+        let mut sessions: Vec<Acknowledged> = self
+            .tracks
+            .iter()
+            .filter(|((count, _), _)| *count == shard_count)
+            .filter_map(|((_, shard), track)| {
+                let session = track.session.as_ref()?;
+                Some(Acknowledged {
+                    shard_id: *shard,
+                    session: Session {
+                        sequence: track.delivered_seq,
+                        ..session.clone()
+                    },
+                    unacknowledged: track.in_memory > 0 || track.spilled_seq > track.delivered_seq,
+                    ended: track.ended,
+                })
+            })
+            .collect();
+        sessions.sort_unstable_by_key(|acknowledged| acknowledged.shard_id);
+        sessions
+    }
+
     /// From now on [`Queue::saved_sessions`] gives the set with `shard_count` shards (a reshard
     /// switched to it).
     pub fn save_set(&mut self, shard_count: u32) {
@@ -435,8 +481,11 @@ impl Queue {
         };
         let track = self.tracks.entry(key(marker)).or_default();
         track.generation = track.generation.wrapping_add(1);
-        track.delivered_seq = 0;
-        track.spilled_seq = 0;
+        track.ended = false;
+        // A new session starts at 0; one resumed from elsewhere (a fleet's other host) at the
+        // sequence it was handed over with.
+        track.delivered_seq = marker.seq;
+        track.spilled_seq = marker.seq;
         track.session = Some(session);
         self.sessions_changed |= marker.shard_count == self.saved_set;
     }
@@ -523,6 +572,49 @@ mod tests {
         let source = queue.take(1, usize::MAX, &mut batch).unwrap().unwrap();
         queue.acknowledge(&batch, source).unwrap();
         assert_eq!(seq_of(&queue, 2), Some(("new".into(), 1)));
+    }
+
+    /// A fleet's hand-over: the session marker carries the sequence the other host left it
+    /// at, and the acknowledged position (not what merely reached the spill) moves from there.
+    #[test]
+    fn a_handed_over_session_starts_where_it_was_and_reports_what_the_bot_acknowledged() {
+        let mut queue = Queue::new(1 << 20, None, 4, &SavedSessions::new(4));
+        let now = Instant::now();
+        let mut handed = marker(3, "moved");
+        handed.seq = 120;
+        queue.push(handed, now).unwrap();
+        let sessions = queue.acknowledged_sessions(4);
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(
+            (sessions[0].shard_id, sessions[0].session.sequence),
+            (3, 120)
+        );
+        assert!(!sessions[0].unacknowledged && !sessions[0].ended);
+        for seq in 121..=123 {
+            queue.push(record(3, seq), now).unwrap();
+        }
+        let mut ended = record(3, 123);
+        ended.kind = RecordKind::Ended;
+        queue.push(ended, now).unwrap();
+        assert!(
+            queue.acknowledged_sessions(4)[0].unacknowledged,
+            "three not acknowledged"
+        );
+        let mut batch = Vec::new();
+        let source = queue.take(2, usize::MAX, &mut batch).unwrap().unwrap();
+        queue.acknowledge(&batch, source).unwrap();
+        let shard = queue.acknowledged_sessions(4).remove(0);
+        assert_eq!(
+            (shard.session.session_id.as_str(), shard.session.sequence),
+            ("moved", 122)
+        );
+        assert!(shard.unacknowledged && shard.ended);
+        let source = queue.take(2, usize::MAX, &mut batch).unwrap().unwrap();
+        queue.acknowledge(&batch, source).unwrap();
+        let shard = queue.acknowledged_sessions(4).remove(0);
+        assert_eq!(shard.session.sequence, 123);
+        assert!(!shard.unacknowledged);
+        assert!(queue.acknowledged_sessions(8).is_empty(), "another set");
     }
 
     #[test]

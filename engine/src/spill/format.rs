@@ -52,6 +52,8 @@ const KIND_POSITION: u8 = 4;
 const KIND_HANDED_OVER: u8 = 5;
 /// Never written: the collector consumes redundant-update records.
 const KIND_REDUNDANT: u8 = 6;
+/// Never written either (the queue consumes it), but coded like every kind.
+const KIND_ENDED: u8 = 7;
 
 /// Why the bytes at some offset are not a valid record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +191,7 @@ pub(super) fn kind_codes(kind: RecordKind) -> (u8, u8) {
         RecordKind::Position => (KIND_POSITION, 0),
         RecordKind::HandedOver => (KIND_HANDED_OVER, 0),
         RecordKind::Redundant => (KIND_REDUNDANT, 0),
+        RecordKind::Ended => (KIND_ENDED, 0),
     }
 }
 
@@ -207,6 +210,7 @@ pub(super) fn kind_from_codes(kind: u8, class: u8) -> Option<RecordKind> {
         (KIND_POSITION, 0) => RecordKind::Position,
         (KIND_HANDED_OVER, 0) => RecordKind::HandedOver,
         (KIND_REDUNDANT, 0) => RecordKind::Redundant,
+        (KIND_ENDED, 0) => RecordKind::Ended,
         _ => return None,
     })
 }
@@ -308,6 +312,7 @@ mod tests {
             RecordKind::Position,
             RecordKind::HandedOver,
             RecordKind::Redundant,
+            RecordKind::Ended,
         ];
         for kind in kinds {
             let (code, class) = kind_codes(kind);
@@ -320,7 +325,7 @@ mod tests {
             assert_eq!(decode_body(header, &bytes[HEADER_BYTES..]), Ok(original));
         }
         assert_eq!(kind_from_codes(KIND_DISPATCH, 1), None);
-        assert_eq!(kind_from_codes(7, 0), None);
+        assert_eq!(kind_from_codes(8, 0), None);
     }
 
     #[test]

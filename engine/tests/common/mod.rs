@@ -9,6 +9,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod redis;
+
 use fake_bot::FakeBot;
 use mock_gateway::{Ledger, MockGateway};
 
