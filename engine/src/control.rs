@@ -140,7 +140,8 @@ pub struct CommandReceipt {
 }
 
 impl CommandReceipt {
-    fn merge(&mut self, other: CommandReceipt) {
+    /// Adds another core's (or, in a fleet, another host's) receipt.
+    pub fn merge(&mut self, other: CommandReceipt) {
         self.queued.extend(other.queued);
         self.full.extend(other.full);
         self.stopped.extend(other.stopped);
@@ -194,6 +195,11 @@ pub enum ControlError {
         first: u32,
         last: u32,
     },
+    #[error(
+        "shard {shard_id} does not run on this host of the fleet (GET /cluster says which host \
+         runs it)"
+    )]
+    NotHere { shard_id: u32 },
     #[error("core {core} did not answer within {} ms", CORE_ANSWER_TIMEOUT.as_millis())]
     CoreUnresponsive { core: usize },
     #[error("shard {shard_id} is {} and will not connect again", state.as_str())]
@@ -214,6 +220,8 @@ struct HandleInner {
     /// In a fleet: the core each shard this host was given runs on (shards come and go one by
     /// one, each on the core with the fewest).
     placed: Mutex<HashMap<u32, usize>>,
+    /// A fleet's host: only the placed shards are here, whatever the plan's range says.
+    fleet: bool,
     /// The live set's plan: commands and reconnects go to its shards. A reshard's switch
     /// replaces it ([`ControlHandle::promote`]).
     live: Mutex<ShardPlan>,
@@ -223,10 +231,24 @@ impl ControlHandle {
     /// `cores[i]`: core `i`'s request channel; `plan` places the live set's shards on them in
     /// contiguous blocks of `plan.shards_per_core`.
     pub fn new(cores: Vec<Sender<CoreRequest>>, plan: ShardPlan) -> ControlHandle {
+        Self::with_placement(cores, plan, false)
+    }
+
+    /// A fleet host's handle: its shards are those [`ControlHandle::place_shard`] placed.
+    pub fn for_fleet(cores: Vec<Sender<CoreRequest>>, plan: ShardPlan) -> ControlHandle {
+        Self::with_placement(cores, plan, true)
+    }
+
+    fn with_placement(
+        cores: Vec<Sender<CoreRequest>>,
+        plan: ShardPlan,
+        fleet: bool,
+    ) -> ControlHandle {
         ControlHandle {
             inner: Arc::new(HandleInner {
                 cores,
                 placed: Mutex::new(HashMap::new()),
+                fleet,
                 live: Mutex::new(plan),
             }),
         }
@@ -249,6 +271,9 @@ impl ControlHandle {
     fn core_in(&self, plan: &ShardPlan, shard_id: u32) -> Result<usize, ControlError> {
         if let Some(&core) = self.placed().get(&shard_id) {
             return Ok(core);
+        }
+        if self.inner.fleet {
+            return Err(ControlError::NotHere { shard_id });
         }
         let not_owned = ControlError::NotOwned {
             shard_id,
@@ -372,14 +397,33 @@ impl ControlHandle {
             waiting.push((core, answer));
         }
         let deadline = Instant::now() + CORE_ANSWER_TIMEOUT;
-        waiting
+        let mut reports = waiting
             .into_iter()
             .map(|(core, answer)| {
                 answer
                     .recv_deadline(deadline)
                     .map_err(|_| ControlError::CoreUnresponsive { core })
             })
-            .collect()
+            .collect::<Result<Vec<CoreReport>, ControlError>>()?;
+        if self.inner.fleet {
+            // A core keeps the slots of the shards the fleet took away: only the shards placed
+            // here now count, each by its newest slot.
+            let placed = self.placed().clone();
+            for report in &mut reports {
+                let mut seen = std::collections::HashSet::new();
+                let mut current: Vec<ShardStatus> = std::mem::take(&mut report.shards)
+                    .into_iter()
+                    .rev()
+                    .filter(|status| {
+                        placed.get(&status.shard_id) == Some(&report.core)
+                            && seen.insert(status.shard_id)
+                    })
+                    .collect();
+                current.reverse();
+                report.shards = current;
+            }
+        }
+        Ok(reports)
     }
 
     /// One shard's status (of the live set).
@@ -391,6 +435,7 @@ impl ControlHandle {
         report
             .shards
             .into_iter()
+            .rev()
             .find(|status| status.shard_id == shard_id && status.shard_count == shard_count)
             .ok_or(ControlError::CoreUnresponsive { core })
     }

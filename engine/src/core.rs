@@ -549,6 +549,10 @@ impl Driver {
                         stats.shards_running.fetch_sub(1, Ordering::Relaxed);
                         withdraw_identify(&shared, shard_id, identify_wanted);
                         note_end(&shared, &machine, shard_id, shard_count, &mut outbox);
+                        // A fleet's host gave the shard away: it is no longer one of its ready ones.
+                        if shared.fleet_gate.is_some() && std::mem::take(&mut ever_ready) {
+                            stats.shards_ready.fetch_sub(1, Ordering::Relaxed);
+                        }
                         flush_outbox(&ring, &mut outbox, &stats).await;
                         slot.publish(&machine, shard_filter.guilds(), None, Instant::now());
                         return;

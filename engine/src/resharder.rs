@@ -178,6 +178,8 @@ pub struct ResharderConfig {
     pub check_interval: Duration,
     /// Whether this process runs every shard (resharding needs that).
     pub owns_every_shard: bool,
+    /// A fleet's host (`--redis-url`): the fleet does not reshard yet.
+    pub in_fleet: bool,
     pub max_concurrency: u32,
     pub identify_interval: Duration,
     /// The live set's plan at start.
@@ -388,6 +390,13 @@ impl Resharder {
                             active.switch.to(),
                             active.switch.phase().as_str()
                         )}),
+                    );
+                }
+                if self.config.in_fleet {
+                    return (
+                        409,
+                        json!({"error": "this process is one host of a fleet (--redis-url): a \
+                            fleet does not reshard yet; reshard with every shard in one process"}),
                     );
                 }
                 if !self.config.owns_every_shard {

@@ -637,7 +637,11 @@ impl Engine {
             core_stats,
             sink_stats,
         });
-        let control = ControlHandle::new(core_links, plan);
+        let control = if fleet_url.is_some() {
+            ControlHandle::for_fleet(core_links, plan)
+        } else {
+            ControlHandle::new(core_links, plan)
+        };
         let fleet = match (&fleet_url, fleet_gate, gate_requests) {
             (Some(url), Some(gate), Some(gate_requests)) => {
                 let pinned: Vec<u32> = settings
@@ -648,7 +652,8 @@ impl Engine {
                     cluster: settings.cluster_name.clone(),
                     host: crate::fleet::store::HostInfo {
                         id: settings.host_id(),
-                        admin: settings.admin_addr.to_string(),
+                        // Where the other hosts forward commands for its shards.
+                        admin: admin_listener.local_addr().to_string(),
                         capacity: if pinned.is_empty() {
                             settings.host_capacity.unwrap_or(plan.total_shards.get())
                         } else {
@@ -678,6 +683,7 @@ impl Engine {
                     sink.positions(),
                     gate,
                     gate_requests,
+                    host_stats(Arc::clone(&stats)),
                 )?)
             }
             _ => None,
@@ -698,6 +704,7 @@ impl Engine {
                 policy: settings.reshard_policy(),
                 check_interval: settings.reshard_check_interval,
                 // A fleet does not reshard (yet): no host sees every shard's guilds.
+                in_fleet: fleet_url.is_some(),
                 owns_every_shard: fleet_url.is_none()
                     && plan.shards.len() == u64::from(plan.total_shards.get()),
                 max_concurrency: session_start_limit.max_concurrency,
@@ -925,6 +932,23 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// A fleet host's counters for `GET /cluster`'s fleet totals (written to Redis with each beat).
+fn host_stats(stats: Arc<EngineStats>) -> crate::fleet::agent::Stats {
+    Box::new(move || {
+        let now = stats.snapshot();
+        serde_json::json!({
+            "shards_ready": now.shards_ready,
+            "dispatches_received": now.dispatches_in,
+            "records_delivered": now.records_delivered,
+            "records_queued": now.queue_memory_records + now.queue_spill_records,
+            "identifies": now.identifies,
+            "resumes": now.resumes,
+            "delivery_failures": now.delivery_failures,
+        })
+        .to_string()
+    })
 }
 
 /// Most time a fleet's hand-over waits for the bot to acknowledge the shard's last records.

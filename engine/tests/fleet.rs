@@ -174,6 +174,24 @@ impl Fleet {
         );
     }
 
+    /// Waits until every shard runs where the assignment wants it: the hosts that started a
+    /// moment apart have finished rebalancing, and no hand-over is under way.
+    fn wait_settled(&self) {
+        self.wait_all_running();
+        wait_until("the assignment settled", Duration::from_secs(60), || {
+            self.hosts.iter().all(|host| {
+                let cluster = self.cluster(host);
+                cluster["handing_over"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+                    && cluster["hosts"].as_array().is_some_and(|hosts| {
+                        hosts.len() == self.hosts.len()
+                            && hosts.iter().all(|h| h["assigned"] == h["leased"])
+                    })
+            })
+        });
+    }
+
     fn wait_for_every_event(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         loop {
@@ -230,7 +248,7 @@ impl Drop for Fleet {
 #[test]
 fn three_hosts_share_the_shards_and_a_sigterm_hands_them_over_without_an_identify() {
     let mut fleet = Fleet::start("handover", &["alpha", "bravo", "charlie"]);
-    fleet.wait_all_running();
+    fleet.wait_settled();
     let held = fleet.held();
     let per_host: BTreeMap<&str, usize> = held.values().fold(BTreeMap::new(), |mut map, host| {
         *map.entry(host.as_str()).or_default() += 1;
@@ -247,6 +265,59 @@ fn three_hosts_share_the_shards_and_a_sigterm_hands_them_over_without_an_identif
     let cluster = fleet.cluster(fleet.host("alpha"));
     assert_eq!(cluster["hosts"].as_array().unwrap().len(), 3);
     assert!(!cluster["assigner"].as_str().unwrap().is_empty());
+    // The fleet's totals, from every host's counters as of its last beat.
+    wait_until("the fleet's totals", Duration::from_secs(10), || {
+        let totals = &fleet.cluster(fleet.host("charlie"))["fleet"];
+        totals["shards_ready"] == u64::from(SHARDS) && totals["identifies"] == u64::from(SHARDS)
+    });
+
+    // Commands sent to any host reach the shard's host: one for a shard of bravo's, sent to
+    // alpha; a presence update for every shard of the fleet, sent to charlie.
+    let (&bravos, _) = held
+        .iter()
+        .find(|(_, host)| host.as_str() == "bravo")
+        .unwrap();
+    let member_request = br#"{"op":8,"d":{"guild_id":"1","query":"a","limit":1}}"#;
+    let (status, _, answer) = http(
+        fleet.host("alpha").admin,
+        "POST",
+        &format!("/commands?shard_id={bravos}"),
+        None,
+        member_request,
+    );
+    assert_eq!(status, 202, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (answer["host"].as_str(), answer["queued"][0].as_u64()),
+        (Some("bravo"), Some(u64::from(bravos)))
+    );
+    let presence = br#"{"op":3,"d":{"since":null,"activities":[],"status":"idle","afk":false}}"#;
+    let (status, _, answer) = http(
+        fleet.host("charlie").admin,
+        "POST",
+        "/commands?shard_id=all",
+        None,
+        presence,
+    );
+    assert_eq!(status, 202, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    let mut queued: Vec<u64> = answer["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap())
+        .collect();
+    queued.sort_unstable();
+    assert_eq!(
+        queued,
+        (0..u64::from(SHARDS)).collect::<Vec<_>>(),
+        "{answer}"
+    );
+    wait_until("the commands at the mock", Duration::from_secs(10), || {
+        let ledger = fleet.mock.ledger();
+        ledger.shards[&bravos].commands_by_op.get(&8) == Some(&1)
+            && (0..SHARDS).all(|shard| ledger.shards[&shard].commands_by_op.get(&3) == Some(&1))
+    });
 
     // bravo leaves: its shards go to alpha and charlie, resumed.
     let leaving: BTreeSet<u32> = held
@@ -295,7 +366,7 @@ fn three_hosts_share_the_shards_and_a_sigterm_hands_them_over_without_an_identif
 #[test]
 fn a_killed_hosts_shards_are_resumed_elsewhere_after_its_leases_and_nothing_is_lost() {
     let mut fleet = Fleet::start("kill", &["alpha", "bravo", "charlie"]);
-    fleet.wait_all_running();
+    fleet.wait_settled();
     let dead: BTreeSet<u32> = fleet
         .held()
         .iter()
@@ -360,7 +431,7 @@ fn a_killed_hosts_shards_are_resumed_elsewhere_after_its_leases_and_nothing_is_l
 #[test]
 fn a_joining_host_and_a_manual_move_take_shards_by_hand_over() {
     let mut fleet = Fleet::start("join", &["alpha", "bravo", "charlie"]);
-    fleet.wait_all_running();
+    fleet.wait_settled();
     std::thread::sleep(Duration::from_secs(1));
     // By rendezvous, "echo" wins one of the six shards (a "delta" would win none).
     fleet.add_host("echo");
@@ -394,6 +465,9 @@ fn a_joining_host_and_a_manual_move_take_shards_by_hand_over() {
         b"",
     );
     assert_eq!(status, 409, "{answer}");
+    let (status, _, answer) = http(asked_on.admin, "POST", "/reshard", None, b"");
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.contains("fleet does not reshard"), "{answer}");
     wait_until("the moved shard on bravo", Duration::from_secs(30), || {
         fleet.held().get(&shard).is_some_and(|host| host == "bravo")
     });
@@ -432,7 +506,7 @@ fn redis_stopped_for_ten_seconds_and_back_empty_costs_nothing() {
         events_per_shard: 3500,
     };
     let mut fleet = Fleet::start_with("redis-down", &["alpha", "bravo", "charlie"], options);
-    fleet.wait_all_running();
+    fleet.wait_settled();
     let before = fleet.held();
     let epoch = fleet.cluster(&fleet.hosts[0])["epoch_ms"].clone();
     fleet.redis.stop();

@@ -64,14 +64,14 @@ fn a_host_lease_runs_out_unless_renewed_and_says_when_it_is_new() {
     let mut store = store(&server);
     let short = Duration::from_millis(300);
     assert!(
-        store.host_beat(&host("a"), short).unwrap().fresh,
+        store.host_beat(&host("a"), short, "{}").unwrap().fresh,
         "first beat"
     );
     assert!(
-        !store.host_beat(&host("a"), short).unwrap().fresh,
+        !store.host_beat(&host("a"), short, "{}").unwrap().fresh,
         "a renewal"
     );
-    store.host_beat(&host("b"), LEASE).unwrap();
+    store.host_beat(&host("b"), LEASE, "{}").unwrap();
     assert_eq!(ids(&mut store), ["a", "b"]);
     let now = store.now_ms().unwrap();
     let a = &store.hosts(now).unwrap()[0];
@@ -81,7 +81,7 @@ fn a_host_lease_runs_out_unless_renewed_and_says_when_it_is_new() {
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(ids(&mut store), ["b"], "a's lease ran out");
     assert!(
-        store.host_beat(&host("a"), short).unwrap().fresh,
+        store.host_beat(&host("a"), short, "{}").unwrap().fresh,
         "back, as new"
     );
     store.host_leave("b").unwrap();
@@ -93,8 +93,8 @@ fn one_assigner_at_a_time_and_a_dead_one_gives_way() {
     let server = RedisServer::start();
     let mut store = store(&server);
     let short = Duration::from_millis(300);
-    store.host_beat(&host("a"), short).unwrap();
-    store.host_beat(&host("b"), LEASE).unwrap();
+    store.host_beat(&host("a"), short, "{}").unwrap();
+    store.host_beat(&host("b"), LEASE, "{}").unwrap();
     assert_eq!(store.assigner("a", LEASE).unwrap(), (true, "a".to_owned()));
     assert_eq!(store.assigner("b", LEASE).unwrap(), (false, "a".to_owned()));
     assert!(store.write_assignment("a", &[(0, Some("b"))]).unwrap());
@@ -122,7 +122,7 @@ fn a_shard_lease_goes_to_the_assigned_host_only_and_every_grant_fences_the_last(
     let server = RedisServer::start();
     let mut store = store(&server);
     for id in ["a", "b"] {
-        store.host_beat(&host(id), LEASE).unwrap();
+        store.host_beat(&host(id), LEASE, "{}").unwrap();
     }
     age_the_epoch(&server);
     assign(&mut store, "a", 7, "a");
@@ -196,7 +196,7 @@ fn a_lease_that_is_not_renewed_runs_out_and_passes_on() {
     let server = RedisServer::start();
     let mut store = store(&server);
     for id in ["a", "b"] {
-        store.host_beat(&host(id), LEASE).unwrap();
+        store.host_beat(&host(id), LEASE, "{}").unwrap();
     }
     age_the_epoch(&server);
     assign(&mut store, "a", 0, "a");
@@ -232,7 +232,7 @@ fn three_hosts_share_the_buckets_first_come_first_served_an_interval_apart() {
     let interval = Duration::from_millis(150);
     let mut setup = store(&server);
     for id in ["a", "b", "c"] {
-        setup.host_beat(&host(id), LEASE).unwrap();
+        setup.host_beat(&host(id), LEASE, "{}").unwrap();
     }
     // Queue order: shards 0..12, host by shard % 3, bucket by shard % 2.
     for shard in 0..12u32 {
@@ -310,9 +310,9 @@ fn reconnects_go_first_and_a_dead_hosts_tickets_do_not_hold_a_bucket() {
     let server = RedisServer::start();
     let mut store = store(&server);
     store
-        .host_beat(&host("doomed"), Duration::from_millis(200))
+        .host_beat(&host("doomed"), Duration::from_millis(200), "{}")
         .unwrap();
-    store.host_beat(&host("a"), LEASE).unwrap();
+    store.host_beat(&host("a"), LEASE, "{}").unwrap();
     let interval = Duration::from_millis(10);
     assert_eq!(store.enqueue_identify(0, "d", "doomed", false).unwrap(), 0);
     assert_eq!(store.enqueue_identify(0, "new", "a", false).unwrap(), 1);
@@ -356,7 +356,7 @@ fn reconnects_go_first_and_a_dead_hosts_tickets_do_not_hold_a_bucket() {
 fn a_grant_wakes_every_host_and_a_late_identify_pushes_the_bucket() {
     let server = RedisServer::start();
     let mut store = store(&server);
-    store.host_beat(&host("a"), LEASE).unwrap();
+    store.host_beat(&host("a"), LEASE, "{}").unwrap();
     let mut listener = server.client().get_connection().unwrap();
     let mut pubsub = listener.as_pubsub();
     pubsub.subscribe(store.keys().wake_channel()).unwrap();
@@ -386,7 +386,7 @@ fn a_grant_wakes_every_host_and_a_late_identify_pushes_the_bucket() {
 fn the_days_budget_is_shared_keeps_a_reserve_for_reconnects_and_takes_the_lower_count() {
     let server = RedisServer::start();
     let mut store = store(&server);
-    store.host_beat(&host("a"), LEASE).unwrap();
+    store.host_beat(&host("a"), LEASE, "{}").unwrap();
     let hour = Duration::from_secs(3600);
     assert_eq!(store.reconcile_budget(1000, 3, hour).unwrap().0, 3);
     // Another host's answer, same period, more left (it asked before our identifies): ours wins.
@@ -423,7 +423,7 @@ fn a_fleet_state_that_redis_lost_is_rebuilt_by_the_holders_first() {
     let mut store = store(&server);
     let lease = Duration::from_millis(600);
     for id in ["a", "b"] {
-        store.host_beat(&host(id), LEASE).unwrap();
+        store.host_beat(&host(id), LEASE, "{}").unwrap();
     }
     assert!(matches!(
         store.acquire(1, "a", lease, true).unwrap(),
@@ -436,7 +436,7 @@ fn a_fleet_state_that_redis_lost_is_rebuilt_by_the_holders_first() {
 
     server.restart();
     let mut store = self::store(&server);
-    let beat = store.host_beat(&host("b"), LEASE).unwrap();
+    let beat = store.host_beat(&host("b"), LEASE, "{}").unwrap();
     assert!(beat.fresh);
     assert!(beat.epoch_ms + 1000 > beat.now_ms, "a new epoch");
     assign(&mut store, "b", 1, "b");
@@ -449,7 +449,7 @@ fn a_fleet_state_that_redis_lost_is_rebuilt_by_the_holders_first() {
     );
     // The new assigner kept shard 1 where it was.
     assign(&mut store, "b", 1, "a");
-    store.host_beat(&host("a"), LEASE).unwrap();
+    store.host_beat(&host("a"), LEASE, "{}").unwrap();
     let [Renewal::Retaken(after)] = store.renew("a", lease, &[(1, before)]).unwrap()[..] else {
         panic!("a runs shard 1 and takes it back")
     };

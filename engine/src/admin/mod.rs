@@ -10,6 +10,7 @@
 //! set (the settings refuse an address beyond loopback without one). The token is compared in
 //! constant time and never logged.
 
+mod forward;
 #[doc(hidden)]
 pub mod fuzz;
 mod http;
@@ -70,6 +71,11 @@ pub struct AdminListener {
 }
 
 impl AdminListener {
+    /// The address it listens on (the port chosen, for `--admin-addr` with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
     /// Binds `addr` (port 0: any free port).
     pub fn bind(addr: SocketAddr) -> Result<AdminListener, AdminError> {
         let failed = |source| AdminError { addr, source };

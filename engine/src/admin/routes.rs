@@ -91,7 +91,7 @@ fn method_not_allowed(method: &str, allowed: &'static str) -> Response {
 
 fn control_error(error: &ControlError) -> Response {
     let status = match error {
-        ControlError::NotOwned { .. } => 404,
+        ControlError::NotOwned { .. } | ControlError::NotHere { .. } => 404,
         ControlError::ShardStopped { .. } => 409,
         ControlError::CoreUnresponsive { .. } => 503,
     };
@@ -354,9 +354,125 @@ fn command(context: &AdminContext, request: &Request) -> Response {
             }
         },
     };
+    // A command another host forwarded goes no further (the shard may have moved meanwhile).
+    let forwarded = request.query_value("forwarded") == Some("1");
+    let fleet = context.fleet.as_ref().filter(|_| !forwarded);
     match context.control.command(route, request.body.clone()) {
-        Ok(receipt) => command_answer(&receipt),
+        Ok(mut receipt) => {
+            if let (Some(fleet), Route::All) = (fleet, route) {
+                // Every shard of the fleet: the other hosts queue it on theirs.
+                for (host, answer) in forward_to_hosts(fleet, request, None) {
+                    match answer {
+                        Ok(other) => receipt.merge(other),
+                        Err(reason) => {
+                            tracing::warn!(%host, %reason, "a command did not reach a host");
+                        }
+                    }
+                }
+            }
+            command_answer(&receipt)
+        }
+        Err(ControlError::NotHere { shard_id }) if fleet.is_some() => {
+            forward_to_owner(fleet.expect("checked"), request, shard_id)
+        }
         Err(error) => control_error(&error),
+    }
+}
+
+/// The command for a shard another host runs goes to that host's admin API; its answer comes
+/// back as it is, with `host` added.
+fn forward_to_owner(
+    fleet: &crate::fleet::FleetHandle,
+    request: &Request,
+    shard_id: u32,
+) -> Response {
+    let view = fleet.view();
+    let Some(owner) = view.leases.get(&shard_id).map(|lease| lease.host.clone()) else {
+        return Response::error(
+            503,
+            format!("shard {shard_id} runs on no host right now (it is moving); retry shortly"),
+        )
+        .with_header("Retry-After", COMMAND_RETRY_AFTER_S.to_string());
+    };
+    let mut answers = forward_to_hosts(fleet, request, Some((&owner, shard_id)));
+    match answers.pop() {
+        Some((_, Ok(receipt))) => {
+            let mut response = command_answer(&receipt);
+            if let Ok(mut body) = serde_json::from_slice::<Value>(&response.body) {
+                body["host"] = Value::from(owner);
+                response.body = body.to_string().into_bytes();
+            }
+            response
+        }
+        Some((host, Err(reason))) => Response::error(
+            502,
+            format!(
+                "shard {shard_id} runs on host {host}, which did not take the command: {reason}"
+            ),
+        ),
+        None => Response::error(
+            503,
+            format!("shard {shard_id} runs on host {owner}, which is not live; retry shortly"),
+        )
+        .with_header("Retry-After", COMMAND_RETRY_AFTER_S.to_string()),
+    }
+}
+
+/// POSTs the command to other hosts' admin APIs (`only`: one host, for one shard; else every
+/// live host but this one, for all their shards); each host's receipt, or why not.
+fn forward_to_hosts(
+    fleet: &crate::fleet::FleetHandle,
+    request: &Request,
+    only: Option<(&str, u32)>,
+) -> Vec<(String, Result<CommandReceipt, String>)> {
+    let view = fleet.view();
+    let me = &fleet.settings().host.id;
+    let path = match only {
+        Some((_, shard_id)) => format!("/commands?shard_id={shard_id}&forwarded=1"),
+        None => "/commands?shard_id=all&forwarded=1".to_owned(),
+    };
+    view.hosts
+        .iter()
+        .filter(|host| match only {
+            Some((owner, _)) => host.info.id == owner,
+            None => host.info.id != *me,
+        })
+        .map(|host| {
+            let answer = super::forward::post(
+                &host.info.admin,
+                &path,
+                request.authorization.as_deref(),
+                &request.body,
+            )
+            .and_then(|(status, body)| receipt_of(status, &body));
+            (host.info.id.clone(), answer)
+        })
+        .collect()
+}
+
+/// A command answer's receipt (202, 409 and 429 carry one), or the error it reports.
+fn receipt_of(status: u16, body: &[u8]) -> Result<CommandReceipt, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| format!("answered {status}"))?;
+    let ids = |key: &str| -> Vec<u32> {
+        value[key]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| u32::try_from(id.as_u64()?).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match status {
+        202 | 409 | 429 if value.get("queued").is_some() => Ok(CommandReceipt {
+            queued: ids("queued"),
+            full: ids("full"),
+            stopped: ids("stopped"),
+        }),
+        _ => Err(format!(
+            "answered {status}: {}",
+            value["error"].as_str().unwrap_or("no reason given")
+        )),
     }
 }
 
@@ -420,10 +536,19 @@ fn cluster(context: &AdminContext) -> Response {
     let settings = fleet.settings();
     let counters = fleet.counters();
     let get = crate::fleet::FleetCounters::get;
+    // The fleet's totals: every live host's counters as of its last beat, summed.
+    let mut totals = serde_json::Map::new();
     let hosts: Vec<Value> = view
         .hosts
         .iter()
         .map(|host| {
+            let stats: Value = serde_json::from_str(&host.stats).unwrap_or(Value::Null);
+            if let Some(stats) = stats.as_object() {
+                for (name, value) in stats {
+                    let sum = totals.entry(name.clone()).or_insert(Value::from(0u64));
+                    *sum = Value::from(sum.as_u64().unwrap_or(0) + value.as_u64().unwrap_or(0));
+                }
+            }
             let assigned: Vec<u32> = view
                 .assignment
                 .iter()
@@ -444,6 +569,7 @@ fn cluster(context: &AdminContext) -> Response {
                 "assigned": assigned,
                 "leased": leased,
                 "lease_until_ms": host.lease_until_ms,
+                "stats": stats,
             })
         })
         .collect();
@@ -471,6 +597,7 @@ fn cluster(context: &AdminContext) -> Response {
             "last_error": view.last_error,
             "assigner": view.assigner,
             "hosts": hosts,
+            "fleet": totals,
             "leases": leases,
             "held": view.held.keys().collect::<Vec<_>>(),
             "epoch_ms": view.epoch_ms,

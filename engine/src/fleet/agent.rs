@@ -121,7 +121,12 @@ pub(super) struct Agent {
     credit_at: Instant,
     /// The error of the last failed step was logged (once per outage).
     outage_logged: bool,
+    /// This host's counters as JSON, written with each beat for the fleet's totals.
+    stats: Stats,
 }
+
+/// Reads this host's counters as a JSON object.
+pub type Stats = Box<dyn Fn() -> String + Send>;
 
 impl Agent {
     pub(super) fn new(
@@ -130,6 +135,7 @@ impl Agent {
         store: Store,
         control: ControlHandle,
         positions: SinkPositions,
+        stats: Stats,
     ) -> Agent {
         let moves = f64::from(shared.settings.moves_per_minute);
         Agent {
@@ -145,6 +151,7 @@ impl Agent {
             move_credit: moves,
             credit_at: Instant::now(),
             outage_logged: false,
+            stats,
         }
     }
 
@@ -243,9 +250,10 @@ impl Agent {
         let settings = self.settings().clone();
         let me = settings.host.id.clone();
         let sent = Instant::now();
+        let stats = (self.stats)();
         let beat = self
             .store()?
-            .host_beat(&settings.host, settings.host_lease)?;
+            .host_beat(&settings.host, settings.host_lease, &stats)?;
         if self.epoch_ms != 0 && beat.epoch_ms != self.epoch_ms {
             tracing::warn!(
                 shards = self.held.len(),

@@ -111,6 +111,7 @@ impl Fleet {
         positions: SinkPositions,
         gate: Arc<FleetGate>,
         gate_requests: Receiver<GateRequest>,
+        stats: agent::Stats,
     ) -> Result<Fleet, FleetError> {
         let unreachable = |source| FleetError::Unreachable {
             url: store::redacted_url(redis_url),
@@ -169,7 +170,14 @@ impl Fleet {
                 .map_err(FleetError::Thread)?
         };
         let agent = {
-            let agent = Agent::new(Arc::clone(&shared), client, store, control, positions);
+            let agent = Agent::new(
+                Arc::clone(&shared),
+                client,
+                store,
+                control,
+                positions,
+                stats,
+            );
             std::thread::Builder::new()
                 .name("shardgate-fleet".into())
                 .spawn(move || agent.run())

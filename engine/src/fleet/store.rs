@@ -6,7 +6,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `hosts` | zset | host id → end of its lease (ms, Redis clock) |
-//! | `host:{id}` | hash | admin address, capacity, pinned shards, first and last seen |
+//! | `host:{id}` | hash | admin address, capacity, pinned shards, counters, first and last seen |
 //! | `assigner` | string | the assigner's host id, with a TTL (its lease) |
 //! | `assignment` | hash | shard id → the host that should run it |
 //! | `placements` | hash | shard id → host: where operators moved shards; the assigner keeps them there while that host lives |
@@ -152,6 +152,8 @@ pub struct HostRecord {
     pub info: HostInfo,
     /// End of its lease, ms on Redis's clock.
     pub lease_until_ms: u64,
+    /// Its counters as of its last beat (JSON; "" before the first).
+    pub stats: String,
 }
 
 /// The answer to [`Store::acquire`].
@@ -302,8 +304,13 @@ impl Store {
         &self.keys
     }
 
-    /// Registers or renews this host's lease.
-    pub fn host_beat(&mut self, host: &HostInfo, lease: Duration) -> Result<Beat, StoreError> {
+    /// Registers or renews this host's lease, with its counters (JSON) for the fleet's totals.
+    pub fn host_beat(
+        &mut self,
+        host: &HostInfo,
+        lease: Duration,
+        stats: &str,
+    ) -> Result<Beat, StoreError> {
         let pinned = host
             .pinned
             .iter()
@@ -321,6 +328,7 @@ impl Store {
             .arg(&host.admin)
             .arg(host.capacity)
             .arg(pinned)
+            .arg(stats)
             .invoke(&mut self.conn)?;
         Ok(Beat {
             now_ms,
@@ -368,6 +376,7 @@ impl Store {
                     }),
                 },
                 lease_until_ms: until,
+                stats: fields.get("stats").cloned().unwrap_or_default(),
             })
             .collect();
         hosts.sort_by(|a, b| a.info.id.cmp(&b.info.id));

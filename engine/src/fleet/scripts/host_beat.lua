@@ -4,6 +4,7 @@
 -- KEYS[1] hosts (zset: host id -> lease end, ms)   KEYS[2] this host's hash   KEYS[3] epoch
 -- ARGV[1] host id   ARGV[2] lease ms   ARGV[3] admin address   ARGV[4] capacity
 -- ARGV[5] pinned shards ("" when the assigner places its shards)
+-- ARGV[6] the host's counters (JSON), for GET /cluster's fleet totals
 -- Returns { now, 1 when the host was not registered (new, or its lease had run out) else 0,
 -- the epoch's start }
 local now = now_ms()
@@ -18,7 +19,7 @@ local epoch = tonumber(redis.call('GET', KEYS[3]))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
 redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 redis.call('HSET', KEYS[2], 'admin', ARGV[3], 'capacity', ARGV[4], 'pinned', ARGV[5],
-  'seen', now)
+  'stats', ARGV[6], 'seen', now)
 if fresh == 1 then
   redis.call('HSET', KEYS[2], 'since', now)
 end
