@@ -549,3 +549,63 @@ fn redis_stopped_for_ten_seconds_and_back_empty_costs_nothing() {
         check.duplicated.len()
     );
 }
+
+/// Redis hangs (frozen, nothing answers) for longer than a shard lease: every host stops its
+/// shards at their leases' deadlines (closed with 4000, sessions kept), although its agent is
+/// stuck waiting on Redis, so that no lease can pass to another host while a shard still runs.
+/// When Redis answers again, the shards are taken again and resumed: no identify, no two live
+/// sessions on one shard, nothing lost.
+#[test]
+fn a_hung_redis_stops_every_shard_before_its_lease_ends_and_they_resume_after() {
+    let mut fleet = Fleet::start_with(
+        "redis-hung",
+        &["alpha", "bravo", "charlie"],
+        Options {
+            events_per_shard: 2500,
+            ..Options::default()
+        },
+    );
+    fleet.wait_settled();
+    std::thread::sleep(Duration::from_secs(1));
+    let sessions_before = fleet.mock.ledger().resumes_total;
+    fleet.redis.freeze();
+    // The shard lease is 2 s: by 3 s every shard has stopped, on every host.
+    std::thread::sleep(Duration::from_secs(3));
+    let lapsed: u64 = fleet
+        .hosts
+        .iter()
+        .map(|host| {
+            let (_, _, text) = http(host.admin, "GET", "/metrics", None, b"");
+            text.lines()
+                .find(|line| line.starts_with("shardgate_fleet_leases_total{event=\"lapsed\"}"))
+                .and_then(|line| line.rsplit(' ').next())
+                .and_then(|value| value.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        })
+        .sum();
+    assert_eq!(
+        lapsed,
+        u64::from(SHARDS),
+        "every lease lapsed and its shard stopped"
+    );
+    fleet.redis.thaw();
+    wait_until("every shard running again", Duration::from_secs(30), || {
+        fleet.held().len() == SHARDS as usize
+            && fleet.mock.ledger().resumes_total >= sessions_before + u64::from(SHARDS)
+    });
+    fleet.wait_for_every_event();
+    let ledger = fleet.mock.ledger();
+    assert_eq!(
+        ledger.identifies_total,
+        u64::from(SHARDS),
+        "resumed: {} resumes, {} rejected",
+        ledger.resumes_total,
+        ledger.resumes_rejected_total
+    );
+    assert_eq!(
+        ledger.overlapping_sessions, 0,
+        "two sessions live on one shard"
+    );
+    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
+    assert!(check.missing.is_empty(), "{} missing", check.missing.len());
+}

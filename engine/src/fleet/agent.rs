@@ -5,9 +5,11 @@
 //! of the shard lease, whichever is shorter; every 50 ms while a hand-over waits for the bot).
 //!
 //! Safety rules, in the order a step applies them:
-//! 1. A lease whose local deadline passed stops its shard (close 4000, session kept) before
-//!    anything else: the deadline is the lease's length from when the last successful renewal
-//!    was *sent*, less a margin, so it always falls before Redis lets the lease go.
+//! 1. A lease whose local deadline passed stops its shard (close 4000, session kept): the
+//!    deadline is the lease's length from when the last successful renewal was *sent*, less a
+//!    margin, so it always falls before Redis lets the lease go. A watchdog thread ([`watch`])
+//!    enforces it every 50 ms, whatever the agent's own thread is waiting for (a Redis that
+//!    answers slowly can hold a step for seconds).
 //! 2. Renewal: a lease another host holds, or that the assignment gave away while Redis lost
 //!    it, stops the shard at once.
 //! 3. A shard is started only once its lease is granted, resuming the session stored in Redis.
@@ -86,6 +88,10 @@ pub(super) struct AgentShared {
     pub(super) view: Mutex<ClusterView>,
     /// Requests from the admin API: move this shard to that host.
     pub(super) moves: Mutex<Vec<(u32, String)>>,
+    /// Each held shard's lease deadline, for the watchdog.
+    pub(super) deadlines: Mutex<BTreeMap<u32, Instant>>,
+    /// Shards the watchdog stopped, for the agent to forget.
+    pub(super) lapsed: Mutex<Vec<u32>>,
 }
 
 impl AgentShared {
@@ -292,6 +298,7 @@ impl Agent {
                 }
             }
         }
+        self.sync_deadlines();
 
         // Moves asked for here go to Redis, where the assigner (on whichever host) takes them.
         let asked = std::mem::take(
@@ -373,14 +380,9 @@ impl Agent {
         Ok(())
     }
 
-    /// Stops every shard whose lease deadline passed (Redis did not answer in time).
-    fn stop_lapsed(&mut self, now: Instant) {
-        let lapsed: Vec<u32> = self
-            .held
-            .iter()
-            .filter(|(_, held)| held.deadline <= now)
-            .map(|(shard, _)| *shard)
-            .collect();
+    /// Forgets the shards the watchdog stopped (their leases were not renewed in time).
+    fn stop_lapsed(&mut self, _now: Instant) {
+        let lapsed = std::mem::take(&mut *lock(&self.shared.lapsed));
         for shard_id in lapsed {
             tracing::warn!(
                 shard = shard_id,
@@ -401,6 +403,16 @@ impl Agent {
         self.control.unplace_shard(shard_id);
         self.held.remove(&shard_id);
         self.leaving.remove(&shard_id);
+        self.sync_deadlines();
+    }
+
+    /// Hands the held shards' deadlines to the watchdog.
+    fn sync_deadlines(&self) {
+        *lock(&self.shared.deadlines) = self
+            .held
+            .iter()
+            .map(|(shard, held)| (*shard, held.deadline))
+            .collect();
     }
 
     fn take(
@@ -438,6 +450,7 @@ impl Agent {
                         deadline: sent + settings.shard_lease - settings.lease_margin(),
                     },
                 );
+                self.sync_deadlines();
                 self.control.place_shard(shard_id, session);
             }
             Acquire::Held(_) | Acquire::NotAssigned | Acquire::HostExpired | Acquire::Quiet(_) => {}
@@ -587,6 +600,7 @@ impl Agent {
             tracing::info!(shard = shard_id, "shard handed over");
             self.leaving.remove(&shard_id);
             self.held.remove(&shard_id);
+            self.sync_deadlines();
             self.control.unplace_shard(shard_id);
         }
         Ok(())
@@ -664,4 +678,34 @@ impl Agent {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The watchdog: every 50 ms, stops each held shard whose lease deadline passed (close 4000,
+/// session kept), until the agent finishes. It does no I/O but the nudge to the shard's core.
+pub(super) fn watch(shared: &AgentShared, control: &ControlHandle) {
+    while !shared.finish.load(Ordering::Acquire) {
+        let now = Instant::now();
+        let lapsed: Vec<u32> = {
+            let mut deadlines = lock(&shared.deadlines);
+            let lapsed: Vec<u32> = deadlines
+                .iter()
+                .filter(|(_, deadline)| **deadline <= now)
+                .map(|(shard, _)| *shard)
+                .collect();
+            for shard_id in &lapsed {
+                deadlines.remove(shard_id);
+            }
+            lapsed
+        };
+        for &shard_id in &lapsed {
+            control.nudge_shard(shard_id, Nudge::Stop);
+            control.unplace_shard(shard_id);
+        }
+        lock(&shared.lapsed).extend(lapsed);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

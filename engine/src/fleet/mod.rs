@@ -142,6 +142,8 @@ impl Fleet {
             counters: Arc::clone(&counters),
             view: Mutex::new(ClusterView::default()),
             moves: Mutex::new(Vec::new()),
+            deadlines: Mutex::new(std::collections::BTreeMap::new()),
+            lapsed: Mutex::new(Vec::new()),
         });
         let stop_identify = Arc::new(AtomicBool::new(false));
         let (wakes_tx, wakes_rx) = crossbeam_channel::unbounded();
@@ -169,6 +171,14 @@ impl Fleet {
                 .spawn(move || worker.run(&gate_requests, &wakes_rx, &stop))
                 .map_err(FleetError::Thread)?
         };
+        let watchdog = {
+            let shared = Arc::clone(&shared);
+            let control = control.clone();
+            std::thread::Builder::new()
+                .name("shardgate-fleet-watch".into())
+                .spawn(move || agent::watch(&shared, &control))
+                .map_err(FleetError::Thread)?
+        };
         let agent = {
             let agent = Agent::new(
                 Arc::clone(&shared),
@@ -180,14 +190,25 @@ impl Fleet {
             );
             std::thread::Builder::new()
                 .name("shardgate-fleet".into())
-                .spawn(move || agent.run())
+                .spawn(move || {
+                    let ran =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent.run()));
+                    if ran.is_err() {
+                        // Nothing renews the leases now: the watchdog stops every shard at its
+                        // deadline, before another host may take it.
+                        tracing::error!(
+                            "the fleet agent failed: this host's shards stop as their leases \
+                             run out, and the other hosts take them"
+                        );
+                    }
+                })
                 .map_err(FleetError::Thread)?
         };
         Ok(Fleet {
             shared,
             stop_identify,
             agent: Some(agent),
-            identify: vec![listener, worker],
+            identify: vec![listener, worker, watchdog],
         })
     }
 
