@@ -105,6 +105,10 @@ impl Fleet {
     }
 
     fn add_host(&mut self, id: &str) {
+        self.add_host_with(id, &[]);
+    }
+
+    fn add_host_with(&mut self, id: &str, extra: &[&str]) {
         let admin = free_port();
         let data = self.dir.join(id);
         let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
@@ -122,6 +126,7 @@ impl Fleet {
             .args(["--host-lease-ms", &self.options.host_lease_ms.to_string()])
             .args(["--shard-lease-ms", &self.options.shard_lease_ms.to_string()])
             .args(["--session-save-interval-ms", "200"])
+            .args(extra)
             .env("DISCORD_TOKEN", self.mock.token())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -186,7 +191,14 @@ impl Fleet {
                     .is_some_and(Vec::is_empty)
                     && cluster["hosts"].as_array().is_some_and(|hosts| {
                         hosts.len() == self.hosts.len()
-                            && hosts.iter().all(|h| h["assigned"] == h["leased"])
+                            && hosts.iter().all(|h| {
+                                // A pinned host runs its pinned shards, not assigned ones.
+                                let mut wanted: Vec<Value> =
+                                    h["assigned"].as_array().unwrap().clone();
+                                wanted.extend(h["pinned"].as_array().unwrap().iter().cloned());
+                                wanted.sort_by_key(|id| id.as_u64());
+                                h["leased"] == Value::Array(wanted)
+                            })
                     })
             })
         });
@@ -608,4 +620,49 @@ fn a_hung_redis_stops_every_shard_before_its_lease_ends_and_they_resume_after() 
     );
     let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
     assert!(check.missing.is_empty(), "{} missing", check.missing.len());
+}
+
+/// A host pinned with `--shards` runs exactly those shards (still under leases) and the
+/// assigner places only the others; when it stops, its shards go to the rest of the fleet by
+/// hand-over rather than stay dark.
+#[test]
+fn a_pinned_host_runs_its_shards_and_hands_them_to_the_fleet_when_it_stops() {
+    let mut fleet = Fleet::start("pinned", &[]);
+    fleet.add_host_with("pinned", &["--shards", "4..=5"]);
+    fleet.add_host("bravo");
+    fleet.add_host("charlie");
+    fleet.wait_settled();
+    let held = fleet.held();
+    for shard in 0..SHARDS {
+        let pinned = held[&shard] == "pinned";
+        assert_eq!(
+            pinned,
+            shard >= 4,
+            "shard {shard} on {}: {held:?}",
+            held[&shard]
+        );
+    }
+    fleet.terminate("pinned");
+    wait_until(
+        "the pinned shards on the others",
+        Duration::from_secs(30),
+        || {
+            let held = fleet.held();
+            held.len() == SHARDS as usize && held.values().all(|host| host != "pinned")
+        },
+    );
+    fleet.wait_for_every_event();
+    let ledger = fleet.mock.ledger();
+    assert_eq!(ledger.identifies_total, u64::from(SHARDS));
+    assert_eq!(
+        ledger.overlapping_sessions, 0,
+        "two sessions live on one shard"
+    );
+    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
+    assert!(
+        check.missing.is_empty() && check.duplicated.is_empty(),
+        "{} missing, {} duplicated",
+        check.missing.len(),
+        check.duplicated.len()
+    );
 }
