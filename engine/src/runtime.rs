@@ -684,6 +684,18 @@ impl Engine {
                     gate,
                     gate_requests,
                     host_stats(Arc::clone(&stats)),
+                    crate::fleet::BudgetSource {
+                        fetch: {
+                            let settings = settings.clone();
+                            let tls = Arc::clone(&tls);
+                            Box::new(move || {
+                                fetch_gateway_bot(&settings, &tls)
+                                    .map(|answer| answer.session_start_limit)
+                                    .map_err(|error| error.to_string())
+                            })
+                        },
+                        every: settings.reshard_check_interval,
+                    },
                 )?)
             }
             _ => None,

@@ -71,6 +71,54 @@ pub enum FleetError {
     Thread(std::io::Error),
 }
 
+/// Asks Discord for the day's `session_start_limit` (`GET /gateway/bot`), and how long to
+/// wait before asking again.
+pub struct BudgetSource {
+    pub fetch: Box<dyn FnMut() -> Result<SessionStartLimit, String> + Send>,
+    pub every: Duration,
+}
+
+/// Every `budget.every`, reconciles the fleet's budget in Redis with Discord's count (other
+/// processes on the token, and Discord's own resets, drift from what the hosts counted). On its
+/// own thread: a slow `/gateway/bot` holds neither renewals nor identifies.
+fn reconcile_budget(
+    client: &redis::Client,
+    cluster: &str,
+    mut budget: BudgetSource,
+    stop: &AtomicBool,
+) {
+    let mut next = std::time::Instant::now() + budget.every;
+    while !stop.load(Ordering::Acquire) {
+        if std::time::Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        next = std::time::Instant::now() + budget.every;
+        let limit = match (budget.fetch)() {
+            Ok(limit) => limit,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the identify budget from Discord; next time");
+                continue;
+            }
+        };
+        let reconciled = Store::connect(client, cluster).and_then(|mut store| {
+            store.reconcile_budget(
+                limit.total,
+                limit.remaining,
+                Duration::from_millis(limit.reset_after_ms),
+            )
+        });
+        match reconciled {
+            Ok((remaining, reset)) => tracing::info!(
+                remaining,
+                reset_in_s = reset.as_secs(),
+                "the fleet's identify budget reconciled with Discord's"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot reconcile the identify budget in Redis"),
+        }
+    }
+}
+
 /// The shard count of the fleet: the one stored in Redis, or `plan`'s, stored as the fleet's
 /// when it is the first host.
 pub fn agree_shard_count(
@@ -112,6 +160,7 @@ impl Fleet {
         gate: Arc<FleetGate>,
         gate_requests: Receiver<GateRequest>,
         stats: agent::Stats,
+        budget: BudgetSource,
     ) -> Result<Fleet, FleetError> {
         let unreachable = |source| FleetError::Unreachable {
             url: store::redacted_url(redis_url),
@@ -171,6 +220,15 @@ impl Fleet {
                 .spawn(move || worker.run(&gate_requests, &wakes_rx, &stop))
                 .map_err(FleetError::Thread)?
         };
+        let reconciler = {
+            let client = client.clone();
+            let cluster = settings.cluster.clone();
+            let stop = Arc::clone(&stop_identify);
+            std::thread::Builder::new()
+                .name("shardgate-fleet-budget".into())
+                .spawn(move || reconcile_budget(&client, &cluster, budget, &stop))
+                .map_err(FleetError::Thread)?
+        };
         let watchdog = {
             let shared = Arc::clone(&shared);
             let control = control.clone();
@@ -208,7 +266,7 @@ impl Fleet {
             shared,
             stop_identify,
             agent: Some(agent),
-            identify: vec![listener, worker, watchdog],
+            identify: vec![listener, worker, watchdog, reconciler],
         })
     }
 
