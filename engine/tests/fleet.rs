@@ -569,7 +569,7 @@ fn redis_stopped_for_ten_seconds_and_back_empty_costs_nothing() {
 /// sessions on one shard, nothing lost.
 #[test]
 fn a_hung_redis_stops_every_shard_before_its_lease_ends_and_they_resume_after() {
-    let mut fleet = Fleet::start_with(
+    let fleet = Fleet::start_with(
         "redis-hung",
         &["alpha", "bravo", "charlie"],
         Options {

@@ -10,9 +10,17 @@
 #   world_get "$ENGINE_ADMIN/readyz"             # a GET, body on stdout (python3)
 #   world_stop                                   # SIGTERM to what is still running
 #
+# A fleet (several engines sharing one Redis):
+#   world_start_redis                            # sets REDIS_PID, REDIS_URL (a free port)
+#   world_start_engine_n 1 --redis-url "$REDIS_URL" ...   # sets ENGINE_PIDS[1], ENGINE_ADMINS[1]
+#   world_reap_engine 1                          # after a kill -9: wait for it, forget it
+#   world_stop_engines                           # SIGTERM to each engine left, then wait
+#
 # Needs bash and python3 (for HTTP without curl, and for JSON).
 
 WORLD_PIDS=()
+ENGINE_PIDS=()
+ENGINE_ADMINS=()
 
 # world_init DIR BIN_DIR
 world_init() {
@@ -88,6 +96,64 @@ world_start_engine() {
     ENGINE_ADMIN=$(world_wait_for "$WORLD_DIR/engine.log" 'admin API listening' "$ENGINE_PID" "shardgate") || return 1
     ENGINE_ADMIN=$(printf '%s' "$ENGINE_ADMIN" | grep -oE '127\.0\.0\.1:[0-9]+' | head -n1)
     ENGINE_ADMIN="http://$ENGINE_ADMIN"
+}
+
+# world_start_redis ARGS...: a redis-server of its own on a free loopback port, no persistence,
+# its log in $WORLD_DIR/redis.log. (Redis cannot listen on port 0 and report the port: the port
+# is one the kernel just gave out, so another process could take it in between; then this fails.)
+world_start_redis() {
+    command -v redis-server >/dev/null || {
+        echo "redis-server is needed (Debian: apt-get install redis-server)" >&2
+        return 1
+    }
+    local port
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no "$@" \
+        >"$WORLD_DIR/redis.log" 2>&1 &
+    REDIS_PID=$!
+    WORLD_PIDS+=("$REDIS_PID")
+    world_wait_for "$WORLD_DIR/redis.log" 'Ready to accept connections' "$REDIS_PID" \
+        "redis-server" >/dev/null || return 1
+    REDIS_URL="redis://127.0.0.1:$port/"
+}
+
+# world_start_engine_n N ARGS...: engine number N of several (a fleet), as world_start_engine
+# but with its log in $WORLD_DIR/engine-N.log, its pid in ENGINE_PIDS[N] and its admin base URL
+# in ENGINE_ADMINS[N].
+world_start_engine_n() {
+    local n=$1 admin
+    shift
+    "$WORLD_BIN/shardgate" run --admin-addr 127.0.0.1:0 "$@" \
+        2>"$WORLD_DIR/engine-$n.log" >/dev/null &
+    ENGINE_PIDS[n]=$!
+    WORLD_PIDS+=("${ENGINE_PIDS[n]}")
+    admin=$(world_wait_for "$WORLD_DIR/engine-$n.log" 'admin API listening' "${ENGINE_PIDS[n]}" \
+        "shardgate $n") || return 1
+    ENGINE_ADMINS[n]="http://$(printf '%s' "$admin" | grep -oE '127\.0\.0\.1:[0-9]+' | head -n1)"
+}
+
+# world_reap_engine N: waits for engine N (one that was killed) and forgets it.
+world_reap_engine() {
+    wait "${ENGINE_PIDS[$1]}" 2>/dev/null || true
+    unset "ENGINE_PIDS[$1]" "ENGINE_ADMINS[$1]"
+}
+
+# world_stop_engines: SIGTERM to every engine of world_start_engine_n left, then waits for them;
+# fails (after waiting for all) if any did not exit 0.
+world_stop_engines() {
+    local n code=0
+    for n in "${!ENGINE_PIDS[@]}"; do
+        kill -TERM "${ENGINE_PIDS[n]}" 2>/dev/null || true
+    done
+    for n in "${!ENGINE_PIDS[@]}"; do
+        wait "${ENGINE_PIDS[n]}" || {
+            echo "shardgate $n exited with status $?; its log is $WORLD_DIR/engine-$n.log" >&2
+            code=1
+        }
+    done
+    ENGINE_PIDS=()
+    ENGINE_ADMINS=()
+    return "$code"
 }
 
 # world_get URL: the body of a GET (https with the mock's CA), or nothing and status 1.
