@@ -666,3 +666,54 @@ fn a_pinned_host_runs_its_shards_and_hands_them_to_the_fleet_when_it_stops() {
         check.duplicated.len()
     );
 }
+
+/// A rolling restart: each host in turn stops (SIGTERM) and starts again with the same id. Its
+/// shards go to the others and, by rendezvous, come back to it, each time by hand-over: the
+/// whole restart costs no identify, and the bot gets every event exactly once.
+#[test]
+fn a_rolling_restart_of_every_host_keeps_every_session() {
+    let mut fleet = Fleet::start_with(
+        "rolling",
+        &["alpha", "bravo", "charlie"],
+        Options {
+            events_per_shard: 3000,
+            ..Options::default()
+        },
+    );
+    fleet.wait_settled();
+    let before = fleet.held();
+    for id in ["alpha", "bravo", "charlie"] {
+        fleet.terminate(id);
+        wait_until(
+            &format!("{id}'s shards elsewhere"),
+            Duration::from_secs(30),
+            || {
+                let held = fleet.held();
+                held.len() == SHARDS as usize && held.values().all(|host| host != id)
+            },
+        );
+        fleet.add_host(id);
+        fleet.wait_settled();
+    }
+    assert_eq!(fleet.held(), before, "every host got its shards back");
+    fleet.wait_for_every_event();
+    let ledger = fleet.mock.ledger();
+    assert_eq!(
+        ledger.identifies_total,
+        u64::from(SHARDS),
+        "{} resumes, {} rejected",
+        ledger.resumes_total,
+        ledger.resumes_rejected_total
+    );
+    assert_eq!(
+        ledger.overlapping_sessions, 0,
+        "two sessions live on one shard"
+    );
+    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
+    assert!(
+        check.missing.is_empty() && check.duplicated.is_empty(),
+        "{} missing, {} duplicated",
+        check.missing.len(),
+        check.duplicated.len()
+    );
+}
