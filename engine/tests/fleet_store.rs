@@ -170,7 +170,19 @@ fn a_shard_lease_goes_to_the_assigned_host_only_and_every_grant_fences_the_last(
     };
     assert!(!store.save_session(7, "a", first, &stale, 16).unwrap());
     let stored = store.load_session(7).unwrap().unwrap();
-    assert_eq!((stored.session, stored.token), (session, first));
+    assert_eq!((stored.session, stored.token), (session.clone(), first));
+    // Many at once, in one round trip: each under its own token.
+    let fresh = Session {
+        sequence: 50,
+        ..session.clone()
+    };
+    assert_eq!(
+        store
+            .save_sessions("b", &[(7, second, &fresh), (7, first, &stale)], 16)
+            .unwrap(),
+        [true, false]
+    );
+    assert_eq!(store.load_session(7).unwrap().unwrap().session.sequence, 50);
     assert_eq!(
         store.renew("b", LEASE, &[(7, second)]).unwrap(),
         [Renewal::Renewed]

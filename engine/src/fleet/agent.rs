@@ -611,21 +611,25 @@ impl Agent {
     fn save_sessions(&mut self, all: bool) -> Result<(), StoreError> {
         let settings = self.settings().clone();
         let me = settings.host.id.clone();
-        for position in self.positions.acknowledged_sessions(settings.total_shards) {
-            let shard_id = position.shard_id;
-            let Some(held) = self.held.get(&shard_id).copied() else {
-                continue;
-            };
-            if !all && self.leaving.contains_key(&shard_id) {
-                continue;
-            }
-            if self.store()?.save_session(
-                shard_id,
-                &me,
-                held.token,
-                &position.session,
-                settings.total_shards,
-            )? {
+        let positions: Vec<(u32, u64, crate::shard::Session)> = self
+            .positions
+            .acknowledged_sessions(settings.total_shards)
+            .into_iter()
+            .filter(|position| all || !self.leaving.contains_key(&position.shard_id))
+            .filter_map(|position| {
+                let held = self.held.get(&position.shard_id)?;
+                Some((position.shard_id, held.token, position.session))
+            })
+            .collect();
+        let batch: Vec<(u32, u64, &crate::shard::Session)> = positions
+            .iter()
+            .map(|(shard, token, session)| (*shard, *token, session))
+            .collect();
+        let written = self
+            .store()?
+            .save_sessions(&me, &batch, settings.total_shards)?;
+        for ((shard_id, _, _), saved) in positions.iter().zip(written) {
+            if saved {
                 self.shared
                     .counters
                     .sessions_saved
@@ -636,7 +640,7 @@ impl Agent {
                     .session_saves_refused
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(shard = shard_id, "session save refused: the lease is gone");
-                self.drop_shard(shard_id);
+                self.drop_shard(*shard_id);
             }
         }
         Ok(())

@@ -575,6 +575,36 @@ impl Store {
         Ok(written == 1)
     }
 
+    /// Saves many sessions in one round trip (a pipeline of [`Store::save_session`]'s script);
+    /// `true` where written.
+    pub fn save_sessions(
+        &mut self,
+        host_id: &str,
+        sessions: &[(u32, u64, &Session)],
+        shard_count: u32,
+    ) -> Result<Vec<bool>, StoreError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hash = self.scripts.session_save.load(&mut self.conn)?;
+        let mut pipe = redis::pipe();
+        for (shard, token, session) in sessions {
+            pipe.cmd("EVALSHA")
+                .arg(&hash)
+                .arg(2)
+                .arg(self.keys.session(*shard))
+                .arg(self.keys.lease(*shard))
+                .arg(host_id)
+                .arg(*token)
+                .arg(&session.session_id)
+                .arg(session.resume_url.as_deref().unwrap_or(""))
+                .arg(session.sequence)
+                .arg(shard_count);
+        }
+        let written: Vec<u8> = pipe.query(&mut self.conn)?;
+        Ok(written.into_iter().map(|one| one == 1).collect())
+    }
+
     /// `shard`'s stored session, if any.
     pub fn load_session(&mut self, shard: u32) -> Result<Option<StoredSession>, StoreError> {
         let fields: BTreeMap<String, String> = self.conn.hgetall(self.keys.session(shard))?;
