@@ -283,6 +283,35 @@ fn three_hosts_share_the_shards_and_a_sigterm_hands_them_over_without_an_identif
         totals["shards_ready"] == u64::from(SHARDS) && totals["identifies"] == u64::from(SHARDS)
     });
 
+    // The fleet's metrics: every family documented, and the fleet as the hosts see it.
+    let (_, _, metrics) = http(fleet.host("alpha").admin, "GET", "/metrics", None, b"");
+    let doc = include_str!("../../docs/admin-api.md");
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .filter(|name| name.starts_with("shardgate_fleet_"))
+        .collect();
+    assert!(families.len() >= 10, "{families:?}");
+    for name in &families {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{name} is not in docs/admin-api.md"
+        );
+    }
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    assert_eq!(sample("shardgate_fleet_hosts"), Some(3.0));
+    assert_eq!(
+        sample("shardgate_fleet_shards_leased"),
+        Some(f64::from(SHARDS))
+    );
+    assert_eq!(sample("shardgate_fleet_redis_connected"), Some(1.0));
+
     // Commands sent to any host reach the shard's host: one for a shard of bravo's, sent to
     // alpha; a presence update for every shard of the fleet, sent to charlie.
     let (&bravos, _) = held

@@ -581,6 +581,19 @@ fn fleet_families(out: &mut Exposition, fleet: &crate::fleet::FleetHandle) {
         out.family(name, "counter", help);
         out.sample(name, &[], get(counter) as f64);
     }
+    // The fleet as this host's last step saw it (the same on every host).
+    out.family("shardgate_fleet_hosts", "gauge", "Live hosts in the fleet.");
+    out.sample("shardgate_fleet_hosts", &[], view.hosts.len() as f64);
+    out.family(
+        "shardgate_fleet_shards_leased",
+        "gauge",
+        "Shards of the fleet some host holds the lease of (the rest are moving or unplaced).",
+    );
+    out.sample(
+        "shardgate_fleet_shards_leased",
+        &[],
+        view.leases.len() as f64,
+    );
     out.family(
         "shardgate_fleet_redis_connected",
         "gauge",
