@@ -365,7 +365,7 @@ fn reconnects_go_first_and_a_dead_hosts_tickets_do_not_hold_a_bucket() {
 }
 
 #[test]
-fn a_grant_wakes_every_host_and_a_late_identify_pushes_the_bucket() {
+fn a_grant_wakes_the_next_tickets_host_and_a_late_identify_pushes_the_bucket() {
     let server = RedisServer::start();
     let mut store = store(&server);
     store.host_beat(&host("a"), LEASE, "{}").unwrap();
@@ -375,14 +375,21 @@ fn a_grant_wakes_every_host_and_a_late_identify_pushes_the_bucket() {
     pubsub
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
+    store.host_beat(&host("b"), LEASE, "{}").unwrap();
     store.enqueue_identify(3, "t", "a", false).unwrap();
+    store.enqueue_identify(3, "next", "b", false).unwrap();
     let interval = Duration::from_millis(500);
     assert!(matches!(
         store.take_identify(3, "t", interval, 0, true).unwrap(),
         Take::Granted { .. }
     ));
     let message = pubsub.get_message().unwrap();
-    assert_eq!(message.get_payload::<u32>().unwrap(), 3);
+    assert_eq!(
+        message.get_payload::<String>().unwrap(),
+        "3:b",
+        "the bucket, and the host whose ticket is next"
+    );
+    assert!(store.cancel_identify(3, "next").unwrap());
 
     // The identify went out 300 ms after its grant: the next waits 500 ms from then.
     std::thread::sleep(Duration::from_millis(300));

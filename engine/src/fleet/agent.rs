@@ -178,13 +178,23 @@ impl Agent {
             if now >= next {
                 next = now + tick;
                 self.step_logged(now);
-            } else if !self.leaving.is_empty() {
-                // A hand-over waits on the bot: look often.
-                self.stop_lapsed(now);
-                if let Err(error) = self.progress_handovers(now) {
+            } else {
+                if !self.leaving.is_empty() {
+                    // A hand-over waits on the bot: look often.
+                    self.stop_lapsed(now);
+                    if let Err(error) = self.progress_handovers(now) {
+                        self.failed(&error);
+                    }
+                    self.publish_held();
+                }
+                // Sessions at their own pace (a failover replays what the bot got since the
+                // last save), not only at the tick's.
+                if self.store.is_some()
+                    && self.save_due(now)
+                    && let Err(error) = self.save_sessions(false)
+                {
                     self.failed(&error);
                 }
-                self.publish_held();
             }
             std::thread::sleep(Duration::from_millis(50).min(next.saturating_duration_since(now)));
         }
@@ -365,8 +375,7 @@ impl Agent {
         }
 
         self.progress_handovers(now)?;
-        if now.duration_since(self.sessions_saved_at) >= settings.session_save_interval {
-            self.sessions_saved_at = now;
+        if self.save_due(now) {
             self.save_sessions(false)?;
         }
 
@@ -380,19 +389,20 @@ impl Agent {
         Ok(())
     }
 
+    /// Whether the sessions are due to be saved; if so, counts them as saved now.
+    fn save_due(&mut self, now: Instant) -> bool {
+        let due =
+            now.duration_since(self.sessions_saved_at) >= self.settings().session_save_interval;
+        if due {
+            self.sessions_saved_at = now;
+        }
+        due
+    }
+
     /// Forgets the shards the watchdog stopped (their leases were not renewed in time).
     fn stop_lapsed(&mut self, _now: Instant) {
         let lapsed = std::mem::take(&mut *lock(&self.shared.lapsed));
         for shard_id in lapsed {
-            tracing::warn!(
-                shard = shard_id,
-                "lease not renewed in time: stopping the shard (closed with 4000) before \
-                 another host may take it"
-            );
-            self.shared
-                .counters
-                .leases_lapsed
-                .fetch_add(1, Ordering::Relaxed);
             self.drop_shard(shard_id);
         }
     }
@@ -706,6 +716,15 @@ pub(super) fn watch(shared: &AgentShared, control: &ControlHandle) {
             lapsed
         };
         for &shard_id in &lapsed {
+            tracing::warn!(
+                shard = shard_id,
+                "lease not renewed in time: stopping the shard (closed with 4000) before \
+                 another host may take it"
+            );
+            shared
+                .counters
+                .leases_lapsed
+                .fetch_add(1, Ordering::Relaxed);
             control.nudge_shard(shard_id, Nudge::Stop);
             control.unplace_shard(shard_id);
         }

@@ -4,9 +4,9 @@
 //! it asks (so the queue holds every host's tickets in arrival order, reconnects first). The
 //! worker asks Redis for the grant of this host's first ticket in each bucket when it may be due:
 //! when Redis said how long the bucket's interval has left, or when another host's grant or
-//! cancel moved the queue (published on the wake channel, which a second connection listens
-//! to). No polling while another host's ticket heads a bucket, but a slow fallback in case a
-//! wake was lost with a dropped connection.
+//! cancel made one of this host's tickets the bucket's next (published on the wake channel as
+//! `bucket:host`, which a second connection listens to). No polling while another host's ticket
+//! heads a bucket, but a slow fallback in case a wake was lost with a dropped connection.
 //!
 //! A grant goes to the [`FleetGate`] and the shard's core is nudged; the shard identifies at
 //! once and reports the send, which moves the bucket's next grant to a full interval after it.
@@ -24,8 +24,10 @@ use super::store::{Store, Take};
 use crate::control::{ControlHandle, Nudge};
 
 /// How long a ticket that another host's ticket heads waits without a wake before asking again
-/// (a wake lost while the listening connection was down).
-const WAKE_FALLBACK: Duration = Duration::from_secs(2);
+/// (a wake lost while the listening connection was down). Wakes go to the host of the bucket's
+/// next ticket only, so this is what every other waiting host pays: one ask per bucket per
+/// fallback.
+const WAKE_FALLBACK: Duration = Duration::from_secs(10);
 /// How long the worker waits before asking Redis again after an error.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 /// Most time between two looks at the stop flag.
@@ -328,11 +330,12 @@ impl Worker {
     }
 }
 
-/// Listens to the wake channel on its own connection and passes each bucket number on, until
-/// `stop`; reconnects after a failure.
+/// Listens to the wake channel on its own connection and passes on the buckets whose next
+/// ticket is `host`'s, until `stop`; reconnects after a failure.
 pub(super) fn listen(
     client: &redis::Client,
     channel: &str,
+    host: &str,
     wakes: &Sender<u32>,
     stop: &AtomicBool,
 ) {
@@ -350,7 +353,11 @@ pub(super) fn listen(
         while !stop.load(Ordering::Acquire) {
             match pubsub.get_message() {
                 Ok(message) => {
-                    if let Ok(bucket) = message.get_payload::<u32>() {
+                    let payload: String = message.get_payload().unwrap_or_default();
+                    if let Some((bucket, next)) = payload.split_once(':')
+                        && next == host
+                        && let Ok(bucket) = bucket.parse()
+                    {
                         let _ = wakes.send(bucket);
                     }
                 }

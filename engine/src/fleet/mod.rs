@@ -199,10 +199,11 @@ impl Fleet {
         let listener = {
             let client = client.clone();
             let channel = store.keys().wake_channel();
+            let host = settings.host.id.clone();
             let stop = Arc::clone(&stop_identify);
             std::thread::Builder::new()
                 .name("shardgate-fleet-wake".into())
-                .spawn(move || identify::listen(&client, &channel, &wakes_tx, &stop))
+                .spawn(move || identify::listen(&client, &channel, &host, &wakes_tx, &stop))
                 .map_err(FleetError::Thread)?
         };
         let worker = {

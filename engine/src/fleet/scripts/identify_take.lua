@@ -1,6 +1,6 @@
 -- Asks for a ticket's identify: granted when it heads its bucket's queue, the bucket's last
 -- identify was an interval ago (Redis's clock), and the day's budget allows it. A grant wakes
--- every host (the bucket's next ticket may be another host's).
+-- the host of the bucket's next ticket: the wake channel says `bucket:host`.
 -- KEYS[1] queue   KEYS[2] ticket owners   KEYS[3] the bucket (hash: next_free)
 -- KEYS[4] budget (hash: total, remaining, reset_at)   KEYS[5] hosts   KEYS[6] stats (hash)
 -- ARGV[1] ticket   ARGV[2] interval ms (Discord's 5 s plus the safety margin)
@@ -10,6 +10,7 @@
 -- { -1, 0 } the ticket is not queued; { -2, ms } the budget is spent until its reset.
 local now = now_ms()
 -- Tickets of hosts whose lease ran out would hold the bucket for ever.
+local dropped = false
 for _ = 1, 64 do
   local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
   if not head then
@@ -23,6 +24,14 @@ for _ = 1, 64 do
   redis.call('ZREM', KEYS[1], head)
   redis.call('HDEL', KEYS[2], head)
   redis.call('HINCRBY', KEYS[6], 'abandoned', 1)
+  dropped = true
+end
+if dropped then
+  -- The new head's host learns it now, not at its fallback.
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+  if head and head ~= ARGV[1] then
+    redis.call('PUBLISH', ARGV[5], ARGV[6] .. ':' .. (redis.call('HGET', KEYS[2], head) or ''))
+  end
 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return { -1, 0 }
@@ -56,5 +65,9 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[3], 'next_free', now + tonumber(ARGV[2]), 'last', now)
 redis.call('HINCRBY', KEYS[6], 'granted', 1)
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+local next_ticket = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+if next_ticket then
+  local next_host = redis.call('HGET', KEYS[2], next_ticket) or ''
+  redis.call('PUBLISH', ARGV[5], ARGV[6] .. ':' .. next_host)
+end
 return { 1, now }
