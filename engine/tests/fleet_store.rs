@@ -386,8 +386,8 @@ fn a_grant_wakes_the_next_tickets_host_and_a_late_identify_pushes_the_bucket() {
     let message = pubsub.get_message().unwrap();
     assert_eq!(
         message.get_payload::<String>().unwrap(),
-        "3:b",
-        "the bucket, and the host whose ticket is next"
+        "3:b:500",
+        "the bucket, the host whose ticket is next, and the interval it waits"
     );
     assert!(store.cancel_identify(3, "next").unwrap());
 

@@ -103,7 +103,7 @@ impl Worker {
     pub(super) fn run(
         mut self,
         requests: &Receiver<GateRequest>,
-        wakes: &Receiver<u32>,
+        wakes: &Receiver<(u32, Duration)>,
         stop: &AtomicBool,
     ) {
         while !stop.load(Ordering::Acquire) {
@@ -117,9 +117,9 @@ impl Worker {
                     Ok(request) => self.handle(request),
                     Err(_) => return,
                 },
-                recv(wakes) -> bucket => {
-                    if let Ok(bucket) = bucket {
-                        self.wake(bucket);
+                recv(wakes) -> wake => {
+                    if let Ok((bucket, wait)) = wake {
+                        self.wake(bucket, wait);
                     }
                 },
                 default(wait) => {},
@@ -128,8 +128,8 @@ impl Worker {
             while let Ok(request) = requests.try_recv() {
                 self.handle(request);
             }
-            while let Ok(bucket) = wakes.try_recv() {
-                self.wake(bucket);
+            while let Ok((bucket, wait)) = wakes.try_recv() {
+                self.wake(bucket, wait);
             }
             self.ask_due(Instant::now());
         }
@@ -201,14 +201,14 @@ impl Worker {
         }
     }
 
-    /// Another host's grant or cancel moved `bucket`'s queue: this host's first ticket there
-    /// may head it now.
-    fn wake(&mut self, bucket: u32) {
-        let now = Instant::now();
+    /// A grant or cancel made this host's first ticket in `bucket` the next: it asks once the
+    /// bucket's interval (`wait`) has run.
+    fn wake(&mut self, bucket: u32, wait: Duration) {
+        let due = Instant::now() + wait;
         if let Some(shard_id) = self.head_of(bucket)
             && let Some(ticket) = self.tickets.get_mut(&shard_id)
         {
-            ticket.due = ticket.due.min(now);
+            ticket.due = due;
         }
     }
 
@@ -330,13 +330,23 @@ impl Worker {
     }
 }
 
+/// A wake for this host: `bucket:host:ms` names the bucket whose next ticket is `host`'s and
+/// how long its interval has to run.
+fn parse_wake(payload: &str, host: &str) -> Option<(u32, Duration)> {
+    let mut parts = payload.split(':');
+    let bucket = parts.next()?.parse().ok()?;
+    let next = parts.next()?;
+    let wait = parts.next()?.parse().ok()?;
+    (next == host && parts.next().is_none()).then(|| (bucket, Duration::from_millis(wait)))
+}
+
 /// Listens to the wake channel on its own connection and passes on the buckets whose next
 /// ticket is `host`'s, until `stop`; reconnects after a failure.
 pub(super) fn listen(
     client: &redis::Client,
     channel: &str,
     host: &str,
-    wakes: &Sender<u32>,
+    wakes: &Sender<(u32, Duration)>,
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Acquire) {
@@ -354,16 +364,30 @@ pub(super) fn listen(
             match pubsub.get_message() {
                 Ok(message) => {
                     let payload: String = message.get_payload().unwrap_or_default();
-                    if let Some((bucket, next)) = payload.split_once(':')
-                        && next == host
-                        && let Ok(bucket) = bucket.parse()
-                    {
-                        let _ = wakes.send(bucket);
+                    if let Some(wake) = parse_wake(&payload, host) {
+                        let _ = wakes.send(wake);
                     }
                 }
                 Err(error) if error.is_timeout() => {}
                 Err(_) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_is_for_the_host_it_names_with_the_wait() {
+        assert_eq!(
+            parse_wake("3:gw-1:5250", "gw-1"),
+            Some((3, Duration::from_millis(5250)))
+        );
+        assert_eq!(parse_wake("3:gw-2:5250", "gw-1"), None);
+        assert_eq!(parse_wake("3:gw-1", "gw-1"), None);
+        assert_eq!(parse_wake("x:gw-1:0", "gw-1"), None);
+        assert_eq!(parse_wake("3:gw-1:0:extra", "gw-1"), None);
     }
 }

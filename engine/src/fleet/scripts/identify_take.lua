@@ -1,6 +1,7 @@
 -- Asks for a ticket's identify: granted when it heads its bucket's queue, the bucket's last
 -- identify was an interval ago (Redis's clock), and the day's budget allows it. A grant wakes
--- the host of the bucket's next ticket: the wake channel says `bucket:host`.
+-- the host of the bucket's next ticket: the wake channel says `bucket:host:ms`, ms being how
+-- long the bucket's interval has to run (that host asks then, not before).
 -- KEYS[1] queue   KEYS[2] ticket owners   KEYS[3] the bucket (hash: next_free)
 -- KEYS[4] budget (hash: total, remaining, reset_at)   KEYS[5] hosts   KEYS[6] stats (hash)
 -- ARGV[1] ticket   ARGV[2] interval ms (Discord's 5 s plus the safety margin)
@@ -30,7 +31,9 @@ if dropped then
   -- The new head's host learns it now, not at its fallback.
   local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
   if head and head ~= ARGV[1] then
-    redis.call('PUBLISH', ARGV[5], ARGV[6] .. ':' .. (redis.call('HGET', KEYS[2], head) or ''))
+    local next_free = tonumber(redis.call('HGET', KEYS[3], 'next_free') or '0')
+    redis.call('PUBLISH', ARGV[5], ARGV[6] .. ':' .. (redis.call('HGET', KEYS[2], head) or '')
+      .. ':' .. string.format('%d', math.max(0, next_free - now)))
   end
 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -68,6 +71,6 @@ redis.call('HINCRBY', KEYS[6], 'granted', 1)
 local next_ticket = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
 if next_ticket then
   local next_host = redis.call('HGET', KEYS[2], next_ticket) or ''
-  redis.call('PUBLISH', ARGV[5], ARGV[6] .. ':' .. next_host)
+  redis.call('PUBLISH', ARGV[5], ARGV[6] .. ':' .. next_host .. ':' .. ARGV[2])
 end
 return { 1, now }
