@@ -232,6 +232,34 @@ impl Fleet {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    /// Once every event arrived: one identify per shard (every later session resumed), none
+    /// too fast for its bucket, never two sessions live at once on one shard, nothing missing
+    /// at the bot, and at most `duplicates_allowed` events twice. Returns how many came twice.
+    fn assert_every_event_once(&self, duplicates_allowed: usize) -> usize {
+        self.wait_for_every_event();
+        let ledger = self.mock.ledger();
+        assert_eq!(
+            ledger.identifies_total,
+            u64::from(SHARDS),
+            "every later session resumed: {} resumes, {} rejected",
+            ledger.resumes_total,
+            ledger.resumes_rejected_total
+        );
+        assert_eq!(ledger.violations_of(ViolationKind::IdentifyTooFast), 0);
+        assert_eq!(
+            ledger.overlapping_sessions, 0,
+            "two sessions live on one shard"
+        );
+        let check = ContentCheck::new(&self.mock.events(), &self.bot.content());
+        assert!(check.missing.is_empty(), "{} missing", check.missing.len());
+        assert!(
+            check.duplicated.len() <= duplicates_allowed,
+            "{} duplicated (at most {duplicates_allowed})",
+            check.duplicated.len()
+        );
+        check.duplicated.len()
+    }
+
     fn host(&self, id: &str) -> &Host {
         self.hosts.iter().find(|host| host.id == id).unwrap()
     }
@@ -376,28 +404,8 @@ fn three_hosts_share_the_shards_and_a_sigterm_hands_them_over_without_an_identif
             held.len() == SHARDS as usize && leaving.iter().all(|shard| held[shard] != "bravo")
         },
     );
-    fleet.wait_for_every_event();
-    let ledger = fleet.mock.ledger();
-    assert_eq!(
-        ledger.identifies_total,
-        u64::from(SHARDS),
-        "the handed-over shards resumed: {} resumes, {} rejected",
-        ledger.resumes_total,
-        ledger.resumes_rejected_total
-    );
-    assert!(ledger.resumes_total >= leaving.len() as u64);
-    assert_eq!(ledger.violations_of(ViolationKind::IdentifyTooFast), 0);
-    assert_eq!(
-        ledger.overlapping_sessions, 0,
-        "two sessions live on one shard"
-    );
-    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
-    assert!(
-        check.missing.is_empty() && check.duplicated.is_empty(),
-        "{} missing, {} duplicated",
-        check.missing.len(),
-        check.duplicated.len()
-    );
+    fleet.assert_every_event_once(0);
+    assert!(fleet.mock.ledger().resumes_total >= leaving.len() as u64);
     let _ = &fleet.redis;
 }
 
@@ -436,33 +444,11 @@ fn a_killed_hosts_shards_are_resumed_elsewhere_after_its_leases_and_nothing_is_l
     let failover = killed.elapsed();
     // The shard lease is 2 s: nobody may take them sooner.
     assert!(failover >= Duration::from_millis(1500), "{failover:?}");
-    fleet.wait_for_every_event();
-    let ledger = fleet.mock.ledger();
-    assert_eq!(
-        ledger.identifies_total,
-        u64::from(SHARDS),
-        "resumed from the stored sessions: {} resumes, {} rejected",
-        ledger.resumes_total,
-        ledger.resumes_rejected_total
-    );
-    assert_eq!(
-        ledger.overlapping_sessions, 0,
-        "two sessions live on one shard"
-    );
-    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
-    assert!(check.missing.is_empty(), "{} missing", check.missing.len());
     // At 100 events/s per shard, a save every 200 ms: what came since the last one, per shard.
-    let bound = dead.len() * 100;
-    assert!(
-        check.duplicated.len() <= bound,
-        "{} duplicated (bound {bound}) for {} shards",
-        check.duplicated.len(),
-        dead.len()
-    );
+    let duplicated = fleet.assert_every_event_once(dead.len() * 100);
     eprintln!(
-        "kill -9: {} shards failed over in {failover:?}, {} duplicates",
-        dead.len(),
-        check.duplicated.len()
+        "kill -9: {} shards failed over in {failover:?}, {duplicated} duplicates",
+        dead.len()
     );
 }
 
@@ -512,27 +498,7 @@ fn a_joining_host_and_a_manual_move_take_shards_by_hand_over() {
     wait_until("the moved shard on bravo", Duration::from_secs(30), || {
         fleet.held().get(&shard).is_some_and(|host| host == "bravo")
     });
-    fleet.wait_for_every_event();
-    let ledger = fleet.mock.ledger();
-    assert_eq!(
-        ledger.identifies_total,
-        u64::from(SHARDS),
-        "moves resume: {} resumes, {} rejected",
-        ledger.resumes_total,
-        ledger.resumes_rejected_total
-    );
-    assert_eq!(ledger.violations_of(ViolationKind::IdentifyTooFast), 0);
-    assert_eq!(
-        ledger.overlapping_sessions, 0,
-        "two sessions live on one shard"
-    );
-    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
-    assert!(
-        check.missing.is_empty() && check.duplicated.is_empty(),
-        "{} missing, {} duplicated",
-        check.missing.len(),
-        check.duplicated.len()
-    );
+    fleet.assert_every_event_once(0);
 }
 
 /// Redis stops for 10 s and comes back empty (no persistence): every host keeps forwarding the
@@ -575,20 +541,7 @@ fn redis_stopped_for_ten_seconds_and_back_empty_costs_nothing() {
         },
     );
     assert_eq!(fleet.held(), before, "every shard stayed where it ran");
-    fleet.wait_for_every_event();
-    let ledger = fleet.mock.ledger();
-    assert_eq!(ledger.identifies_total, u64::from(SHARDS));
-    assert_eq!(
-        ledger.overlapping_sessions, 0,
-        "two sessions live on one shard"
-    );
-    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
-    assert!(
-        check.missing.is_empty() && check.duplicated.is_empty(),
-        "{} missing, {} duplicated",
-        check.missing.len(),
-        check.duplicated.len()
-    );
+    fleet.assert_every_event_once(0);
 }
 
 /// Redis hangs (frozen, nothing answers) for longer than a shard lease: every host stops its
@@ -634,21 +587,7 @@ fn a_hung_redis_stops_every_shard_before_its_lease_ends_and_they_resume_after() 
         fleet.held().len() == SHARDS as usize
             && fleet.mock.ledger().resumes_total >= sessions_before + u64::from(SHARDS)
     });
-    fleet.wait_for_every_event();
-    let ledger = fleet.mock.ledger();
-    assert_eq!(
-        ledger.identifies_total,
-        u64::from(SHARDS),
-        "resumed: {} resumes, {} rejected",
-        ledger.resumes_total,
-        ledger.resumes_rejected_total
-    );
-    assert_eq!(
-        ledger.overlapping_sessions, 0,
-        "two sessions live on one shard"
-    );
-    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
-    assert!(check.missing.is_empty(), "{} missing", check.missing.len());
+    fleet.assert_every_event_once(usize::MAX);
 }
 
 /// A host pinned with `--shards` runs exactly those shards (still under leases) and the
@@ -680,20 +619,7 @@ fn a_pinned_host_runs_its_shards_and_hands_them_to_the_fleet_when_it_stops() {
             held.len() == SHARDS as usize && held.values().all(|host| host != "pinned")
         },
     );
-    fleet.wait_for_every_event();
-    let ledger = fleet.mock.ledger();
-    assert_eq!(ledger.identifies_total, u64::from(SHARDS));
-    assert_eq!(
-        ledger.overlapping_sessions, 0,
-        "two sessions live on one shard"
-    );
-    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
-    assert!(
-        check.missing.is_empty() && check.duplicated.is_empty(),
-        "{} missing, {} duplicated",
-        check.missing.len(),
-        check.duplicated.len()
-    );
+    fleet.assert_every_event_once(0);
 }
 
 /// A rolling restart: each host in turn stops (SIGTERM) and starts again with the same id. Its
@@ -725,24 +651,5 @@ fn a_rolling_restart_of_every_host_keeps_every_session() {
         fleet.wait_settled();
     }
     assert_eq!(fleet.held(), before, "every host got its shards back");
-    fleet.wait_for_every_event();
-    let ledger = fleet.mock.ledger();
-    assert_eq!(
-        ledger.identifies_total,
-        u64::from(SHARDS),
-        "{} resumes, {} rejected",
-        ledger.resumes_total,
-        ledger.resumes_rejected_total
-    );
-    assert_eq!(
-        ledger.overlapping_sessions, 0,
-        "two sessions live on one shard"
-    );
-    let check = ContentCheck::new(&fleet.mock.events(), &fleet.bot.content());
-    assert!(
-        check.missing.is_empty() && check.duplicated.is_empty(),
-        "{} missing, {} duplicated",
-        check.missing.len(),
-        check.duplicated.len()
-    );
+    fleet.assert_every_event_once(0);
 }

@@ -181,7 +181,7 @@ impl Agent {
             } else {
                 if !self.leaving.is_empty() {
                     // A hand-over waits on the bot: look often.
-                    self.stop_lapsed(now);
+                    self.stop_lapsed();
                     if let Err(error) = self.progress_handovers(now) {
                         self.failed(&error);
                     }
@@ -262,7 +262,7 @@ impl Agent {
 
     /// One step (see the module's rules).
     fn step(&mut self, now: Instant) -> Result<(), StoreError> {
-        self.stop_lapsed(now);
+        self.stop_lapsed();
         let settings = self.settings().clone();
         let me = settings.host.id.clone();
         let sent = Instant::now();
@@ -321,13 +321,16 @@ impl Agent {
         for (shard_id, host) in &asked {
             self.store()?.place(*shard_id, host)?;
         }
+        // Who lives and who holds what, read once a step: for the assigner's pass and the view.
+        let hosts = self.store()?.hosts(beat.now_ms)?;
+        let leases = self.store()?.leases(settings.total_shards)?;
         let (assigner, holder) = self.store()?.assigner(&me, settings.host_lease)?;
         // A new fleet state (a first start, or a Redis that lost its data) waits a host lease
         // before the first pass, so that every live host has registered and the holders have
         // taken their shards back: the pass then keeps them where they run.
         let settled = beat.now_ms >= beat.epoch_ms + millis(settings.host_lease);
         if assigner && settled && !self.shared.stopping.load(Ordering::Acquire) {
-            self.assign_pass(beat.now_ms)?;
+            self.assign_pass(&hosts, &leases)?;
         }
         let assignment = self.store()?.assignment()?;
         let pinned: BTreeSet<u32> = settings.host.pinned.iter().copied().collect();
@@ -379,8 +382,6 @@ impl Agent {
             self.save_sessions(false)?;
         }
 
-        let hosts = self.store()?.hosts(beat.now_ms)?;
-        let leases = self.store()?.leases(settings.total_shards)?;
         let mut view = self.shared.view();
         view.assigner = holder;
         view.hosts = hosts;
@@ -400,7 +401,7 @@ impl Agent {
     }
 
     /// Forgets the shards the watchdog stopped (their leases were not renewed in time).
-    fn stop_lapsed(&mut self, _now: Instant) {
+    fn stop_lapsed(&mut self) {
         let lapsed = std::mem::take(&mut *lock(&self.shared.lapsed));
         for shard_id in lapsed {
             self.drop_shard(shard_id);
@@ -470,10 +471,13 @@ impl Agent {
 
     /// The assigner's pass: live hosts, the current assignment and the move budget in; the
     /// changes out (only while this host holds the assigner's lease, checked in the script).
-    fn assign_pass(&mut self, now_ms: u64) -> Result<(), StoreError> {
+    fn assign_pass(
+        &mut self,
+        hosts: &[HostRecord],
+        leases: &BTreeMap<u32, LeaseRecord>,
+    ) -> Result<(), StoreError> {
         let settings = self.settings().clone();
         let me = settings.host.id.clone();
-        let hosts = self.store()?.hosts(now_ms)?;
         let pinned: BTreeSet<u32> = hosts
             .iter()
             .flat_map(|host| host.info.pinned.iter().copied())
@@ -486,16 +490,17 @@ impl Agent {
                 capacity: host.info.capacity,
             })
             .collect();
-        let mut current = self.store()?.assignment()?;
+        let current = self.store()?.assignment()?;
         // A shard the assignment does not name (it was lost with Redis's data) counts as where
         // its lease is, when that host lives.
-        for (shard_id, lease) in self.store()?.leases(settings.total_shards)? {
+        let mut wanted = current.clone();
+        for (shard_id, lease) in leases {
             if candidates.iter().any(|host| host.id == lease.host) {
-                current.entry(shard_id).or_insert(lease.host);
+                wanted
+                    .entry(*shard_id)
+                    .or_insert_with(|| lease.host.clone());
             }
         }
-        let wanted = current.clone();
-        let current = self.store()?.assignment()?;
         let now = Instant::now();
         let elapsed = now.duration_since(self.credit_at).as_secs_f64();
         self.credit_at = now;
