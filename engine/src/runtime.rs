@@ -517,18 +517,43 @@ impl Engine {
             uncovered: std::sync::Mutex::new(Vec::new()),
         });
 
-        // Sink.
-        let forward_url = ForwardUrl::parse(&settings.forward_url)?;
-        let authorization = settings
-            .forward_secret
-            .as_ref()
-            .map(|s| s.expose_secret().to_owned());
-        let client = HttpClient::new(
-            forward_url,
-            authorization,
-            Some(Arc::clone(&tls)),
-            Duration::from_millis(settings.forward_timeout_ms),
-        );
+        // Sink: the bot's endpoint, or Redis Streams.
+        let target: Box<dyn crate::sink::Target> = match settings.sink {
+            crate::config::SinkKind::Http => {
+                let forward_url = ForwardUrl::parse(&settings.forward_url)?;
+                let authorization = settings
+                    .forward_secret
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned());
+                let client = HttpClient::new(
+                    forward_url,
+                    authorization,
+                    Some(Arc::clone(&tls)),
+                    Duration::from_millis(settings.forward_timeout_ms),
+                );
+                Box::new(crate::sink::HttpTarget::new(
+                    client,
+                    settings.batch_bytes_max + 64 * 1024,
+                ))
+            }
+            crate::config::SinkKind::RedisStreams => {
+                let url = fleet_url.as_deref().unwrap_or_default();
+                let client = crate::fleet::store::client(url).map_err(|source| {
+                    crate::fleet::FleetError::Unreachable {
+                        url: crate::fleet::store::redacted_url(url),
+                        source,
+                    }
+                })?;
+                Box::new(crate::sink::streams::StreamsTarget::new(
+                    client,
+                    crate::sink::streams::StreamsConfig {
+                        key: settings.stream_key.clone(),
+                        partitions: settings.stream_partitions,
+                        maxlen: settings.stream_maxlen,
+                    },
+                ))
+            }
+        };
         let sink_config = SinkConfig {
             batch_events_max: settings.batch_events_max,
             batch_bytes_max: settings.batch_bytes_max,
@@ -627,7 +652,7 @@ impl Engine {
             sink_config,
             queue,
             rings,
-            client,
+            target,
             Arc::clone(&sink_stats),
             Arc::clone(&stop),
         )

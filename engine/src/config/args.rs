@@ -69,6 +69,10 @@ pub const FILE_KEYS: &[&str] = &[
     "spill_fsync",
     "backlog_rate",
     "session_save_interval_ms",
+    "sink",
+    "stream_key",
+    "stream_partitions",
+    "stream_maxlen",
     "admin_addr",
     "admin_token",
     "ca_file",
@@ -329,7 +333,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "RECORDS", help_heading = "Forwarding")]
     pub ring_capacity: Option<RawValue>,
 
-    /// Where batches are POSTed: the bot's endpoint, http:// or https://. Required.
+    /// Where batches are POSTed: the bot's endpoint, http:// or https://. Required with
+    /// --sink http (the default); not needed with --sink redis-streams, which does not use it.
     #[arg(long, value_name = "URL", help_heading = "Forwarding")]
     pub forward_url: Option<RawValue>,
 
@@ -433,6 +438,41 @@ pub struct RunArgs {
     /// Default: 1000.
     #[arg(long, value_name = "MS", help_heading = "Forwarding")]
     pub session_save_interval_ms: Option<RawValue>,
+
+    // ---- Sink ----
+    /// Where the records go: http (batches POSTed to --forward-url) or redis-streams (XADD
+    /// into the Redis streams --stream-key:PARTITION on --redis-url, for consumers that read
+    /// them with XREAD or XREADGROUP).
+    ///
+    /// redis-streams needs --redis-url (which also turns the fleet mode on) and makes
+    /// --forward-url unnecessary. Default: http.
+    #[arg(long, value_name = "http|redis-streams", help_heading = "Sink")]
+    pub sink: Option<RawValue>,
+
+    /// The prefix of the stream keys: the records go to the streams KEY:0, KEY:1, … up to
+    /// --stream-partitions minus one.
+    ///
+    /// 1 to 200 printable ASCII characters, no spaces. Several bots sharing one Redis need
+    /// distinct prefixes. Needs --sink redis-streams. Default: shardgate:events.
+    #[arg(long, value_name = "KEY", help_heading = "Sink")]
+    pub stream_key: Option<RawValue>,
+
+    /// How many streams the records are spread over: a shard's records all go to stream
+    /// shard_id % PARTITIONS, so each shard's order is kept within one stream.
+    ///
+    /// More partitions let more consumers read in parallel. Range 1..=1024. Needs --sink
+    /// redis-streams. Default: 1.
+    #[arg(long, value_name = "PARTITIONS", help_heading = "Sink")]
+    pub stream_partitions: Option<RawValue>,
+
+    /// Entries each stream is trimmed to, approximately (XADD MAXLEN ~): older entries are
+    /// dropped by Redis whether or not a consumer has read them.
+    ///
+    /// Memory (in Redis, not here): about this many records per stream, so size it to what the
+    /// consumers may fall behind by. Range 1000..=1000000000. Needs --sink redis-streams.
+    /// Default: 1000000.
+    #[arg(long, value_name = "ENTRIES", help_heading = "Sink")]
+    pub stream_maxlen: Option<RawValue>,
 
     // ---- Control plane ----
     /// Address of the admin HTTP API (status, metrics, shard reconnects, gateway commands): IP:PORT.

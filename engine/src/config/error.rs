@@ -295,6 +295,23 @@ pub enum ConfigError {
         /// A valid value.
         example: &'static str,
     },
+    /// `--stream-key` with a length or characters a stream key prefix cannot take.
+    #[error(
+        "{setting} '{value}'{origin}: write 1 to {max_chars} printable ASCII characters without \
+         spaces, e.g. {setting} {example}"
+    )]
+    InvalidStreamKey {
+        /// The flag.
+        setting: &'static str,
+        /// The text as written.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        /// The longest prefix allowed, in characters.
+        max_chars: usize,
+        /// A valid value (the default).
+        example: &'static str,
+    },
     /// `--log` is not a valid tracing `EnvFilter`.
     #[error(
         "--log {value}{origin}: not a valid log filter ({reason}); write a level \
@@ -311,7 +328,7 @@ pub enum ConfigError {
     /// No token anywhere.
     #[error("--token is missing: pass --token or set DISCORD_TOKEN")]
     MissingToken,
-    /// No forwarding URL anywhere.
+    /// No forwarding URL anywhere, with `--sink http` (the default).
     #[error(
         "--forward-url is missing: pass --forward-url http://HOST:PORT/PATH, the bot endpoint \
          that receives the batches"
@@ -415,6 +432,27 @@ pub enum ConfigError {
          SHARDGATE_REDIS_URL) to run in a fleet, or remove {setting} to run alone"
     )]
     FleetSettingWithoutRedis {
+        /// The flag.
+        setting: &'static str,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// `--sink redis-streams` without `--redis-url`.
+    #[error(
+        "--sink redis-streams{origin} needs --redis-url (the Redis the streams go to): set \
+         --redis-url (or SHARDGATE_REDIS_URL), or use --sink http to POST the batches to \
+         --forward-url"
+    )]
+    SinkWithoutRedis {
+        /// Where `--sink` came from.
+        origin: Origin,
+    },
+    /// A stream setting without `--sink redis-streams`, with a value other than its default.
+    #[error(
+        "{setting}{origin} needs --sink redis-streams: set --sink redis-streams to write the \
+         records to Redis streams, or remove {setting} to POST them to --forward-url"
+    )]
+    StreamSettingWithoutStreams {
         /// The flag.
         setting: &'static str,
         /// Where it came from.

@@ -28,7 +28,7 @@ pub use args::{
 };
 pub use error::{ConfigError, Origin};
 pub use names::{EVENT_NAMES, INTENTS};
-pub use types::{Events, Intents, LogFormat, Secret, ShardPlan, ShardRange, TotalShards};
+pub use types::{Events, Intents, LogFormat, Secret, ShardPlan, ShardRange, SinkKind, TotalShards};
 
 use crate::decode::Compression;
 use crate::shard::Token;
@@ -75,7 +75,8 @@ pub struct Settings {
     pub payload_bytes_max: usize,
     /// `--ring-capacity`, records per core.
     pub ring_capacity: usize,
-    /// `--forward-url`.
+    /// `--forward-url`; empty when `sink` is [`SinkKind::RedisStreams`] and none was given
+    /// (that sink does not use it).
     pub forward_url: String,
     /// `--forward-secret`.
     pub forward_secret: Option<Secret>,
@@ -101,6 +102,17 @@ pub struct Settings {
     pub backlog_rate: u32,
     /// `--session-save-interval-ms`, 100..=60000.
     pub session_save_interval_ms: u64,
+    /// `--sink`: where the records go. [`SinkKind::RedisStreams`] always has `redis_url`.
+    pub sink: SinkKind,
+    /// `--stream-key`: the stream keys' prefix, 1 to [`Settings::STREAM_KEY_CHARS_MAX`]
+    /// printable ASCII characters without spaces: the streams are
+    /// `{stream_key}:{partition}`, a shard's partition `shard_id % stream_partitions`.
+    pub stream_key: String,
+    /// `--stream-partitions`, 1..=[`Settings::STREAM_PARTITIONS_MAX`].
+    pub stream_partitions: u32,
+    /// `--stream-maxlen`: each stream is trimmed to about this many entries (`XADD MAXLEN ~`),
+    /// [`Settings::STREAM_MAXLEN_MIN`]..=[`Settings::STREAM_MAXLEN_MAX`].
+    pub stream_maxlen: u64,
     /// `--admin-addr`.
     pub admin_addr: SocketAddr,
     /// `--admin-token`; always set when `admin_addr` is not loopback.
@@ -186,6 +198,21 @@ impl Settings {
     pub const DEFAULT_BACKLOG_RATE: u32 = 20_000;
     /// Default of `--session-save-interval-ms`.
     pub const DEFAULT_SESSION_SAVE_INTERVAL_MS: u64 = 1_000;
+    /// Default of `--stream-key`.
+    pub const DEFAULT_STREAM_KEY: &str = "shardgate:events";
+    /// Longest `--stream-key`, in characters.
+    pub const STREAM_KEY_CHARS_MAX: usize = 200;
+    /// Default of `--stream-partitions`: one stream, so one consumer sees every shard in order.
+    pub const DEFAULT_STREAM_PARTITIONS: u32 = 1;
+    /// Most `--stream-partitions`.
+    pub const STREAM_PARTITIONS_MAX: u32 = 1_024;
+    /// Default of `--stream-maxlen`: about a million records per stream (about 1 GB of ~1 KB
+    /// dispatches in Redis).
+    pub const DEFAULT_STREAM_MAXLEN: u64 = 1_000_000;
+    /// Smallest `--stream-maxlen` (`MAXLEN ~` trims whole radix-tree nodes of about 100).
+    pub const STREAM_MAXLEN_MIN: u64 = 1_000;
+    /// Largest `--stream-maxlen`.
+    pub const STREAM_MAXLEN_MAX: u64 = 1_000_000_000;
     /// Default of `--admin-addr`.
     pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7878";
     /// Default of `--log`.
@@ -215,10 +242,12 @@ impl Settings {
     /// Each setting takes the first of: its flag, its environment variable (only the secrets
     /// have one), its file key, its default. Checks run in this order and the first failure is
     /// returned: the file (TOML syntax, unknown keys), every value on its own, the required
-    /// settings (`--token`, `--forward-url`), then combinations (shards against the shard count,
-    /// placement, the memory queue against the batch size, admin exposure, the identify
-    /// window, fleet settings without `--redis-url`, the shard lease against the host lease,
-    /// the hostname as the default host id). Pure: no I/O, no process environment.
+    /// settings (`--token`; `--forward-url` with `--sink http`, `--redis-url` with `--sink
+    /// redis-streams`), then combinations (shards against the shard count, placement, the
+    /// memory queue against the batch size, admin exposure, the identify window, stream
+    /// settings without `--sink redis-streams`, fleet settings without `--redis-url`, the shard
+    /// lease against the host lease, the hostname as the default host id). Pure: no I/O, no
+    /// process environment.
     pub fn load(
         args: &RunArgs,
         env: &Environment,
@@ -434,6 +463,39 @@ impl Settings {
             Self::DEFAULT_SESSION_SAVE_INTERVAL_MS,
         )?;
 
+        // Sink.
+        let (sink, sink_origin) = match src.get(|a| &a.sink) {
+            Some(input) => match input.text.trim().to_ascii_lowercase().as_str() {
+                "http" => (SinkKind::Http, input.origin),
+                "redis-streams" => (SinkKind::RedisStreams, input.origin),
+                _ => return Err(input.invalid_choice("--sink", "http, redis-streams")),
+            },
+            None => (SinkKind::default(), Origin::Flag),
+        };
+        let stream_key = match src.get(|a| &a.stream_key) {
+            Some(input) => parse_stream_key(&input)?,
+            None => Self::DEFAULT_STREAM_KEY.to_owned(),
+        };
+        let stream_partitions = match src.get(|a| &a.stream_partitions) {
+            Some(input) => input.number_u32(
+                "--stream-partitions",
+                1,
+                Some(u64::from(Self::STREAM_PARTITIONS_MAX)),
+                u64::from(Self::DEFAULT_STREAM_PARTITIONS),
+            )?,
+            None => Self::DEFAULT_STREAM_PARTITIONS,
+        };
+        let stream_maxlen = match src.get(|a| &a.stream_maxlen) {
+            Some(input) => input.number(
+                "--stream-maxlen",
+                Self::STREAM_MAXLEN_MIN,
+                Some(Self::STREAM_MAXLEN_MAX),
+                Self::STREAM_MAXLEN_MAX,
+                Self::DEFAULT_STREAM_MAXLEN,
+            )?,
+            None => Self::DEFAULT_STREAM_MAXLEN,
+        };
+
         // Control plane.
         let admin_addr = match src.get(|a| &a.admin_addr) {
             Some(input) => input
@@ -572,7 +634,17 @@ impl Settings {
 
         // Required.
         let token = token.ok_or(ConfigError::MissingToken)?;
-        let forward_url = forward_url.ok_or(ConfigError::MissingForwardUrl)?;
+        let forward_url = match (sink, forward_url) {
+            (_, Some(url)) => url,
+            (SinkKind::Http, None) => return Err(ConfigError::MissingForwardUrl),
+            // The streams sink does not use it; empty keeps the field a plain `String`.
+            (SinkKind::RedisStreams, None) => String::new(),
+        };
+        if sink == SinkKind::RedisStreams && redis_url.is_none() {
+            return Err(ConfigError::SinkWithoutRedis {
+                origin: sink_origin,
+            });
+        }
 
         let settings = Self {
             token,
@@ -604,6 +676,10 @@ impl Settings {
             spill_fsync,
             backlog_rate,
             session_save_interval_ms,
+            sink,
+            stream_key,
+            stream_partitions,
+            stream_maxlen,
             admin_addr,
             admin_token,
             ca_file,
@@ -649,6 +725,7 @@ impl Settings {
                 identify_interval_ms: settings.identify_interval_ms,
             });
         }
+        settings.check_sink(&src)?;
         settings.check_fleet(&src)?;
         Ok(settings)
     }
@@ -817,7 +894,14 @@ impl Settings {
             ("large_threshold", self.large_threshold.to_string()),
             ("payload_bytes_max", self.payload_bytes_max.to_string()),
             ("ring_capacity", self.ring_capacity.to_string()),
-            ("forward_url", self.forward_url.clone()),
+            (
+                "forward_url",
+                if self.forward_url.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.forward_url.clone()
+                },
+            ),
             ("forward_secret", set(&self.forward_secret).to_owned()),
             ("forward_timeout_ms", self.forward_timeout_ms.to_string()),
             ("batch_events_max", self.batch_events_max.to_string()),
@@ -836,6 +920,10 @@ impl Settings {
                 "session_save_interval_ms",
                 self.session_save_interval_ms.to_string(),
             ),
+            ("sink", self.sink.to_string()),
+            ("stream_key", self.stream_key.clone()),
+            ("stream_partitions", self.stream_partitions.to_string()),
+            ("stream_maxlen", self.stream_maxlen.to_string()),
             ("admin_addr", self.admin_addr.to_string()),
             ("admin_token", set(&self.admin_token).to_owned()),
             ("api_base", self.api_base.clone()),
@@ -944,6 +1032,40 @@ impl Settings {
             u32::try_from(used).expect("at most --cores"),
             u32::try_from(shards_per_core).unwrap_or(u32::MAX),
         ))
+    }
+
+    /// The sink's combinations: without `--sink redis-streams` no stream setting may differ
+    /// from its default (a value written down for the streams would otherwise be silently
+    /// ignored). `--redis-url` with the streams sink is checked with the required settings.
+    fn check_sink(&self, src: &Sources<'_>) -> Result<(), ConfigError> {
+        if self.sink == SinkKind::RedisStreams {
+            return Ok(());
+        }
+        let given: [(&'static str, Field, bool); 3] = [
+            (
+                "--stream-key",
+                |a| &a.stream_key,
+                self.stream_key != Self::DEFAULT_STREAM_KEY,
+            ),
+            (
+                "--stream-partitions",
+                |a| &a.stream_partitions,
+                self.stream_partitions != Self::DEFAULT_STREAM_PARTITIONS,
+            ),
+            (
+                "--stream-maxlen",
+                |a| &a.stream_maxlen,
+                self.stream_maxlen != Self::DEFAULT_STREAM_MAXLEN,
+            ),
+        ];
+        match given.iter().find(|(_, _, set)| *set) {
+            Some(&(setting, field, _)) => Err(ConfigError::StreamSettingWithoutStreams {
+                setting,
+                // A non-default value was read from one of the two sources.
+                origin: src.get(field).map_or(Origin::Flag, |input| input.origin),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The fleet's combinations: without `--redis-url` no other fleet setting may differ from
@@ -1771,6 +1893,24 @@ fn fleet_name(
         });
     }
     Ok(name.to_owned())
+}
+
+/// `--stream-key`: trimmed, 1 to [`Settings::STREAM_KEY_CHARS_MAX`] printable ASCII characters
+/// and no spaces, so a stream key is one Redis argument and one log field as written.
+fn parse_stream_key(input: &Input<'_>) -> Result<String, ConfigError> {
+    let key = input.text.trim();
+    if !(1..=Settings::STREAM_KEY_CHARS_MAX).contains(&key.len())
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ConfigError::InvalidStreamKey {
+            setting: "--stream-key",
+            value: input.text.to_owned(),
+            origin: input.origin.clone(),
+            max_chars: Settings::STREAM_KEY_CHARS_MAX,
+            example: Settings::DEFAULT_STREAM_KEY,
+        });
+    }
+    Ok(key.to_owned())
 }
 
 /// 1 to [`Settings::FLEET_NAME_CHARS_MAX`] of `[A-Za-z0-9._-]`: safe inside a Redis key

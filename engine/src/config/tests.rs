@@ -95,6 +95,10 @@ fn defaults() {
     assert_eq!(settings.spill_fsync, FsyncPolicy::IntervalMs(1_000));
     assert_eq!(settings.backlog_rate, 20_000);
     assert_eq!(settings.session_save_interval_ms, 1_000);
+    assert_eq!(settings.sink, SinkKind::Http);
+    assert_eq!(settings.stream_key, "shardgate:events");
+    assert_eq!(settings.stream_partitions, 1);
+    assert_eq!(settings.stream_maxlen, 1_000_000);
     assert_eq!(
         settings.sessions_file(),
         PathBuf::from("./data/sessions.json")
@@ -362,6 +366,10 @@ fn the_file_sets_every_key() {
         spill_fsync = "250ms"
         backlog_rate = 500
         session_save_interval_ms = 60000
+        sink = "redis-streams"
+        stream_key = "bot:{events}"
+        stream_partitions = 16
+        stream_maxlen = "2_000"
         admin_addr = "127.0.0.1:0"
         admin_token = "file-admin"
         ca_file = "ca.pem"
@@ -399,6 +407,12 @@ fn the_file_sets_every_key() {
     assert_eq!(settings.spill_fsync, FsyncPolicy::IntervalMs(250));
     assert_eq!(settings.backlog_rate, 500);
     assert_eq!(settings.session_save_interval_ms, 60_000);
+    assert_eq!(settings.sink, SinkKind::RedisStreams);
+    assert_eq!(settings.stream_key, "bot:{events}");
+    assert_eq!(
+        (settings.stream_partitions, settings.stream_maxlen),
+        (16, 2_000)
+    );
     assert_eq!(settings.identify_interval_ms, 6_000);
     assert!(!settings.reshard_automatic);
     assert_eq!(settings.reshard_at_percent, 90);
@@ -517,6 +531,13 @@ fn help_states_every_default() {
             "session_save_interval_ms",
             Settings::DEFAULT_SESSION_SAVE_INTERVAL_MS.to_string(),
         ),
+        ("sink", SinkKind::default().to_string()),
+        ("stream_key", Settings::DEFAULT_STREAM_KEY.to_owned()),
+        (
+            "stream_partitions",
+            Settings::DEFAULT_STREAM_PARTITIONS.to_string(),
+        ),
+        ("stream_maxlen", Settings::DEFAULT_STREAM_MAXLEN.to_string()),
         ("admin_addr", Settings::DEFAULT_ADMIN_ADDR.to_owned()),
         ("log", Settings::DEFAULT_LOG.to_owned()),
         ("log_format", LogFormat::default().to_string()),
@@ -1983,6 +2004,255 @@ fn without_redis_only_the_fleet_defaults_are_accepted() {
             &format!("redis_url = {REDIS_URL:?}")
         )
         .is_ok()
+    );
+}
+
+#[test]
+fn sink_settings() {
+    // The streams sink: every stream setting read, --forward-url not needed (and empty).
+    let argv = [
+        "--token",
+        TOKEN,
+        "--redis-url",
+        REDIS_URL,
+        "--sink",
+        "Redis-Streams",
+        "--stream-key",
+        " bot:{prod}:events ",
+        "--stream-partitions",
+        "1024",
+        "--stream-maxlen",
+        "1_000_000_000",
+    ];
+    let settings = Settings::load(&args(&argv), &env(), None).expect("every value is valid");
+    assert_eq!(settings.sink, SinkKind::RedisStreams);
+    assert_eq!(settings.forward_url, "");
+    assert_eq!(settings.stream_key, "bot:{prod}:events");
+    assert_eq!(
+        (settings.stream_partitions, settings.stream_maxlen),
+        (1_024, 1_000_000_000)
+    );
+    let summary = settings.summary();
+    for field in [
+        "forward_url=none",
+        "sink=redis-streams",
+        "stream_key=bot:{prod}:events",
+        "stream_partitions=1024",
+        "stream_maxlen=1000000000",
+    ] {
+        assert!(
+            summary.split(' ').any(|pair| pair == field),
+            "{field} not in {summary}"
+        );
+    }
+    // A --forward-url given is kept (unused).
+    let settings = load(&["--redis-url", REDIS_URL, "--sink", "redis-streams"]).expect("valid");
+    assert_eq!(settings.forward_url, FORWARD_URL);
+    // The Redis URL from the environment or the file does as well as the flag.
+    let environment = env().with_var(ENV_REDIS_URL, REDIS_URL);
+    let parsed = args(&["--token", TOKEN, "--sink", "redis-streams"]);
+    assert!(Settings::load(&parsed, &environment, None).is_ok());
+    let toml = format!("sink = \"redis-streams\"\nredis_url = {REDIS_URL:?}");
+    assert!(load_file(&[], &toml).is_ok());
+    // The other end of each range.
+    assert!(
+        load(&[
+            "--redis-url",
+            REDIS_URL,
+            "--sink",
+            "redis-streams",
+            "--stream-maxlen",
+            "1000",
+            "--stream-key",
+            "k",
+        ])
+        .is_ok()
+    );
+
+    // The HTTP sink: the stream defaults written out are fine, anything else is refused.
+    let settings = load(&[
+        "--sink",
+        "HTTP",
+        "--stream-key",
+        "shardgate:events",
+        "--stream-partitions",
+        "1",
+        "--stream-maxlen",
+        "1_000_000",
+    ])
+    .expect("defaults");
+    assert_eq!(settings.sink, SinkKind::Http);
+    assert!(
+        settings
+            .summary()
+            .contains("sink=http stream_key=shardgate:events stream_partitions=1")
+    );
+    let toml = "sink = \"http\"\nstream_key = \"shardgate:events\"\nstream_partitions = 1\n\
+                stream_maxlen = 1000000";
+    assert!(load_file(&[], toml).is_ok());
+    for &(argv, setting) in &[
+        (&["--stream-key", "other"][..], "--stream-key"),
+        (&["--stream-partitions", "2"][..], "--stream-partitions"),
+        (&["--stream-maxlen", "5000"][..], "--stream-maxlen"),
+        (
+            &["--stream-maxlen", "5000", "--stream-key", "other"][..],
+            "--stream-key",
+        ),
+    ] {
+        assert_eq!(
+            load(argv).map(|_| ()),
+            Err(ConfigError::StreamSettingWithoutStreams {
+                setting,
+                origin: Origin::Flag
+            }),
+            "{argv:?}"
+        );
+    }
+    assert_eq!(
+        load_file(&[], "stream_partitions = 4").map(|_| ()),
+        Err(ConfigError::StreamSettingWithoutStreams {
+            setting: "--stream-partitions",
+            origin: from_file(),
+        })
+    );
+
+    // Required: --forward-url with http (the default), --redis-url with redis-streams.
+    assert_eq!(
+        Settings::load(&args(&["--token", TOKEN, "--sink", "http"]), &env(), None).map(|_| ()),
+        Err(ConfigError::MissingForwardUrl)
+    );
+    assert_eq!(
+        load(&["--sink", "redis-streams"]).map(|_| ()),
+        Err(ConfigError::SinkWithoutRedis {
+            origin: Origin::Flag
+        })
+    );
+    assert_eq!(
+        load_file(&[], "sink = \"redis-streams\"").map(|_| ()),
+        Err(ConfigError::SinkWithoutRedis {
+            origin: from_file()
+        })
+    );
+
+    // Each value on its own.
+    let streams = |extra: &[&'static str]| -> Vec<&'static str> {
+        ["--redis-url", REDIS_URL, "--sink", "redis-streams"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect()
+    };
+    let longest: &'static str = "k".repeat(200).leak();
+    let too_long: &'static str = "k".repeat(201).leak();
+    assert!(load(&streams(&["--stream-key", longest])).is_ok());
+    let invalid_key = |value: &str| ConfigError::InvalidStreamKey {
+        setting: "--stream-key",
+        value: value.to_owned(),
+        origin: Origin::Flag,
+        max_chars: 200,
+        example: "shardgate:events",
+    };
+    let cases: Vec<(Vec<&'static str>, ConfigError)> = vec![
+        (
+            vec!["--redis-url", REDIS_URL, "--sink", "kafka"],
+            ConfigError::InvalidChoice {
+                setting: "--sink",
+                value: "kafka".into(),
+                origin: Origin::Flag,
+                choices: "http, redis-streams",
+            },
+        ),
+        (streams(&["--stream-key", too_long]), invalid_key(too_long)),
+        (
+            streams(&["--stream-key", "my events"]),
+            invalid_key("my events"),
+        ),
+        (streams(&["--stream-key", " "]), invalid_key(" ")),
+        (streams(&["--stream-key", "évents"]), invalid_key("évents")),
+        (streams(&["--stream-key", "a\tb"]), invalid_key("a\tb")),
+        (
+            streams(&["--stream-partitions", "0"]),
+            ConfigError::OutOfRange {
+                setting: "--stream-partitions",
+                value: 0,
+                origin: Origin::Flag,
+                min: 1,
+                max: Some(1_024),
+            },
+        ),
+        (
+            streams(&["--stream-partitions", "1025"]),
+            ConfigError::OutOfRange {
+                setting: "--stream-partitions",
+                value: 1_025,
+                origin: Origin::Flag,
+                min: 1,
+                max: Some(1_024),
+            },
+        ),
+        (
+            streams(&["--stream-maxlen", "999"]),
+            ConfigError::OutOfRange {
+                setting: "--stream-maxlen",
+                value: 999,
+                origin: Origin::Flag,
+                min: 1_000,
+                max: Some(1_000_000_000),
+            },
+        ),
+        (
+            streams(&["--stream-maxlen", "1e6"]),
+            ConfigError::NotANumber {
+                setting: "--stream-maxlen",
+                value: "1e6".into(),
+                origin: Origin::Flag,
+                example: 1_000_000,
+            },
+        ),
+    ];
+    for (argv, expected) in cases {
+        assert_eq!(load(&argv).map(|_| ()), Err(expected), "{argv:?}");
+    }
+
+    // The messages name the setting and the fix.
+    let message = |argv: &[&'static str]| load(argv).expect_err("invalid").to_string();
+    let cases: &[(&[&'static str], &str)] = &[
+        (
+            &["--sink", "kafka"],
+            "--sink kafka: choose one of http, redis-streams",
+        ),
+        (
+            &["--sink", "redis-streams"],
+            "--sink redis-streams needs --redis-url (the Redis the streams go to): set \
+             --redis-url (or SHARDGATE_REDIS_URL), or use --sink http to POST the batches to \
+             --forward-url",
+        ),
+        (
+            &["--stream-partitions", "8"],
+            "--stream-partitions needs --sink redis-streams: set --sink redis-streams to write \
+             the records to Redis streams, or remove --stream-partitions to POST them to \
+             --forward-url",
+        ),
+        (
+            &["--stream-key", "my events"],
+            "--stream-key 'my events': write 1 to 200 printable ASCII characters without \
+             spaces, e.g. --stream-key shardgate:events",
+        ),
+        (
+            &["--stream-maxlen", "2000000000"],
+            "--stream-maxlen 2000000000: must be 1000..=1000000000",
+        ),
+    ];
+    for (argv, expected) in cases {
+        assert_eq!(message(argv), *expected, "{argv:?}");
+    }
+    assert_eq!(
+        load_file(&[], "sink = \"redis-streams\"")
+            .expect_err("no Redis")
+            .to_string(),
+        "--sink redis-streams (from config file data.toml) needs --redis-url (the Redis the \
+         streams go to): set --redis-url (or SHARDGATE_REDIS_URL), or use --sink http to POST \
+         the batches to --forward-url"
     );
 }
 

@@ -253,6 +253,33 @@ impl fmt::Display for Events {
     }
 }
 
+/// Where the records go (`--sink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SinkKind {
+    /// Batches POSTed to the bot's `--forward-url`. The default.
+    #[default]
+    Http,
+    /// `XADD` into the Redis streams `{stream_key}:{partition}` on `--redis-url`, one stream per
+    /// partition; a shard's records all go to partition `shard_id % stream_partitions`.
+    RedisStreams,
+}
+
+impl SinkKind {
+    /// The command-line spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::RedisStreams => "redis-streams",
+        }
+    }
+}
+
+impl fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Shape of the log lines on stderr (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum LogFormat {
@@ -320,6 +347,13 @@ mod tests {
         assert!(events.allows(b"MESSAGE_CREATE"));
         assert!(!events.allows(b"MESSAGE_UPDATE"));
         assert!(Events::All.allows(b"ANYTHING"));
+    }
+
+    #[test]
+    fn sink_kind_names() {
+        assert_eq!(SinkKind::default(), SinkKind::Http);
+        assert_eq!(SinkKind::Http.to_string(), "http");
+        assert_eq!(SinkKind::RedisStreams.to_string(), "redis-streams");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod http;
 pub mod merge;
 pub mod queue;
 pub mod sessions;
+pub mod streams;
+pub mod target;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,10 +31,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 
 use crate::record::{Record, RecordKind};
-use http::{HttpClient, HttpError};
 use merge::{MergeReport, Merger, SinkControl};
 use queue::{Queue, Source};
 use sessions::SavedSessions;
+use target::Failure;
+pub use target::{HttpTarget, Target};
 
 /// First retry delay after a failed delivery; doubles up to [`RETRY_DELAY_MAX`].
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
@@ -201,7 +204,7 @@ impl Sink {
         config: SinkConfig,
         queue: Queue,
         rings: Vec<Receiver<Record>>,
-        client: HttpClient,
+        target: Box<dyn Target>,
         stats: Arc<SinkStats>,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Sink> {
@@ -225,7 +228,7 @@ impl Sink {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("shardgate-deliver".into())
-                .spawn(move || deliver_loop(&shared, client))?
+                .spawn(move || deliver_loop(&shared, target))?
         };
         Ok(Sink {
             shared,
@@ -474,11 +477,10 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
 
 /// The deliverer: queue → bot, until the collector is done and the queue empty (or the stop's
 /// grace ran out).
-fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
+fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
     let config = &shared.config;
     let stats = &shared.stats;
     let mut batch: Vec<Record> = Vec::with_capacity(config.batch_events_max);
-    let mut body: Vec<u8> = Vec::with_capacity(config.batch_bytes_max + 64 * 1024);
     let mut stop_seen: Option<Instant> = None;
     let mut paced_until = Instant::now();
     loop {
@@ -540,13 +542,12 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
             paced_until = paced_until.max(now) + spacing;
         }
         let first_in = Instant::now();
-        body.clear();
-        batch::encode(&batch, &mut body);
+        target.prepare(&batch, &[]);
         // A batch from memory is tried once; if the bot is away it goes back, with all of
         // memory, to the spill (durable and in order) and delivery continues from there.
         let mut hand_back = matches!(source, Source::Memory(..)) && shared.queue().can_hand_back();
         // The first failure also checks the payloads, once per batch (see `drop_invalid`);
-        // `left_out` are the indices in `batch` of those no longer in `body`.
+        // `left_out` are the indices in `batch` of those no longer in what the target prepared.
         let mut checked = false;
         let mut left_out: Vec<usize> = Vec::new();
         let outcome = loop {
@@ -555,8 +556,7 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                 break Some(Outcome::Delivered);
             }
             match deliver(
-                &mut client,
-                &body,
+                target.as_mut(),
                 stats,
                 &shared.stop,
                 &mut stop_seen,
@@ -566,7 +566,7 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                 Outcome::Failed => {
                     if !checked {
                         checked = true;
-                        left_out = drop_invalid(&batch, &mut body, stats);
+                        left_out = drop_invalid(&batch, target.as_mut(), stats);
                         if !left_out.is_empty() {
                             continue;
                         }
@@ -618,7 +618,7 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
                         .fetch_add(forwarded, Ordering::Relaxed);
                     stats
                         .bytes_delivered
-                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                        .fetch_add(target.prepared_bytes(), Ordering::Relaxed);
                     stats.record_latency(first_in.elapsed());
                 }
                 let mut queue = shared.queue();
@@ -675,9 +675,7 @@ fn deliver_loop(shared: &SinkShared, mut client: HttpClient) {
             }
         }
         // Keep memory bounded after a burst of big payloads.
-        if body.capacity() > 4 * (config.batch_bytes_max + 64 * 1024) {
-            body = Vec::with_capacity(config.batch_bytes_max + 64 * 1024);
-        }
+        target.shrink();
     }
 }
 
@@ -714,7 +712,7 @@ fn leave_out(
 /// reaches the sink as it came and makes the whole body invalid JSON: without this, the bot
 /// would refuse it for ever and every shard's delivery would stop behind it. Called once per
 /// batch, at its first failure, so the parse costs nothing while the bot acknowledges.
-fn drop_invalid(batch: &[Record], body: &mut Vec<u8>, stats: &SinkStats) -> Vec<usize> {
+fn drop_invalid(batch: &[Record], target: &mut dyn Target, stats: &SinkStats) -> Vec<usize> {
     let invalid = batch::invalid_records(batch);
     if invalid.is_empty() {
         return invalid;
@@ -731,21 +729,8 @@ fn drop_invalid(batch: &[Record], body: &mut Vec<u8>, stats: &SinkStats) -> Vec<
     stats
         .records_dropped_invalid
         .fetch_add(invalid.len() as u64, Ordering::Relaxed);
-    body.clear();
-    batch::encode_except(batch, &invalid, body);
+    target.prepare(batch, &invalid);
     invalid
-}
-
-/// A failed POST to the bot, with the setting that governs it where that helps: a timeout
-/// names `--forward-timeout-ms` in its unit (a certificate problem already names `--ca-file`).
-fn delivery_failure(error: &HttpError) -> String {
-    match error {
-        HttpError::TimedOut { stage, timeout } => format!(
-            "{stage}: timed out after {} ms (--forward-timeout-ms)",
-            timeout.as_millis()
-        ),
-        other => other.to_string(),
-    }
 }
 
 /// How [`deliver`] ended.
@@ -762,8 +747,7 @@ enum Outcome {
 /// [`Outcome::Failed`] after the first failed try instead. Once `stop` is set, keeps trying for
 /// `grace` more and then gives up.
 fn deliver(
-    client: &mut HttpClient,
-    body: &[u8],
+    target: &mut dyn Target,
     stats: &SinkStats,
     stop: &AtomicBool,
     stop_seen: &mut Option<Instant>,
@@ -772,9 +756,9 @@ fn deliver(
 ) -> Outcome {
     let mut delay = RETRY_DELAY_MIN;
     loop {
-        match client.post_json(body) {
-            Ok(status) if (200..300).contains(&status) => return Outcome::Delivered,
-            Ok(status) => {
+        match target.send() {
+            Ok(()) => return Outcome::Delivered,
+            Err(Failure::Refused(status)) => {
                 stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     status,
@@ -782,10 +766,10 @@ fn deliver(
                     "the bot refused a batch; retrying"
                 );
             }
-            Err(error) => {
+            Err(Failure::Unreachable(error)) => {
                 stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    error = %delivery_failure(&error),
+                    error = %error,
                     retry_ms = delay.as_millis() as u64,
                     "cannot deliver a batch; retrying"
                 );

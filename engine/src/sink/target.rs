@@ -1,0 +1,89 @@
+//! Where the deliverer sends a batch: the bot's HTTP endpoint ([`HttpTarget`]), or Redis
+//! Streams ([`super::streams::StreamsTarget`]). A target encodes a batch once and sends it until
+//! it is acknowledged; everything else (batching, retries, the spill, the shutdown grace) is
+//! the deliverer's and the same for every target.
+
+use crate::record::Record;
+
+use super::batch;
+use super::http::{HttpClient, HttpError};
+
+/// Why a send was not acknowledged.
+#[derive(Debug)]
+pub enum Failure {
+    /// The receiver answered, and not with success (an HTTP status).
+    Refused(u16),
+    /// No answer: the connection, a timeout, the receiver's error (logged as it is).
+    Unreachable(String),
+}
+
+pub trait Target: Send {
+    /// Encodes `batch` without the records at `skip` (ascending indices), replacing what was
+    /// prepared before.
+    fn prepare(&mut self, batch: &[Record], skip: &[usize]);
+    /// Sends what [`Target::prepare`] made; `Ok` once the receiver acknowledged all of it.
+    fn send(&mut self) -> Result<(), Failure>;
+    /// Bytes of what is prepared (for the delivered-bytes counter).
+    fn prepared_bytes(&self) -> u64;
+    /// Gives back memory a burst of big payloads left behind.
+    fn shrink(&mut self);
+}
+
+/// The bot's endpoint: a JSON array per batch, POSTed (see docs/forwarding.md).
+pub struct HttpTarget {
+    client: HttpClient,
+    body: Vec<u8>,
+    capacity: usize,
+}
+
+impl HttpTarget {
+    /// `capacity`: the usual body size (a batch's byte bound and some room).
+    pub fn new(client: HttpClient, capacity: usize) -> HttpTarget {
+        HttpTarget {
+            client,
+            body: Vec::with_capacity(capacity),
+            capacity,
+        }
+    }
+}
+
+impl Target for HttpTarget {
+    fn prepare(&mut self, batch: &[Record], skip: &[usize]) {
+        self.body.clear();
+        if skip.is_empty() {
+            batch::encode(batch, &mut self.body);
+        } else {
+            batch::encode_except(batch, skip, &mut self.body);
+        }
+    }
+
+    fn send(&mut self) -> Result<(), Failure> {
+        match self.client.post_json(&self.body) {
+            Ok(status) if (200..300).contains(&status) => Ok(()),
+            Ok(status) => Err(Failure::Refused(status)),
+            Err(error) => Err(Failure::Unreachable(delivery_failure(&error))),
+        }
+    }
+
+    fn prepared_bytes(&self) -> u64 {
+        self.body.len() as u64
+    }
+
+    fn shrink(&mut self) {
+        if self.body.capacity() > 4 * self.capacity {
+            self.body = Vec::with_capacity(self.capacity);
+        }
+    }
+}
+
+/// A failed POST to the bot, with the setting that governs it where that helps: a timeout
+/// names `--forward-timeout-ms` in its unit (a certificate problem already names `--ca-file`).
+fn delivery_failure(error: &HttpError) -> String {
+    match error {
+        HttpError::TimedOut { stage, timeout } => format!(
+            "{stage}: timed out after {} ms (--forward-timeout-ms)",
+            timeout.as_millis()
+        ),
+        other => other.to_string(),
+    }
+}
