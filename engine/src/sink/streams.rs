@@ -6,8 +6,9 @@
 //! Layout: a shard's records all go to the stream `{key}:{shard_id % partitions}`, so each
 //! shard's order is the stream's order. An entry's fields: `shard`, `seq`, `type` (the event
 //! name, empty for a notice without one), `guild` (when the event has one), `kind` (`dispatch`,
-//! `guild_create:backfill|join|return`, or `notice:NAME`) and `payload` (the raw bytes Discord
-//! sent, unchanged). Each stream is trimmed to about `maxlen` entries (`MAXLEN ~`).
+//! `guild_create:backfill|join|return`, or `notice:NAME`), `id` (see [`idempotency_key`]) and
+//! `payload` (the raw bytes Discord sent, unchanged). Each stream is trimmed to about `maxlen`
+//! entries (`MAXLEN ~`).
 
 use std::time::Duration;
 
@@ -54,6 +55,19 @@ impl StreamsTarget {
     }
 }
 
+/// The `id` field: `shard:seq:crc32 of the payload`. A copy of the same event written again (a
+/// resume's replay after a crash, a pipeline sent again) carries the same id as its first copy,
+/// since Discord replays the same bytes; a new session's event with the same sequence does not
+/// (its payload differs). A consumer drops an entry whose id it has seen.
+pub fn idempotency_key(record: &Record) -> String {
+    format!(
+        "{}:{}:{:08x}",
+        record.shard_id,
+        record.seq,
+        crc32fast::hash(&record.payload)
+    )
+}
+
 /// The `kind` field of an entry.
 fn kind_field(kind: RecordKind) -> String {
     match kind {
@@ -91,7 +105,9 @@ impl Target for StreamsTarget {
                 .arg("type")
                 .arg(name)
                 .arg("kind")
-                .arg(kind_field(record.kind));
+                .arg(kind_field(record.kind))
+                .arg("id")
+                .arg(idempotency_key(record));
             if let Some(guild) = crate::decode::guild_id(&record.payload) {
                 command.arg("guild").arg(guild);
             }
