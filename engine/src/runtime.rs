@@ -367,10 +367,12 @@ impl Engine {
         let tls = crate::tls::client_config(settings.ca_file.as_deref())?;
 
         // Discord's view: URL, recommended shards, identify limits.
-        let fleet_url = settings
+        let redis_url = settings
             .redis_url
             .as_ref()
             .map(|url| url.expose_secret().to_owned());
+        // The fleet's Redis, when this process is one host of a fleet (`--fleet`).
+        let fleet_url = redis_url.clone().filter(|_| settings.is_fleet());
         // A fleet reconciles the day's identify budget with Discord's own count.
         let needs_rest = settings.gateway_url.is_none()
             || settings.fixed_plan().is_none()
@@ -537,7 +539,7 @@ impl Engine {
                 ))
             }
             crate::config::SinkKind::RedisStreams => {
-                let url = fleet_url.as_deref().unwrap_or_default();
+                let url = redis_url.as_deref().unwrap_or_default();
                 let client = crate::fleet::store::client(url).map_err(|source| {
                     crate::fleet::FleetError::Unreachable {
                         url: crate::fleet::store::redacted_url(url),

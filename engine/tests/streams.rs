@@ -80,14 +80,7 @@ impl World {
                     "--identify-interval-ms",
                     "200",
                 ])
-                // A lease longer than the outages below: the shards keep running through them.
-                .args(["--host-id", "solo", "--host-lease-ms", "1000"])
-                .args([
-                    "--shard-lease-ms",
-                    "6000",
-                    "--session-save-interval-ms",
-                    "200",
-                ])
+                .args(["--session-save-interval-ms", "200"])
                 .args(["--admin-addr", &free_port().to_string()])
                 .args([
                     "--data-dir",

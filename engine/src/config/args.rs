@@ -45,6 +45,7 @@ pub const FILE_KEYS: &[&str] = &[
     "reshard",
     "reshard_at_percent",
     "reshard_check_interval",
+    "fleet",
     "redis_url",
     "cluster_name",
     "host_id",
@@ -224,16 +225,25 @@ pub struct RunArgs {
     pub reshard_check_interval: Option<RawValue>,
 
     // ---- Fleet ----
-    /// The fleet's Redis: redis://[user:password@]host:port[/db] or
-    /// redis+unix:///path/to/socket. Setting it turns on the fleet mode: several shardgate
-    /// processes share the bot's shards through this Redis, and a shard whose host dies moves
-    /// to a live one.
+    /// The fleet mode: auto, on or off. In a fleet, several shardgate processes share the bot's
+    /// shards through --redis-url, and a shard whose host dies moves to a live one.
+    ///
+    /// auto: on when --redis-url is set and --sink is http, off otherwise (so --sink
+    /// redis-streams with --redis-url runs alone, writing to the streams). on: always a fleet
+    /// (needs --redis-url; with --sink redis-streams the streams go to the same Redis). off:
+    /// never a fleet. In the fleet mode, --shards names the shards pinned to this host; off,
+    /// the other fleet settings are refused. Default: auto.
+    #[arg(long, value_name = "auto|on|off", help_heading = "Fleet (Redis)")]
+    pub fleet: Option<RawValue>,
+
+    /// The Redis of the fleet and of --sink redis-streams:
+    /// redis://[user:password@]host:port[/db] or redis+unix:///path/to/socket. With --sink http
+    /// (the default) it turns on the fleet mode (see --fleet).
     ///
     /// rediss:// (TLS) needs a build with the Redis client's TLS support; --check says when it
-    /// is missing. May carry the Redis password: never logged or printed. Prefer the environment variable:
-    /// flags are visible in the process list. With --redis-url, --shards names the shards
-    /// pinned to this host. Default: none (this process runs alone, with every shard of
-    /// --shards).
+    /// is missing. May carry the Redis password: never logged or printed. Prefer the
+    /// environment variable: flags are visible in the process list. Default: none (this process
+    /// runs alone, with every shard of --shards).
     #[arg(
         long,
         env = ENV_REDIS_URL,
@@ -248,7 +258,7 @@ pub struct RunArgs {
     /// fleet beside the real one) can share one Redis.
     ///
     /// Every process of one fleet must use the same name. 1 to 64 characters of A-Z, a-z, 0-9,
-    /// `.`, `_` and `-`. Needs --redis-url. Default: shardgate.
+    /// `.`, `_` and `-`. Needs the fleet mode (--fleet). Default: shardgate.
     #[arg(long, value_name = "NAME", help_heading = "Fleet (Redis)")]
     pub cluster_name: Option<RawValue>,
 
@@ -256,8 +266,8 @@ pub struct RunArgs {
     ///
     /// Several processes on one machine need distinct ids. Keep an id across restarts: a host
     /// that comes back under the same id gets its shards back. 1 to 64 characters of A-Z, a-z,
-    /// 0-9, `.`, `_` and `-`. Needs --redis-url. Default: the machine's hostname (from
-    /// /proc/sys/kernel/hostname; `host` when it cannot be read).
+    /// 0-9, `.`, `_` and `-`. Needs the fleet mode (--fleet). Default: the machine's hostname
+    /// (from /proc/sys/kernel/hostname; `host` when it cannot be read).
     #[arg(long, value_name = "ID", help_heading = "Fleet (Redis)")]
     pub host_id: Option<RawValue>,
 
@@ -265,15 +275,16 @@ pub struct RunArgs {
     ///
     /// A host silent for this long is dead, and the assigner gives its shards to the live
     /// hosts. Shorter moves a dead host's shards sooner, but also declares a host dead after a
-    /// shorter stall (a long pause, a slow Redis). Range 500..=600000. Needs --redis-url.
-    /// Default: 10000.
+    /// shorter stall (a long pause, a slow Redis). Range 500..=600000. Needs the fleet mode
+    /// (--fleet). Default: 10000.
     #[arg(long, value_name = "MS", help_heading = "Fleet (Redis)")]
     pub host_lease_ms: Option<RawValue>,
 
     /// A host's lease on each shard it runs: how long it lasts unless renewed. Another host
     /// takes the shard only after the lease has run out.
     ///
-    /// At least --host-lease-ms. Range 1000..=600000. Needs --redis-url. Default: 15000.
+    /// At least --host-lease-ms. Range 1000..=600000. Needs the fleet mode (--fleet). Default:
+    /// 15000.
     #[arg(long, value_name = "MS", help_heading = "Fleet (Redis)")]
     pub shard_lease_ms: Option<RawValue>,
 
@@ -281,15 +292,16 @@ pub struct RunArgs {
     /// host joined, or the weights changed).
     ///
     /// Each move is a reconnect of that shard on its new host. The shards of a dead host are
-    /// not limited: they move at once. Range 1..=100000. Needs --redis-url. Default: 60.
+    /// not limited: they move at once. Range 1..=100000. Needs the fleet mode (--fleet).
+    /// Default: 60.
     #[arg(long, value_name = "SHARDS", help_heading = "Fleet (Redis)")]
     pub moves_per_minute: Option<RawValue>,
 
     /// Most shards this host takes from the assigner, and its weight when the shards are
     /// spread (a host with 200 gets twice the shards of one with 100).
     ///
-    /// At least 1. Needs --redis-url. Default: as many as the bot has (every host the same
-    /// weight).
+    /// At least 1. Needs the fleet mode (--fleet). Default: as many as the bot has (every host
+    /// the same weight).
     #[arg(long, value_name = "SHARDS", help_heading = "Fleet (Redis)")]
     pub host_capacity: Option<RawValue>,
 
@@ -444,8 +456,8 @@ pub struct RunArgs {
     /// into the Redis streams --stream-key:PARTITION on --redis-url, for consumers that read
     /// them with XREAD or XREADGROUP).
     ///
-    /// redis-streams needs --redis-url (which also turns the fleet mode on) and makes
-    /// --forward-url unnecessary. Default: http.
+    /// redis-streams needs --redis-url (which then does not turn the fleet mode on, unless
+    /// --fleet on) and makes --forward-url unnecessary. Default: http.
     #[arg(long, value_name = "http|redis-streams", help_heading = "Sink")]
     pub sink: Option<RawValue>,
 

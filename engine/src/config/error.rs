@@ -426,15 +426,25 @@ pub enum ConfigError {
         /// The address given.
         addr: SocketAddr,
     },
-    /// A fleet setting without `--redis-url`, with a value other than its default.
+    /// A fleet setting with the fleet mode off, with a value other than its default.
     #[error(
-        "{setting}{origin} needs --redis-url (the fleet mode): set --redis-url (or \
-         SHARDGATE_REDIS_URL) to run in a fleet, or remove {setting} to run alone"
+        "{setting}{origin} needs the fleet mode, which is off: set --fleet on (with \
+         --redis-url), or --redis-url (or SHARDGATE_REDIS_URL) with --sink http and --fleet \
+         auto, to run in a fleet, or remove {setting} to run alone"
     )]
-    FleetSettingWithoutRedis {
+    FleetSettingWithFleetOff {
         /// The flag.
         setting: &'static str,
         /// Where it came from.
+        origin: Origin,
+    },
+    /// `--fleet on` without `--redis-url`.
+    #[error(
+        "--fleet on{origin} needs --redis-url (the fleet's Redis): set --redis-url (or \
+         SHARDGATE_REDIS_URL) to run in a fleet, or set --fleet auto or off to run alone"
+    )]
+    FleetWithoutRedis {
+        /// Where `--fleet` came from.
         origin: Origin,
     },
     /// `--sink redis-streams` without `--redis-url`.

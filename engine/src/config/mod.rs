@@ -102,7 +102,8 @@ pub struct Settings {
     pub backlog_rate: u32,
     /// `--session-save-interval-ms`, 100..=60000.
     pub session_save_interval_ms: u64,
-    /// `--sink`: where the records go. [`SinkKind::RedisStreams`] always has `redis_url`.
+    /// `--sink`: where the records go. [`SinkKind::RedisStreams`] always has `redis_url`, and is
+    /// a fleet only with `--fleet on`.
     pub sink: SinkKind,
     /// `--stream-key`: the stream keys' prefix, 1 to [`Settings::STREAM_KEY_CHARS_MAX`]
     /// printable ASCII characters without spaces: the streams are
@@ -135,7 +136,11 @@ pub struct Settings {
     pub reshard_guilds_per_shard: u32,
     /// The hidden `--reshard-cooldown`.
     pub reshard_cooldown: Duration,
-    /// `--redis-url`, checked to be a Redis URL; `None`: this process runs alone (no fleet).
+    /// `--fleet` resolved: auto is on when `redis_url` is set and `sink` is
+    /// [`SinkKind::Http`]; on always has `redis_url`. `false`: this process runs alone.
+    pub fleet: bool,
+    /// `--redis-url`, checked to be a Redis URL: the fleet's Redis when `fleet`, the streams'
+    /// with [`SinkKind::RedisStreams`]; `None`: neither.
     pub redis_url: Option<Secret>,
     /// `--cluster-name`: 1 to 64 of `[A-Za-z0-9._-]`.
     pub cluster_name: String,
@@ -243,10 +248,10 @@ impl Settings {
     /// have one), its file key, its default. Checks run in this order and the first failure is
     /// returned: the file (TOML syntax, unknown keys), every value on its own, the required
     /// settings (`--token`; `--forward-url` with `--sink http`, `--redis-url` with `--sink
-    /// redis-streams`), then combinations (shards against the shard count, placement, the
-    /// memory queue against the batch size, admin exposure, the identify window, stream
-    /// settings without `--sink redis-streams`, fleet settings without `--redis-url`, the shard
-    /// lease against the host lease, the hostname as the default host id). Pure: no I/O, no
+    /// redis-streams` or `--fleet on`), then combinations (shards against the shard count,
+    /// placement, the memory queue against the batch size, admin exposure, the identify window,
+    /// stream settings without `--sink redis-streams`, fleet settings with the fleet mode off,
+    /// the shard lease against the host lease, the hostname as the default host id). Pure: no I/O, no
     /// process environment.
     pub fn load(
         args: &RunArgs,
@@ -588,6 +593,15 @@ impl Settings {
         };
 
         // Fleet.
+        let fleet_choice = match src.get(|a| &a.fleet) {
+            Some(input) => match input.text.trim().to_ascii_lowercase().as_str() {
+                "auto" => (None, input.origin),
+                "on" => (Some(true), input.origin),
+                "off" => (Some(false), input.origin),
+                _ => return Err(input.invalid_choice("--fleet", "auto, on, off")),
+            },
+            None => (None, Origin::Flag),
+        };
         let redis_url = src
             .secret("--redis-url", ENV_REDIS_URL, env, |a| {
                 a.redis_url.as_ref().map(Secret::expose_secret)
@@ -645,6 +659,14 @@ impl Settings {
                 origin: sink_origin,
             });
         }
+        let fleet = match fleet_choice {
+            (Some(true), origin) if redis_url.is_none() => {
+                return Err(ConfigError::FleetWithoutRedis { origin });
+            }
+            (Some(on), _) => on,
+            // Auto: the streams sink's Redis alone does not make a fleet.
+            (None, _) => redis_url.is_some() && sink == SinkKind::Http,
+        };
 
         let settings = Self {
             token,
@@ -691,6 +713,7 @@ impl Settings {
             reshard_check_interval,
             reshard_guilds_per_shard,
             reshard_cooldown,
+            fleet,
             redis_url,
             cluster_name,
             host_id,
@@ -730,9 +753,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Whether this process runs in a fleet (`--redis-url` is set).
+    /// Whether this process runs in a fleet: `--fleet` resolved (see [`Settings::fleet`]).
     pub fn is_fleet(&self) -> bool {
-        self.redis_url.is_some()
+        self.fleet
     }
 
     /// This process's id in the fleet: `--host-id`, else the machine's hostname (else
@@ -967,6 +990,7 @@ impl Settings {
                 "reshard_cooldown",
                 format!("{}s", self.reshard_cooldown.as_secs()),
             ),
+            ("fleet", if self.fleet { "on" } else { "off" }.to_owned()),
             ("redis_url", set(&self.redis_url).to_owned()),
             ("cluster_name", self.cluster_name.clone()),
             ("host_id", self.host_id()),
@@ -1068,8 +1092,8 @@ impl Settings {
         }
     }
 
-    /// The fleet's combinations: without `--redis-url` no other fleet setting may differ from
-    /// its default (a value written down for a fleet would otherwise be silently ignored); the
+    /// The fleet's combinations: with the fleet mode off no fleet setting may differ from its
+    /// default (a value written down for a fleet would otherwise be silently ignored); the
     /// shard lease at least the host lease; in the fleet mode, a usable host id.
     fn check_fleet(&self, src: &Sources<'_>) -> Result<(), ConfigError> {
         if !self.is_fleet() {
@@ -1102,7 +1126,7 @@ impl Settings {
                 ),
             ];
             if let Some(&(setting, field, _)) = given.iter().find(|(_, _, set)| *set) {
-                return Err(ConfigError::FleetSettingWithoutRedis {
+                return Err(ConfigError::FleetSettingWithFleetOff {
                     setting,
                     // A non-default value was read from one of the two sources.
                     origin: src.get(field).map_or(Origin::Flag, |input| input.origin),

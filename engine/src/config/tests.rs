@@ -381,6 +381,7 @@ fn the_file_sets_every_key() {
         reshard_check_interval = "15m"
         reshard_guilds_per_shard = 10
         reshard_cooldown = 0
+        fleet = "ON"
         redis_url = "redis://redis.internal:6379/2"
         cluster_name = "bot-test"
         host_id = "gateway-3"
@@ -422,6 +423,7 @@ fn the_file_sets_every_key() {
     );
     assert_eq!(settings.reshard_guilds_per_shard, 10);
     assert_eq!(settings.reshard_cooldown, std::time::Duration::ZERO);
+    assert!(settings.is_fleet());
     assert_eq!(
         settings.redis_url,
         Some(Secret::new("redis://redis.internal:6379/2"))
@@ -545,6 +547,7 @@ fn help_states_every_default() {
             "identify_interval_ms",
             Settings::DEFAULT_IDENTIFY_INTERVAL_MS.to_string(),
         ),
+        ("fleet", "auto".to_owned()),
         ("redis_url", "none".to_owned()),
         ("cluster_name", Settings::DEFAULT_CLUSTER_NAME.to_owned()),
         (
@@ -1131,7 +1134,7 @@ fn errors_name_the_setting() {
         ),
         (
             &["--host-id", "gateway-1"],
-            ConfigError::FleetSettingWithoutRedis {
+            ConfigError::FleetSettingWithFleetOff {
                 setting: "--host-id",
                 origin: flag(),
             },
@@ -1242,8 +1245,18 @@ fn messages_say_the_setting_and_the_fix() {
         ),
         (
             &["--host-id", "gateway-1"],
-            "--host-id needs --redis-url (the fleet mode): set --redis-url (or \
-             SHARDGATE_REDIS_URL) to run in a fleet, or remove --host-id to run alone",
+            "--host-id needs the fleet mode, which is off: set --fleet on (with --redis-url), or \
+             --redis-url (or SHARDGATE_REDIS_URL) with --sink http and --fleet auto, to run in a \
+             fleet, or remove --host-id to run alone",
+        ),
+        (
+            &["--fleet", "on"],
+            "--fleet on needs --redis-url (the fleet's Redis): set --redis-url (or \
+             SHARDGATE_REDIS_URL) to run in a fleet, or set --fleet auto or off to run alone",
+        ),
+        (
+            &["--fleet", "yes"],
+            "--fleet yes: choose one of auto, on, off",
         ),
         (
             &["--redis-url", REDIS_URL, "--shard-lease-ms", "5000"],
@@ -1362,8 +1375,16 @@ fn file_errors() {
         load_file(&[], "host_capacity = 50")
             .expect_err("no fleet")
             .to_string(),
-        "--host-capacity (from config file data.toml) needs --redis-url (the fleet mode): set \
-         --redis-url (or SHARDGATE_REDIS_URL) to run in a fleet, or remove --host-capacity to \
+        "--host-capacity (from config file data.toml) needs the fleet mode, which is off: set \
+         --fleet on (with --redis-url), or --redis-url (or SHARDGATE_REDIS_URL) with --sink \
+         http and --fleet auto, to run in a fleet, or remove --host-capacity to run alone"
+    );
+    assert_eq!(
+        load_file(&[], "fleet = \"on\"")
+            .expect_err("no Redis")
+            .to_string(),
+        "--fleet on (from config file data.toml) needs --redis-url (the fleet's Redis): set \
+         --redis-url (or SHARDGATE_REDIS_URL) to run in a fleet, or set --fleet auto or off to \
          run alone"
     );
     // A flag overrides a bad file value without complaint.
@@ -1902,6 +1923,7 @@ fn fleet_settings_are_read() {
     assert_eq!(settings.host_capacity, Some(u32::MAX));
     let summary = settings.summary();
     for field in [
+        "fleet=on",
         "redis_url=set",
         "cluster_name=bot.prod_2-eu",
         "host_id=gateway-1",
@@ -1917,6 +1939,7 @@ fn fleet_settings_are_read() {
     }
     let alone = load(&[]).expect("valid").summary();
     for field in [
+        "fleet=off",
         "redis_url=unset",
         "cluster_name=shardgate",
         "host_id=host",
@@ -1980,7 +2003,7 @@ fn without_redis_only_the_fleet_defaults_are_accepted() {
     for &(argv, setting) in cases {
         assert_eq!(
             load(argv).map(|_| ()),
-            Err(ConfigError::FleetSettingWithoutRedis {
+            Err(ConfigError::FleetSettingWithFleetOff {
                 setting,
                 origin: Origin::Flag
             }),
@@ -1989,7 +2012,7 @@ fn without_redis_only_the_fleet_defaults_are_accepted() {
     }
     assert_eq!(
         load_file(&[], "host_id = \"gateway-1\"").map(|_| ()),
-        Err(ConfigError::FleetSettingWithoutRedis {
+        Err(ConfigError::FleetSettingWithFleetOff {
             setting: "--host-id",
             origin: from_file(),
         })
@@ -2441,4 +2464,122 @@ fn every_secret_has_its_hidden_environment_variable() {
         assert!(Environment::VARS.contains(&var), "{var}");
     }
     assert_eq!(Environment::VARS.len(), 4);
+}
+
+#[test]
+fn fleet_mode_is_resolved_from_fleet_sink_and_redis() {
+    let host_id_refused = |origin| ConfigError::FleetSettingWithFleetOff {
+        setting: "--host-id",
+        origin,
+    };
+
+    // Auto (the default, any case): the fleet's Redis with the http sink is a fleet.
+    for argv in [
+        &["--redis-url", REDIS_URL][..],
+        &["--redis-url", REDIS_URL, "--fleet", " AUTO "][..],
+        &[
+            "--redis-url",
+            REDIS_URL,
+            "--sink",
+            "http",
+            "--host-id",
+            "gateway-1",
+        ][..],
+    ] {
+        let settings = load(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+        assert!(settings.fleet && settings.is_fleet(), "{argv:?}");
+    }
+
+    // Auto with the streams sink: the streams' Redis alone is no fleet, so a fleet setting is
+    // refused.
+    let streams: &[&'static str] = &["--redis-url", REDIS_URL, "--sink", "redis-streams"];
+    let settings = load(streams).expect("valid");
+    assert!(!settings.is_fleet());
+    assert_eq!(settings.redis_url, Some(Secret::new(REDIS_URL)));
+    assert!(
+        settings
+            .summary()
+            .split(' ')
+            .any(|pair| pair == "fleet=off")
+    );
+    let argv: Vec<&'static str> = [streams, &["--host-id", "gateway-1"]].concat();
+    assert_eq!(load(&argv).map(|_| ()), Err(host_id_refused(Origin::Flag)));
+    let toml = format!("sink = \"redis-streams\"\nredis_url = {REDIS_URL:?}\nhost_id = \"a\"");
+    assert_eq!(
+        load_file(&[], &toml).map(|_| ()),
+        Err(host_id_refused(from_file()))
+    );
+
+    // On: a fleet with the streams sink too, fleet settings accepted.
+    let argv: Vec<&'static str> = [streams, &["--fleet", "On", "--host-id", "gateway-1"]].concat();
+    let settings = load(&argv).expect("valid");
+    assert!(settings.is_fleet());
+    assert_eq!(settings.sink, SinkKind::RedisStreams);
+    assert_eq!(settings.host_id(), "gateway-1");
+    assert!(settings.summary().split(' ').any(|pair| pair == "fleet=on"));
+    let toml = format!("fleet = \"on\"\nredis_url = {REDIS_URL:?}");
+    assert!(load_file(&[], &toml).expect("valid").is_fleet());
+
+    // On without a Redis: refused, wherever --fleet came from.
+    assert_eq!(
+        load(&["--fleet", "on"]).map(|_| ()),
+        Err(ConfigError::FleetWithoutRedis {
+            origin: Origin::Flag
+        })
+    );
+    assert_eq!(
+        load_file(&[], "fleet = \"on\"").map(|_| ()),
+        Err(ConfigError::FleetWithoutRedis {
+            origin: from_file()
+        })
+    );
+
+    // Off: never a fleet, even with the http sink and a Redis; fleet settings refused.
+    let settings = load(&["--redis-url", REDIS_URL, "--fleet", "off"]).expect("valid");
+    assert!(!settings.is_fleet());
+    assert_eq!(
+        load(&[
+            "--redis-url",
+            REDIS_URL,
+            "--fleet",
+            "off",
+            "--host-id",
+            "gateway-1"
+        ])
+        .map(|_| ()),
+        Err(host_id_refused(Origin::Flag))
+    );
+    // Off or auto without a Redis: alone, as before.
+    assert!(!load(&["--fleet", "off"]).expect("valid").is_fleet());
+    assert!(!load(&["--fleet", "auto"]).expect("valid").is_fleet());
+
+    // Alone, the hostname is never checked as a host id.
+    let environment = env().with_hostname("not a host id");
+    for argv in [
+        &["--redis-url", REDIS_URL, "--fleet", "off"][..],
+        &["--redis-url", REDIS_URL, "--sink", "redis-streams"][..],
+    ] {
+        let parsed = args(&with_required(argv));
+        let settings = Settings::load(&parsed, &environment, None)
+            .unwrap_or_else(|error| panic!("{argv:?}: {error}"));
+        assert!(!settings.is_fleet(), "{argv:?}");
+    }
+    let parsed = args(&with_required(&["--redis-url", REDIS_URL]));
+    assert_eq!(
+        Settings::load(&parsed, &environment, None).map(|_| ()),
+        Err(ConfigError::HostnameNotAHostId {
+            hostname: "not a host id".to_owned()
+        })
+    );
+
+    // Anything else names the choices.
+    assert_eq!(
+        load(&["--fleet", "yes"]).map(|_| ()),
+        Err(ConfigError::InvalidChoice {
+            setting: "--fleet",
+            value: "yes".to_owned(),
+            origin: Origin::Flag,
+            choices: "auto, on, off",
+        })
+    );
 }
