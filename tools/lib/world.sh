@@ -15,8 +15,13 @@
 #   world_start_engine_n 1 --redis-url "$REDIS_URL" ...   # sets ENGINE_PIDS[1], ENGINE_ADMINS[1]
 #   world_reap_engine 1                          # after a kill -9: wait for it, forget it
 #   world_stop_engines                           # SIGTERM to each engine left, then wait
+#   world_redis XINFO STREAM k                   # one command to that Redis, the reply as JSON
 #
-# Needs bash and python3 (for HTTP without curl, and for JSON).
+# Worlds one after another (a fresh mock, bot and engine per run, one Redis throughout):
+#   world_stop_one "$ENGINE_PID"                 # SIGTERM to one process, wait, forget it
+#
+# Needs bash and python3 (for HTTP without curl, and for JSON); redis-server and redis-cli for
+# the Redis functions.
 
 WORLD_PIDS=()
 ENGINE_PIDS=()
@@ -26,6 +31,7 @@ ENGINE_ADMINS=()
 world_init() {
     WORLD_DIR=$1
     WORLD_BIN=$2
+    local bin
     mkdir -p "$WORLD_DIR"
     for bin in shardgate mock-gateway fake-bot; do
         [ -x "$WORLD_BIN/$bin" ] || {
@@ -117,6 +123,16 @@ world_start_redis() {
     REDIS_URL="redis://127.0.0.1:$port/"
 }
 
+# world_redis ARGS...: one command to the Redis of world_start_redis (redis-cli), its reply as
+# JSON on stdout (RESP3 maps become objects).
+world_redis() {
+    command -v redis-cli >/dev/null || {
+        echo "redis-cli is needed (Debian: apt-get install redis-tools)" >&2
+        return 1
+    }
+    redis-cli -u "$REDIS_URL" --json "$@"
+}
+
 # world_start_engine_n N ARGS...: engine number N of several (a fleet), as world_start_engine
 # but with its log in $WORLD_DIR/engine-N.log, its pid in ENGINE_PIDS[N] and its admin base URL
 # in ENGINE_ADMINS[N].
@@ -177,6 +193,19 @@ world_stop_engine() {
     kill -TERM "$ENGINE_PID" 2>/dev/null || true
     local code=0
     wait "$ENGINE_PID" || code=$?
+    return "$code"
+}
+
+# world_stop_one PID: SIGTERM to one process started here, waits for it and forgets it (so that
+# world_stop does not signal its pid again); returns its exit status, 0 a clean stop.
+world_stop_one() {
+    local pid=$1 code=0 kept=() other
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" || code=$?
+    for other in "${WORLD_PIDS[@]}"; do
+        [ "$other" = "$pid" ] || kept+=("$other")
+    done
+    WORLD_PIDS=(${kept[@]+"${kept[@]}"})
     return "$code"
 }
 
