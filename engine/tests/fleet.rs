@@ -197,6 +197,8 @@ impl Fleet {
                                     h["assigned"].as_array().unwrap().clone();
                                 wanted.extend(h["pinned"].as_array().unwrap().iter().cloned());
                                 wanted.sort_by_key(|id| id.as_u64());
+                                // The assignment names a pinned host for its pinned shards too.
+                                wanted.dedup();
                                 h["leased"] == Value::Array(wanted)
                             })
                     })
@@ -592,9 +594,9 @@ fn a_hung_redis_stops_every_shard_before_its_lease_ends_and_they_resume_after() 
 
 /// A host pinned with `--shards` runs exactly those shards (still under leases) and the
 /// assigner places only the others; when it stops, its shards go to the rest of the fleet by
-/// hand-over rather than stay dark.
+/// hand-over rather than stay dark, and when it comes back they are handed back to it.
 #[test]
-fn a_pinned_host_runs_its_shards_and_hands_them_to_the_fleet_when_it_stops() {
+fn a_pinned_host_runs_its_shards_lends_them_to_the_fleet_while_away_and_gets_them_back() {
     let mut fleet = Fleet::start("pinned", &[]);
     fleet.add_host_with("pinned", &["--shards", "4..=5"]);
     fleet.add_host("bravo");
@@ -617,6 +619,17 @@ fn a_pinned_host_runs_its_shards_and_hands_them_to_the_fleet_when_it_stops() {
         || {
             let held = fleet.held();
             held.len() == SHARDS as usize && held.values().all(|host| host != "pinned")
+        },
+    );
+    // Back: the others hand its shards back.
+    fleet.add_host_with("pinned", &["--shards", "4..=5"]);
+    wait_until(
+        "the pinned shards back on their host",
+        Duration::from_secs(30),
+        || {
+            let held = fleet.held();
+            held.len() == SHARDS as usize
+                && (0..SHARDS).all(|shard| (held[&shard] == "pinned") == (shard >= 4))
         },
     );
     fleet.assert_every_event_once(0);

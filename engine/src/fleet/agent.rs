@@ -478,9 +478,16 @@ impl Agent {
     ) -> Result<(), StoreError> {
         let settings = self.settings().clone();
         let me = settings.host.id.clone();
-        let pinned: BTreeSet<u32> = hosts
+        // Shards pinned to a live host (`--shards`): the assignment names that host, so that
+        // whoever ran them while it was away hands them back.
+        let pinned: BTreeMap<u32, &str> = hosts
             .iter()
-            .flat_map(|host| host.info.pinned.iter().copied())
+            .flat_map(|host| {
+                host.info
+                    .pinned
+                    .iter()
+                    .map(move |shard| (*shard, host.info.id.as_str()))
+            })
             .collect();
         let candidates: Vec<Host> = hosts
             .iter()
@@ -519,7 +526,7 @@ impl Agent {
         for (shard_id, host) in placements {
             if candidates.iter().any(|candidate| candidate.id == host)
                 && shard_id < settings.total_shards
-                && !pinned.contains(&shard_id)
+                && !pinned.contains_key(&shard_id)
             {
                 if pass.owners.get(&shard_id) != Some(&host) {
                     tracing::info!(shard = shard_id, to = %host, "assigner: a shard placed by hand");
@@ -532,10 +539,9 @@ impl Agent {
         self.store()?.forget_placements(&gone)?;
         let mut changes: Vec<(u32, Option<&str>)> = Vec::new();
         for shard_id in 0..settings.total_shards {
-            let owner = if pinned.contains(&shard_id) {
-                None
-            } else {
-                pass.owners.get(&shard_id).map(String::as_str)
+            let owner = match pinned.get(&shard_id) {
+                Some(host) => Some(*host),
+                None => pass.owners.get(&shard_id).map(String::as_str),
             };
             if current.get(&shard_id).map(String::as_str) != owner {
                 changes.push((shard_id, owner));
