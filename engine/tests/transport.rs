@@ -327,11 +327,14 @@ fn a_shard_reading_a_lot_per_tick_is_not_held() {
 
 #[test]
 fn data_after_a_long_gap_is_not_followed_by_held_reads() {
-    // "2" comes 3.5 s after "1", more than the 8 quiet ticks of 400 ms (3.2 s) after it, so
+    // "2" comes 3.6 s after "1", more than the 8 quiet ticks of 400 ms (3.2 s) after it, so
     // the read after "2" is not held: "3", 50 ms later, is read when it comes, before the tick.
+    // "2" lands in the middle of a tick (3.7 s after the epoch, which is set a moment after the
+    // server starts writing): landing just before a tick would leave "3" no time to come
+    // before it, held or not.
     let writes = vec![
         (Duration::from_millis(100), text_frame("1")),
-        (Duration::from_millis(3_500), text_frame("2")),
+        (Duration::from_millis(3_600), text_frame("2")),
         (Duration::from_millis(50), text_frame("3")),
     ];
     against_server(writes, false, |mut connection| async move {
