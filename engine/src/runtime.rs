@@ -540,12 +540,8 @@ impl Engine {
             }
             crate::config::SinkKind::RedisStreams => {
                 let url = redis_url.as_deref().unwrap_or_default();
-                let client = crate::fleet::store::client(url).map_err(|source| {
-                    crate::fleet::FleetError::Unreachable {
-                        url: crate::fleet::store::redacted_url(url),
-                        source,
-                    }
-                })?;
+                let client = crate::fleet::store::client(url)
+                    .map_err(crate::fleet::FleetError::unreachable(url))?;
                 Box::new(crate::sink::streams::StreamsTarget::new(
                     client,
                     crate::sink::streams::StreamsConfig {

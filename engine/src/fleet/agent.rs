@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use super::FleetCounters;
 use super::assign::{self, Host};
-use super::store::{Acquire, HostInfo, HostRecord, LeaseRecord, Renewal, Store, StoreError};
+use super::store::{
+    Acquire, HostInfo, HostRecord, LeaseRecord, Renewal, Store, StoreError, millis,
+};
 use crate::control::{ControlHandle, Nudge};
 use crate::sink::SinkPositions;
 
@@ -699,10 +701,6 @@ impl Agent {
             ),
         }
     }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

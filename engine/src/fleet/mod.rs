@@ -126,16 +126,24 @@ pub fn agree_shard_count(
     cluster: &str,
     plan: crate::config::ShardPlan,
 ) -> Result<std::num::NonZeroU32, FleetError> {
-    let unreachable = |source| FleetError::Unreachable {
-        url: store::redacted_url(redis_url),
-        source,
-    };
-    let client = store::client(redis_url).map_err(unreachable)?;
-    let mut store = Store::connect(&client, cluster).map_err(unreachable)?;
+    let unreachable = FleetError::unreachable(redis_url);
+    let client = store::client(redis_url).map_err(&unreachable)?;
+    let mut store = Store::connect(&client, cluster).map_err(&unreachable)?;
     let agreed = store
         .agree_shard_count(plan.total_shards.get())
-        .map_err(unreachable)?;
+        .map_err(&unreachable)?;
     Ok(std::num::NonZeroU32::new(agreed).unwrap_or(plan.total_shards))
+}
+
+impl FleetError {
+    /// Wraps a failed Redis step at `url` (shown without its password).
+    pub fn unreachable(url: &str) -> impl Fn(StoreError) -> FleetError {
+        let url = store::redacted_url(url);
+        move |source| FleetError::Unreachable {
+            url: url.clone(),
+            source,
+        }
+    }
 }
 
 /// This host's part of the fleet: started after the cores and the sink, finished after them.
@@ -162,19 +170,16 @@ impl Fleet {
         stats: agent::Stats,
         budget: BudgetSource,
     ) -> Result<Fleet, FleetError> {
-        let unreachable = |source| FleetError::Unreachable {
-            url: store::redacted_url(redis_url),
-            source,
-        };
-        let client = store::client(redis_url).map_err(unreachable)?;
-        let mut store = Store::connect(&client, &settings.cluster).map_err(unreachable)?;
+        let unreachable = FleetError::unreachable(redis_url);
+        let client = store::client(redis_url).map_err(&unreachable)?;
+        let mut store = Store::connect(&client, &settings.cluster).map_err(&unreachable)?;
         let (remaining, reset) = store
             .reconcile_budget(
                 limit.total,
                 limit.remaining,
                 Duration::from_millis(limit.reset_after_ms),
             )
-            .map_err(unreachable)?;
+            .map_err(&unreachable)?;
         tracing::info!(
             redis = %store::redacted_url(redis_url),
             cluster = %settings.cluster,

@@ -813,7 +813,8 @@ fn parse_error(what: &'static str) -> impl Fn(redis::ParsingError) -> StoreError
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+/// A duration in whole milliseconds, as the scripts take them.
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
