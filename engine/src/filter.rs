@@ -158,7 +158,7 @@ impl FilterConfig {
     /// The filter's part of the settings, with the default ready timeout.
     pub fn from_settings(settings: &Settings) -> FilterConfig {
         FilterConfig {
-            events: settings.events.clone(),
+            events: settings.forwarded_events(),
             dedup_message_updates: settings.dedup_message_updates,
             dedup_cache_entries: settings.dedup_cache_entries,
             ready_timeout: FilterConfig::DEFAULT_READY_TIMEOUT,

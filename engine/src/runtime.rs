@@ -76,6 +76,16 @@ pub enum RunError {
     Thread(std::io::Error),
     #[error("--data-dir spill: {0}")]
     Spill(#[from] crate::spill::SpillError),
+    #[error(
+        "{}: the spill of route `{name}`, which the config file no longer has, holds records \
+         not delivered yet; add [routes.{name}] back to deliver them, or delete the directory \
+         to drop them",
+        path.display()
+    )]
+    OrphanRouteSpill {
+        name: String,
+        path: std::path::PathBuf,
+    },
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
     #[error(
@@ -89,6 +99,138 @@ pub enum RunError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Every route's target, batching, spill and queue (the default route first), and what the
+/// admin API shows of them. A route of its own has its own counters; the default route alone
+/// counts into the totals directly.
+fn build_routes(
+    settings: &Settings,
+    tls: &Arc<rustls::ClientConfig>,
+    redis_url: Option<&str>,
+    saved: &SavedSessions,
+    total_shards: u32,
+    totals: &Arc<SinkStats>,
+) -> Result<(Vec<crate::sink::Route>, Vec<RouteInfo>), RunError> {
+    check_route_spills(settings)?;
+    let mut routes = Vec::new();
+    let mut infos = Vec::new();
+    for route in settings.all_routes() {
+        let (target, destination): (Box<dyn crate::sink::Target>, String) = match route.sink {
+            crate::config::SinkKind::Http => {
+                let forward_url = ForwardUrl::parse(&route.forward_url)?;
+                let authorization = route
+                    .forward_secret
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned());
+                let client = HttpClient::new(
+                    forward_url,
+                    authorization,
+                    Some(Arc::clone(tls)),
+                    Duration::from_millis(route.forward_timeout_ms),
+                );
+                (
+                    Box::new(crate::sink::HttpTarget::new(
+                        client,
+                        route.batch_bytes_max + 64 * 1024,
+                    )),
+                    route.forward_url.clone(),
+                )
+            }
+            crate::config::SinkKind::RedisStreams => {
+                let url = redis_url.unwrap_or_default();
+                let client = crate::fleet::store::client(url)
+                    .map_err(crate::fleet::FleetError::unreachable(url))?;
+                (
+                    Box::new(crate::sink::streams::StreamsTarget::new(
+                        client,
+                        crate::sink::streams::StreamsConfig {
+                            key: route.stream_key.clone(),
+                            partitions: route.stream_partitions,
+                            maxlen: route.stream_maxlen,
+                        },
+                    )),
+                    format!("{}:*", route.stream_key),
+                )
+            }
+        };
+        let config = SinkConfig {
+            batch_events_max: route.batch_events_max,
+            batch_bytes_max: route.batch_bytes_max,
+            batch_linger: Duration::from_millis(route.batch_linger_ms),
+            shutdown_grace: Duration::from_secs(10),
+            backlog_rate: route.backlog_rate,
+        };
+        let spill = match route.spill_bytes_max {
+            0 => None,
+            max_bytes => {
+                let config = crate::spill::SpillConfig {
+                    dir: settings.route_spill_dir(&route.name),
+                    max_bytes,
+                    segment_bytes: Settings::SPILL_SEGMENT_BYTES_MAX.min(max_bytes / 4),
+                    fsync: settings.spill_fsync,
+                };
+                let (spill, recovered) = Spill::open(config)?;
+                if recovered.records > 0 {
+                    tracing::info!(
+                        route = %route.name,
+                        records = recovered.records,
+                        bytes = recovered.bytes,
+                        torn_tails = recovered.torn_tails,
+                        "the spill holds undelivered records from the last run: they go first"
+                    );
+                }
+                Some(spill)
+            }
+        };
+        let queue = Queue::new(route.queue_bytes_max, spill, total_shards, saved);
+        let stats = if settings.routes.is_empty() {
+            Arc::clone(totals)
+        } else {
+            Arc::new(SinkStats::default())
+        };
+        infos.push(RouteInfo {
+            name: route.name.clone(),
+            events: route.events.clone(),
+            sink: route.sink,
+            destination,
+            stats: Arc::clone(&stats),
+        });
+        routes.push(crate::sink::Route {
+            name: route.name,
+            events: route.events.iter().map(|e| (*e).to_owned()).collect(),
+            config,
+            queue,
+            target,
+            stats,
+        });
+    }
+    Ok((routes, infos))
+}
+
+/// A spill under `--data-dir/routes` whose route is no longer configured holds records no
+/// route would deliver (and the saved sessions count them as delivered): refuse to start,
+/// and say how to get them out.
+fn check_route_spills(settings: &Settings) -> Result<(), RunError> {
+    let Ok(entries) = std::fs::read_dir(settings.routes_dir()) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if settings.routes.iter().any(|route| route.name == name) {
+            continue;
+        }
+        let spill = entry.path().join("spill");
+        let holds_records = std::fs::read_dir(&spill).is_ok_and(|files| {
+            files
+                .flatten()
+                .any(|file| file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
+        });
+        if holds_records {
+            return Err(RunError::OrphanRouteSpill { name, path: spill });
+        }
+    }
+    Ok(())
 }
 
 /// What `/gateway/bot` said.
@@ -233,9 +375,26 @@ pub struct EngineStats {
     shared: Arc<Shared>,
     core_stats: Vec<Arc<CoreStats>>,
     sink_stats: Arc<SinkStats>,
+    routes: Vec<RouteInfo>,
+}
+
+/// A route as the admin API shows it: its name, what it takes, where it delivers, its counters.
+pub struct RouteInfo {
+    pub name: String,
+    /// Empty for the default route (everything no other route takes).
+    pub events: Vec<&'static str>,
+    pub sink: crate::config::SinkKind,
+    /// The URL, or the streams (`KEY:*`).
+    pub destination: String,
+    pub stats: Arc<SinkStats>,
 }
 
 impl EngineStats {
+    /// Every route, the default one first.
+    pub fn routes(&self) -> &[RouteInfo] {
+        &self.routes
+    }
+
     /// Per core, in core order.
     pub fn cores(&self) -> &[Arc<CoreStats>] {
         &self.core_stats
@@ -519,77 +678,24 @@ impl Engine {
             uncovered: std::sync::Mutex::new(Vec::new()),
         });
 
-        // Sink: the bot's endpoint, or Redis Streams.
-        let target: Box<dyn crate::sink::Target> = match settings.sink {
-            crate::config::SinkKind::Http => {
-                let forward_url = ForwardUrl::parse(&settings.forward_url)?;
-                let authorization = settings
-                    .forward_secret
-                    .as_ref()
-                    .map(|s| s.expose_secret().to_owned());
-                let client = HttpClient::new(
-                    forward_url,
-                    authorization,
-                    Some(Arc::clone(&tls)),
-                    Duration::from_millis(settings.forward_timeout_ms),
-                );
-                Box::new(crate::sink::HttpTarget::new(
-                    client,
-                    settings.batch_bytes_max + 64 * 1024,
-                ))
-            }
-            crate::config::SinkKind::RedisStreams => {
-                let url = redis_url.as_deref().unwrap_or_default();
-                let client = crate::fleet::store::client(url)
-                    .map_err(crate::fleet::FleetError::unreachable(url))?;
-                Box::new(crate::sink::streams::StreamsTarget::new(
-                    client,
-                    crate::sink::streams::StreamsConfig {
-                        key: settings.stream_key.clone(),
-                        partitions: settings.stream_partitions,
-                        maxlen: settings.stream_maxlen,
-                    },
-                ))
-            }
-        };
-        let sink_config = SinkConfig {
-            batch_events_max: settings.batch_events_max,
-            batch_bytes_max: settings.batch_bytes_max,
-            batch_linger: Duration::from_millis(settings.batch_linger_ms),
-            shutdown_grace: Duration::from_secs(10),
-            backlog_rate: settings.backlog_rate,
-        };
         let sink_stats = Arc::new(SinkStats::default());
 
-        // Durable state (the data dir is ours since the start): the spill, then the sessions
-        // the last run saved.
-        let spill = match settings.spill_config() {
-            Some(config) => {
-                let (spill, recovered) = Spill::open(config)?;
-                if recovered.records > 0 {
-                    tracing::info!(
-                        records = recovered.records,
-                        bytes = recovered.bytes,
-                        torn_tails = recovered.torn_tails,
-                        "the spill holds undelivered records from the last run: they go first"
-                    );
-                }
-                Some(spill)
-            }
-            None => None,
-        };
+        // Durable state (the data dir is ours since the start): the sessions the last run
+        // saved, then each route's spill and queue.
         let sessions_path = settings.sessions_file();
         let saved = if fleet_url.is_some() {
             SavedSessions::new(plan.total_shards.get())
         } else {
             load_sessions(&sessions_path, plan.total_shards.get(), &owned)
         };
-        let queue = Queue::new(
-            settings.queue_bytes_max,
-            spill,
-            plan.total_shards.get(),
+        let (routes, route_infos) = build_routes(
+            &settings,
+            &tls,
+            redis_url.as_deref(),
             &saved,
-        );
+            plan.total_shards.get(),
+            &sink_stats,
+        )?;
 
         // Cores.
         let core_ids: Vec<usize> = core_affinity::get_core_ids()
@@ -646,19 +752,13 @@ impl Engine {
                 })?;
             executors.push(handle);
         }
-        let sink = Sink::start(
-            sink_config,
-            queue,
-            rings,
-            target,
-            Arc::clone(&sink_stats),
-            Arc::clone(&stop),
-        )
-        .map_err(RunError::Thread)?;
+        let sink = Sink::start(routes, rings, Arc::clone(&sink_stats), Arc::clone(&stop))
+            .map_err(RunError::Thread)?;
         let stats = Arc::new(EngineStats {
             shared: Arc::clone(&shared),
             core_stats,
             sink_stats,
+            routes: route_infos,
         });
         let control = if fleet_url.is_some() {
             ControlHandle::for_fleet(core_links, plan)

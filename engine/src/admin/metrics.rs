@@ -459,6 +459,8 @@ pub fn render(context: &AdminContext, reports: &[CoreReport]) -> String {
         cumulative as f64,
     );
 
+    write_routes(&mut out, stats.routes());
+
     // Identify budget and saved sessions.
     let (granted, remaining) = context.limiter.stats();
     out.family(
@@ -505,6 +507,121 @@ pub fn render(context: &AdminContext, reports: &[CoreReport]) -> String {
 
 /// In a fleet: this host's leases, hand-overs, identifies through the fleet's buckets, and
 /// Redis.
+/// Every route's delivery: the same figures as the sink's totals, labelled `route` (the default
+/// route is `default`: everything no `[routes.NAME]` table takes).
+fn write_routes(out: &mut Exposition, routes: &[crate::runtime::RouteInfo]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    type Read = fn(&crate::sink::SinkStats) -> u64;
+    let counters: [(&str, &str, &str, Read); 5] = [
+        (
+            "shardgate_route_records_received_total",
+            "counter",
+            "Records the route took from the sink's collector.",
+            |s| s.records_received.load(Relaxed),
+        ),
+        (
+            "shardgate_route_records_delivered_total",
+            "counter",
+            "Records the route's receiver acknowledged.",
+            |s| s.records_delivered.load(Relaxed),
+        ),
+        (
+            "shardgate_route_batches_total",
+            "counter",
+            "Batches the route's receiver acknowledged.",
+            |s| s.batches_delivered.load(Relaxed),
+        ),
+        (
+            "shardgate_route_delivery_failures_total",
+            "counter",
+            "Deliveries of the route that failed; each is retried.",
+            |s| s.delivery_failures.load(Relaxed),
+        ),
+        (
+            "shardgate_route_records_spilled_total",
+            "counter",
+            "Records the route wrote to its spill.",
+            |s| s.records_spilled.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in counters {
+        out.family(name, kind, help);
+        for route in routes {
+            out.sample(name, &[("route", &route.name)], read(&route.stats) as f64);
+        }
+    }
+    out.family(
+        "shardgate_route_records_dropped_total",
+        "counter",
+        "Records of the route lost, by reason (as shardgate_records_dropped_total).",
+    );
+    let reasons: [(&str, Read); 3] = [
+        ("spill_full", |s| s.records_dropped_spill_full.load(Relaxed)),
+        ("shutdown", |s| s.records_dropped_shutdown.load(Relaxed)),
+        ("invalid_payload", |s| {
+            s.records_dropped_invalid.load(Relaxed)
+        }),
+    ];
+    for route in routes {
+        for (reason, read) in reasons {
+            out.sample(
+                "shardgate_route_records_dropped_total",
+                &[("route", &route.name), ("reason", reason)],
+                read(&route.stats) as f64,
+            );
+        }
+    }
+    out.family(
+        "shardgate_route_queue_records",
+        "gauge",
+        "Records of the route waiting for its receiver, in memory and on its spill.",
+    );
+    for route in routes {
+        let tiers: [(&str, Read); 2] = [
+            ("memory", |s| s.queue_memory_records.load(Relaxed)),
+            ("spill", |s| s.queue_spill_records.load(Relaxed)),
+        ];
+        for (tier, read) in tiers {
+            out.sample(
+                "shardgate_route_queue_records",
+                &[("route", &route.name), ("tier", tier)],
+                read(&route.stats) as f64,
+            );
+        }
+    }
+    out.family(
+        "shardgate_route_batch_latency_seconds",
+        "histogram",
+        "From a batch's first record entering the route's queue to its receiver's acknowledgement.",
+    );
+    for route in routes {
+        let mut cumulative = 0u64;
+        for (index, count) in route.stats.latency_buckets().iter().enumerate() {
+            cumulative += count;
+            let le = match LATENCY_BUCKETS_US.get(index) {
+                Some(bound) => format_value(*bound as f64 / 1e6),
+                None => "+Inf".to_owned(),
+            };
+            out.sample(
+                "shardgate_route_batch_latency_seconds_bucket",
+                &[("route", &route.name), ("le", &le)],
+                cumulative as f64,
+            );
+        }
+        let sum = route.stats.batch_latency_us_sum.load(Relaxed) as f64 / 1e6;
+        out.sample(
+            "shardgate_route_batch_latency_seconds_sum",
+            &[("route", &route.name)],
+            sum,
+        );
+        out.sample(
+            "shardgate_route_batch_latency_seconds_count",
+            &[("route", &route.name)],
+            cumulative as f64,
+        );
+    }
+}
+
 fn fleet_families(out: &mut Exposition, fleet: &crate::fleet::FleetHandle) {
     let counters = fleet.counters();
     let view = fleet.view();

@@ -205,8 +205,42 @@ fn status(context: &AdminContext) -> Response {
             "batch_latency_p50_ms": quantile_ms(0.5),
             "batch_latency_p99_ms": quantile_ms(0.99),
         },
+        "routes": context.stats.routes().iter().map(route_json).collect::<Vec<_>>(),
     });
     Response::json(200, &body)
+}
+
+/// One route of `GET /status`: what it takes, where it delivers, its queue and counters.
+fn route_json(route: &crate::runtime::RouteInfo) -> Value {
+    let stats = &route.stats;
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let quantile_ms = |quantile| {
+        stats
+            .latency_quantile_us(quantile)
+            .map(|micros| micros as f64 / 1000.0)
+    };
+    json!({
+        "name": route.name,
+        "events": if route.events.is_empty() { json!("unrouted") } else { json!(route.events) },
+        "sink": route.sink.name(),
+        "destination": route.destination,
+        "records_received": load(&stats.records_received),
+        "records_delivered": load(&stats.records_delivered),
+        "batches_delivered": load(&stats.batches_delivered),
+        "delivery_failures": load(&stats.delivery_failures),
+        "queue_memory_records": load(&stats.queue_memory_records),
+        "queue_memory_bytes": load(&stats.queue_memory_bytes),
+        "queue_spill_records": load(&stats.queue_spill_records),
+        "records_spilled": load(&stats.records_spilled),
+        "records_dropped": {
+            "spill_full": load(&stats.records_dropped_spill_full),
+            "shutdown": load(&stats.records_dropped_shutdown),
+            "invalid_payload": load(&stats.records_dropped_invalid),
+        },
+        "batch_latency_p50_ms": quantile_ms(0.5),
+        "batch_latency_p99_ms": quantile_ms(0.99),
+    })
 }
 
 /// `POST /reshard`, with an optional body `{"total_shards": N}`.

@@ -457,6 +457,98 @@ pub enum ConfigError {
         /// Where `--sink` came from.
         origin: Origin,
     },
+    // ---- routes ----
+    /// A `[routes.NAME]` table's setting is wrong: the message names it.
+    #[error(
+        "config file [routes.{route}]: {message} (a route's keys are the flag names with - written as _)"
+    )]
+    Route {
+        /// The route's name.
+        route: String,
+        /// What is wrong, as the top-level setting would say it.
+        message: String,
+    },
+    /// A route name that is not a plain word.
+    #[error(
+        "config file: route name `{name}`: use 1 to {max_chars} of A-Z a-z 0-9 _ - (and not \
+         `default`, the route of everything no route names): it names the route's spill \
+         directory and its metrics"
+    )]
+    InvalidRouteName {
+        /// The name as written.
+        name: String,
+        /// The longest name.
+        max_chars: usize,
+    },
+    /// `routes.NAME` is a value, not a table.
+    #[error("write the route as a table: [routes.NAME] with events = [...] and its receiver")]
+    RouteNotATable,
+    /// A key no route takes.
+    #[error(
+        "unknown key `{key}`; {}",
+        match suggestion {
+            Some(known) => format!("did you mean `{known}`?"),
+            None => "a route takes events, sink, forward_url, forward_secret, \
+                     forward_timeout_ms, batch_*, queue_bytes_max, spill_bytes_max, \
+                     backlog_rate and stream_*"
+                .to_owned(),
+        }
+    )]
+    UnknownRouteKey {
+        /// The key as written.
+        key: String,
+        /// The closest route key, when the key looks like a typo of it.
+        suggestion: Option<&'static str>,
+    },
+    /// A route without `events`.
+    #[error(
+        "events is required: name the dispatch types this route takes, e.g. events = [\"INTERACTION_CREATE\"]"
+    )]
+    RouteWithoutEvents,
+    /// A route with `events = "all"`.
+    #[error(
+        "events = all: a route takes named dispatch types; everything else already goes to the \
+         top-level receiver (filtered by --events)"
+    )]
+    RouteTakesAll,
+    /// One event type named by two routes.
+    #[error(
+        "config file: {event} is in the events of both [routes.{first}] and [routes.{second}]; \
+         an event goes to one route: remove it from one of them"
+    )]
+    EventInTwoRoutes {
+        /// The event type.
+        event: &'static str,
+        /// The first route naming it.
+        first: String,
+        /// The second.
+        second: String,
+    },
+    /// Two routes writing to one stream key.
+    #[error(
+        "config file: routes `{first}` and `{second}` both write to the streams {key}:*; give \
+         one of them its own stream_key (each route's streams keep its shards in order)"
+    )]
+    StreamKeyInTwoRoutes {
+        /// The shared key.
+        key: String,
+        /// The first route.
+        first: String,
+        /// The second.
+        second: String,
+    },
+    /// More routes than the engine runs delivery threads for.
+    #[error(
+        "config file: {count} routes; at most {max} (each has its own delivery thread and \
+         queue): send several event types to one route with events = [..]"
+    )]
+    TooManyRoutes {
+        /// Routes written.
+        count: usize,
+        /// The most.
+        max: usize,
+    },
+
     /// A stream setting without `--sink redis-streams`, with a value other than its default.
     #[error(
         "{setting}{origin} needs --sink redis-streams: set --sink redis-streams to write the \

@@ -13,6 +13,7 @@
 mod args;
 mod error;
 mod names;
+mod routes;
 mod types;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub use args::{
 };
 pub use error::{ConfigError, Origin};
 pub use names::{EVENT_NAMES, INTENTS};
+pub use routes::{DEFAULT_ROUTE, ROUTE_KEYS, RouteSettings};
 pub use types::{Events, Intents, LogFormat, Secret, ShardPlan, ShardRange, SinkKind, TotalShards};
 
 use crate::decode::Compression;
@@ -114,6 +116,9 @@ pub struct Settings {
     /// `--stream-maxlen`: each stream is trimmed to about this many entries (`XADD MAXLEN ~`),
     /// [`Settings::STREAM_MAXLEN_MIN`]..=[`Settings::STREAM_MAXLEN_MAX`].
     pub stream_maxlen: u64,
+    /// The `[routes.NAME]` tables of the config file, in name order (see [`routes`]); the
+    /// default route is the top-level settings ([`Settings::default_route`]).
+    pub routes: Vec<RouteSettings>,
     /// `--admin-addr`.
     pub admin_addr: SocketAddr,
     /// `--admin-token`; always set when `admin_addr` is not loopback.
@@ -258,7 +263,11 @@ impl Settings {
         env: &Environment,
         file: Option<&ConfigFile>,
     ) -> Result<Self, ConfigError> {
-        let file_args = file.map(ConfigFile::parse).transpose()?;
+        let parsed = file.map(ConfigFile::parse).transpose()?;
+        let (file_args, route_tables) = match parsed {
+            Some((args, routes)) => (Some(args), routes),
+            None => (None, None),
+        };
         let src = Sources {
             flags: args,
             file: file
@@ -426,22 +435,7 @@ impl Settings {
             None => Self::DEFAULT_QUEUE_BYTES_MAX,
         };
         let spill_bytes_max = match src.get(|a| &a.spill_bytes_max) {
-            Some(input) => {
-                let value = input.number(
-                    "--spill-bytes-max",
-                    0,
-                    Some(Self::SPILL_BYTES_MAX_LIMIT),
-                    Self::SPILL_BYTES_MAX_LIMIT,
-                    Self::DEFAULT_SPILL_BYTES_MAX,
-                )?;
-                if value != 0 && value < Self::SPILL_BYTES_MIN {
-                    return Err(ConfigError::SpillTooSmall {
-                        value,
-                        origin: input.origin.clone(),
-                    });
-                }
-                value
-            }
+            Some(input) => parse_spill_bytes_max(&input)?,
             None => Self::DEFAULT_SPILL_BYTES_MAX,
         };
         let spill_fsync = match src.get(|a| &a.spill_fsync) {
@@ -470,11 +464,7 @@ impl Settings {
 
         // Sink.
         let (sink, sink_origin) = match src.get(|a| &a.sink) {
-            Some(input) => match input.text.trim().to_ascii_lowercase().as_str() {
-                "http" => (SinkKind::Http, input.origin),
-                "redis-streams" => (SinkKind::RedisStreams, input.origin),
-                _ => return Err(input.invalid_choice("--sink", "http, redis-streams")),
-            },
+            Some(input) => (routes::parse_sink(&input)?, input.origin),
             None => (SinkKind::default(), Origin::Flag),
         };
         let stream_key = match src.get(|a| &a.stream_key) {
@@ -668,7 +658,7 @@ impl Settings {
             (None, _) => redis_url.is_some() && sink == SinkKind::Http,
         };
 
-        let settings = Self {
+        let mut settings = Self {
             token,
             api_base,
             gateway_url,
@@ -702,6 +692,7 @@ impl Settings {
             stream_key,
             stream_partitions,
             stream_maxlen,
+            routes: Vec::new(),
             admin_addr,
             admin_token,
             ca_file,
@@ -749,6 +740,14 @@ impl Settings {
             });
         }
         settings.check_sink(&src)?;
+        if let (Some(tables), Some(file)) = (&route_tables, file) {
+            settings.routes =
+                routes::load(tables, file.path(), &settings, settings.redis_url.is_some())?;
+            // Auto: a Redis that only takes streams does not make a fleet.
+            if fleet_choice.0.is_none() && settings.uses_streams() {
+                settings.fleet = false;
+            }
+        }
         settings.check_fleet(&src)?;
         Ok(settings)
     }
@@ -947,6 +946,24 @@ impl Settings {
             ("stream_key", self.stream_key.clone()),
             ("stream_partitions", self.stream_partitions.to_string()),
             ("stream_maxlen", self.stream_maxlen.to_string()),
+            (
+                "routes",
+                if self.routes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.routes
+                        .iter()
+                        .map(|route| {
+                            let to = match route.sink {
+                                SinkKind::Http => route.forward_url.clone(),
+                                SinkKind::RedisStreams => format!("{}:*", route.stream_key),
+                            };
+                            format!("{}[{}]->{to}", route.name, route.events.join("|"))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
+            ),
             ("admin_addr", self.admin_addr.to_string()),
             ("admin_token", set(&self.admin_token).to_owned()),
             ("api_base", self.api_base.clone()),
@@ -1281,23 +1298,35 @@ impl ConfigFile {
         &self.path
     }
 
-    /// The file's settings; every key must be a [`FILE_KEYS`] entry.
-    fn parse(&self) -> Result<RunArgs, ConfigError> {
+    /// The file's settings, and its `[routes]` table; every other key must be a [`FILE_KEYS`]
+    /// entry.
+    fn parse(&self) -> Result<(RunArgs, Option<toml::Table>), ConfigError> {
         let syntax = |error: toml::de::Error| ConfigError::FileSyntax {
             path: self.path.clone(),
             message: error.to_string().trim_end().to_owned(),
         };
         // Keys first, on the plain table, so an unknown key is reported by name whatever
         // serde's message says; `deny_unknown_fields` on `RunArgs` stays as the backstop.
-        let table: toml::Table = toml::from_str(&self.text).map_err(syntax)?;
+        let mut table: toml::Table = toml::from_str(&self.text).map_err(syntax)?;
+        let routes = match table.remove(FILE_ROUTES) {
+            Some(toml::Value::Table(routes)) => Some(routes),
+            Some(_) => {
+                return Err(ConfigError::FileSyntax {
+                    path: self.path.clone(),
+                    message: "`routes` must be a table of tables: [routes.NAME]".to_owned(),
+                });
+            }
+            None => None,
+        };
         if let Some(key) = table.keys().find(|key| !FILE_KEYS.contains(&key.as_str())) {
             return Err(ConfigError::UnknownFileKey {
                 path: self.path.clone(),
                 key: key.clone(),
-                suggestion: names::closest(key, FILE_KEYS.iter().copied()),
+                suggestion: names::closest(key, FILE_KEYS.iter().copied().chain([FILE_ROUTES])),
             });
         }
-        toml::from_str(&self.text).map_err(syntax)
+        let args: RunArgs = table.try_into().map_err(syntax)?;
+        Ok((args, routes))
     }
 }
 
@@ -1310,6 +1339,9 @@ impl fmt::Debug for ConfigFile {
             .finish()
     }
 }
+
+/// The config file's table of routes (`[routes.NAME]`), the one key that is no flag.
+pub const FILE_ROUTES: &str = "routes";
 
 // ---- merging sources ----
 
@@ -1921,6 +1953,24 @@ fn fleet_name(
 
 /// `--stream-key`: trimmed, 1 to [`Settings::STREAM_KEY_CHARS_MAX`] printable ASCII characters
 /// and no spaces, so a stream key is one Redis argument and one log field as written.
+/// `--spill-bytes-max`: 0, or [`Settings::SPILL_BYTES_MIN`] up to the limit.
+fn parse_spill_bytes_max(input: &Input<'_>) -> Result<u64, ConfigError> {
+    let value = input.number(
+        "--spill-bytes-max",
+        0,
+        Some(Settings::SPILL_BYTES_MAX_LIMIT),
+        Settings::SPILL_BYTES_MAX_LIMIT,
+        Settings::DEFAULT_SPILL_BYTES_MAX,
+    )?;
+    if value != 0 && value < Settings::SPILL_BYTES_MIN {
+        return Err(ConfigError::SpillTooSmall {
+            value,
+            origin: input.origin.clone(),
+        });
+    }
+    Ok(value)
+}
+
 fn parse_stream_key(input: &Input<'_>) -> Result<String, ConfigError> {
     let key = input.text.trim();
     if !(1..=Settings::STREAM_KEY_CHARS_MAX).contains(&key.len())

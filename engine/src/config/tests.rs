@@ -2583,3 +2583,134 @@ fn fleet_mode_is_resolved_from_fleet_sink_and_redis() {
         })
     );
 }
+
+#[test]
+fn routes_take_their_keys_and_inherit_the_rest() {
+    let toml = r#"
+        events = ["MESSAGE_CREATE"]
+        batch_linger_ms = 7
+        redis_url = "redis://127.0.0.1:6379"
+
+        [routes.interactions]
+        events = ["INTERACTION_CREATE"]
+        forward_url = "http://127.0.0.1:9100/interactions"
+        forward_secret = "route-secret"
+        batch_events_max = 10
+        batch_linger_ms = 0
+
+        [routes.members]
+        events = "guild_member_add, GUILD_MEMBER_REMOVE"
+        sink = "redis-streams"
+        stream_maxlen = 5000
+        spill_bytes_max = 2097152
+    "#;
+    let settings = load_file(&[], toml).expect("valid routes");
+    assert_eq!(settings.routes.len(), 2);
+    let interactions = &settings.routes[0];
+    assert_eq!(interactions.name, "interactions");
+    assert_eq!(interactions.events, ["INTERACTION_CREATE"]);
+    assert_eq!(interactions.sink, SinkKind::Http);
+    assert_eq!(
+        interactions.forward_url,
+        "http://127.0.0.1:9100/interactions"
+    );
+    assert_eq!(
+        interactions.forward_secret,
+        Some(Secret::new("route-secret"))
+    );
+    assert_eq!(
+        (interactions.batch_events_max, interactions.batch_linger_ms),
+        (10, 0)
+    );
+    assert_eq!(
+        interactions.batch_bytes_max,
+        Settings::DEFAULT_BATCH_BYTES_MAX
+    );
+    let members = &settings.routes[1];
+    assert_eq!(members.events, ["GUILD_MEMBER_ADD", "GUILD_MEMBER_REMOVE"]);
+    assert_eq!(members.sink, SinkKind::RedisStreams);
+    assert_eq!(members.stream_key, "shardgate:events:members");
+    assert_eq!(members.stream_maxlen, 5_000);
+    assert_eq!(members.spill_bytes_max, 2 << 20);
+    assert_eq!(members.batch_linger_ms, 7, "the top-level value");
+    assert_eq!(
+        settings.default_route().forward_url,
+        FORWARD_URL,
+        "the default route is the top-level settings"
+    );
+    // The cores let through --events and every routed type.
+    assert_eq!(
+        settings.forwarded_events(),
+        Events::only(vec![
+            "MESSAGE_CREATE",
+            "INTERACTION_CREATE",
+            "GUILD_MEMBER_ADD",
+            "GUILD_MEMBER_REMOVE"
+        ])
+    );
+    // A Redis for the streams alone does not make a fleet.
+    assert!(!settings.is_fleet());
+    assert_eq!(
+        settings.route_spill_dir("members"),
+        settings.data_dir.join("routes/members/spill")
+    );
+    assert_eq!(
+        settings.route_spill_dir(DEFAULT_ROUTE),
+        settings.spill_dir()
+    );
+    let summary = settings.summary();
+    assert!(
+        summary.contains("interactions[INTERACTION_CREATE]->http://127.0.0.1:9100/interactions"),
+        "{summary}"
+    );
+    assert!(!summary.contains("route-secret"), "{summary}");
+    assert!(!format!("{settings:?}").contains("route-secret"));
+}
+
+#[test]
+fn routes_refuse_what_would_be_ambiguous_or_ignored() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[routes.a]\nevents = [\"READY\"]\nbatch_event_max = 3\n",
+            "did you mean `batch_events_max`?",
+        ),
+        (
+            "[routes.a]\nforward_url = \"http://x/\"\n",
+            "events is required",
+        ),
+        (
+            "[routes.a]\nevents = \"all\"\n",
+            "a route takes named dispatch types",
+        ),
+        (
+            "[routes.a]\nevents = [\"READY\"]\n[routes.b]\nevents = [\"READY\", \"RESUMED\"]\n",
+            "READY is in the events of both [routes.a] and [routes.b]",
+        ),
+        (
+            "[routes.default]\nevents = [\"READY\"]\n",
+            "route name `default`",
+        ),
+        (
+            "[routes.\"a b\"]\nevents = [\"READY\"]\n",
+            "route name `a b`",
+        ),
+        (
+            "[routes.a]\nevents = [\"READY\"]\nsink = \"redis-streams\"\n",
+            "needs --redis-url",
+        ),
+        (
+            "[routes.a]\nevents = [\"READY\"]\nstream_maxlen = 5000\n",
+            "--stream-maxlen",
+        ),
+        (
+            "[routes.a]\nevents = [\"READY\"]\nbatch_events_max = 0\n",
+            "[routes.a]: --batch-events-max 0",
+        ),
+        ("[routes.a]\nevents = [\"NOT_AN_EVENT\"]\n", "NOT_AN_EVENT"),
+        ("routes = 3\n", "[routes.NAME]"),
+    ];
+    for (toml, expected) in cases {
+        let error = load_file(&[], toml).expect_err(toml).to_string();
+        assert!(error.contains(expected), "{toml}: {error}");
+    }
+}

@@ -58,6 +58,24 @@ pub(crate) fn d_member<'a>(payload: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     cursor.value()
 }
 
+/// The event name: the first top-level `t` if it is a string without escapes, its bytes
+/// between the quotes. Discord writes `t` first, so this reads a few bytes of the payload.
+pub(crate) fn event_name(payload: &[u8]) -> Option<&[u8]> {
+    let mut cursor = Cursor::new(payload);
+    cursor.enter_object()?;
+    loop {
+        let key = cursor.key()?;
+        let value = cursor.value()?;
+        if key.is(b"t") {
+            let name = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+            return (!name.contains(&b'\\')).then_some(name);
+        }
+        if !cursor.next_member()? {
+            return None;
+        }
+    }
+}
+
 /// The raw bytes of the top-level `t` and `d` (the first of each): what identifies a dispatch
 /// whatever session carried it (`s` differs between sessions; these do not). `None` unless
 /// both are there.

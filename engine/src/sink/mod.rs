@@ -141,24 +141,136 @@ pub fn latency_quantile_us(counts: &[u64], quantile: f64) -> Option<u64> {
     None
 }
 
-/// The running sink: its two threads and the queue they share.
+/// One route: the event types it takes, its own batching, queue (memory bound and spill),
+/// target and counters, delivered by its own thread so that a slow receiver delays only its
+/// own route.
+pub struct Route {
+    /// `default` for the route of everything no other route names (and of the notices).
+    pub name: String,
+    /// The dispatch types it takes; empty for the default route.
+    pub events: Vec<String>,
+    pub config: SinkConfig,
+    pub queue: Queue,
+    pub target: Box<dyn Target>,
+    /// Its counters; the default route of a sink without other routes may share the totals'.
+    pub stats: Arc<SinkStats>,
+}
+
+/// The running sink: the collector, one deliverer per route, and the queues they share.
 pub struct Sink {
     shared: Arc<SinkShared>,
     control: crossbeam_channel::Sender<SinkControl>,
     collector: Option<std::thread::JoinHandle<()>>,
-    deliverer: Option<std::thread::JoinHandle<()>>,
+    deliverers: Vec<std::thread::JoinHandle<()>>,
 }
 
 struct SinkShared {
-    queue: Mutex<Queue>,
-    /// Signalled when the queue gains records or the collector ends.
-    changed: Condvar,
+    routes: Vec<RouteShared>,
+    router: Router,
+    /// The index the next record pushed into any route's queue gets (the collector's, written
+    /// while it holds every queue).
+    pushed: AtomicU64,
     collector_done: AtomicBool,
-    config: SinkConfig,
-    stats: Arc<SinkStats>,
     stop: Arc<AtomicBool>,
     /// What the collector says about a reshard's merge.
     merge: Mutex<MergeReport>,
+}
+
+struct RouteShared {
+    name: String,
+    queue: Mutex<Queue>,
+    /// Signalled when the queue gains records or the collector ends.
+    changed: Condvar,
+    config: SinkConfig,
+    stats: Counters,
+}
+
+/// One of the counters of [`SinkStats`].
+type Counter = fn(&SinkStats) -> &AtomicU64;
+
+/// A route's counters, and the sink's totals when those are another set.
+struct Counters {
+    route: Arc<SinkStats>,
+    total: Option<Arc<SinkStats>>,
+}
+
+impl Counters {
+    fn add(&self, counter: Counter, value: u64) {
+        counter(&self.route).fetch_add(value, Ordering::Relaxed);
+        if let Some(total) = &self.total {
+            counter(total).fetch_add(value, Ordering::Relaxed);
+        }
+    }
+
+    fn record_latency(&self, latency: Duration) {
+        self.route.record_latency(latency);
+        if let Some(total) = &self.total {
+            total.record_latency(latency);
+        }
+    }
+
+    /// The route's depth gauges, and the totals moved by the change.
+    fn publish_depth(&self, queue: &Queue) {
+        let (records, bytes, spilled) = queue.depth();
+        let gauges: [(u64, Counter); 3] = [
+            (records, |s| &s.queue_memory_records),
+            (bytes, |s| &s.queue_memory_bytes),
+            (spilled, |s| &s.queue_spill_records),
+        ];
+        for (value, gauge) in gauges {
+            let before = gauge(&self.route).swap(value, Ordering::Relaxed);
+            if let Some(total) = &self.total {
+                // Wrapping: a fall is the two's complement of its size.
+                gauge(total).fetch_add(value.wrapping_sub(before), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The route's own counter, when it is not the totals' (those the collector counts once
+    /// for every route).
+    fn own(&self) -> Option<&SinkStats> {
+        self.total.is_some().then_some(&*self.route)
+    }
+}
+
+/// Where a record goes: the route naming its type, the default route, or every route (the
+/// bookkeeping records each queue needs to keep its shards' positions).
+struct Router {
+    /// Event name → route index; empty when there is only the default route.
+    by_name: std::collections::HashMap<Box<[u8]>, usize>,
+}
+
+enum Destination {
+    One(usize),
+    All,
+}
+
+impl Router {
+    fn new(routes: &[Route]) -> Router {
+        let mut by_name = std::collections::HashMap::new();
+        for (index, route) in routes.iter().enumerate() {
+            for name in &route.events {
+                by_name
+                    .entry(name.as_bytes().to_vec().into_boxed_slice())
+                    .or_insert(index);
+            }
+        }
+        Router { by_name }
+    }
+
+    fn destination(&self, record: &Record) -> Destination {
+        match record.kind {
+            RecordKind::Session | RecordKind::Ended | RecordKind::Position => Destination::All,
+            RecordKind::Dispatch | RecordKind::GuildCreate(_) if !self.by_name.is_empty() => {
+                let route = crate::decode::scan::event_name(&record.payload)
+                    .and_then(|name| self.by_name.get(name))
+                    .copied()
+                    .unwrap_or(0);
+                Destination::One(route)
+            }
+            _ => Destination::One(0),
+        }
+    }
 }
 
 impl SinkShared {
@@ -166,54 +278,85 @@ impl SinkShared {
         self.merge.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Every route's queue, locked in route order (the one order anything takes more than one).
+    fn queues(&self) -> Vec<MutexGuard<'_, Queue>> {
+        self.routes.iter().map(RouteShared::queue).collect()
+    }
+
+    fn durable_before(&self) -> u64 {
+        let queues = self.queues();
+        queues
+            .iter()
+            .filter_map(|queue| queue.oldest_pending())
+            .min()
+            .unwrap_or_else(|| self.pushed.load(Ordering::Acquire))
+    }
+
+    fn notify_all(&self) {
+        for route in &self.routes {
+            route.changed.notify_all();
+        }
+    }
+}
+
+impl RouteShared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // The queue's invariants hold between calls; a panic elsewhere does not break them.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn publish_depth(&self, queue: &Queue) {
-        let (records, bytes, spilled) = queue.depth();
-        self.stats
-            .queue_memory_records
-            .store(records, Ordering::Relaxed);
-        self.stats
-            .queue_memory_bytes
-            .store(bytes, Ordering::Relaxed);
-        self.stats
-            .queue_spill_records
-            .store(spilled, Ordering::Relaxed);
+        self.stats.publish_depth(queue);
     }
 }
 
-/// Reads the queue's positions from another thread.
+/// Reads the queues' positions from another thread.
 #[derive(Clone)]
 pub struct SinkPositions(Arc<SinkShared>);
 
 impl SinkPositions {
-    /// See [`Queue::acknowledged_sessions`].
+    /// See [`Queue::acknowledged_sessions`]; across every route's queue.
     pub fn acknowledged_sessions(&self, shard_count: u32) -> Vec<queue::Acknowledged> {
-        self.0.queue().acknowledged_sessions(shard_count)
+        let queues = self.0.queues();
+        let queues: Vec<&Queue> = queues.iter().map(|queue| &**queue).collect();
+        queue::acknowledged_sessions(&queues, shard_count)
     }
 }
 
 impl Sink {
-    /// Starts the collector and the deliverer. They end once every ring is disconnected (all
-    /// cores ended) and the queue is delivered, or, once `stop` is set, after the shutdown
-    /// grace (the rest goes to the spill).
+    /// Starts the collector and one deliverer per route (the first is the default route).
+    /// They end once every ring is disconnected (all cores ended) and the queues are
+    /// delivered, or, once `stop` is set, after the shutdown grace (the rest goes to the
+    /// spill). `totals` counts for every route together.
     pub fn start(
-        config: SinkConfig,
-        queue: Queue,
+        routes: Vec<Route>,
         rings: Vec<Receiver<Record>>,
-        target: Box<dyn Target>,
-        stats: Arc<SinkStats>,
+        totals: Arc<SinkStats>,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Sink> {
+        assert!(!routes.is_empty(), "a sink has its default route");
+        let router = Router::new(&routes);
+        let mut targets = Vec::with_capacity(routes.len());
+        let mut shared_routes = Vec::with_capacity(routes.len());
+        for route in routes {
+            targets.push(route.target);
+            let total = (!Arc::ptr_eq(&route.stats, &totals)).then(|| Arc::clone(&totals));
+            shared_routes.push(RouteShared {
+                name: route.name,
+                queue: Mutex::new(route.queue),
+                changed: Condvar::new(),
+                config: route.config,
+                stats: Counters {
+                    route: route.stats,
+                    total,
+                },
+            });
+        }
         let shared = Arc::new(SinkShared {
-            queue: Mutex::new(queue),
-            changed: Condvar::new(),
+            routes: shared_routes,
+            router,
+            pushed: AtomicU64::new(0),
             collector_done: AtomicBool::new(false),
-            config,
-            stats,
             stop,
             merge: Mutex::new(MergeReport::default()),
         });
@@ -224,26 +367,38 @@ impl Sink {
                 .name("shardgate-sink".into())
                 .spawn(move || collect(&shared, rings, &control_rx))?
         };
-        let deliverer = {
+        let mut deliverers = Vec::with_capacity(targets.len());
+        for (index, target) in targets.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("shardgate-deliver".into())
-                .spawn(move || deliver_loop(&shared, target))?
-        };
+            // Thread names are at most 15 bytes on Linux: the default route keeps the old one.
+            let name = if index == 0 {
+                "shardgate-deliver".to_owned()
+            } else {
+                format!("sg-route-{index}")
+            };
+            deliverers.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || deliver_loop(&shared, index, target))?,
+            );
+        }
         Ok(Sink {
             shared,
             control,
             collector: Some(collector),
-            deliverer: Some(deliverer),
+            deliverers,
         })
     }
 
-    /// Every shard's session with the last sequence that reached the bot or the spill.
+    /// Every shard's session with the last sequence that reached the bot or the spill (on
+    /// every route).
     pub fn saved_sessions(&self) -> SavedSessions {
-        self.shared.queue().saved_sessions()
+        let queues = self.shared.queues();
+        let queues: Vec<&Queue> = queues.iter().map(|queue| &**queue).collect();
+        queue::saved_sessions(&queues)
     }
 
-    /// A handle on the queue's positions for another thread (the fleet's agent).
+    /// A handle on the queues' positions for another thread (the fleet's agent).
     pub fn positions(&self) -> SinkPositions {
         SinkPositions(Arc::clone(&self.shared))
     }
@@ -256,50 +411,56 @@ impl Sink {
 
     /// What the collector says about a reshard's merge.
     pub fn merge_report(&self) -> MergeReport {
-        self.shared
-            .merge
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.shared.merge().clone()
     }
 
     /// Whether a session of the saved set started since the last call.
     pub fn take_sessions_changed(&self) -> bool {
-        self.shared.queue().take_sessions_changed()
+        // Every queue saw every marker: take them all, so that the next call starts afresh.
+        let mut changed = false;
+        for mut queue in self.shared.queues() {
+            changed |= queue.take_sessions_changed();
+        }
+        changed
     }
 
-    /// The queue's durable point (see [`Queue::durable_before`]).
+    /// The sink's durable point: every record with an index below it is durable in its
+    /// route's queue (see [`Queue::durable_before`]).
     pub fn durable_before(&self) -> u64 {
-        self.shared.queue().durable_before()
+        self.shared.durable_before()
     }
 
     /// From now on the saved sessions are those of the set with `shard_count` shards, and the
     /// positions of the set `forget` (if any) are dropped.
     pub fn save_set(&self, shard_count: u32, forget: Option<u32>) {
-        let mut queue = self.shared.queue();
-        queue.save_set(shard_count);
-        if let Some(old) = forget {
-            queue.forget_set(old);
+        for mut queue in self.shared.queues() {
+            queue.save_set(shard_count);
+            if let Some(old) = forget {
+                queue.forget_set(old);
+            }
         }
     }
 
-    /// Waits for both threads (false if one panicked) and returns the final sessions.
+    /// Waits for every thread (false if one panicked) and returns the final sessions.
     pub fn finish(mut self) -> (bool, SavedSessions) {
         let collector = self.collector.take().is_none_or(|t| t.join().is_ok());
         // A collector that panicked never says it is done; say it for it.
         self.shared.collector_done.store(true, Ordering::Release);
-        self.shared.changed.notify_all();
-        let deliverer = self.deliverer.take().is_none_or(|t| t.join().is_ok());
-        (collector && deliverer, self.saved_sessions())
+        self.shared.notify_all();
+        let mut deliverers = true;
+        for deliverer in self.deliverers.drain(..) {
+            deliverers &= deliverer.join().is_ok();
+        }
+        (collector && deliverers, self.saved_sessions())
     }
 }
 
-/// The collector: rings → (a reshard's merge) → queue, until every ring is disconnected and
-/// drained.
+/// The collector: rings → (a reshard's merge) → the routes' queues, until every ring is
+/// disconnected and drained.
 fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver<SinkControl>) {
     let mut open = vec![true; rings.len()];
     let mut chunk: VecDeque<Record> = VecDeque::with_capacity(COLLECT_CHUNK);
-    // What goes into the queue, in order: the merge's output, or the rings' records as they are.
+    // What goes into the queues, in order: the merge's output, or the rings' records as they are.
     let mut staged: VecDeque<Record> = VecDeque::with_capacity(COLLECT_CHUNK);
     let mut merged: Vec<Record> = Vec::new();
     let mut merger: Option<Merger> = None;
@@ -308,13 +469,15 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
     let mut aborted_set: Option<u32> = None;
     // After a hand-over flipped the merge: how many staged records come before the barrier.
     let mut before_barrier: Option<usize> = None;
+    // A record for every route whose push failed part way: the routes that have it.
+    let mut broadcast_done = 0;
     let mut next_ring = 0;
     loop {
-        // Backpressure: without a spill, a full memory queue waits for the deliverer.
-        {
-            let mut queue = shared.queue();
+        // Backpressure: without a spill, a full memory queue waits for its deliverer.
+        for route in &shared.routes {
+            let mut queue = route.queue();
             while queue.is_full() {
-                queue = shared
+                queue = route
                     .changed
                     .wait_timeout(queue, Duration::from_millis(100))
                     .unwrap_or_else(PoisonError::into_inner)
@@ -371,10 +534,17 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
             .iter()
             .filter(|record| record.kind.is_for_bot())
             .count() as u64;
-        shared
-            .stats
-            .records_received
-            .fetch_add(received, Ordering::Relaxed);
+        // The totals (a route counts its own share as it takes it).
+        match &shared.routes[0].stats.total {
+            Some(total) => total
+                .records_received
+                .fetch_add(received, Ordering::Relaxed),
+            None => shared.routes[0]
+                .stats
+                .route
+                .records_received
+                .fetch_add(received, Ordering::Relaxed),
+        };
         match merger.as_mut() {
             Some(merger) => {
                 for record in chunk.drain(..) {
@@ -419,81 +589,140 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
             let _ = select.ready_timeout(Duration::from_millis(100));
             continue;
         }
-        let mut queue = shared.queue();
-        let mut spilled = 0;
-        let mut failed = None;
-        loop {
-            if before_barrier == Some(0) {
-                before_barrier = None;
-                shared.merge().barrier = Some(queue.pushed());
-            }
-            let Some(record) = staged.pop_front() else {
-                break;
-            };
-            match queue.push(record, now) {
-                Ok(pushed) => {
-                    if let Some(count) = before_barrier.as_mut() {
-                        *count -= 1;
-                    }
-                    spilled += pushed.to_spill;
-                    if pushed.spill_dropped > 0 {
-                        shared
-                            .stats
-                            .records_dropped_spill_full
-                            .fetch_add(pushed.spill_dropped, Ordering::Relaxed);
-                    }
-                }
-                Err((error, record)) => {
-                    // Keep it and everything after it: retried below, in order.
-                    staged.push_front(record);
-                    failed = Some(error);
-                    break;
-                }
-            }
-        }
-        if spilled > 0 {
-            shared
-                .stats
-                .records_spilled
-                .fetch_add(spilled, Ordering::Relaxed);
-            if let Err(error) = queue.flush_spill() {
-                shared.stats.spill_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "cannot flush the spill");
-            }
-        }
-        shared.publish_depth(&queue);
-        drop(queue);
-        shared.changed.notify_all();
+        let failed = push_staged(
+            shared,
+            &mut staged,
+            &mut before_barrier,
+            &mut broadcast_done,
+            now,
+        );
+        shared.notify_all();
         if let Some(error) = failed {
             // The cores wait behind the full rings meanwhile; nothing is dropped.
-            shared.stats.spill_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, "cannot write the spill; retrying in 1 s");
             std::thread::sleep(Duration::from_secs(1));
         }
     }
     shared.collector_done.store(true, Ordering::Release);
-    shared.changed.notify_all();
+    shared.notify_all();
+}
+
+/// Moves `staged` into the routes' queues in order, numbering every record across them. Stops
+/// at the first record a queue cannot take (its spill failed; the error is counted and comes
+/// back): it stays first in `staged`, and `broadcast_done` says which routes already have it
+/// when it goes to every route.
+fn push_staged(
+    shared: &SinkShared,
+    staged: &mut VecDeque<Record>,
+    before_barrier: &mut Option<usize>,
+    broadcast_done: &mut usize,
+    now: Instant,
+) -> Option<crate::spill::SpillError> {
+    let mut queues = shared.queues();
+    let several = queues.len() > 1;
+    let mut next = shared.pushed.load(Ordering::Relaxed);
+    let mut spilled = vec![0; queues.len()];
+    let mut failed = None;
+    'records: loop {
+        if *before_barrier == Some(0) {
+            *before_barrier = None;
+            shared.merge().barrier = Some(next);
+        }
+        let Some(record) = staged.pop_front() else {
+            break;
+        };
+        let account = |route: usize, pushed: queue::Pushed, spilled: &mut Vec<u64>| {
+            spilled[route] += pushed.to_spill;
+            if pushed.spill_dropped > 0 {
+                shared.routes[route]
+                    .stats
+                    .add(|s| &s.records_dropped_spill_full, pushed.spill_dropped);
+            }
+        };
+        match shared.router.destination(&record) {
+            Destination::One(route) => {
+                if several {
+                    for (other, queue) in queues.iter_mut().enumerate() {
+                        if other != route {
+                            queue.note_seen(&record);
+                        }
+                    }
+                }
+                let for_bot = record.kind.is_for_bot();
+                let queue = &mut queues[route];
+                queue.skip_to(next);
+                match queue.push(record, now) {
+                    Ok(pushed) => {
+                        if for_bot && let Some(own) = shared.routes[route].stats.own() {
+                            own.records_received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        account(route, pushed, &mut spilled);
+                    }
+                    Err((error, record)) => {
+                        // Keep it and everything after it: retried, in order.
+                        shared.routes[route].stats.add(|s| &s.spill_errors, 1);
+                        staged.push_front(record);
+                        failed = Some(error);
+                        break;
+                    }
+                }
+            }
+            Destination::All => {
+                for (route, queue) in queues.iter_mut().enumerate().skip(*broadcast_done) {
+                    queue.skip_to(next);
+                    match queue.push(record.clone(), now) {
+                        Ok(pushed) => account(route, pushed, &mut spilled),
+                        Err((error, _)) => {
+                            shared.routes[route].stats.add(|s| &s.spill_errors, 1);
+                            *broadcast_done = route;
+                            staged.push_front(record);
+                            failed = Some(error);
+                            break 'records;
+                        }
+                    }
+                }
+            }
+        }
+        *broadcast_done = 0;
+        if let Some(count) = before_barrier.as_mut() {
+            *count -= 1;
+        }
+        next += 1;
+    }
+    shared.pushed.store(next, Ordering::Release);
+    for ((route, queue), spilled) in shared.routes.iter().zip(queues.iter_mut()).zip(spilled) {
+        if spilled > 0 {
+            route.stats.add(|s| &s.records_spilled, spilled);
+            if let Err(error) = queue.flush_spill() {
+                route.stats.add(|s| &s.spill_errors, 1);
+                tracing::error!(route = %route.name, %error, "cannot flush the spill");
+            }
+        }
+        route.publish_depth(queue);
+    }
+    failed
 }
 
 /// The deliverer: queue → bot, until the collector is done and the queue empty (or the stop's
 /// grace ran out).
-fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
-    let config = &shared.config;
-    let stats = &shared.stats;
+fn deliver_loop(shared: &SinkShared, index: usize, mut target: Box<dyn Target>) {
+    let route = &shared.routes[index];
+    let config = &route.config;
+    let stats = &route.stats;
     let mut batch: Vec<Record> = Vec::with_capacity(config.batch_events_max);
     let mut stop_seen: Option<Instant> = None;
     let mut paced_until = Instant::now();
     loop {
         // Wait for a batch worth sending: full, lingered, or the end.
         let taken = {
-            let mut queue = shared.queue();
+            let mut queue = route.queue();
             loop {
                 let done = shared.collector_done.load(Ordering::Acquire);
                 if queue.is_empty() {
                     if done {
                         return;
                     }
-                    queue = shared
+                    queue = route
                         .changed
                         .wait_timeout(queue, Duration::from_millis(100))
                         .unwrap_or_else(PoisonError::into_inner)
@@ -510,7 +739,7 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
                 if full || done || linger_left.is_zero() || spill_only {
                     break;
                 }
-                queue = shared
+                queue = route
                     .changed
                     .wait_timeout(queue, linger_left)
                     .unwrap_or_else(PoisonError::into_inner)
@@ -518,7 +747,7 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
             }
             let backlog = queue.has_backlog(config.batch_events_max);
             let taken = queue.take(config.batch_events_max, config.batch_bytes_max, &mut batch);
-            shared.publish_depth(&queue);
+            route.publish_depth(&queue);
             match taken {
                 Ok(Some(source)) => (source, backlog),
                 Ok(None) => continue,
@@ -545,7 +774,7 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
         target.prepare(&batch, &[]);
         // A batch from memory is tried once; if the bot is away it goes back, with all of
         // memory, to the spill (durable and in order) and delivery continues from there.
-        let mut hand_back = matches!(source, Source::Memory(..)) && shared.queue().can_hand_back();
+        let mut hand_back = matches!(source, Source::Memory(..)) && route.queue().can_hand_back();
         // The first failure also checks the payloads, once per batch (see `drop_invalid`);
         // `left_out` are the indices in `batch` of those no longer in what the target prepared.
         let mut checked = false;
@@ -576,7 +805,7 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
                         std::thread::sleep(RETRY_DELAY_MIN);
                         continue;
                     }
-                    let mut queue = shared.queue();
+                    let mut queue = route.queue();
                     let (mut generations, first) = match &source {
                         Source::Memory(generations, first) => (generations.clone(), *first),
                         Source::Spill(_) => (Vec::new(), 0),
@@ -590,14 +819,14 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
                                 spilled = queue.depth().2,
                                 "the bot is away: the queue moved to the spill"
                             );
-                            shared.publish_depth(&queue);
+                            route.publish_depth(&queue);
                             break None;
                         }
                         Ok(false) => {}
                         Err(error) => {
-                            stats.spill_errors.fetch_add(1, Ordering::Relaxed);
+                            stats.add(|s| &s.spill_errors, 1);
                             tracing::error!(%error, "cannot move the queue to the spill");
-                            shared.publish_depth(&queue);
+                            route.publish_depth(&queue);
                             break None;
                         }
                     }
@@ -612,20 +841,16 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
             Some(Outcome::Delivered) => {
                 let forwarded = forwarded_len(&batch) - left_out.len() as u64;
                 if forwarded > 0 {
-                    stats.batches_delivered.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .records_delivered
-                        .fetch_add(forwarded, Ordering::Relaxed);
-                    stats
-                        .bytes_delivered
-                        .fetch_add(target.prepared_bytes(), Ordering::Relaxed);
+                    stats.add(|s| &s.batches_delivered, 1);
+                    stats.add(|s| &s.records_delivered, forwarded);
+                    stats.add(|s| &s.bytes_delivered, target.prepared_bytes());
                     stats.record_latency(first_in.elapsed());
                 }
-                let mut queue = shared.queue();
+                let mut queue = route.queue();
                 if let Err(error) = queue.acknowledge(&batch, source) {
                     tracing::error!(%error, "cannot record the spill's progress; a restart may deliver some records again");
                 }
-                shared.publish_depth(&queue);
+                route.publish_depth(&queue);
             }
             Some(Outcome::Failed | Outcome::GraceOver) => {
                 // The stop's grace ran out with the bot away. The spill keeps what it holds;
@@ -634,7 +859,7 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
                 while !shared.collector_done.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                let mut queue = shared.queue();
+                let mut queue = route.queue();
                 // Try once more to keep everything on disk, in order (the payloads left out
                 // are counted already: they go nowhere, nor into the count below).
                 let returned = match &source {
@@ -655,9 +880,7 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
                 };
                 let left = queue.memory_records() + batch_not_spilled;
                 if left > 0 {
-                    stats
-                        .records_dropped_shutdown
-                        .fetch_add(left, Ordering::Relaxed);
+                    stats.add(|s| &s.records_dropped_shutdown, left);
                     tracing::warn!(
                         records = left,
                         "the bot is away at shutdown and these records are not on the spill; \
@@ -670,7 +893,7 @@ fn deliver_loop(shared: &SinkShared, mut target: Box<dyn Target>) {
                         "the bot is away at shutdown: undelivered records are on the spill"
                     );
                 }
-                shared.publish_depth(&queue);
+                route.publish_depth(&queue);
                 return;
             }
         }
@@ -712,7 +935,7 @@ fn leave_out(
 /// reaches the sink as it came and makes the whole body invalid JSON: without this, the bot
 /// would refuse it for ever and every shard's delivery would stop behind it. Called once per
 /// batch, at its first failure, so the parse costs nothing while the bot acknowledges.
-fn drop_invalid(batch: &[Record], target: &mut dyn Target, stats: &SinkStats) -> Vec<usize> {
+fn drop_invalid(batch: &[Record], target: &mut dyn Target, stats: &Counters) -> Vec<usize> {
     let invalid = batch::invalid_records(batch);
     if invalid.is_empty() {
         return invalid;
@@ -726,9 +949,7 @@ fn drop_invalid(batch: &[Record], target: &mut dyn Target, stats: &SinkStats) ->
             "dropped a payload that is not valid JSON; the bot never sees it"
         );
     }
-    stats
-        .records_dropped_invalid
-        .fetch_add(invalid.len() as u64, Ordering::Relaxed);
+    stats.add(|s| &s.records_dropped_invalid, invalid.len() as u64);
     target.prepare(batch, &invalid);
     invalid
 }
@@ -748,7 +969,7 @@ enum Outcome {
 /// `grace` more and then gives up.
 fn deliver(
     target: &mut dyn Target,
-    stats: &SinkStats,
+    stats: &Counters,
     stop: &AtomicBool,
     stop_seen: &mut Option<Instant>,
     grace: Duration,
@@ -759,7 +980,7 @@ fn deliver(
         match target.send() {
             Ok(()) => return Outcome::Delivered,
             Err(Failure::Refused(status)) => {
-                stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
+                stats.add(|s| &s.delivery_failures, 1);
                 tracing::warn!(
                     status,
                     retry_ms = delay.as_millis() as u64,
@@ -767,7 +988,7 @@ fn deliver(
                 );
             }
             Err(Failure::Unreachable(error)) => {
-                stats.delivery_failures.fetch_add(1, Ordering::Relaxed);
+                stats.add(|s| &s.delivery_failures, 1);
                 tracing::warn!(
                     error = %error,
                     retry_ms = delay.as_millis() as u64,

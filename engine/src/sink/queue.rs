@@ -56,14 +56,27 @@ struct Track {
     /// The shard's task ended here (a fleet gave the shard to another host): every record of
     /// its session has reached the queue.
     ended: bool,
+    /// Highest sequence of the current generation pushed for this shard, into this queue or
+    /// (with routes, see [`Queue::note_seen`]) into another route's.
+    seen_seq: u64,
+    /// While `in_memory > 0`: `seen_seq` when the first of those records was pushed. Every
+    /// record of the shard in this queue up to it is durable (memory was empty then, and a
+    /// record goes to memory only while the spill is empty).
+    hold: u64,
 }
 
 impl Track {
     fn durable_seq(&self) -> u64 {
         if self.in_memory > 0 {
-            self.delivered_seq
+            self.delivered_seq.max(self.hold)
         } else {
             self.delivered_seq.max(self.spilled_seq)
+        }
+    }
+
+    fn note_pushed(&mut self, seq: u64) {
+        if seq > 0 {
+            self.seen_seq = seq;
         }
     }
 }
@@ -136,6 +149,8 @@ impl Queue {
                     session: Some(session.clone()),
                     in_memory: 0,
                     ended: false,
+                    seen_seq: session.sequence,
+                    hold: session.sequence,
                 };
                 ((saved.total_shards, *shard), track)
             })
@@ -199,6 +214,7 @@ impl Queue {
             // Behind everything older on the spill: as good as spilled, without the bytes.
             let track = self.tracks.entry(key(&record)).or_default();
             track.spilled_seq = record.seq;
+            track.note_pushed(record.seq);
             self.pushed += 1;
             return Ok(Pushed::default());
         }
@@ -220,13 +236,18 @@ impl Queue {
             if record.seq > 0 {
                 track.spilled_seq = record.seq;
             }
+            track.note_pushed(record.seq);
             self.pushed += 1;
             return Ok(Pushed {
                 to_spill: 1,
                 spill_dropped: appended.dropped_records,
             });
         }
+        if track.in_memory == 0 {
+            track.hold = track.seen_seq;
+        }
         track.in_memory += 1;
+        track.note_pushed(record.seq);
         let generation = track.generation;
         self.memory_bytes += bytes;
         self.oldest_at.get_or_insert(now);
@@ -375,30 +396,12 @@ impl Queue {
 
     /// The sessions to save: each shard of the saved set with its durable position.
     pub fn saved_sessions(&self) -> SavedSessions {
-        let mut saved = self.saved_sessions_of(self.saved_set);
-        saved.resharded_from = self.resharded_from;
-        saved
+        saved_sessions(&[self])
     }
 
     /// The sessions of the set with `shard_count` shards, each with its durable position.
     pub fn saved_sessions_of(&self, shard_count: u32) -> SavedSessions {
-        let mut saved = SavedSessions::new(shard_count);
-        let shards = self
-            .tracks
-            .iter()
-            .filter(|((count, _), _)| *count == shard_count);
-        for ((_, shard), track) in shards {
-            if let Some(session) = &track.session {
-                saved.shards.insert(
-                    *shard,
-                    Session {
-                        sequence: track.durable_seq(),
-                        ..session.clone()
-                    },
-                );
-            }
-        }
-        saved
+        saved_sessions_of(&[self], shard_count)
     }
 
     /// The sessions of the set with `shard_count` shards for another host to resume: each with
@@ -406,25 +409,24 @@ impl Queue {
     /// count: resuming from before it, Discord sends it again), and how far the shard's
     /// records got.
     pub fn acknowledged_sessions(&self, shard_count: u32) -> Vec<Acknowledged> {
-        let mut sessions: Vec<Acknowledged> = self
-            .tracks
-            .iter()
-            .filter(|((count, _), _)| *count == shard_count)
-            .filter_map(|((_, shard), track)| {
-                let session = track.session.as_ref()?;
-                Some(Acknowledged {
-                    shard_id: *shard,
-                    session: Session {
-                        sequence: track.delivered_seq,
-                        ..session.clone()
-                    },
-                    unacknowledged: track.in_memory > 0 || track.spilled_seq > track.delivered_seq,
-                    ended: track.ended,
-                })
-            })
-            .collect();
-        sessions.sort_unstable_by_key(|acknowledged| acknowledged.shard_id);
-        sessions
+        acknowledged_sessions(&[self], shard_count)
+    }
+
+    /// Routes: a record of the shard `record` belongs to went into another route's queue; its
+    /// sequence is what this queue's durable position may reach once its own records of the
+    /// shard are durable.
+    pub fn note_seen(&mut self, record: &Record) {
+        if record.seq > 0
+            && let Some(track) = self.tracks.get_mut(&key(record))
+        {
+            track.note_pushed(record.seq);
+        }
+    }
+
+    /// Routes: the next record pushed gets this index (a sink with several route queues numbers
+    /// every record across them; see [`Queue::durable_before`]). Never moves back.
+    pub fn skip_to(&mut self, index: u64) {
+        self.pushed = self.pushed.max(index);
     }
 
     /// From now on [`Queue::saved_sessions`] gives the set with `shard_count` shards (a reshard
@@ -457,11 +459,17 @@ impl Queue {
     /// spill with nothing older left in memory (memory only ever holds records older than the
     /// spill's, and a batch taken from memory counts as in memory until acknowledged).
     pub fn durable_before(&self) -> u64 {
+        self.oldest_pending().unwrap_or(self.pushed)
+    }
+
+    /// The index of the oldest record not durable yet (in memory or in the batch taken from
+    /// memory), if any.
+    pub fn oldest_pending(&self) -> Option<u64> {
         let oldest_in_memory = self.memory.front().map(|&(_, _, index)| index);
         match (self.in_flight, oldest_in_memory) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(index), None) | (None, Some(index)) => index,
-            (None, None) => self.pushed,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(index), None) | (None, Some(index)) => Some(index),
+            (None, None) => None,
         }
     }
 
@@ -486,6 +494,8 @@ impl Queue {
         // sequence it was handed over with.
         track.delivered_seq = marker.seq;
         track.spilled_seq = marker.seq;
+        track.seen_seq = marker.seq;
+        track.hold = marker.seq;
         track.session = Some(session);
         self.sessions_changed |= marker.shard_count == self.saved_set;
     }
@@ -495,6 +505,106 @@ impl Queue {
     pub fn take_sessions_changed(&mut self) -> bool {
         std::mem::take(&mut self.sessions_changed)
     }
+}
+
+/// The sessions to save across the queues of a sink's routes (every queue saw every session
+/// marker, so they agree on sessions and on the saved set): see [`saved_sessions_of`].
+pub fn saved_sessions(queues: &[&Queue]) -> SavedSessions {
+    let Some(first) = queues.first() else {
+        return SavedSessions::new(0);
+    };
+    let mut saved = saved_sessions_of(queues, first.saved_set);
+    saved.resharded_from = first.resharded_from;
+    saved
+}
+
+/// Each shard of the set with `shard_count` shards with its durable position across `queues`:
+/// while any queue holds records of the shard in memory, the lowest position such a queue
+/// vouches for (everything of the shard up to it is durable in every queue: a queue without
+/// records in memory has its part durable); otherwise the highest any queue reached.
+pub fn saved_sessions_of(queues: &[&Queue], shard_count: u32) -> SavedSessions {
+    let mut saved = SavedSessions::new(shard_count);
+    let Some(first) = queues.first() else {
+        return saved;
+    };
+    let shards = first
+        .tracks
+        .iter()
+        .filter(|((count, _), _)| *count == shard_count);
+    for (shard_key, track) in shards {
+        let Some(session) = &track.session else {
+            continue;
+        };
+        let tracks = || {
+            queues
+                .iter()
+                .filter_map(|queue| queue.tracks.get(shard_key))
+        };
+        let sequence = tracks()
+            .filter(|track| track.in_memory > 0)
+            .map(Track::durable_seq)
+            .min()
+            .unwrap_or_else(|| tracks().map(Track::durable_seq).max().unwrap_or(0));
+        saved.shards.insert(
+            shard_key.1,
+            Session {
+                sequence,
+                ..session.clone()
+            },
+        );
+    }
+    saved
+}
+
+/// [`Queue::acknowledged_sessions`] across the queues of a sink's routes: a shard is
+/// unacknowledged while any queue holds records of it past what the bot acknowledged, and
+/// its sequence is then the lowest such queue's.
+pub fn acknowledged_sessions(queues: &[&Queue], shard_count: u32) -> Vec<Acknowledged> {
+    let Some(first) = queues.first() else {
+        return Vec::new();
+    };
+    let mut sessions: Vec<Acknowledged> = first
+        .tracks
+        .iter()
+        .filter(|((count, _), _)| *count == shard_count)
+        .filter_map(|(shard_key, track)| {
+            let session = track.session.as_ref()?;
+            let tracks = || {
+                queues
+                    .iter()
+                    .filter_map(|queue| queue.tracks.get(shard_key))
+            };
+            let pending =
+                |track: &&Track| track.in_memory > 0 || track.spilled_seq > track.delivered_seq;
+            // In memory only (nothing on the spill), a queue's records up to the hold were
+            // all acknowledged: memory is older than the spill.
+            let acknowledged = |track: &Track| {
+                if track.in_memory > 0 && track.spilled_seq <= track.delivered_seq {
+                    track.delivered_seq.max(track.hold)
+                } else {
+                    track.delivered_seq
+                }
+            };
+            let unacknowledged = tracks().any(|track| pending(&track));
+            let sequence = if unacknowledged {
+                tracks().filter(pending).map(acknowledged).min()
+            } else {
+                tracks().map(|track| track.delivered_seq).max()
+            }
+            .unwrap_or(track.delivered_seq);
+            Some(Acknowledged {
+                shard_id: shard_key.1,
+                session: Session {
+                    sequence,
+                    ..session.clone()
+                },
+                unacknowledged,
+                ended: tracks().all(|track| track.ended),
+            })
+        })
+        .collect();
+    sessions.sort_unstable_by_key(|acknowledged| acknowledged.shard_id);
+    sessions
 }
 
 #[cfg(test)]
@@ -745,5 +855,64 @@ mod tests {
         let saved = queue.saved_sessions_of(4);
         assert!(saved.shards.is_empty(), "no session markers in this test");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Routes: a shard's records split over two queues. The saved position never passes a
+    /// record still in memory in either, and does not stay behind at a quiet route's last
+    /// delivery.
+    #[test]
+    fn routes_save_the_lowest_position_any_queue_still_holds() {
+        let mut a = Queue::new(1 << 20, None, 4, &SavedSessions::new(4));
+        let mut b = Queue::new(1 << 20, None, 4, &SavedSessions::new(4));
+        let now = Instant::now();
+        let mut index = 0;
+        let mut push = |to_b: bool, a: &mut Queue, b: &mut Queue, record: Record| {
+            let (into, other) = if to_b { (b, a) } else { (a, b) };
+            into.skip_to(index);
+            if record.kind == RecordKind::Session {
+                into.push(record.clone(), now).unwrap();
+                other.skip_to(index);
+                other.push(record, now).unwrap();
+            } else {
+                other.note_seen(&record);
+                into.push(record, now).unwrap();
+            }
+            index += 1;
+        };
+        push(false, &mut a, &mut b, marker(1, "s"));
+        // A gets 1..=3, B gets 4, A gets 5 and 6.
+        for seq in 1..=6 {
+            push(seq == 4, &mut a, &mut b, record(1, seq));
+        }
+        let saved = |a: &Queue, b: &Queue| saved_sessions(&[a, b]).shards[&1].sequence;
+        assert_eq!(saved(&a, &b), 0, "nothing delivered");
+        take_and_ack(&mut a, 10);
+        assert_eq!(saved(&a, &b), 3, "4 waits in B");
+        assert_eq!(
+            (a.oldest_pending(), b.oldest_pending()),
+            (None, Some(4)),
+            "B's record has the index the sink gave it"
+        );
+        take_and_ack(&mut b, 10);
+        assert_eq!(saved(&a, &b), 6);
+        let acknowledged = acknowledged_sessions(&[&a, &b], 4);
+        assert_eq!(acknowledged[0].session.sequence, 6);
+        assert!(!acknowledged[0].unacknowledged);
+        // A quiet route's last delivery (4, in B) does not hold the position back while A
+        // has a batch out.
+        for seq in 7..=9 {
+            push(false, &mut a, &mut b, record(1, seq));
+        }
+        assert_eq!(saved(&a, &b), 6);
+        push(true, &mut a, &mut b, record(1, 10));
+        take_and_ack(&mut a, 10);
+        assert_eq!(
+            saved(&a, &b),
+            9,
+            "B holds 10 back; A vouches for everything"
+        );
+        let acknowledged = acknowledged_sessions(&[&a, &b], 4);
+        assert_eq!(acknowledged[0].session.sequence, 9);
+        assert!(acknowledged[0].unacknowledged);
     }
 }

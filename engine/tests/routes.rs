@@ -1,0 +1,291 @@
+//! Routes: INTERACTION_CREATE to a receiver of its own, everything else to the default one,
+//! through the real binary, the mock gateway over TLS and two fake bots. While the routed
+//! receiver is away, the default route keeps delivering (it never queues up, never spills);
+//! once it is back, every event the mock's ledger says was sent has reached exactly one of the
+//! two receivers, once, each in order per shard, and the routed one only the routed type.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Engine, command_without_admin, free_port, http, wait_until};
+use fake_bot::{BotConfig, FakeBot, Report};
+use mock_gateway::{MockConfig, MockGateway};
+use serde_json::Value;
+
+const SHARDS: u32 = 4;
+const EVENTS: u64 = 2500;
+const ROUTED: &str = "INTERACTION_CREATE";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardgate-routes-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn status(admin: std::net::SocketAddr) -> Value {
+    let (code, _, body) = http(admin, "GET", "/status", None, b"");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The route named `name` of a `/status` body.
+fn route<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|route| route["name"] == name)
+        .unwrap_or_else(|| panic!("no route {name} in {status}"))
+}
+
+/// Every sequence a bot holds for `shard`, over all its runs.
+fn seqs(report: &Report, shard: u32) -> BTreeSet<u64> {
+    report
+        .shards
+        .get(&shard)
+        .map(|r| r.runs.iter().flat_map(fake_bot::RunReport::seqs).collect())
+        .unwrap_or_default()
+}
+
+fn all_arrived(mock: &MockGateway, bots: [&FakeBot; 2]) -> bool {
+    let ledger = mock.ledger();
+    let reports = bots.map(FakeBot::report);
+    (0..SHARDS).all(|shard| {
+        let Some(shard_ledger) = ledger.shards.get(&shard) else {
+            return false;
+        };
+        let got: BTreeSet<u64> = seqs(&reports[0], shard)
+            .union(&seqs(&reports[1], shard))
+            .copied()
+            .collect();
+        let sent: u64 = shard_ledger
+            .sessions
+            .iter()
+            .map(mock_gateway::SessionLedger::steady_dispatches)
+            .sum();
+        sent >= EVENTS
+            && shard_ledger
+                .sessions
+                .iter()
+                .all(|session| session.expected_seqs().is_subset(&got))
+    })
+}
+
+#[test]
+fn a_routed_receiver_that_is_away_delays_only_its_own_route() {
+    let dir = scratch("away");
+    let mock = MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            ca_out: Some(dir.join("ca.pem")),
+            seed: Some(29),
+            guilds: 16,
+            max_concurrency: 16,
+            rate: 80.0,
+            events_per_shard: EVENTS,
+            guild_create_bytes: 1500,
+            heartbeat_interval_ms: 2000,
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .unwrap();
+    let default_bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let routed_bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let config = dir.join("shardgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[routes.interactions]\nevents = [\"{ROUTED}\"]\nforward_url = \"{}\"\n\
+             batch_events_max = 20\nbatch_bytes_max = 65536\nbatch_linger_ms = 0\nqueue_bytes_max = 65536\n",
+            routed_bot.url()
+        ),
+    )
+    .unwrap();
+    let admin = free_port();
+    let mut command = command_without_admin(&mock, &default_bot, &dir);
+    command
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--admin-addr", &admin.to_string()])
+        .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
+        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+        .args(["--spill-fsync", "never", "--log", "warn"])
+        .stderr(Stdio::piped());
+    let mut engine = Engine(command.spawn().unwrap());
+    wait_until("both routes to deliver", Duration::from_secs(60), || {
+        if let Ok(Some(_)) = engine.0.try_wait() {
+            let mut text = String::new();
+            std::io::Read::read_to_string(engine.0.stderr.as_mut().unwrap(), &mut text).unwrap();
+            panic!("engine exited: {text}");
+        }
+        default_bot.report().totals.records > 300 && routed_bot.report().totals.records > 3
+    });
+
+    // The routed receiver goes away for 15 s.
+    let away = Duration::from_secs(15);
+    routed_bot.refuse_for(away);
+    let went_away = Instant::now();
+    // Past the batch that was in flight: from here on the routed route has nothing delivered.
+    std::thread::sleep(Duration::from_secs(1));
+    let routed_before = routed_bot.report().totals.records;
+    let default_before = default_bot.report().totals.records;
+    let mut default_spilled = 0;
+    while went_away.elapsed() < away - Duration::from_secs(2) {
+        let now = status(admin);
+        default_spilled = default_spilled.max(
+            route(&now, "default")["queue_spill_records"]
+                .as_u64()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let during = status(admin);
+    let routed_now = route(&during, "interactions");
+    assert!(
+        routed_now["queue_spill_records"].as_u64().unwrap()
+            + routed_now["queue_memory_records"].as_u64().unwrap()
+            > 0,
+        "the routed records wait while their receiver is away: {routed_now}"
+    );
+    assert!(routed_now["delivery_failures"].as_u64().unwrap() > 0);
+    assert_eq!(
+        routed_bot.report().totals.records,
+        routed_before,
+        "nothing reached the routed receiver while it refused"
+    );
+    let default_during = default_bot.report().totals.records - default_before;
+    assert!(
+        default_during > 500,
+        "the default route kept delivering while the other was away: {default_during} records"
+    );
+    assert_eq!(
+        default_spilled, 0,
+        "the default route never queued up behind the other"
+    );
+    eprintln!(
+        "default route while the other was away: {default_during} records, batch latency \
+         p50 {} ms, p99 {} ms",
+        route(&during, "default")["batch_latency_p50_ms"],
+        route(&during, "default")["batch_latency_p99_ms"]
+    );
+
+    wait_until(
+        "every event to reach one of the receivers",
+        Duration::from_secs(120),
+        || all_arrived(&mock, [&default_bot, &routed_bot]),
+    );
+    let ledger = mock.ledger();
+    assert!(ledger.violations.is_empty(), "{:#?}", ledger.violations);
+    let default_report = default_bot.report();
+    let routed_report = routed_bot.report();
+    for report in [&default_report, &routed_report] {
+        assert_eq!(report.totals.out_of_order, 0);
+        assert_eq!(report.totals.duplicates, 0);
+    }
+    for shard in 0..SHARDS {
+        let shard_ledger = &ledger.shards[&shard];
+        assert_eq!(shard_ledger.sessions.len(), 1, "shard {shard} stayed up");
+        let session = &shard_ledger.sessions[0];
+        let at_default = seqs(&default_report, shard);
+        let at_routed = seqs(&routed_report, shard);
+        assert!(
+            at_default.is_disjoint(&at_routed),
+            "shard {shard}: an event reached both receivers"
+        );
+        let got: BTreeSet<u64> = at_default.union(&at_routed).copied().collect();
+        let extra: BTreeSet<u64> = got.difference(&session.expected_seqs()).copied().collect();
+        assert!(
+            extra.is_subset(&session.optional_seqs()),
+            "shard {shard}: unexpected {extra:?}"
+        );
+        let routed_types = &routed_report.shards[&shard].by_type;
+        assert_eq!(
+            routed_types.keys().collect::<Vec<_>>(),
+            [ROUTED],
+            "shard {shard}: the routed receiver gets its type only"
+        );
+        assert_eq!(
+            routed_types[ROUTED], session.by_type[ROUTED],
+            "shard {shard}: every {ROUTED} reached the routed receiver"
+        );
+        assert!(!default_report.shards[&shard].by_type.contains_key(ROUTED));
+    }
+    // The notices go to the default route.
+    assert!(default_report.totals.notices.contains_key("SHARD_READY"));
+    assert!(routed_report.totals.notices.is_empty());
+
+    // Per-route metrics.
+    let (code, _, metrics) = http(admin, "GET", "/metrics", None, b"");
+    assert_eq!(code, 200);
+    let delivered = |name: &str| {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with(&format!(
+                    "shardgate_route_records_delivered_total{{route=\"{name}\"}}"
+                ))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no delivered count for route {name}"))
+    };
+    assert_eq!(
+        delivered("interactions") as u64,
+        routed_report.totals.records
+    );
+    assert_eq!(
+        delivered("default") as u64,
+        default_report.totals.records + default_report.totals.notices.values().sum::<u64>()
+    );
+
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A route removed from the config while its spill holds records: shardgate refuses to start
+/// and names the directory, and the records stay.
+#[test]
+fn a_removed_route_with_records_on_its_spill_stops_the_start() {
+    let dir = scratch("orphan");
+    let spill = dir.join("data/routes/interactions/spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let segment = spill.join("00000000000000000001.seg");
+    std::fs::write(&segment, b"records").unwrap();
+    let mock = MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            ca_out: Some(dir.join("ca.pem")),
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .unwrap();
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let output = command_without_admin(&mock, &bot, &dir)
+        .args(["--admin-addr", &free_port().to_string()])
+        .args(["--total-shards", "1", "--cores", "1"])
+        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("routes/interactions/spill") && stderr.contains("[routes.interactions]"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        b"records",
+        "nothing destroyed"
+    );
+    assert_eq!(mock.ledger().shards.len(), 0, "no shard started");
+    let _ = std::fs::remove_dir_all(&dir);
+}
