@@ -46,6 +46,7 @@ fn record(seq: u64) -> Record {
         shard_id: 0,
         shard_count: 16,
         seq,
+        session: 0,
         kind: RecordKind::Dispatch,
         payload: payload.into(),
     }

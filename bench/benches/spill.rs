@@ -48,6 +48,7 @@ fn record(seq: u64) -> Record {
         shard_id: (seq % 16) as u32,
         shard_count: 0,
         seq,
+        session: 0,
         kind: RecordKind::Dispatch,
         payload: payload.into(),
     }

@@ -352,6 +352,7 @@ impl Driver {
                     shard_id,
                     shard_count,
                     seq: session.sequence,
+                    session: 0,
                     kind: RecordKind::Session,
                     payload: payload.into(),
                 }),
@@ -679,6 +680,7 @@ impl Driver {
                             shard_id,
                             shard_count,
                             seq: machine.session().map_or(0, |session| session.sequence),
+                            session: 0,
                             kind: RecordKind::HandedOver,
                             payload: bytes::Bytes::new(),
                         });
@@ -961,6 +963,7 @@ fn handle_frame(
                 shard_id,
                 shard_count,
                 seq: 0,
+                session: 0,
                 kind: RecordKind::Session,
                 payload: payload.into(),
             }),
@@ -1002,6 +1005,7 @@ fn handle_frame(
             shard_id,
             shard_count,
             seq: head.s.unwrap_or(0),
+            session: session_tag(machine),
             kind,
             payload: arena.borrow_mut().copy(payload),
         }),
@@ -1015,6 +1019,7 @@ fn handle_frame(
                 shard_id,
                 shard_count,
                 seq: head.s.unwrap_or(0),
+                session: session_tag(machine),
                 kind: RecordKind::Redundant,
                 payload: arena.borrow_mut().copy(payload),
             });
@@ -1032,6 +1037,13 @@ fn handle_frame(
     false
 }
 
+/// The tag of the session a dispatch came in (0 before the first READY: none reaches here).
+fn session_tag(machine: &Shard) -> u32 {
+    machine
+        .session()
+        .map_or(0, |session| crate::record::session_tag(&session.session_id))
+}
+
 /// In a fleet, a shard's last record says that it ended here: the fleet hands the session over
 /// once the bot has every record before it.
 fn note_end(
@@ -1046,6 +1058,7 @@ fn note_end(
             shard_id,
             shard_count,
             seq: machine.session().map_or(0, |session| session.sequence),
+            session: 0,
             kind: RecordKind::Ended,
             payload: bytes::Bytes::new(),
         });
@@ -1131,6 +1144,7 @@ fn queue_notice(
         shard_id,
         shard_count,
         seq: 0,
+        session: 0,
         kind: RecordKind::Notice(notice),
         payload: payload.into(),
     });
@@ -1145,6 +1159,7 @@ fn queue_notice(
                 shard_id,
                 shard_count,
                 seq: 0,
+                session: 0,
                 kind: RecordKind::Notice(Notice::AllShardsReady),
                 payload: payload.into(),
             });

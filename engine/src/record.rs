@@ -25,6 +25,11 @@ pub struct Record {
     pub shard_count: u32,
     /// Discord's sequence number (`s`) for dispatches; 0 for notices.
     pub seq: u64,
+    /// The session the dispatch came in: [`session_tag`] of its session id. With `seq` it names
+    /// the event for a receiver dropping duplicates (a resume's replay after a crash carries
+    /// the same pair; a later session's event with the same `seq` another). 0 for notices and
+    /// bookkeeping records, and for records spilled by a version that did not keep it.
+    pub session: u32,
     pub kind: RecordKind,
     /// The payload JSON: the whole dispatch `{"t":…,"s":…,"op":0,"d":…}`, or a notice's data.
     pub payload: Bytes,
@@ -120,6 +125,12 @@ impl Notice {
             Notice::ReshardFinished => "RESHARD_FINISHED",
         }
     }
+}
+
+/// A session id's tag: its CRC-32 (a shard's sessions differ in it but for a one in four
+/// billion chance, and then only an event with the same sequence is mistaken for the other).
+pub fn session_tag(session_id: &str) -> u32 {
+    crc32fast::hash(session_id.as_bytes())
 }
 
 impl Record {

@@ -872,6 +872,7 @@ fn notice(kind: Notice, shard_count: u32, payload: String) -> Record {
         shard_id: 0,
         shard_count,
         seq: 0,
+        session: 0,
         kind: RecordKind::Notice(kind),
         payload: payload.into_bytes().into(),
     }

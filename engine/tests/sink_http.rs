@@ -15,6 +15,7 @@ fn batch(shard_id: u32, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
             shard_id,
             shard_count: 1,
             seq,
+            session: 0,
             kind: RecordKind::Dispatch,
             payload: format!(r#"{{"t":"MESSAGE_CREATE","s":{seq},"op":0,"d":{{"content":"x"}}}}"#)
                 .into_bytes()

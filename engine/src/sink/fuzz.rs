@@ -137,6 +137,7 @@ fn records(data: &[u8]) -> Vec<Record> {
             shard_id: u32::from_le_bytes(shard_id),
             shard_count: 4,
             seq: 0,
+            session: 0,
             kind: KINDS[usize::from(kind) % KINDS.len()],
             payload: json_object(payload).into(),
         });

@@ -224,6 +224,7 @@ mod tests {
             shard_id,
             shard_count,
             seq,
+            session: 0,
             kind: RecordKind::Dispatch,
             payload: format!(r#"{{"t":"MESSAGE_CREATE","s":{seq},"op":0,"d":{d}}}"#)
                 .into_bytes()
@@ -236,6 +237,7 @@ mod tests {
             shard_id,
             shard_count,
             seq: 0,
+            session: 0,
             kind: RecordKind::HandedOver,
             payload: Bytes::new(),
         }
@@ -302,6 +304,7 @@ mod tests {
             shard_id: 1,
             shard_count,
             seq,
+            session: 0,
             kind: RecordKind::Dispatch,
             payload: format!(
                 r#"{{"t":"GUILD_MEMBERS_CHUNK","s":{seq},"op":0,"d":{{"nonce":"a"}}}}"#

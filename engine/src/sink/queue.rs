@@ -616,6 +616,7 @@ mod tests {
             shard_id,
             shard_count: 4,
             seq,
+            session: 0,
             kind: RecordKind::Dispatch,
             payload: format!(r#"{{"t":"X","s":{seq},"op":0,"d":{{}}}}"#)
                 .into_bytes()
@@ -628,6 +629,7 @@ mod tests {
             shard_id,
             shard_count: 4,
             seq: 0,
+            session: 0,
             kind: RecordKind::Session,
             payload: serde_json::to_vec(&Session {
                 session_id: id.into(),

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     4  magic "SGR1" (the 1 is the format version)
+//!      0     4  magic "SGR2" (the 2 is the format version)
 //!      4     4  body_bytes: u32, BODY_FIXED_BYTES..=MAX_BODY_BYTES
 //!      8     4  crc32 (IEEE, crc32fast) of the body's body_bytes bytes
 //!     12     4  body: shard_id: u32
@@ -15,8 +15,12 @@
 //!     25     1  body: class code (dispatch: 0; guild_create: 0 backfill, 1 join, 2 return;
 //!               notice: 0 SHARD_READY, 1 ALL_SHARDS_READY, 2 RESHARD_STARTED,
 //!               3 RESHARD_FINISHED)
-//!     26     n  body: payload, n = body_bytes - 14
+//!     26     4  body: session tag: u32 (see `Record::session`)
+//!     30     n  body: payload, n = body_bytes - 18
 //! ```
+//!
+//! Records of version 1 ("SGR1", written before the session tag) are read as well: the same
+//! without the session tag (payload at 26), read with tag 0.
 //!
 //! The cursor file is 24 bytes: magic "SGC1", the segment index (u64), the byte offset in that
 //! segment of the first unacknowledged record (u64), and the crc32 of the first 20 bytes.
@@ -25,12 +29,16 @@
 
 use crate::record::{GuildCreateClass, Notice, Record, RecordKind};
 
-/// Marks the start of every record ("SGR1").
-pub(super) const RECORD_MAGIC: [u8; 4] = *b"SGR1";
+/// Marks the start of every record written ("SGR2").
+pub(super) const RECORD_MAGIC: [u8; 4] = *b"SGR2";
+/// Marks a record of the first version, still read ("SGR1").
+const RECORD_MAGIC_V1: [u8; 4] = *b"SGR1";
 /// magic + body length + crc.
 pub(super) const HEADER_BYTES: usize = 12;
-/// shard_id + seq + kind code + class code.
-pub(super) const BODY_FIXED_BYTES: usize = 14;
+/// shard_id + seq + kind code + class code + session tag.
+pub(super) const BODY_FIXED_BYTES: usize = 18;
+/// shard_id + seq + kind code + class code: a version 1 record's fixed body.
+const BODY_FIXED_BYTES_V1: usize = 14;
 /// What the spill adds to each payload on disk.
 pub const RECORD_OVERHEAD_BYTES: usize = HEADER_BYTES + BODY_FIXED_BYTES;
 /// The largest body a record may have (64 MiB, far above Discord's largest GUILD_CREATE). A
@@ -88,12 +96,19 @@ impl Fault {
 pub(super) struct Header {
     pub(super) body_bytes: u32,
     pub(super) crc: u32,
+    /// The format version's fixed body size.
+    fixed_bytes: usize,
 }
 
 impl Header {
     /// Header and body: the record's size on disk.
     pub(super) fn framed_bytes(self) -> u64 {
         HEADER_BYTES as u64 + u64::from(self.body_bytes)
+    }
+
+    /// The payload's size.
+    pub(super) fn payload_bytes(self) -> usize {
+        self.body_bytes as usize - self.fixed_bytes
     }
 }
 
@@ -120,6 +135,7 @@ pub(super) fn record_head(record: &Record) -> [u8; RECORD_OVERHEAD_BYTES] {
     head[16..24].copy_from_slice(&record.seq.to_le_bytes());
     head[24] = kind;
     head[25] = class;
+    head[26..30].copy_from_slice(&record.session.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head[HEADER_BYTES..]);
     crc.update(&record.payload);
@@ -129,16 +145,19 @@ pub(super) fn record_head(record: &Record) -> [u8; RECORD_OVERHEAD_BYTES] {
 
 /// Checks the magic and bounds the length; the checksum needs the body ([`check_body`]).
 pub(super) fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<Header, Fault> {
-    if bytes[0..4] != RECORD_MAGIC {
-        return Err(Fault::BadMagic);
-    }
+    let fixed_bytes = match [bytes[0], bytes[1], bytes[2], bytes[3]] {
+        RECORD_MAGIC => BODY_FIXED_BYTES,
+        RECORD_MAGIC_V1 => BODY_FIXED_BYTES_V1,
+        _ => return Err(Fault::BadMagic),
+    };
     let body_bytes = le_u32(bytes, 4);
-    if (body_bytes as usize) < BODY_FIXED_BYTES || body_bytes > MAX_BODY_BYTES {
+    if (body_bytes as usize) < fixed_bytes || body_bytes > MAX_BODY_BYTES {
         return Err(Fault::BadLength(body_bytes));
     }
     Ok(Header {
         body_bytes,
         crc: le_u32(bytes, 8),
+        fixed_bytes,
     })
 }
 
@@ -161,8 +180,13 @@ pub(super) fn decode_body(header: Header, body: &[u8]) -> Result<Record, Fault> 
         // merge of a reshard and the durable positions, which spilled records no longer move).
         shard_count: 0,
         seq: le_u64(body, 4),
+        session: if header.fixed_bytes == BODY_FIXED_BYTES {
+            le_u32(body, 14)
+        } else {
+            0
+        },
         kind,
-        payload: bytes::Bytes::copy_from_slice(&body[BODY_FIXED_BYTES..]),
+        payload: bytes::Bytes::copy_from_slice(&body[header.fixed_bytes..]),
     })
 }
 
@@ -281,6 +305,7 @@ mod tests {
             shard_id: 7,
             shard_count: 0,
             seq: 0x0102_0304_0506_0708,
+            session: 0x0A0B_0C0D,
             kind,
             payload: payload.to_vec().into(),
         }
@@ -331,13 +356,39 @@ mod tests {
     #[test]
     fn the_fixed_layout_is_the_documented_one() {
         let bytes = frame(&record(RecordKind::Notice(Notice::AllShardsReady), b"{}"));
-        assert_eq!(&bytes[0..4], b"SGR1");
-        assert_eq!(&bytes[4..8], &16u32.to_le_bytes());
+        assert_eq!(&bytes[0..4], b"SGR2");
+        assert_eq!(&bytes[4..8], &20u32.to_le_bytes());
         assert_eq!(&bytes[8..12], &crc32fast::hash(&bytes[12..]).to_le_bytes());
         assert_eq!(&bytes[12..16], &7u32.to_le_bytes());
         assert_eq!(&bytes[16..24], &[8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(&bytes[24..26], &[2, 1]);
-        assert_eq!(&bytes[26..], b"{}");
+        assert_eq!(&bytes[26..30], &[0x0D, 0x0C, 0x0B, 0x0A]);
+        assert_eq!(&bytes[30..], b"{}");
+    }
+
+    /// A spill written before the session tag (version 1) is still delivered after an upgrade:
+    /// its records read with tag 0.
+    #[test]
+    fn a_version_1_record_reads_with_session_0() {
+        let mut bytes = b"SGR1".to_vec();
+        bytes.extend_from_slice(&16u32.to_le_bytes());
+        let mut body = 7u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        body.extend_from_slice(&[KIND_DISPATCH, 0]);
+        body.extend_from_slice(b"{}");
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let header = header_of(&bytes).unwrap();
+        assert_eq!(header.framed_bytes(), bytes.len() as u64);
+        assert_eq!(header.payload_bytes(), 2);
+        let read = decode_body(header, &bytes[HEADER_BYTES..]).unwrap();
+        assert_eq!(
+            read,
+            Record {
+                session: 0,
+                ..record(RecordKind::Dispatch, b"{}")
+            }
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info};
 
 use crate::record::Record;
-use format::{BODY_FIXED_BYTES, Fault, HEADER_BYTES, Position};
+use format::{Fault, HEADER_BYTES, Position};
 
 pub use format::{MAX_BODY_BYTES, RECORD_OVERHEAD_BYTES};
 
@@ -611,7 +611,7 @@ impl Spill {
                     continue;
                 }
             };
-            let encoded_len = header.body_bytes as usize - BODY_FIXED_BYTES + 64;
+            let encoded_len = header.payload_bytes() + 64;
             if count > 0 && batch_bytes + encoded_len > max_bytes {
                 break;
             }

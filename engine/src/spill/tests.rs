@@ -71,6 +71,7 @@ fn record(n: u64) -> Record {
         shard_id: (n % 5) as u32,
         shard_count: 0,
         seq: n,
+        session: 0,
         kind,
         payload: format!(
             r#"{{"t":"MESSAGE_CREATE","s":{n},"op":0,"d":{{"content":"{}"}}}}"#,
@@ -89,6 +90,7 @@ fn record_100(n: u64) -> Record {
         shard_id: 1,
         shard_count: 0,
         seq: n,
+        session: 0,
         kind: RecordKind::Dispatch,
         payload: payload.into(),
     }
@@ -219,11 +221,12 @@ fn peek_stops_at_max_bytes_but_returns_at_least_one_record() {
     let (mut spill, _) = open(&config(&dir));
     let written: Vec<Record> = (0..10).map(record_100).collect();
     append_all(&mut spill, &written);
-    // Each record is 74 payload bytes: encoded_len 138.
+    // Each record is 70 payload bytes: encoded_len 134.
+    let encoded = 100 - RECORD_OVERHEAD_BYTES + 64;
     let mut out = Vec::new();
-    assert_eq!(spill.peek(10, 3 * 138, &mut out).unwrap(), 3);
+    assert_eq!(spill.peek(10, 3 * encoded, &mut out).unwrap(), 3);
     out.clear();
-    assert_eq!(spill.peek(10, 3 * 138 - 1, &mut out).unwrap(), 2);
+    assert_eq!(spill.peek(10, 3 * encoded - 1, &mut out).unwrap(), 2);
     out.clear();
     assert_eq!(spill.peek(10, 1, &mut out).unwrap(), 1);
     assert_eq!(out, written[..1]);
