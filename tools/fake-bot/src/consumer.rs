@@ -8,7 +8,8 @@
 //!
 //! Must not: panic on anything Redis answers, log the Redis URL or per-entry detail above
 //! trace, spin while Redis is away (it backs off up to [`BACKOFF_MAX_MS`]), or keep going once
-//! asked to stop (every wait is bounded by the block time or a backoff slice).
+//! asked to stop (every wait is bounded: the block time, a backoff slice, or, while Redis hangs,
+//! [`ANSWER_TIMEOUT`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +32,13 @@ use crate::streams::{
 const BACKOFF_MIN_MS: u64 = 50;
 /// Longest pause between attempts while Redis is away.
 const BACKOFF_MAX_MS: u64 = 1_000;
-/// How long a connect, or a command's answer beyond the block time, may take.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a command's answer may take beyond the block time. A Redis that hangs for less is
+/// waited out on the same connection; after a longer hang the consumer reconnects, and a read
+/// it sent before may still run once Redis goes on: the entries that read took stay pending on
+/// this consumer until a claim sweep takes them back (late, so out of order in the ledger).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages of one XAUTOCLAIM sweep, or of one read of the consumer's own pending entries, before
 /// the loop looks at the stop flag and new entries again.
 const PAGES_PER_SWEEP: usize = 64;
@@ -40,7 +46,7 @@ const PAGES_PER_SWEEP: usize = 64;
 const STOP_CHECK_MS: u64 = 20;
 
 /// A running consumer. Dropping it (or [`StreamConsumer::stop`]) stops its thread within about
-/// one block time and waits for it.
+/// one block time (while Redis hangs, [`ANSWER_TIMEOUT`] more) and waits for it.
 pub struct StreamConsumer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -193,11 +199,11 @@ impl Worker {
     /// entries (given to it before and never acknowledged: lost with a connection, or left by
     /// an earlier run under the same name).
     fn connect(&mut self) -> Result<(), ConsumeError> {
-        let conn = self.client.get_connection_with_timeout(REDIS_TIMEOUT)?;
+        let conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         conn.set_read_timeout(Some(
-            Duration::from_millis(self.config.block_ms) + REDIS_TIMEOUT,
+            Duration::from_millis(self.config.block_ms) + ANSWER_TIMEOUT,
         ))?;
-        conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
+        conn.set_write_timeout(Some(ANSWER_TIMEOUT))?;
         self.conn = Some(conn);
         for key in self.keys.clone() {
             let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
