@@ -5,14 +5,21 @@
 //! that hangs for a while); Redis shut down for 15 s mid-stream and started again with its data
 //! loses nothing; and a `kill -9` of shardgate while Redis is down loses nothing either, while
 //! every second copy it causes carries its first copy's idempotency key.
+//!
+//! The example worker users copy (examples/consumers/stream_consumer.py) behind the real engine:
+//! every dispatch printed once and in order per shard; and a second worker that claims what a
+//! killed first one left pending. It needs python3 with redis-py (Debian: python3-redis); the
+//! tests fail, saying how to install it, when neither `python3` nor `/usr/bin/python3` has it.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::redis::RedisServer;
@@ -164,21 +171,77 @@ impl World {
         );
     }
 
-    /// Entries of the group not yet acknowledged, over every partition.
+    /// Entries of the fake bot's group not yet acknowledged, over every partition.
     fn pending(&self) -> u64 {
+        self.pending_of(GROUP)
+    }
+
+    /// Entries of `group` not yet acknowledged, over every partition.
+    fn pending_of(&self, group: &str) -> u64 {
         let mut conn = self.redis.client().get_connection().unwrap();
         (0..PARTITIONS)
             .map(|partition| {
-                // XPENDING's summary: [count, first id, last id, consumers].
                 let (count, _, _, _): (u64, redis::Value, redis::Value, redis::Value) =
                     redis::cmd("XPENDING")
                         .arg(format!("{STREAM_KEY}:{partition}"))
-                        .arg(GROUP)
+                        .arg(group)
                         .query(&mut conn)
                         .unwrap();
                 count
             })
             .sum()
+    }
+
+    /// The entries pending on `consumer` of `group`, as (partition, entry id, idle ms), sorted.
+    fn pending_entries(&self, group: &str, consumer: &str) -> Vec<(u32, String, u64)> {
+        let mut conn = self.redis.client().get_connection().unwrap();
+        let mut all = Vec::new();
+        for partition in 0..PARTITIONS {
+            // XPENDING key group - + count consumer: [id, consumer, idle ms, deliveries] each.
+            let reply: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
+                .arg(format!("{STREAM_KEY}:{partition}"))
+                .arg(group)
+                .arg("-")
+                .arg("+")
+                .arg(100_000)
+                .arg(consumer)
+                .query(&mut conn);
+            // No group yet: nothing pending.
+            for (id, _, idle_ms, _) in reply.unwrap_or_default() {
+                all.push((partition, id, idle_ms));
+            }
+        }
+        all
+    }
+
+    /// (shard, seq, kind) of each of `entries` (partition, entry id).
+    fn entries_by_id(&self, entries: &[(u32, String)]) -> Vec<(u32, u64, String)> {
+        let mut conn = self.redis.client().get_connection().unwrap();
+        entries
+            .iter()
+            .flat_map(|(partition, id)| {
+                let reply: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                    .arg(format!("{STREAM_KEY}:{partition}"))
+                    .arg(id)
+                    .arg(id)
+                    .query(&mut conn)
+                    .unwrap();
+                reply.into_iter().map(|(_, fields)| {
+                    let field = |name: &str| -> String {
+                        fields
+                            .chunks(2)
+                            .find(|pair| pair[0] == name.as_bytes())
+                            .map(|pair| String::from_utf8(pair[1].clone()).unwrap())
+                            .unwrap_or_default()
+                    };
+                    (
+                        field("shard").parse().unwrap(),
+                        field("seq").parse().unwrap(),
+                        field("kind"),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Every entry of the streams as (shard, seq, kind, id), read with XRANGE, in stream order.
@@ -423,4 +486,363 @@ fn a_kill_9_while_redis_is_down_loses_nothing_and_second_copies_keep_their_ids()
     );
     let (status, stderr) = engine.terminate();
     assert!(status.success(), "{status:?}: {stderr}");
+}
+
+/// The example worker, examples/consumers/stream_consumer.py, as `consumer` of group `py`.
+struct Worker {
+    child: Child,
+    /// Its stdout after the first line, while nobody reads it.
+    stdout: Option<BufReader<ChildStdout>>,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first of `python3` and Debian's `/usr/bin/python3` that has redis-py (a pyenv's
+/// `python3` on the PATH does not see Debian's packages).
+fn python_with_redis() -> &'static str {
+    for python in ["python3", "/usr/bin/python3"] {
+        let has_redis = Command::new(python)
+            .args(["-c", "import redis"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if has_redis {
+            return python;
+        }
+    }
+    panic!(
+        "examples/consumers/stream_consumer.py needs python3 with redis-py: install it \
+         (Debian: apt-get install python3-redis; or pip install redis)"
+    );
+}
+
+impl Worker {
+    /// Starts it and waits for its first line (the group exists then).
+    fn start(world: &World, consumer: &str, claim_min_idle_ms: u64) -> Worker {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("examples/consumers/stream_consumer.py");
+        let mut child = Command::new(python_with_redis())
+            .arg(&script)
+            .args(["--redis-url", &world.redis.url()])
+            .args(["--stream-key", STREAM_KEY])
+            .args(["--partitions", &PARTITIONS.to_string()])
+            .args(["--group", "py", "--consumer", consumer, "--block-ms", "200"])
+            .args(["--claim-min-idle-ms", &claim_min_idle_ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        assert!(
+            first.starts_with("consuming test:events:0, test:events:1 as py/"),
+            "{script:?} printed {first:?} first"
+        );
+        Worker {
+            child,
+            stdout: Some(stdout),
+            lines: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Collects what it prints, on a thread of its own.
+    fn read_lines(&mut self) {
+        let stdout = self.stdout.take().expect("read once");
+        let sink = Arc::clone(&self.lines);
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    /// `kill -9`, then every line it got out before it died.
+    fn kill_and_read_the_rest(&mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let mut rest = String::new();
+        self.stdout
+            .take()
+            .expect("not read yet")
+            .read_to_string(&mut rest)
+            .unwrap();
+        rest.lines().map(str::to_owned).collect()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// SIGTERM; it must exit 0.
+    fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the worker exited with {status:?}");
+    }
+}
+
+/// Per shard, the sequences of the `event` lines in the order printed.
+fn printed_events(lines: &[String]) -> BTreeMap<u32, Vec<u64>> {
+    let mut events: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for line in lines {
+        let Some(rest) = line.strip_prefix("event ") else {
+            continue;
+        };
+        let field = |name: &str| -> u64 {
+            rest.split(' ')
+                .find_map(|part| part.strip_prefix(name))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        };
+        events
+            .entry(field("shard=") as u32)
+            .or_default()
+            .push(field("seq="));
+    }
+    events
+}
+
+/// Every shard's stream ended at the mock and `printed` holds every sequence it must.
+fn printed_all(world: &World, printed: &BTreeMap<u32, Vec<u64>>) -> bool {
+    let ledger = world.mock.ledger();
+    (0..SHARDS).all(|shard| {
+        let Some(session) = ledger.shards.get(&shard).and_then(|s| s.sessions.first()) else {
+            return false;
+        };
+        let got: BTreeSet<u64> = printed
+            .get(&shard)
+            .map(|seqs| seqs.iter().copied().collect())
+            .unwrap_or_default();
+        session.steady_dispatches() >= world.events_per_shard
+            && session.expected_seqs().is_subset(&got)
+    })
+}
+
+#[test]
+fn the_python_example_worker_prints_every_event_once_and_in_order() {
+    let world = World::start("py-once", 300.0, 300, false);
+    let mut worker = Worker::start(&world, "worker-1", 60_000);
+    worker.read_lines();
+    let mut engine = world.engine("zlib-stream");
+    wait_until(
+        "every expected event printed by the example worker",
+        Duration::from_secs(60),
+        || printed_all(&world, &printed_events(&worker.lines())),
+    );
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    // A second copy of an entry (as a replay writes it: the same fields, the same id), an entry
+    // that is not shardgate's, then a marker: the copy is dropped, the bad entry skipped.
+    let mut conn = world.redis.client().get_connection().unwrap();
+    let first: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(format!("{STREAM_KEY}:0"))
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    let (_, copy) = first
+        .into_iter()
+        .find(|(_, fields)| {
+            fields
+                .chunks(2)
+                .any(|pair| pair == [&b"kind"[..], b"dispatch"])
+        })
+        .unwrap();
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(format!("{STREAM_KEY}:0")).arg("*");
+    for value in &copy {
+        xadd.arg(value.as_slice());
+    }
+    let _: String = xadd.query(&mut conn).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{STREAM_KEY}:0"))
+        .arg("*")
+        .arg("not")
+        .arg("shardgate's")
+        .query(&mut conn)
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{STREAM_KEY}:0"))
+        .arg("*")
+        .arg(
+            &[
+                "shard",
+                "0",
+                "seq",
+                "0",
+                "type",
+                "",
+                "kind",
+                "notice:TEST_MARKER",
+            ][..],
+        )
+        .arg(&["id", "0:0:00000000", "payload", "{}"][..])
+        .query(&mut conn)
+        .unwrap();
+    wait_until("the marker printed", Duration::from_secs(30), || {
+        worker
+            .lines()
+            .iter()
+            .any(|line| line.contains("TEST_MARKER"))
+    });
+    wait_until("every entry acknowledged", Duration::from_secs(30), || {
+        world.pending_of("py") == 0
+    });
+    worker.terminate();
+    let ledger = world.mock.ledger();
+    let lines = worker.lines();
+    for (shard, seqs) in printed_events(&lines) {
+        let want = ledger.shards[&shard].sessions[0].expected_seqs();
+        assert!(
+            seqs.windows(2).all(|pair| pair[0] < pair[1]),
+            "shard {shard}: out of order or twice: {seqs:?}"
+        );
+        let got: BTreeSet<u64> = seqs.into_iter().collect();
+        assert_eq!(got, want, "shard {shard}: exactly the expected events");
+    }
+    let notices = |name: &str| {
+        lines
+            .iter()
+            .filter(|line| line.starts_with("notice ") && line.contains(name))
+            .count()
+    };
+    assert_eq!(notices("SHARD_READY"), SHARDS as usize);
+    assert_eq!(notices("ALL_SHARDS_READY"), 1);
+}
+
+/// The first worker stops handling mid-batch (its stdout, which nobody reads, fills up: it
+/// blocks in a print with entries read and not acknowledged) and is killed. A second worker of
+/// the group claims those entries once they have been idle long enough: between the two, every
+/// event is printed; twice only what the first had read and never acknowledged.
+#[test]
+fn a_second_python_worker_claims_what_a_killed_one_left_pending() {
+    // About 4,000 event lines: far more than a pipe holds (64 KiB).
+    let world = World::start("py-claim", 400.0, 1_000, false);
+    let mut first = Worker::start(&world, "worker-1", 60_000);
+    let mut engine = world.engine("zstd-stream");
+    // Stuck: the stream is complete, and the first worker's pending entries stay the same.
+    let mut last_pending = Vec::new();
+    wait_until(
+        "every event in the streams and the first worker stuck",
+        Duration::from_secs(60),
+        || {
+            let ledger = world.mock.ledger();
+            let expected: usize = (0..SHARDS)
+                .map(|shard| {
+                    ledger
+                        .shards
+                        .get(&shard)
+                        .and_then(|s| s.sessions.first())
+                        .map_or(usize::MAX / 8, |session| session.expected_seqs().len())
+                })
+                .sum();
+            let written = world
+                .entries()
+                .iter()
+                .filter(|(_, _, kind, _)| !kind.starts_with("notice:"))
+                .count();
+            let pending: Vec<(u32, String)> = world
+                .pending_entries("py", "worker-1")
+                .into_iter()
+                .map(|(partition, id, _)| (partition, id))
+                .collect();
+            let stuck = !pending.is_empty() && pending == last_pending;
+            last_pending = pending;
+            std::thread::sleep(Duration::from_millis(300));
+            written >= expected && stuck
+        },
+    );
+    // The second worker's first sweep, before it reads anything new, claims them all: they
+    // have been idle past its --claim-min-idle-ms (500) by then.
+    wait_until(
+        "the pending entries idle for 600 ms",
+        Duration::from_secs(10),
+        || {
+            world
+                .pending_entries("py", "worker-1")
+                .iter()
+                .all(|(_, _, idle_ms)| *idle_ms >= 600)
+        },
+    );
+    let left_pending: BTreeSet<(u32, u64)> = world
+        .entries_by_id(&last_pending)
+        .into_iter()
+        .filter(|(_, _, kind)| !kind.starts_with("notice:"))
+        .map(|(shard, seq, _)| (shard, seq))
+        .collect();
+    assert!(
+        !left_pending.is_empty(),
+        "the first worker left events pending"
+    );
+    let first_lines = first.kill_and_read_the_rest();
+
+    let mut second = Worker::start(&world, "worker-2", 500);
+    second.read_lines();
+    wait_until(
+        "every event printed by one worker or the other",
+        Duration::from_secs(60),
+        || {
+            let mut all = first_lines.clone();
+            all.extend(second.lines());
+            printed_all(&world, &printed_events(&all))
+        },
+    );
+    wait_until("nothing pending", Duration::from_secs(30), || {
+        world.pending_of("py") == 0
+    });
+    second.terminate();
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+
+    let ledger = world.mock.ledger();
+    let by_first = printed_events(&first_lines);
+    let by_second = printed_events(&second.lines());
+    for shard in 0..SHARDS {
+        let want = ledger.shards[&shard].sessions[0].expected_seqs();
+        let first_seqs = by_first.get(&shard).cloned().unwrap_or_default();
+        let second_seqs = by_second.get(&shard).cloned().unwrap_or_default();
+        for (name, seqs) in [("first", &first_seqs), ("second", &second_seqs)] {
+            // The second claims the old entries before it reads new ones.
+            assert!(
+                seqs.windows(2).all(|pair| pair[0] < pair[1]),
+                "shard {shard}: the {name} worker printed out of order or twice: {seqs:?}"
+            );
+        }
+        let claimed: BTreeSet<u64> = left_pending
+            .iter()
+            .filter(|(pending_shard, _)| *pending_shard == shard)
+            .map(|(_, seq)| *seq)
+            .collect();
+        let second_set: BTreeSet<u64> = second_seqs.iter().copied().collect();
+        assert!(
+            claimed.is_subset(&second_set),
+            "shard {shard}: the second worker handled what the first left pending"
+        );
+        let first_set: BTreeSet<u64> = first_seqs.iter().copied().collect();
+        let twice: BTreeSet<u64> = first_set.intersection(&second_set).copied().collect();
+        assert!(
+            twice.is_subset(&claimed),
+            "shard {shard}: printed twice but acknowledged by the first: {:?}",
+            twice.difference(&claimed).collect::<Vec<_>>()
+        );
+        let all: BTreeSet<u64> = first_set.union(&second_set).copied().collect();
+        assert_eq!(all, want, "shard {shard}: exactly the expected events");
+    }
 }
