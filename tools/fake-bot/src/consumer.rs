@@ -25,7 +25,8 @@ use crate::config::{ConfigError, StreamsConfig};
 use crate::ledger::StreamOutcome;
 use crate::server::Shared;
 use crate::streams::{
-    EntryId, Place, RawEntry, ReplyError, StreamEntry, parse_autoclaim_reply, parse_read_reply,
+    EntryId, EntryKind, Place, RawEntry, ReplyError, StreamEntry, parse_autoclaim_reply,
+    parse_read_reply,
 };
 
 /// First pause after a failure; it doubles up to [`BACKOFF_MAX_MS`].
@@ -357,49 +358,54 @@ impl Worker {
         }
         let partitions = self.config.stream_partitions;
         let record_content = self.shared.record_content();
-        let mut content = BodyContent::default();
+        // Checked (and their content hashed) outside the ledger's lock, then recorded under one
+        // lock for the whole batch. `None`: trimmed away since it was first read.
+        let checked: Vec<_> = entries
+            .iter()
+            .map(|raw| {
+                let entry = raw
+                    .fields
+                    .as_ref()
+                    .map(|fields| StreamEntry::parse(fields, partition, partitions));
+                let content = match &entry {
+                    Some(Ok(entry)) if record_content => content_of(entry),
+                    _ => BodyContent::default(),
+                };
+                (raw.id, entry, content)
+            })
+            .collect();
         {
             let mut ledger = self.shared.ledger();
             ledger.stream_totals_mut().claimed += claimed;
-            for raw in entries {
-                let Some(fields) = &raw.fields else {
-                    // Pending, but trimmed away since it was first read.
-                    ledger.stream_totals_mut().trimmed_pending += 1;
-                    continue;
-                };
-                let entry = match StreamEntry::parse(fields, partition, partitions) {
-                    Ok(entry) => entry,
-                    Err(error) => {
-                        ledger.stream_totals_mut().bad_entries += 1;
-                        debug!(partition, entry_id = %raw.id, %error, "bad stream entry");
+            let mut content = BodyContent::default();
+            for (entry_id, entry, entry_content) in checked {
+                let entry = match entry {
+                    None => {
+                        ledger.stream_totals_mut().trimmed_pending += 1;
                         continue;
                     }
+                    Some(Err(error)) => {
+                        ledger.stream_totals_mut().bad_entries += 1;
+                        debug!(partition, %entry_id, %error, "bad stream entry");
+                        continue;
+                    }
+                    Some(Ok(entry)) => entry,
                 };
                 let place = Place {
                     partition,
-                    entry_id: raw.id,
+                    entry_id,
                 };
                 let outcome = ledger.record_stream_entry(
-                    entry.dedup_key(partition, raw.id),
+                    entry.dedup_key(partition, entry_id),
                     place,
                     &entry.entry,
                 );
-                trace!(partition, entry_id = %raw.id, shard = entry.shard, seq = entry.seq, ?outcome, "stream entry");
-                if record_content && matches!(outcome, StreamOutcome::Recorded(_)) {
-                    let (notice, guild_create) = match entry.kind {
-                        crate::streams::EntryKind::Notice(_) => (true, None),
-                        crate::streams::EntryKind::GuildCreate(class) => (false, Some(class)),
-                        crate::streams::EntryKind::Dispatch => (false, None),
-                    };
-                    // The payload passed the dispatch reader; a content it cannot read (no
-                    // `d`) is left out, as a batch's would be.
-                    let _ = crate::batch::add_content(
-                        &mut content,
-                        entry.shard,
-                        notice,
-                        guild_create,
-                        entry.payload,
-                    );
+                trace!(partition, %entry_id, shard = entry.shard, seq = entry.seq, ?outcome, "stream entry");
+                if matches!(outcome, StreamOutcome::Recorded(_)) {
+                    content.events.extend(entry_content.events);
+                    content
+                        .backfill_guilds
+                        .extend(entry_content.backfill_guilds);
                 }
             }
             if record_content {
@@ -420,4 +426,27 @@ impl Worker {
         self.shared.ledger().stream_totals_mut().acknowledged += acknowledged.max(0) as u64;
         Ok(())
     }
+}
+
+/// An entry's share of the content hashes ([`crate::BotConfig::record_content`]). A payload the
+/// dispatch reader took but whose `d` cannot be read adds nothing, as in a batch.
+fn content_of(entry: &StreamEntry<'_>) -> BodyContent {
+    let (notice, guild_create) = match entry.kind {
+        EntryKind::Notice(_) => (true, None),
+        EntryKind::GuildCreate(class) => (false, Some(class)),
+        EntryKind::Dispatch => (false, None),
+    };
+    let mut content = BodyContent::default();
+    if crate::batch::add_content(
+        &mut content,
+        entry.shard,
+        notice,
+        guild_create,
+        entry.payload,
+    )
+    .is_err()
+    {
+        return BodyContent::default();
+    }
+    content
 }
