@@ -278,6 +278,8 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // First Redis, whose append-only file may be in the directory.
+        self.redis.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
