@@ -50,6 +50,36 @@ pub fn body_content(body: &[u8]) -> Result<BodyContent, serde_json::Error> {
         #[serde(borrow)]
         payload: Option<&'a RawValue>,
     }
+    let envelopes: Vec<ContentEnvelope<'_>> = serde_json::from_slice(body)?;
+    let mut content = BodyContent {
+        events: Vec::with_capacity(envelopes.len()),
+        backfill_guilds: Vec::new(),
+    };
+    for envelope in envelopes {
+        let Some(payload) = envelope.payload else {
+            continue;
+        };
+        add_content(
+            &mut content,
+            envelope.shard_id,
+            envelope.notice.is_some(),
+            envelope.guild_create.as_deref(),
+            payload.get(),
+        )?;
+    }
+    Ok(content)
+}
+
+/// Adds one record's share of a [`BodyContent`]: nothing for a notice or a session's own event,
+/// a backfill GUILD_CREATE's guild, or a world event's content hash. `payload` is the raw JSON
+/// of a record its reader (a batch's or a stream entry's) accepted.
+pub fn add_content(
+    content: &mut BodyContent,
+    shard_id: u32,
+    notice: bool,
+    guild_create: Option<&str>,
+    payload: &str,
+) -> Result<(), serde_json::Error> {
     #[derive(Deserialize)]
     struct Content<'a> {
         #[serde(borrow)]
@@ -69,40 +99,30 @@ pub fn body_content(body: &[u8]) -> Result<BodyContent, serde_json::Error> {
         #[serde(borrow)]
         id: Cow<'a, str>,
     }
-    let envelopes: Vec<ContentEnvelope<'_>> = serde_json::from_slice(body)?;
-    let mut content = BodyContent {
-        events: Vec::with_capacity(envelopes.len()),
-        backfill_guilds: Vec::new(),
-    };
-    for envelope in envelopes {
-        let Some(payload) = envelope.payload else {
-            continue;
-        };
-        if envelope.notice.is_some() {
-            continue;
-        }
-        if envelope.guild_create.as_deref() == Some("backfill") {
-            let guild: Guild<'_> = serde_json::from_str(payload.get())?;
-            if let Ok(id) = guild.d.id.parse() {
-                content.backfill_guilds.push(id);
-            }
-            continue;
-        }
-        let event: Content<'_> = serde_json::from_str(payload.get())?;
-        // A session's own, like the answers to its commands: no other session has them.
-        if matches!(
-            event.t.as_ref(),
-            "READY" | "RESUMED" | "GUILD_MEMBERS_CHUNK" | "RATE_LIMITED" | "SOUNDBOARD_SOUNDS"
-        ) {
-            continue;
-        }
-        content.events.push(ContentRecord {
-            hash: content_hash(event.t.as_bytes(), event.d.get().as_bytes()),
-            shard_id: envelope.shard_id,
-            seq: event.s,
-        });
+    if notice {
+        return Ok(());
     }
-    Ok(content)
+    if guild_create == Some("backfill") {
+        let guild: Guild<'_> = serde_json::from_str(payload)?;
+        if let Ok(id) = guild.d.id.parse() {
+            content.backfill_guilds.push(id);
+        }
+        return Ok(());
+    }
+    let event: Content<'_> = serde_json::from_str(payload)?;
+    // A session's own, like the answers to its commands: no other session has them.
+    if matches!(
+        event.t.as_ref(),
+        "READY" | "RESUMED" | "GUILD_MEMBERS_CHUNK" | "RATE_LIMITED" | "SOUNDBOARD_SOUNDS"
+    ) {
+        return Ok(());
+    }
+    content.events.push(ContentRecord {
+        hash: content_hash(event.t.as_bytes(), event.d.get().as_bytes()),
+        shard_id,
+        seq: event.s,
+    });
+    Ok(())
 }
 
 /// A world event as a bot received it: its content hash, and the shard and sequence that
@@ -203,21 +223,48 @@ impl<'a> Envelope<'a> {
         }
         let shard_id = self.shard_id.ok_or(BatchError::MissingShardId { index })?;
         let payload = self.payload.ok_or(BatchError::MissingPayload { index })?;
-        let head = PayloadHead::read(payload.get())
-            .map_err(|source| BatchError::Payload { index, source })?;
-        if head.op != Some(0) {
-            return Err(BatchError::NotDispatch { index, op: head.op });
-        }
-        let seq = head.s.ok_or(BatchError::MissingSeq { index })?;
-        let Text(event_type) = head.t.ok_or(BatchError::MissingType { index })?;
-        Ok(Entry::Dispatch(Dispatch {
-            shard_id,
-            event_type,
-            seq,
-            payload_bytes: payload.get().len(),
-            session_id: head.session_id.map(|Text(id)| id),
-        }))
+        read_dispatch(shard_id, payload.get())
+            .map(Entry::Dispatch)
+            .map_err(|error| match error {
+                PayloadError::Json(source) => BatchError::Payload { index, source },
+                PayloadError::NotDispatch { op } => BatchError::NotDispatch { index, op },
+                PayloadError::MissingSeq => BatchError::MissingSeq { index },
+                PayloadError::MissingType => BatchError::MissingType { index },
+            })
     }
+}
+
+/// Why a payload is not a forwarded dispatch.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload is not a dispatch object: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("payload has op {op:?}, a forwarded dispatch has op 0")]
+    NotDispatch { op: Option<u64> },
+    #[error("payload has no integer \"s\"")]
+    MissingSeq,
+    #[error("payload has no string \"t\"")]
+    MissingType,
+}
+
+/// Reads the head of one dispatch payload (raw JSON, as a batch envelope's `payload` or a
+/// stream entry's `payload` field carries it) for the ledger. `payload` must already be known to
+/// be one JSON value (the batch pass checks it as a `RawValue`): the reader stops once it has
+/// `t`, `s` and `op`, so it does not see a broken tail.
+pub fn read_dispatch(shard_id: u32, payload: &str) -> Result<Dispatch<'_>, PayloadError> {
+    let head = PayloadHead::read(payload).map_err(PayloadError::Json)?;
+    if head.op != Some(0) {
+        return Err(PayloadError::NotDispatch { op: head.op });
+    }
+    let seq = head.s.ok_or(PayloadError::MissingSeq)?;
+    let Text(event_type) = head.t.ok_or(PayloadError::MissingType)?;
+    Ok(Dispatch {
+        shard_id,
+        event_type,
+        seq,
+        payload_bytes: payload.len(),
+        session_id: head.session_id.map(|Text(id)| id),
+    })
 }
 
 /// The payload fields the ledger reads; everything else is skipped.

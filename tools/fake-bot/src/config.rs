@@ -114,6 +114,166 @@ impl BotConfig {
     }
 }
 
+/// Default of `--stream-key`: the engine's default.
+pub const DEFAULT_STREAM_KEY: &str = "shardgate:events";
+/// Default of `--group`.
+pub const DEFAULT_GROUP: &str = "fake-bot";
+/// Default of `--consumer`.
+pub const DEFAULT_CONSUMER: &str = "fake-bot-1";
+/// Default of `--block-ms`.
+pub const DEFAULT_BLOCK_MS: u64 = 500;
+/// Default of `--read-count`.
+pub const DEFAULT_READ_COUNT: usize = 500;
+/// Default of `--claim-min-idle-ms`.
+pub const DEFAULT_CLAIM_MIN_IDLE_MS: u64 = 30_000;
+/// Default of `--dedup-window`: ids remembered to drop copies (about 60 bytes each).
+pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
+/// Longest `--block-ms`: the consumer checks whether it was asked to stop between reads.
+pub const BLOCK_MS_MAX: u64 = 10_000;
+
+/// How the fake bot consumes the engine's Redis Streams sink (`--sink redis-streams`), in
+/// addition to listening for batches: a consumer group over every partition stream, whose
+/// entries go to the same ledger and report as forwarded batches. Off unless `--redis-url` is
+/// given. In code, [`StreamsConfig::new`] and `FakeBot::consume_streams`.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct StreamsConfig {
+    /// Consume the streams in this Redis (`redis://[:PASSWORD@]HOST:PORT[/DB]`) with a
+    /// consumer group. Never printed or logged.
+    #[arg(long)]
+    pub redis_url: Option<RedisUrl>,
+
+    /// The engine's `--stream-key`: the streams are `KEY:0` … `KEY:(PARTITIONS-1)`.
+    #[arg(long, default_value = DEFAULT_STREAM_KEY)]
+    pub stream_key: String,
+
+    /// The engine's `--stream-partitions`: how many streams to read.
+    #[arg(long, default_value_t = 1)]
+    pub stream_partitions: u32,
+
+    /// The consumer group (created at `0`, with MKSTREAM, if it does not exist).
+    #[arg(long, default_value = DEFAULT_GROUP)]
+    pub group: String,
+
+    /// This consumer's name in the group. A consumer started again with the same name reads
+    /// its own pending entries first.
+    #[arg(long, default_value = DEFAULT_CONSUMER)]
+    pub consumer: String,
+
+    /// How long one XREADGROUP waits for new entries, in milliseconds (1..=10000); also the
+    /// longest a stop waits for the read in flight.
+    #[arg(long, default_value_t = DEFAULT_BLOCK_MS)]
+    pub block_ms: u64,
+
+    /// Most entries one XREADGROUP or XAUTOCLAIM returns.
+    #[arg(long, default_value_t = DEFAULT_READ_COUNT)]
+    pub read_count: usize,
+
+    /// Pending entries idle this long, in milliseconds, are claimed from whichever consumer
+    /// holds them (a dead one) with XAUTOCLAIM, checked every half of it.
+    #[arg(long, default_value_t = DEFAULT_CLAIM_MIN_IDLE_MS)]
+    pub claim_min_idle_ms: u64,
+
+    /// How many recent ids are kept to drop copies (an entry whose `id` was recorded before);
+    /// a copy older than that reaches the ledger, which counts it as a duplicate.
+    #[arg(long, default_value_t = DEFAULT_DEDUP_WINDOW)]
+    pub dedup_window: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            redis_url: None,
+            stream_key: DEFAULT_STREAM_KEY.to_owned(),
+            stream_partitions: 1,
+            group: DEFAULT_GROUP.to_owned(),
+            consumer: DEFAULT_CONSUMER.to_owned(),
+            block_ms: DEFAULT_BLOCK_MS,
+            read_count: DEFAULT_READ_COUNT,
+            claim_min_idle_ms: DEFAULT_CLAIM_MIN_IDLE_MS,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+        }
+    }
+}
+
+impl StreamsConfig {
+    /// The defaults, consuming from `redis_url`.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        StreamsConfig {
+            redis_url: Some(RedisUrl(redis_url.into())),
+            ..StreamsConfig::default()
+        }
+    }
+
+    /// Checks what a consumer cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis_url.is_none() {
+            return Err(ConfigError::NoRedisUrl);
+        }
+        let names = [
+            ("stream key", &self.stream_key),
+            ("group", &self.group),
+            ("consumer", &self.consumer),
+        ];
+        for (what, name) in names {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::BadName(what));
+            }
+        }
+        if !(1..=1024).contains(&self.stream_partitions) {
+            return Err(ConfigError::OutOfRange("stream partitions", "1..=1024"));
+        }
+        if !(1..=BLOCK_MS_MAX).contains(&self.block_ms) {
+            return Err(ConfigError::OutOfRange("block ms", "1..=10000"));
+        }
+        if !(1..=100_000).contains(&self.read_count) {
+            return Err(ConfigError::OutOfRange("read count", "1..=100000"));
+        }
+        if self.claim_min_idle_ms == 0 {
+            return Err(ConfigError::OutOfRange("claim min idle ms", "at least 1"));
+        }
+        if self.dedup_window == 0 {
+            return Err(ConfigError::OutOfRange("dedup window", "at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The stream of each partition, in partition order.
+    pub fn stream_keys(&self) -> Vec<String> {
+        (0..self.stream_partitions)
+            .map(|partition| format!("{}:{partition}", self.stream_key))
+            .collect()
+    }
+}
+
+/// A Redis URL, which may hold a password: its `Debug` is redacted and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisUrl(url.into())
+    }
+
+    /// The URL itself, for the one place that must use it (opening the client).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("RedisUrl(<redacted>)")
+    }
+}
+
+impl FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(RedisUrl(text.to_owned()))
+    }
+}
+
 /// A config value the fake bot cannot run with.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
@@ -121,6 +281,14 @@ pub enum ConfigError {
     FailRateOutOfRange(f64),
     #[error("max_body_bytes must be at least 1")]
     ZeroMaxBodyBytes,
+    #[error("consuming streams needs a Redis URL (--redis-url)")]
+    NoRedisUrl,
+    #[error("the Redis URL does not parse (redis://[:PASSWORD@]HOST:PORT[/DB])")]
+    BadRedisUrl,
+    #[error("the {0} must be non-empty, without spaces or control characters")]
+    BadName(&'static str),
+    #[error("the {0} must be in {1}")]
+    OutOfRange(&'static str, &'static str),
 }
 
 /// Checks that `fail_rate` is a probability: finite and in 0..=1.
@@ -204,6 +372,42 @@ mod tests {
             ..BotConfig::default()
         };
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn redis_url_debug_is_redacted_and_streams_config_is_checked() {
+        let config = StreamsConfig::new("redis://:hunter2@127.0.0.1:6379/");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(
+            StreamsConfig::default().validate(),
+            Err(ConfigError::NoRedisUrl)
+        );
+        let bad = |change: fn(&mut StreamsConfig)| {
+            let mut config = StreamsConfig::new("redis://127.0.0.1/");
+            change(&mut config);
+            config.validate().unwrap_err()
+        };
+        assert_eq!(
+            bad(|c| c.group = "a b".into()),
+            ConfigError::BadName("group")
+        );
+        assert_eq!(
+            bad(|c| c.stream_key = String::new()),
+            ConfigError::BadName("stream key")
+        );
+        assert!(matches!(
+            bad(|c| c.block_ms = 0),
+            ConfigError::OutOfRange("block ms", _)
+        ));
+        assert!(matches!(
+            bad(|c| c.stream_partitions = 0),
+            ConfigError::OutOfRange("stream partitions", _)
+        ));
+        let mut two = StreamsConfig::new("redis://127.0.0.1/");
+        two.stream_partitions = 2;
+        two.stream_key = "k".into();
+        assert_eq!(two.stream_keys(), ["k:0", "k:1"]);
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! records it, so a batch answered 5xx leaves no trace (the engine retries it).
 //!
 //! Must not: do I/O, read the clock, or hold per-sequence state. Sequences are kept as merged
-//! ranges ([`SeqSet`]), so a clean run of millions of records costs one map entry.
+//! ranges ([`SeqSet`]), so a clean run of millions of records costs one map entry. (The one
+//! exception is bounded: a Redis Streams consumer's window of recent ids,
+//! [`crate::streams::IdWindow`], by which copies of an entry are dropped before they count.)
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::batch::{Dispatch, Entry, Notice, READY};
-use crate::report::{Knobs, Report, RunReport, ShardReport, Totals};
+use crate::report::{Knobs, Report, RunReport, ShardReport, StreamTotals, Totals};
+use crate::streams::{DedupKey, IdWindow, Place, Seen};
 
 /// Everything the bot has recorded, and the dice that decide deliberate failures.
 #[derive(Debug)]
@@ -23,6 +26,26 @@ pub struct Ledger {
     content: Vec<crate::batch::ContentRecord>,
     /// The guilds of the backfill GUILD_CREATEs received, in order (only with `record_content`).
     backfill_guilds: Vec<u64>,
+    /// What the Redis Streams consumers fed in; `None` until one started.
+    streams: Option<StreamLedger>,
+}
+
+/// The Redis Streams side: its counters and the window of ids already recorded.
+#[derive(Debug)]
+struct StreamLedger {
+    totals: StreamTotals,
+    window: IdWindow,
+}
+
+/// What became of one stream entry the ledger was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// Recorded; for a dispatch, what its sequence was.
+    Recorded(Option<SeqOutcome>),
+    /// Dropped: another entry with the same id was recorded first (the engine wrote it twice).
+    Copy,
+    /// Dropped: this very entry was recorded before (read again after a lost XACK, or claimed).
+    Again,
 }
 
 /// How a batch is answered when the dice say fail.
@@ -53,6 +76,69 @@ impl Ledger {
             notices: HashMap::new(),
             content: Vec::new(),
             backfill_guilds: Vec::new(),
+            streams: None,
+        }
+    }
+
+    /// Makes the ledger ready for stream entries, with a window of at least `window_ids` ids
+    /// (several consumers of one bot share it: the larger asked for wins).
+    pub fn start_streams(&mut self, window_ids: usize) {
+        match &mut self.streams {
+            Some(streams) => streams.window.grow_to(window_ids),
+            None => {
+                self.streams = Some(StreamLedger {
+                    totals: StreamTotals::default(),
+                    window: IdWindow::new(window_ids),
+                });
+            }
+        }
+    }
+
+    /// The stream counters, for the consumer to count what it did (reads, acks, claims,
+    /// reconnects). Starts the streams side with the default window if nothing did.
+    pub fn stream_totals_mut(&mut self) -> &mut StreamTotals {
+        &mut self
+            .streams
+            .get_or_insert_with(|| StreamLedger {
+                totals: StreamTotals::default(),
+                window: IdWindow::new(crate::config::DEFAULT_DEDUP_WINDOW),
+            })
+            .totals
+    }
+
+    /// Records one stream entry unless the window has its key: a dispatch as
+    /// [`Ledger::record_dispatch`], a notice as a batch's notice. Counts the entry as read.
+    pub fn record_stream_entry(
+        &mut self,
+        key: DedupKey,
+        place: Place,
+        entry: &Entry<'_>,
+    ) -> StreamOutcome {
+        let totals = self.stream_totals_mut();
+        totals.entries += 1;
+        let streams = self
+            .streams
+            .as_mut()
+            .expect("stream_totals_mut above started the streams side");
+        match streams.window.check(key, place) {
+            Seen::Copy => {
+                streams.totals.copies += 1;
+                return StreamOutcome::Copy;
+            }
+            Seen::Again => {
+                streams.totals.read_again += 1;
+                return StreamOutcome::Again;
+            }
+            Seen::New => {}
+        }
+        match entry {
+            Entry::Dispatch(dispatch) => {
+                StreamOutcome::Recorded(Some(self.record_dispatch(dispatch)))
+            }
+            Entry::Notice(notice) => {
+                self.record_notice(notice);
+                StreamOutcome::Recorded(None)
+            }
         }
     }
 
@@ -141,6 +227,10 @@ impl Ledger {
         self.notices.clear();
         self.content.clear();
         self.backfill_guilds.clear();
+        if let Some(streams) = &mut self.streams {
+            streams.totals = StreamTotals::default();
+            streams.window.clear();
+        }
     }
 
     /// Records the content hashes of an accepted batch's dispatches.
@@ -187,6 +277,7 @@ impl Ledger {
             knobs,
             totals,
             shards,
+            streams: self.streams.as_ref().map(|streams| streams.totals.clone()),
         }
     }
 }
@@ -539,6 +630,70 @@ mod tests {
             ]
         );
         assert_eq!(shard.by_type[READY], 4);
+    }
+
+    #[test]
+    fn stream_entries_are_recorded_once_and_copies_counted_apart() {
+        use crate::streams::{EntryId, IdempotencyKey};
+        let mut ledger = Ledger::new(0);
+        ledger.start_streams(16);
+        let key = |seq| {
+            DedupKey::Event(IdempotencyKey {
+                shard: 1,
+                seq,
+                crc32: 9,
+            })
+        };
+        let place = |ms| Place {
+            partition: 1,
+            entry_id: EntryId { ms, seq: 0 },
+        };
+        let entry = |seq| Entry::Dispatch(dispatch(1, "MESSAGE_CREATE", seq));
+        let outcomes = [
+            ledger.record_stream_entry(key(1), place(1), &entry(1)),
+            ledger.record_stream_entry(key(2), place(2), &entry(2)),
+            ledger.record_stream_entry(key(1), place(3), &entry(1)),
+            ledger.record_stream_entry(key(2), place(2), &entry(2)),
+        ];
+        use SeqOutcome::InOrder;
+        assert_eq!(
+            outcomes,
+            [
+                StreamOutcome::Recorded(Some(InOrder)),
+                StreamOutcome::Recorded(Some(InOrder)),
+                StreamOutcome::Copy,
+                StreamOutcome::Again,
+            ]
+        );
+        let notice = Entry::Notice(Notice {
+            shard_id: Some(1),
+            name: "SHARD_READY".into(),
+        });
+        let notice_key = DedupKey::Entry {
+            partition: 1,
+            entry_id: EntryId { ms: 4, seq: 0 },
+        };
+        assert_eq!(
+            ledger.record_stream_entry(notice_key, place(4), &notice),
+            StreamOutcome::Recorded(None)
+        );
+        let report = ledger.report(Knobs::default());
+        let streams = report.streams.clone().unwrap();
+        assert_eq!(
+            (streams.entries, streams.copies, streams.read_again),
+            (5, 1, 1)
+        );
+        let shard = &report.shards[&1];
+        assert_eq!((shard.records, shard.duplicates), (2, 0));
+        assert_eq!(shard.notices["SHARD_READY"], 1);
+        // An HTTP-only ledger has no stream section.
+        assert_eq!(Ledger::new(0).report(Knobs::default()).streams, None);
+        ledger.reset();
+        assert_eq!(
+            ledger.record_stream_entry(key(1), place(1), &entry(1)),
+            StreamOutcome::Recorded(Some(InOrder)),
+            "a reset forgets the ids too"
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! fake-bot: the bot's side of shardgate's forwarding contract (docs/forwarding.md). An
 //! HTTP/1.1 server that receives batches and verifies, per shard, that nothing is missing,
 //! duplicated or out of order; it can be told to fail, to be slow, or to go away for a while.
+//! It can also consume the Redis Streams sink through a consumer group
+//! ([`FakeBot::consume_streams`]), into the same ledger and report.
 //!
-//! Stages: [`batch`] parses a body without building a DOM, [`ledger`] records it (sans-IO),
-//! `server` owns the sockets, [`FakeBot`] is the handle, [`client`] talks to a running bot.
+//! Stages: [`batch`] parses a body without building a DOM, [`streams`] checks a stream entry
+//! (sans-IO), [`ledger`] records either (sans-IO), `server` owns the sockets and `consumer`
+//! the Redis connection, [`FakeBot`] is the handle, [`client`] talks to a running bot.
 //!
 //! Must not: record a batch it does not answer with a 2xx (at-least-once: the engine retries
 //! it), print or log the secret, or log anything per record above trace.
@@ -21,9 +24,11 @@
 pub mod batch;
 pub mod client;
 mod config;
+mod consumer;
 pub mod ledger;
 mod report;
 mod server;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,8 +40,9 @@ use tracing::{info, warn};
 
 pub use crate::batch::BatchError;
 pub use crate::client::{BotClient, ClientError};
-pub use crate::config::{BotConfig, ConfigError, Secret};
-pub use crate::report::{Control, Knobs, Report, RunReport, ShardReport, Totals};
+pub use crate::config::{BotConfig, ConfigError, RedisUrl, Secret, StreamsConfig};
+pub use crate::consumer::StreamConsumer;
+pub use crate::report::{Control, Knobs, Report, RunReport, ShardReport, StreamTotals, Totals};
 use crate::server::{Command, Shared};
 
 /// A running fake bot. Dropping it (or [`FakeBot::shutdown`]) stops it: the listener and every
@@ -172,6 +178,15 @@ impl FakeBot {
     /// once; the server task acts within microseconds.
     pub fn refuse_for(&self, refuse_for: Duration) {
         self.shared.command(Command::Refuse(refuse_for));
+    }
+
+    /// Starts a Redis Streams consumer on its own thread that feeds this bot's ledger: what it
+    /// reads shows in [`FakeBot::report`] (per shard, like forwarded batches) and its counters
+    /// in [`Report::streams`]. Several consumers of one bot (other names, one group) share the
+    /// ledger and the id window, as the workers of one bot would share a database. Returns once
+    /// the thread runs; it connects (and reconnects) on its own.
+    pub fn consume_streams(&self, config: StreamsConfig) -> anyhow::Result<StreamConsumer> {
+        StreamConsumer::start(Arc::clone(&self.shared), config)
     }
 
     /// Forgets everything recorded (the knobs and the dice stay).

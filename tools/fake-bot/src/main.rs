@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use fake_bot::{BotConfig, FakeBot, Totals};
+use fake_bot::{BotConfig, FakeBot, StreamTotals, StreamsConfig, Totals};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 /// The bot side of shardgate's forwarding contract: receives batches (POST, any path outside
 /// /_bot/) and verifies per shard that nothing is missing, duplicated or out of order.
+/// With --redis-url it also consumes the Redis Streams sink through a consumer group, into the
+/// same ledger (copies, by the entries' id, are dropped and counted apart).
 /// `GET /_bot/report` serves the report; `POST /_bot/control` takes
 /// {"fail_rate":F, "slow_ms":N, "refuse_for_ms":N, "reset":true}. Logs go to stderr (RUST_LOG,
 /// default info).
@@ -25,6 +27,9 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(flatten)]
     bot: BotConfig,
+
+    #[command(flatten)]
+    streams: StreamsConfig,
 
     /// Write the report (JSON) to this file on exit. Default: not written.
     #[arg(long)]
@@ -55,6 +60,10 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut stop = StopSignals::register()?;
     let bot = FakeBot::start(cli.bot).await?;
+    let consumer = match cli.streams.redis_url {
+        Some(_) => Some(bot.consume_streams(cli.streams)?),
+        None => None,
+    };
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "fake-bot seed {}", bot.seed())?;
@@ -73,13 +82,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 break;
             }
             _ = ticks.tick(), if summary_period.is_some() => {
-                eprintln!("{}", summary.line(&bot.report().totals));
+                let report = bot.report();
+                eprintln!("{}", summary.line(&report.totals, report.streams.as_ref()));
             }
         }
     }
+    // Stopping the consumer blocks for up to one read's block time: off the runtime's thread.
+    if let Some(consumer) = consumer {
+        tokio::task::spawn_blocking(move || consumer.stop())
+            .await
+            .context("the stream consumer's stop panicked")?;
+    }
     let report = bot.report();
     bot.shutdown();
-    eprintln!("{}", summary.line(&report.totals));
+    eprintln!("{}", summary.line(&report.totals, report.streams.as_ref()));
     if let Some(path) = &cli.report_file {
         write_report(path, &report)?;
         info!(path = %path.display(), "report written");
@@ -134,16 +150,29 @@ impl Summary {
         }
     }
 
-    fn line(&mut self, totals: &Totals) -> String {
+    fn line(&mut self, totals: &Totals, streams: Option<&StreamTotals>) -> String {
         let now = Instant::now();
         let elapsed_secs = now.duration_since(self.last_at).as_secs_f64().max(1e-9);
         let records_per_s = totals.records.saturating_sub(self.last_records) as f64 / elapsed_secs;
         self.last_at = now;
         self.last_records = totals.records;
+        let streams = streams.map_or_else(String::new, |streams| {
+            format!(
+                " stream_entries={} stream_copies={} stream_read_again={} stream_claimed={} \
+                 stream_bad_entries={} stream_trimmed_pending={} stream_reconnects={}",
+                streams.entries,
+                streams.copies,
+                streams.read_again,
+                streams.claimed,
+                streams.bad_entries,
+                streams.trimmed_pending,
+                streams.reconnects,
+            )
+        });
         format!(
             "fake-bot uptime_s={} batches_ok={} records={} records_per_s={:.0} bytes={} \
              duplicates={} out_of_order={} gaps={} failed_deliberately={} unauthorized={} \
-             bad_batches={} oversized_batches={} notices={}",
+             bad_batches={} oversized_batches={} notices={}{streams}",
             now.duration_since(self.started).as_secs(),
             totals.batches_ok,
             totals.records,

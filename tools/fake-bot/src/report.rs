@@ -19,6 +19,37 @@ pub struct Report {
     pub totals: Totals,
     /// Per shard id.
     pub shards: BTreeMap<u32, ShardReport>,
+    /// What the Redis Streams consumers did; absent when none ran (an HTTP-only bot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<StreamTotals>,
+}
+
+/// The Redis Streams consumers' counters (over every consumer of one bot). What they record
+/// goes to the same per-shard ledger as a batch's records, so [`Totals`] and the shards judge
+/// it the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamTotals {
+    /// Entries read and checked against the layout: new ones, a consumer's own pending ones
+    /// read again after a reconnect, and claimed ones; copies included, bad entries not.
+    pub entries: u64,
+    /// Entries dropped because another entry with the same `id` had been recorded: the engine
+    /// wrote the event twice (a replay after a crash, a pipeline sent again).
+    pub copies: u64,
+    /// Entries dropped because that very entry had been recorded: read again after its XACK
+    /// was lost, or claimed back.
+    pub read_again: u64,
+    /// Pending entries taken over from another consumer (or this one) with XAUTOCLAIM.
+    pub claimed: u64,
+    /// Entries acknowledged with XACK (recorded, dropped, bad and trimmed ones alike).
+    pub acknowledged: u64,
+    /// Entries that break the streams' layout (a field missing, an id that is not made of
+    /// the entry, a payload that is not a dispatch…): acknowledged, not recorded.
+    pub bad_entries: u64,
+    /// Pending entries Redis had trimmed away (`MAXLEN`) before a consumer read them again:
+    /// their records are lost to the group.
+    pub trimmed_pending: u64,
+    /// Connections made again after Redis went away or failed a command.
+    pub reconnects: u64,
 }
 
 /// Counters over the whole bot. `records`, `bytes`, `duplicates`, `out_of_order` and `gaps` are

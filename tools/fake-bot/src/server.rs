@@ -84,12 +84,17 @@ impl Shared {
         (Arc::new(shared), receiver)
     }
 
-    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock leaves counters that are at worst one batch behind;
         // the report is still worth reading, so poisoning is ignored.
         self.ledger
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether each dispatch's content hash is kept ([`crate::BotConfig::record_content`]).
+    pub(crate) fn record_content(&self) -> bool {
+        self.record_content
     }
 
     pub(crate) fn knobs(&self) -> Knobs {

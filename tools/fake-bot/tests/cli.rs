@@ -139,6 +139,16 @@ fn help_documents_every_knob_and_hides_the_secret() {
         "--max-body-bytes",
         "--report-file",
         "--summary-secs",
+        "--redis-url",
+        "--stream-key",
+        "shardgate:events",
+        "--stream-partitions",
+        "--group",
+        "--consumer",
+        "--block-ms",
+        "--read-count",
+        "--claim-min-idle-ms",
+        "--dedup-window",
     ] {
         assert!(help.contains(knob), "{knob} missing from:\n{help}");
     }

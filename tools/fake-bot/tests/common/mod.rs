@@ -10,6 +10,8 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub mod redis;
+
 /// Upper bound on any wait in the tests; reaching it is a failure, not a timing assertion.
 pub const WAIT_MAX: Duration = Duration::from_secs(30);
 
