@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{Engine, command_without_admin, free_port, http, wait_until};
-use fake_bot::{BotConfig, FakeBot, Report};
+use fake_bot::{BotConfig, FakeBot, Report, StreamsConfig};
 use mock_gateway::{MockConfig, MockGateway};
 use serde_json::Value;
 
@@ -245,6 +246,122 @@ fn a_routed_receiver_that_is_away_delays_only_its_own_route() {
         default_report.totals.records + default_report.totals.notices.values().sum::<u64>()
     );
 
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The layout the issue asks for: INTERACTION_CREATE to a low-latency HTTP endpoint with
+/// small batches, everything else into Redis streams read by a consumer group. Every ledger
+/// event reaches one of them once and in order per shard.
+#[test]
+fn interactions_over_http_and_the_rest_into_redis_streams() {
+    let dir = scratch("http-and-streams");
+    let redis = RedisServer::start();
+    let mock = MockGateway::spawn(
+        MockConfig {
+            tls: true,
+            ca_out: Some(dir.join("ca.pem")),
+            seed: Some(31),
+            guilds: 16,
+            max_concurrency: 16,
+            rate: 150.0,
+            events_per_shard: 1500,
+            ..MockConfig::default()
+        },
+        1,
+    )
+    .unwrap();
+    let streams_bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let consumer = streams_bot
+        .consume_streams(StreamsConfig {
+            stream_key: "bot:events".to_owned(),
+            stream_partitions: 2,
+            block_ms: 200,
+            ..StreamsConfig::new(redis.url())
+        })
+        .unwrap();
+    let interactions_bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let config = dir.join("shardgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "sink = \"redis-streams\"\nstream_key = \"bot:events\"\nstream_partitions = 2\n\
+             [routes.interactions]\nevents = [\"{ROUTED}\"]\nforward_url = \"{}\"\n\
+             batch_events_max = 10\nbatch_linger_ms = 0\n",
+            interactions_bot.url()
+        ),
+    )
+    .unwrap();
+    let admin = free_port();
+    let mut engine = Engine(
+        std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["run", "--api-base", &mock.api_base()])
+            .args(["--ca-file", dir.join("ca.pem").to_str().unwrap()])
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--redis-url", &redis.url()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
+            .args(["--data-dir", dir.join("data").to_str().unwrap()])
+            .args(["--log", "warn"])
+            .env("DISCORD_TOKEN", mock.token())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let bots = [&streams_bot, &interactions_bot];
+    wait_until(
+        "every event at one of the receivers",
+        Duration::from_secs(90),
+        || {
+            let ledger = mock.ledger();
+            let reports = bots.map(FakeBot::report);
+            (0..SHARDS).all(|shard| {
+                ledger.shards.get(&shard).is_some_and(|shard_ledger| {
+                    let got: BTreeSet<u64> = seqs(&reports[0], shard)
+                        .union(&seqs(&reports[1], shard))
+                        .copied()
+                        .collect();
+                    shard_ledger
+                        .sessions
+                        .iter()
+                        .map(mock_gateway::SessionLedger::steady_dispatches)
+                        .sum::<u64>()
+                        >= 1500
+                        && shard_ledger
+                            .sessions
+                            .iter()
+                            .all(|session| session.expected_seqs().is_subset(&got))
+                })
+            })
+        },
+    );
+    let ledger = mock.ledger();
+    let at_streams = streams_bot.report();
+    let at_http = interactions_bot.report();
+    for report in [&at_streams, &at_http] {
+        assert_eq!(report.totals.out_of_order, 0);
+        assert_eq!(report.totals.duplicates, 0);
+    }
+    for shard in 0..SHARDS {
+        let session = &ledger.shards[&shard].sessions[0];
+        assert!(seqs(&at_streams, shard).is_disjoint(&seqs(&at_http, shard)));
+        assert_eq!(
+            at_http.shards[&shard].by_type.keys().collect::<Vec<_>>(),
+            [ROUTED]
+        );
+        assert_eq!(
+            at_http.shards[&shard].by_type[ROUTED],
+            session.by_type[ROUTED]
+        );
+        assert!(!at_streams.shards[&shard].by_type.contains_key(ROUTED));
+    }
+    let now = status(admin);
+    assert_eq!(route(&now, "default")["sink"], "redis-streams");
+    assert_eq!(route(&now, "default")["destination"], "bot:events:*");
+    assert_eq!(route(&now, "interactions")["sink"], "http");
+    drop(consumer);
     let (status, stderr) = engine.terminate();
     assert!(status.success(), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
