@@ -86,8 +86,10 @@ impl Target for StreamsTarget {
             if !record.kind.is_for_bot() || skip.binary_search(&index).is_ok() {
                 continue;
             }
-            let name = crate::decode::scan::event_name_and_data(&record.payload)
-                .map(|(name, _)| name.strip_prefix(b"\"").unwrap_or(name))
+            // One walk for both (see `event_name_and_guild_id`).
+            let (name, guild) = crate::decode::event_name_and_guild_id(&record.payload);
+            let name = name
+                .map(|name| name.strip_prefix(b"\"").unwrap_or(name))
                 .map(|name| name.strip_suffix(b"\"").unwrap_or(name))
                 .unwrap_or_default();
             let command = self
@@ -108,7 +110,7 @@ impl Target for StreamsTarget {
                 .arg(kind_field(record.kind))
                 .arg("id")
                 .arg(idempotency_key(record));
-            if let Some(guild) = crate::decode::guild_id(&record.payload) {
+            if let Some(guild) = guild {
                 command.arg("guild").arg(guild);
             }
             command.arg("payload").arg(record.payload.as_ref());
