@@ -30,7 +30,7 @@ mod fields;
 pub mod fuzz;
 pub(crate) mod scan;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use classify::{ClassifyError, NESTING_MAX, classify};
 
