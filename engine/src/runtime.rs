@@ -549,6 +549,8 @@ impl Engine {
                         partitions: settings.stream_partitions,
                         maxlen: settings.stream_maxlen,
                     },
+                    // Not on /metrics yet: the admin reads it once it is wired there.
+                    Arc::new(crate::sink::streams::StreamsStats::default()),
                 ))
             }
         };

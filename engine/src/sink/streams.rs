@@ -29,24 +29,53 @@
 //! `TCP_NODELAY`, or a unix socket), sends `AUTH` and `SELECT` where the URL asks, and speaks
 //! RESP2. 5 s bound every connect, write and read. TLS (`rediss://`) is not in this build. The
 //! password never appears in a log line or an error.
+//!
+//! # Consumer groups
+//!
+//! Every [`INFO_POLL_INTERVAL`] (after a delivered batch, so on the deliverer's thread and
+//! connection: no thread, socket or lock of its own, and nothing while no records flow — when
+//! nothing is added, nothing is trimmed either), the target asks Redis about the consumer
+//! groups of up to [`INFO_POLL_PARTITIONS_MAX`] streams (`MULTI`, `XINFO STREAM`, `XINFO
+//! GROUPS`, `EXEC` per stream, one round trip) and counts the entries trimmed before each group
+//! read them (see `info.rs` for what Redis's counters allow). The figures go to
+//! [`StreamsStats`]. A failed poll fails no batch.
 
 mod info;
 mod resp;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo};
 
-use self::info::EntryId;
-use self::resp::{Header, ReplyReader, RespError};
+use self::info::{EntryId, GroupCounter};
+use self::resp::{Budget, Header, ReplyReader, RespError};
 use super::target::{Failure, Target};
 use crate::record::{GuildCreateClass, Notice, Record, RecordKind};
 
 /// How long a connect, a write, or a wait for an answer may take.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the consumer groups are looked at (while batches flow).
+pub const INFO_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The most streams looked at in one poll; with more partitions, the next poll goes on where
+/// this one stopped. Bounds a poll's round trip (two entries, payloads included, per stream).
+pub const INFO_POLL_PARTITIONS_MAX: u32 = 16;
+
+/// The most groups per stream counted; the others are read and forgotten.
+pub const INFO_GROUPS_PER_STREAM_MAX: usize = 64;
+
+/// What one poll's replies may hold (an `XINFO STREAM` holds its first and last entries).
+const INFO_POLL_BUDGET: Budget = Budget {
+    bytes: 256 * 1024 * 1024,
+    elements: 1024 * 1024,
+};
 
 /// The command buffer kept between batches; a bigger one (a burst of big payloads) is freed.
 const COMMANDS_BYTES_KEPT: usize = 4 * 1024 * 1024;
@@ -62,6 +91,64 @@ pub struct StreamsConfig {
     pub maxlen: u64,
 }
 
+/// What the streams target learned about the consumer groups of its streams, for the metrics
+/// page. Created by the caller, shared with [`StreamsTarget::new`]; written by the deliverer
+/// once per poll ([`INFO_POLL_INTERVAL`]), read by whoever renders the metrics. Suggested
+/// families:
+///
+/// - `shardgate_stream_trimmed_unread_entries_total{stream,group}` (counter): entries trimmed
+///   from the stream before the group read them, since this process first counted the group
+///   ([`StreamGroupStats::trimmed_unread`]; no sample while `None`);
+/// - `shardgate_stream_group_lag_entries{stream,group}` (gauge): Redis's own `lag` for the
+///   group ([`StreamGroupStats::lag`]; no sample while Redis answers nil);
+/// - `shardgate_stream_info_polls_total` and `shardgate_stream_info_poll_failures_total`
+///   (counters): polls made, and those that failed (Redis away, or an answer not understood).
+///
+/// Group names come from Redis: escape them as label values (`\`, `"`, newline).
+#[derive(Debug, Default)]
+pub struct StreamsStats {
+    groups: Mutex<Vec<StreamGroupStats>>,
+    polls: AtomicU64,
+    poll_failures: AtomicU64,
+}
+
+/// One consumer group of one stream, as of the last poll that saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamGroupStats {
+    /// The stream's key, `{key}:{partition}`.
+    pub stream: String,
+    /// The group's name (invalid UTF-8 replaced, cut at 256 bytes).
+    pub group: String,
+    /// Entries trimmed before the group read them, counted since this process first could:
+    /// `None` while Redis's counters have not allowed a count (a Redis before 7.0; a group whose
+    /// `entries-read` is nil after it read, e.g. one created at `$` on a stream with entries,
+    /// until it falls behind the stream's first entry or reaches its end).
+    pub trimmed_unread: Option<u64>,
+    /// Redis's `lag` for the group (`XINFO GROUPS`); `None` where Redis answers nil (it cannot
+    /// tell, e.g. after an `XDEL` past the group's position).
+    pub lag: Option<u64>,
+}
+
+impl StreamsStats {
+    /// Every group of the streams polled so far, by stream and group.
+    pub fn snapshot(&self) -> Vec<StreamGroupStats> {
+        self.groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Polls made.
+    pub fn polls_total(&self) -> u64 {
+        self.polls.load(Ordering::Relaxed)
+    }
+
+    /// Polls that failed.
+    pub fn poll_failures_total(&self) -> u64 {
+        self.poll_failures.load(Ordering::Relaxed)
+    }
+}
+
 pub struct StreamsTarget {
     /// Only its connection info is used (the URL as redis-rs parsed it).
     client: redis::Client,
@@ -73,10 +160,30 @@ pub struct StreamsTarget {
     commands: Vec<u8>,
     entries: usize,
     bytes: u64,
+    stats: Arc<StreamsStats>,
+    info_poll_interval: Duration,
+    next_info_poll: Instant,
+    /// The first partition the next poll looks at.
+    next_info_partition: u32,
+    /// By partition and group name.
+    groups: BTreeMap<(u32, Vec<u8>), GroupTrack>,
+    /// Whether the last poll failed (a failure is logged once, not every poll).
+    info_failing: bool,
+}
+
+/// What the target keeps of a group between polls.
+#[derive(Debug, Default)]
+struct GroupTrack {
+    counter: GroupCounter,
+    lag: Option<u64>,
 }
 
 impl StreamsTarget {
-    pub fn new(client: redis::Client, config: StreamsConfig) -> StreamsTarget {
+    pub fn new(
+        client: redis::Client,
+        config: StreamsConfig,
+        stats: Arc<StreamsStats>,
+    ) -> StreamsTarget {
         let partitions = config.partitions.max(1);
         let maxlen = itoa::Buffer::new().format(config.maxlen).to_owned();
         let xadd_heads = (0..partitions)
@@ -98,7 +205,20 @@ impl StreamsTarget {
             commands: Vec::new(),
             entries: 0,
             bytes: 0,
+            stats,
+            info_poll_interval: INFO_POLL_INTERVAL,
+            next_info_poll: Instant::now(),
+            next_info_partition: 0,
+            groups: BTreeMap::new(),
+            info_failing: false,
         }
+    }
+
+    /// Polls the consumer groups every `interval` instead of [`INFO_POLL_INTERVAL`] (zero:
+    /// after every delivered batch).
+    pub fn with_info_poll_interval(mut self, interval: Duration) -> StreamsTarget {
+        self.info_poll_interval = interval;
+        self
     }
 
     /// The stream a shard's records go to.
@@ -133,6 +253,98 @@ impl StreamsTarget {
         }
         resp::bulk(out, b"payload");
         resp::bulk(out, &record.payload);
+    }
+
+    /// One poll of the consumer groups (see the module docs); counts a failure and drops the
+    /// connection where the answers were not understood.
+    fn poll_info(&mut self) {
+        self.next_info_poll = Instant::now() + self.info_poll_interval;
+        if self.conn.is_none() {
+            return;
+        }
+        self.stats.polls.fetch_add(1, Ordering::Relaxed);
+        let partitions = self.config.partitions.max(1);
+        let first = self.next_info_partition % partitions;
+        let count = partitions.min(INFO_POLL_PARTITIONS_MAX);
+        self.next_info_partition = (first + count) % partitions;
+        let polled: Vec<u32> = (0..count).map(|n| (first + n) % partitions).collect();
+        let keys: Vec<String> = polled
+            .iter()
+            .map(|&partition| stream_key(&self.config, partition))
+            .collect();
+        let outcome = match self.conn.as_mut() {
+            Some(conn) => conn.xinfo(&keys),
+            None => return,
+        };
+        match outcome {
+            Ok(answers) => {
+                if self.info_failing {
+                    tracing::info!("the streams' consumer groups can be counted again");
+                    self.info_failing = false;
+                }
+                for (&partition, answer) in polled.iter().zip(answers) {
+                    self.count_groups(partition, answer);
+                }
+                self.publish();
+            }
+            Err(error) => {
+                self.conn = None;
+                self.stats.poll_failures.fetch_add(1, Ordering::Relaxed);
+                if !self.info_failing {
+                    tracing::warn!(%error, "cannot read the streams' consumer groups (XINFO); the counts wait for the next poll");
+                    self.info_failing = true;
+                }
+            }
+        }
+    }
+
+    /// Takes one stream's answer into the groups' counters (a stream without groups, or that
+    /// does not exist, forgets its groups).
+    fn count_groups(
+        &mut self,
+        partition: u32,
+        answer: Option<(info::StreamInfo, Vec<info::GroupInfo>)>,
+    ) {
+        let (stream, groups) = answer.unwrap_or_else(|| {
+            (
+                info::StreamInfo {
+                    length: 0,
+                    entries_added: None,
+                    last_generated: EntryId::ZERO,
+                    first_entry: None,
+                },
+                Vec::new(),
+            )
+        });
+        let mut kept = BTreeMap::new();
+        for group in groups {
+            let key = (partition, group.name.clone());
+            let mut track = self.groups.remove(&key).unwrap_or_default();
+            track.counter.observe(info::removed_unread(&stream, &group));
+            track.lag = group.lag;
+            kept.insert(key, track);
+        }
+        self.groups.retain(|(other, _), _| *other != partition);
+        self.groups.append(&mut kept);
+    }
+
+    /// Hands the groups' figures to [`StreamsStats`].
+    fn publish(&self) {
+        let snapshot: Vec<StreamGroupStats> = self
+            .groups
+            .iter()
+            .map(|((partition, group), track)| StreamGroupStats {
+                stream: stream_key(&self.config, *partition),
+                group: String::from_utf8_lossy(group).into_owned(),
+                trimmed_unread: track.counter.total,
+                lag: track.lag,
+            })
+            .collect();
+        *self
+            .stats
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = snapshot;
     }
 }
 
@@ -219,6 +431,9 @@ impl Target for StreamsTarget {
             return Err(Failure::Unreachable(format!(
                 "Redis (--redis-url): {error}"
             )));
+        }
+        if Instant::now() >= self.next_info_poll {
+            self.poll_info();
         }
         Ok(())
     }
@@ -382,6 +597,68 @@ impl Connection {
         }
         Ok(())
     }
+
+    /// `XINFO STREAM` and `XINFO GROUPS` of each key, each pair in one transaction, all in one
+    /// round trip: per key, its figures, or `None` where Redis refused (no such key).
+    #[allow(clippy::type_complexity)]
+    fn xinfo(
+        &mut self,
+        keys: &[String],
+    ) -> Result<Vec<Option<(info::StreamInfo, Vec<info::GroupInfo>)>>, RespError> {
+        let mut commands = Vec::new();
+        for key in keys {
+            resp::command(&mut commands, &[b"MULTI"]);
+            resp::command(&mut commands, &[b"XINFO", b"STREAM", key.as_bytes()]);
+            resp::command(&mut commands, &[b"XINFO", b"GROUPS", key.as_bytes()]);
+            resp::command(&mut commands, &[b"EXEC"]);
+        }
+        self.socket
+            .write_all(&commands)
+            .map_err(|error| RespError::io(&error))?;
+        let mut budget = INFO_POLL_BUDGET;
+        let mut answers = Vec::with_capacity(keys.len());
+        for _ in keys {
+            for (command, reply) in [("MULTI", "OK"), ("XINFO", "QUEUED"), ("XINFO", "QUEUED")] {
+                match self.replies.header(&mut self.socket)? {
+                    Header::Simple(text) if text == reply.as_bytes() => {}
+                    other => {
+                        return Err(RespError::Unexpected {
+                            command,
+                            got: other.kind(),
+                        });
+                    }
+                }
+            }
+            match self.replies.header(&mut self.socket)? {
+                Header::Array(Some(2)) => {}
+                other => {
+                    return Err(RespError::Unexpected {
+                        command: "EXEC",
+                        got: other.kind(),
+                    });
+                }
+            }
+            let stream = info::read_stream(&mut self.replies, &mut self.socket, &mut budget);
+            let stream = match stream {
+                Ok(stream) => Some(stream),
+                Err(error) if error.leaves_connection_usable() => None,
+                Err(error) => return Err(error),
+            };
+            let groups = info::read_groups(
+                &mut self.replies,
+                &mut self.socket,
+                &mut budget,
+                INFO_GROUPS_PER_STREAM_MAX,
+            );
+            let groups = match groups {
+                Ok(groups) => Some(groups),
+                Err(error) if error.leaves_connection_usable() => None,
+                Err(error) => return Err(error),
+            };
+            answers.push(stream.zip(groups));
+        }
+        Ok(answers)
+    }
 }
 
 /// A TCP connection to the first address of `host` that answers within [`REDIS_TIMEOUT`].
@@ -416,6 +693,7 @@ mod tests {
                 partitions,
                 maxlen: 100_000,
             },
+            Arc::default(),
         )
     }
 

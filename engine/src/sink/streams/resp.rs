@@ -61,7 +61,6 @@ impl RespError {
     }
 
     /// Whether the connection is still in step after this error: only after a whole error reply.
-    #[allow(dead_code)] // for the consumer groups' poll, next
     pub(crate) fn leaves_connection_usable(&self) -> bool {
         matches!(self, RespError::Refused(_))
     }
@@ -139,14 +138,12 @@ impl Header<'_> {
 
 /// What a skip may still read: bytes of bulk strings and elements of arrays, together over
 /// one exchange, so that a hostile or broken server cannot keep the deliverer reading.
-#[allow(dead_code)] // for the consumer groups' poll, next
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Budget {
     pub(crate) bytes: u64,
     pub(crate) elements: u64,
 }
 
-#[allow(dead_code)] // for the consumer groups' poll, next
 impl Budget {
     fn take_bytes(&mut self, bytes: u64) -> Result<(), RespError> {
         self.bytes = self
@@ -225,7 +222,6 @@ impl ReplyReader {
 
     /// The first `len` bytes of a longer bulk string (after its header), kept; the rest must be
     /// read with [`ReplyReader::skip_bulk`]. `len` must fit the buffer.
-    #[allow(dead_code)] // for the consumer groups' poll, next
     pub(crate) fn bulk_prefix<R: Read>(
         &mut self,
         io: &mut R,
@@ -244,7 +240,6 @@ impl ReplyReader {
     }
 
     /// A bulk string's `len` bytes (after its header) and their CRLF, read and forgotten.
-    #[allow(dead_code)] // for the consumer groups' poll, next
     pub(crate) fn skip_bulk<R: Read>(
         &mut self,
         io: &mut R,
@@ -268,7 +263,6 @@ impl ReplyReader {
     }
 
     /// One whole value of any shape, read and forgotten. Arrays are counted, not recursed into.
-    #[allow(dead_code)] // for the consumer groups' poll, next
     pub(crate) fn skip_value<R: Read>(
         &mut self,
         io: &mut R,
