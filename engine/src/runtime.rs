@@ -116,6 +116,7 @@ fn build_routes(
     let mut routes = Vec::new();
     let mut infos = Vec::new();
     for route in settings.all_routes() {
+        let mut streams_stats = None;
         let (target, destination): (Box<dyn crate::sink::Target>, String) = match route.sink {
             crate::config::SinkKind::Http => {
                 let forward_url = ForwardUrl::parse(&route.forward_url)?;
@@ -141,6 +142,8 @@ fn build_routes(
                 let url = redis_url.unwrap_or_default();
                 let client = crate::fleet::store::client(url)
                     .map_err(crate::fleet::FleetError::unreachable(url))?;
+                let stats = Arc::new(crate::sink::streams::StreamsStats::default());
+                streams_stats = Some(Arc::clone(&stats));
                 (
                     Box::new(crate::sink::streams::StreamsTarget::new(
                         client,
@@ -149,6 +152,7 @@ fn build_routes(
                             partitions: route.stream_partitions,
                             maxlen: route.stream_maxlen,
                         },
+                        stats,
                     )),
                     format!("{}:*", route.stream_key),
                 )
@@ -195,6 +199,7 @@ fn build_routes(
             sink: route.sink,
             destination,
             stats: Arc::clone(&stats),
+            streams: streams_stats,
         });
         routes.push(crate::sink::Route {
             name: route.name,
@@ -387,6 +392,8 @@ pub struct RouteInfo {
     /// The URL, or the streams (`KEY:*`).
     pub destination: String,
     pub stats: Arc<SinkStats>,
+    /// A Redis Streams route's view of its consumer groups.
+    pub streams: Option<Arc<crate::sink::streams::StreamsStats>>,
 }
 
 impl EngineStats {

@@ -272,6 +272,19 @@ fn interactions_over_http_and_the_rest_into_redis_streams() {
         1,
     )
     .unwrap();
+    // A second group that never reads: the streams' MAXLEN trims what it did not read, and the
+    // engine counts that.
+    let mut redis_conn = redis.client().get_connection().unwrap();
+    for partition in 0..2 {
+        let () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(format!("bot:events:{partition}"))
+            .arg("idle")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(&mut redis_conn)
+            .unwrap();
+    }
     let streams_bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
     let consumer = streams_bot
         .consume_streams(StreamsConfig {
@@ -287,6 +300,7 @@ fn interactions_over_http_and_the_rest_into_redis_streams() {
         &config,
         format!(
             "sink = \"redis-streams\"\nstream_key = \"bot:events\"\nstream_partitions = 2\n\
+             stream_maxlen = 1000\n\
              [routes.interactions]\nevents = [\"{ROUTED}\"]\nforward_url = \"{}\"\n\
              batch_events_max = 10\nbatch_linger_ms = 0\n",
             interactions_bot.url()
@@ -357,6 +371,40 @@ fn interactions_over_http_and_the_rest_into_redis_streams() {
         );
         assert!(!at_streams.shards[&shard].by_type.contains_key(ROUTED));
     }
+    // The idle group read nothing: what the streams trimmed it lost, and /metrics says so (the
+    // deliverer polls the groups every few seconds; it counts no more than was trimmed).
+    let trimmed_by_redis: u64 = (0..2)
+        .map(|partition| {
+            let key = format!("bot:events:{partition}");
+            let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&key)
+                .query(&mut redis_conn)
+                .unwrap();
+            let added: u64 = redis::from_redis_value(info["entries-added"].clone()).unwrap();
+            let length: u64 = redis::cmd("XLEN").arg(&key).query(&mut redis_conn).unwrap();
+            added - length
+        })
+        .sum();
+    assert!(trimmed_by_redis > 0, "MAXLEN trimmed the streams");
+    let trimmed_counted = || -> u64 {
+        let (_, _, metrics) = http(admin, "GET", "/metrics", None, b"");
+        metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("shardgate_stream_trimmed_unread_entries_total{")
+                    && line.contains("group=\"idle\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    wait_until(
+        "the trimmed entries the idle group never read on /metrics",
+        Duration::from_secs(30),
+        || trimmed_counted() > 0,
+    );
+    assert!(trimmed_counted() <= trimmed_by_redis);
+
     let now = status(admin);
     assert_eq!(route(&now, "default")["sink"], "redis-streams");
     assert_eq!(route(&now, "default")["destination"], "bot:events:*");

@@ -4,7 +4,7 @@
 With --sink redis-streams shardgate XADDs every record to the stream
 {--stream-key}:{shard_id % --stream-partitions}. An entry's fields: shard, seq, type (the event
 name), kind (dispatch, guild_create:backfill|join|return, or notice:NAME), guild (when the event
-has one), id (shard:seq:crc32 of the payload: a second copy of an event has the same id) and
+has one), id (shard:seq:session tag: a second copy of an event has the same id) and
 payload (the gateway payload's bytes exactly as Discord sent them). docs/forwarding.md has the
 contract.
 

@@ -620,6 +620,79 @@ fn write_routes(out: &mut Exposition, routes: &[crate::runtime::RouteInfo]) {
             cumulative as f64,
         );
     }
+    write_streams(out, routes);
+}
+
+/// The consumer groups of every Redis Streams route, as its deliverer last polled them
+/// (`XINFO GROUPS`, a few times a minute).
+fn write_streams(out: &mut Exposition, routes: &[crate::runtime::RouteInfo]) {
+    let streams: Vec<_> = routes
+        .iter()
+        .filter_map(|route| Some((route.name.as_str(), route.streams.as_ref()?)))
+        .collect();
+    if streams.is_empty() {
+        return;
+    }
+    out.family(
+        "shardgate_stream_trimmed_unread_entries_total",
+        "counter",
+        "Entries trimmed from a stream (MAXLEN) before the consumer group read them, since this \
+         process first could count them: events that group will never see.",
+    );
+    for (route, stats) in &streams {
+        for group in stats.snapshot() {
+            if let Some(trimmed) = group.trimmed_unread {
+                out.sample(
+                    "shardgate_stream_trimmed_unread_entries_total",
+                    &[
+                        ("route", route),
+                        ("stream", &group.stream),
+                        ("group", &group.group),
+                    ],
+                    trimmed as f64,
+                );
+            }
+        }
+    }
+    out.family(
+        "shardgate_stream_group_lag_entries",
+        "gauge",
+        "Entries of a stream the consumer group has not read yet (Redis's lag).",
+    );
+    for (route, stats) in &streams {
+        for group in stats.snapshot() {
+            if let Some(lag) = group.lag {
+                out.sample(
+                    "shardgate_stream_group_lag_entries",
+                    &[
+                        ("route", route),
+                        ("stream", &group.stream),
+                        ("group", &group.group),
+                    ],
+                    lag as f64,
+                );
+            }
+        }
+    }
+    type Read = fn(&crate::sink::streams::StreamsStats) -> u64;
+    let polls: [(&str, &str, Read); 2] = [
+        (
+            "shardgate_stream_info_polls_total",
+            "Polls of the streams' consumer groups (XINFO).",
+            |s| s.polls_total(),
+        ),
+        (
+            "shardgate_stream_info_poll_failures_total",
+            "Polls of the consumer groups that failed (Redis away, or an answer not understood).",
+            |s| s.poll_failures_total(),
+        ),
+    ];
+    for (name, help, read) in polls {
+        out.family(name, "counter", help);
+        for (route, stats) in &streams {
+            out.sample(name, &[("route", route)], read(stats) as f64);
+        }
+    }
 }
 
 fn fleet_families(out: &mut Exposition, fleet: &crate::fleet::FleetHandle) {
@@ -827,9 +900,18 @@ impl Exposition {
                 if index > 0 {
                     self.0.push(',');
                 }
-                // Label values here are numbers and fixed names: nothing to escape.
-                debug_assert!(!value.contains(['"', '\\', '\n']));
-                let _ = write!(self.0, "{key}=\"{value}\"");
+                let _ = write!(self.0, "{key}=\"");
+                // Most values are numbers and fixed names; a stream group's name comes from
+                // Redis and is escaped as the text format says.
+                for c in value.chars() {
+                    match c {
+                        '\\' => self.0.push_str("\\\\"),
+                        '"' => self.0.push_str("\\\""),
+                        '\n' => self.0.push_str("\\n"),
+                        c => self.0.push(c),
+                    }
+                }
+                self.0.push('"');
             }
             self.0.push('}');
         }

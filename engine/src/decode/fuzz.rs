@@ -23,7 +23,8 @@
 //! - payload compression: what libdeflate inflates, zlib (flate2) inflates to the same bytes;
 //! - where the classifier's fast path answers for a UTF-8 payload, its fallback gives the same
 //!   head; on a valid JSON object, the head agrees with serde_json ([`check_classification`]);
-//! - the field helpers' scanner agrees with the sonic-rs readers it replaced ([`check_fields`]).
+//! - the field helpers' scanner agrees with the sonic-rs readers it replaced, and the streams
+//!   sink's one walk for `t` and the guild with the two walks it replaced ([`check_fields`]).
 
 use std::fmt::Debug;
 use std::hint::black_box;
@@ -33,9 +34,10 @@ use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 
 use super::classify::{ClassifyError, NESTING_MAX, classify, classify_lazy, classify_prefix};
 use super::fields::{
-    guild_id, guild_unavailable, message_id_and_content_hash, ready_guild_ids, sonic,
+    event_name_and_guild_id, guild_id, guild_unavailable, message_id_and_content_hash,
+    ready_guild_ids, sonic,
 };
-use super::scan::nests_deeper_than;
+use super::scan::{event_name_and_data, nests_deeper_than};
 use super::{Compression, DecodeError, Decoder, DecoderLimits, Frame};
 use crate::shard::PayloadHead;
 
@@ -417,6 +419,16 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
 /// payload nesting deeper than [`NESTING_MAX`] goes to the scanner alone: sonic-rs recurses per
 /// level (and the engine never gives it such a payload).
 pub(crate) fn check_fields(payload: &[u8]) {
+    // The streams sink's one walk answers what the two walks it replaced answer, on any input.
+    assert_eq!(
+        event_name_and_guild_id(payload),
+        (
+            event_name_and_data(payload).map(|(name, _)| name),
+            guild_id(payload)
+        ),
+        "event_name_and_guild_id on {:?}",
+        String::from_utf8_lossy(payload)
+    );
     if nests_deeper_than(payload, NESTING_MAX) {
         black_box(message_id_and_content_hash(payload));
         black_box(guild_id(payload));

@@ -30,7 +30,7 @@ mod fields;
 pub mod fuzz;
 pub(crate) mod scan;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use classify::{ClassifyError, NESTING_MAX, classify};
 
@@ -44,6 +44,7 @@ pub use decoder::{
     DecodeError, Decoder, DecoderLimits, Frame, LIBDEFLATE_DECOMPRESSOR_BYTES, LimitsError,
     OUTPUT_INITIAL_BYTES, OUTPUT_SHRINK_FACTOR, ZLIB_INFLATE_STATE_BYTES,
 };
+pub(crate) use fields::event_name_and_guild_id;
 pub use fields::{guild_id, guild_unavailable, message_id_and_content_hash, ready_guild_ids};
 #[doc(hidden)]
 pub use fuzz::fuzz_entry;

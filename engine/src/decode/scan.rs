@@ -101,6 +101,113 @@ pub(crate) fn event_name_and_data(payload: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((name?, data?))
 }
 
+/// [`event_name_and_data`]'s `t` and [`d_member`]'s `d.<member>` (when `member` is given) from
+/// one walk: exactly `(event_name_and_data(payload).map(|(t, _)| t), member.and_then(|m|
+/// d_member(payload, m)))` on every input, valid or not. The two walks share the members before
+/// `d`; inside `d` the member's walk goes first, and the skip to `d`'s end that
+/// [`event_name_and_data`] needs continues from where it stopped instead of starting over at
+/// `d`'s bracket (the guild id is usually `d`'s last member, so `d` is walked about once, not
+/// twice).
+///
+/// The continuation is the skip's own answer only where the member's walk read the bytes as the
+/// skip would: strings and containers are read by the same helpers, but a number or literal runs
+/// to its delimiter in the walk, while the skip would count a quote or an opening bracket inside
+/// one (malformed JSON). After such a scalar, or where the member's walk broke off, `d` is
+/// skipped from its start as before.
+pub(crate) fn event_name_and_d_member<'a>(
+    payload: &'a [u8],
+    member: Option<&[u8]>,
+) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+    let mut cursor = Cursor::new(payload);
+    let (mut name, mut data_seen, mut found) = (None, false, None);
+    if cursor.enter_object().is_none() {
+        return (None, None);
+    }
+    loop {
+        let Some(key) = cursor.key() else {
+            return (None, found);
+        };
+        if !data_seen && key.is(b"d") {
+            data_seen = true;
+            let mut inner = Cursor::new(payload);
+            inner.at = cursor.at;
+            let walked = member.and_then(|member| d_member_from(&mut inner, member));
+            found = walked.and_then(|walked| walked.value);
+            let end = match walked {
+                // Inside `d` (depth 1), outside any string: the skip goes on from here.
+                Some(walked) if walked.clean && walked.value.is_some() => {
+                    container_end(payload, inner.at)
+                }
+                // The walk read `d` to its closing bracket.
+                Some(walked) if walked.clean => Some(inner.at),
+                _ => cursor.value().map(|_| cursor.at),
+            };
+            let Some(end) = end else {
+                return (None, found);
+            };
+            cursor.at = end;
+            if name.is_some() {
+                return (name, found);
+            }
+        } else {
+            let Some(value) = cursor.value() else {
+                return (None, found);
+            };
+            if name.is_none() && key.is(b"t") {
+                name = Some(value);
+                if data_seen {
+                    return (name, found);
+                }
+            }
+        }
+        if cursor.next_member() != Some(true) {
+            return (None, found);
+        }
+    }
+}
+
+/// How [`d_member_from`] walked `d`.
+#[derive(Clone, Copy)]
+struct DWalk<'a> {
+    /// The member's raw value; `None` when `d` ended without it (the cursor is then past `d`).
+    value: Option<&'a [u8]>,
+    /// Whether every number or literal walked is free of quotes and opening brackets, so that
+    /// the cursor stands where [`container_end`] would have passed.
+    clean: bool,
+}
+
+/// [`d_member`]'s walk inside `d`, from the cursor just past `d`'s key: `None` where that walk
+/// answers `None` for a broken `d` (not an object, a broken member before the one asked for).
+fn d_member_from<'a>(cursor: &mut Cursor<'a>, name: &[u8]) -> Option<DWalk<'a>> {
+    cursor.enter_object()?;
+    let mut clean = true;
+    loop {
+        let is_member = cursor.key()?.is(name);
+        let value = cursor.value()?;
+        clean &= skips_alike(value);
+        if is_member {
+            return Some(DWalk {
+                value: Some(value),
+                clean,
+            });
+        }
+        if !cursor.next_member()? {
+            return Some(DWalk { value: None, clean });
+        }
+    }
+}
+
+/// Whether [`container_end`] would pass over `value` (as [`Cursor::value`] read it) as the walk
+/// did: strings and containers are read alike; a number or literal only when no quote or
+/// opening bracket hides inside it.
+fn skips_alike(value: &[u8]) -> bool {
+    match value.split_first() {
+        Some((b'"' | b'{' | b'[', _)) => true,
+        Some((_, rest)) => !rest.iter().any(|&byte| matches!(byte, b'"' | b'{' | b'[')),
+        None => true,
+    }
+}
+
 /// The raw bytes of `d.id` and `d.content` as `sonic_rs::get_many` finds them for those two
 /// paths: both members of every top-level `d` count, each one found overwrites the last of its
 /// name, and the walk ends after the second one found (or at the end of the payload's object).
@@ -504,6 +611,106 @@ mod tests {
         assert_eq!(event_name_and_data(b"[]"), None);
     }
     use crate::decode::test_support::Random;
+
+    /// [`event_name_and_d_member`] against the two walks it replaces.
+    fn check_one_walk(payload: &[u8], member: Option<&[u8]>) {
+        assert_eq!(
+            event_name_and_d_member(payload, member),
+            (
+                event_name_and_data(payload).map(|(name, _)| name),
+                member.and_then(|member| d_member(payload, member))
+            ),
+            "{:?} in {:?}",
+            member.map(String::from_utf8_lossy),
+            String::from_utf8_lossy(payload)
+        );
+    }
+
+    #[test]
+    fn the_one_walk_answers_what_the_two_walks_answer() {
+        let cases: &[&[u8]] = &[
+            br#"{"t":"GUILD_CREATE","s":1,"op":0,"d":{"id":"5","name":"x"}}"#,
+            br#"{"t":"MESSAGE_CREATE","s":1,"op":0,"d":{"id":"5","guild_id":"7","x":[1,{"a":"}"}]}}"#,
+            br#"{"t":"X","s":1,"op":0,"d":{"id":"5","x":[1,{"a":"}"}],"guild_id":7}}"#,
+            // `d` before `t`; two `d`s; `t` twice.
+            br#"{"op":0,"d":{"guild_id":"7"},"s":1,"t":"X"}"#,
+            br#"{"d":{"guild_id":"1"},"d":{"guild_id":"2"},"t":"Y","t":"Z"}"#,
+            br#"{"t":"X","d":{"guild_id":"1"},"d":[}"#,
+            // A number or literal that hides a quote or bracket, before and as the member.
+            br#"{"t":"X","d":{"a":1"{,"guild_id":"1","b":"}"}}"#,
+            br#"{"t":"X","d":{"a":tr[ue,"guild_id":"1"},"s":2}"#,
+            br#"{"t":"X","d":{"guild_id":1"}",x"}}"#,
+            br#"{"t":"X","d":{"guild_id":1[,"a":]}}}"#,
+            // Truncated, empty, not an object, trailing garbage.
+            br#"{"t":"X","d":{"guild_id":"1","#,
+            br#"{"t":"X","d":{"guild_id":"1"}"#,
+            br#"{"t":"X","d":{"guild_id":"1"} "#,
+            br#"{"t":"X","d":{"guild_id":"1"}x"#,
+            br#"{"t":"X","d":{}}"#,
+            br#"{"t":"X","d":[]}"#,
+            br#"{"t":"X","d":null}"#,
+            br#"{"t":"X","d":{"a":{"guild_id":"9"}}}"#,
+            br#"{"t":"X","d" : { "guild_id" : "1" , "b" : [ ] } }"#,
+            br#"{"t":"X","d":{"gu\u0069ld_id":"1"}}"#,
+            br#"{"t":"X"}"#,
+            b"{}",
+            b"[]",
+            b"",
+        ];
+        for member in [Some(&b"guild_id"[..]), Some(b"id"), Some(b"b"), None] {
+            for case in cases {
+                check_one_walk(case, member);
+            }
+        }
+        // Generated payloads, and the same with a few bytes changed, cut or hidden in scalars.
+        const BYTES: &[u8] = b"{}[]\",:0-.e \\tsopd";
+        let mut random = Random(0x0E_3A1C);
+        for item in crate::decode::test_support::connection(7, 3, 400) {
+            let payload = item.payload;
+            if payload.len() > 64 * 1024 {
+                continue;
+            }
+            for member in [Some(&b"guild_id"[..]), Some(b"id")] {
+                check_one_walk(&payload, member);
+            }
+            for _ in 0..8 {
+                let mut mutated = payload.clone();
+                match random.below(3) {
+                    0 => {
+                        for _ in 0..1 + random.below(3) {
+                            let at = random.below(mutated.len());
+                            mutated[at] = BYTES[random.below(BYTES.len())];
+                        }
+                    }
+                    1 => mutated.truncate(random.below(mutated.len())),
+                    _ => {
+                        // Right after a digit or a literal's letter: inside a scalar.
+                        let at = random.below(mutated.len());
+                        if let Some(offset) = mutated[at..]
+                            .iter()
+                            .position(|byte| byte.is_ascii_digit() || *byte == b'l')
+                        {
+                            let byte = [b'"', b'{', b'[', b']'][random.below(4)];
+                            mutated.insert(at + offset + 1, byte);
+                        }
+                    }
+                }
+                check_one_walk(&mutated, Some(b"guild_id"));
+            }
+        }
+        for _ in 0..20_000 {
+            let length = random.below(60);
+            let prefix = br#"{"t":"X","d":{"#;
+            let mut bytes = prefix[..random.below(prefix.len() + 1)].to_vec();
+            bytes.extend((0..length).map(|_| match random.below(6) {
+                0 => b'a' + random.below(3) as u8,
+                _ => BYTES[random.below(BYTES.len())],
+            }));
+            for member in [Some(&b"a"[..]), Some(b"d"), None] {
+                check_one_walk(&bytes, member);
+            }
+        }
+    }
 
     /// The byte-at-a-time readers the table and word steps replaced: the reference they must
     /// agree with on every input.

@@ -641,7 +641,7 @@ mod tests {
             DedupKey::Event(IdempotencyKey {
                 shard: 1,
                 seq,
-                crc32: 9,
+                tag: 9,
             })
         };
         let place = |ms| Place {

@@ -199,33 +199,53 @@ fn bytes(value: Value) -> Option<Vec<u8>> {
     }
 }
 
-/// The `id` field of an entry, `shard:seq:crc32` of the payload (8 lower-case hex digits), as
-/// numbers.
+/// The `id` field of an entry, `shard:seq:TAG` (TAG 8 lower-case hex digits: the session's
+/// tag, the CRC-32 of its session id, for a dispatch; the CRC-32 of the payload for a notice),
+/// as numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey {
     pub shard: u32,
     pub seq: u64,
-    pub crc32: u32,
+    pub tag: u32,
 }
 
 impl IdempotencyKey {
     pub fn parse(text: &[u8]) -> Option<IdempotencyKey> {
         let text = std::str::from_utf8(text).ok()?;
         let mut parts = text.split(':');
-        let (Some(shard), Some(seq), Some(crc32), None) =
+        let (Some(shard), Some(seq), Some(tag), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return None;
         };
-        if crc32.len() != 8 {
+        if tag.len() != 8 {
             return None;
         }
         Some(IdempotencyKey {
             shard: shard.parse().ok()?,
             seq: seq.parse().ok()?,
-            crc32: u32::from_str_radix(crc32, 16).ok()?,
+            tag: u32::from_str_radix(tag, 16).ok()?,
         })
     }
+}
+
+/// A READY's session tag (the CRC-32 of `d.session_id`), or `None` for any other payload.
+fn ready_session_tag(payload: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Ready<'a> {
+        t: Option<&'a str>,
+        #[serde(borrow)]
+        d: Option<ReadyData<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ReadyData<'a> {
+        session_id: Option<&'a str>,
+    }
+    let ready: Ready<'_> = serde_json::from_slice(payload).ok()?;
+    if ready.t != Some("READY") {
+        return None;
+    }
+    Some(crc32fast::hash(ready.d?.session_id?.as_bytes()))
 }
 
 /// What an entry's `kind` field says it carries.
@@ -262,9 +282,11 @@ pub enum EntryError {
     NotANumber(&'static str),
     #[error("unknown kind {0:?}")]
     UnknownKind(String),
-    #[error("the id is not shard:seq:crc32 (8 hex digits)")]
+    #[error("the id is not shard:seq:TAG (8 hex digits)")]
     BadId,
-    #[error("the id does not match the entry's shard, seq and payload")]
+    #[error(
+        "the id does not match the entry's shard and seq, or the session (READY) or payload (notice) it names"
+    )]
     IdMismatch,
     #[error("shard {shard} is in partition {partition}, not {expected}")]
     WrongPartition {
@@ -322,13 +344,13 @@ impl<'a> StreamEntry<'a> {
         };
         let payload_bytes = field("payload")?;
         let key = IdempotencyKey::parse(field("id")?).ok_or(EntryError::BadId)?;
-        if key
-            != (IdempotencyKey {
-                shard,
-                seq,
-                crc32: crc32fast::hash(payload_bytes),
-            })
-        {
+        // The tag: a notice's payload, a READY's session; other dispatches carry their session's
+        // tag, which only the READY before them names.
+        let tag = match kind {
+            EntryKind::Notice(_) => Some(crc32fast::hash(payload_bytes)),
+            _ => ready_session_tag(payload_bytes),
+        };
+        if (key.shard, key.seq) != (shard, seq) || tag.is_some_and(|tag| tag != key.tag) {
             return Err(EntryError::IdMismatch);
         }
         let payload = std::str::from_utf8(payload_bytes)
@@ -486,6 +508,29 @@ mod tests {
             ("id", &id),
             ("payload", payload),
         ])
+    }
+
+    #[test]
+    fn a_ready_names_its_session_in_the_id() {
+        let payload = r#"{"t":"READY","s":1,"op":0,"d":{"session_id":"abc","guilds":[]}}"#;
+        let tag = crc32fast::hash(b"abc");
+        let entry = |id: String| {
+            fields(&[
+                ("shard", "1"),
+                ("seq", "1"),
+                ("type", "READY"),
+                ("kind", "dispatch"),
+                ("id", &id),
+                ("payload", payload),
+            ])
+        };
+        let good = entry(format!("1:1:{tag:08x}"));
+        assert_eq!(StreamEntry::parse(&good, 1, 2).unwrap().key.tag, tag);
+        let other_session = entry(format!("1:1:{:08x}", tag ^ 1));
+        assert!(matches!(
+            StreamEntry::parse(&other_session, 1, 2),
+            Err(EntryError::IdMismatch)
+        ));
     }
 
     #[test]
@@ -697,7 +742,7 @@ mod tests {
             DedupKey::Event(IdempotencyKey {
                 shard: 0,
                 seq,
-                crc32: 7,
+                tag: 7,
             })
         };
         let place = |ms| Place {
@@ -726,7 +771,7 @@ mod tests {
             Some(IdempotencyKey {
                 shard: 3,
                 seq: 42,
-                crc32: 0x0a0b_0c0d
+                tag: 0x0a0b_0c0d
             })
         );
         for bad in [
