@@ -98,7 +98,8 @@ fn every_partition_is_read_once_in_order_copies_dropped_and_bad_entries_counted(
         .arg("kind")
         .arg("dispatch")
         .arg("id")
-        .arg("0:51:00000000")
+        // Another sequence than the entry's.
+        .arg("0:50:00000000")
         .arg("type")
         .arg("MESSAGE_CREATE")
         .arg("payload")
