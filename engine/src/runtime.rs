@@ -101,9 +101,9 @@ pub enum RunError {
     },
 }
 
-/// Every route's target, batching, spill and queue (the default route first), and what the
-/// admin API shows of them. A route of its own has its own counters; the default route alone
-/// counts into the totals directly.
+/// Every route's lanes (each a target, a queue and a spill), batching, and what the admin API
+/// shows of them, the default route first. A route of its own has its own counters; the
+/// default route alone counts into the totals directly.
 fn build_routes(
     settings: &Settings,
     tls: &Arc<rustls::ClientConfig>,
@@ -116,88 +116,115 @@ fn build_routes(
     let mut routes = Vec::new();
     let mut infos = Vec::new();
     for route in settings.all_routes() {
-        let mut streams_stats = None;
-        let (target, destination): (Box<dyn crate::sink::Target>, String) = match route.sink {
-            crate::config::SinkKind::Http => {
-                let forward_url = ForwardUrl::parse(&route.forward_url)?;
-                let authorization = route
-                    .forward_secret
-                    .as_ref()
-                    .map(|s| s.expose_secret().to_owned());
-                let client = HttpClient::new(
-                    forward_url,
-                    authorization,
-                    Some(Arc::clone(tls)),
-                    Duration::from_millis(route.forward_timeout_ms),
-                );
-                (
-                    Box::new(crate::sink::HttpTarget::new(
-                        client,
-                        route.batch_bytes_max + 64 * 1024,
-                    )),
-                    route.forward_url.clone(),
-                )
-            }
-            crate::config::SinkKind::RedisStreams => {
-                let url = redis_url.unwrap_or_default();
-                let client = crate::fleet::store::client(url)
-                    .map_err(crate::fleet::FleetError::unreachable(url))?;
-                let stats = Arc::new(crate::sink::streams::StreamsStats::default());
-                streams_stats = Some(Arc::clone(&stats));
-                (
-                    Box::new(crate::sink::streams::StreamsTarget::new(
+        let lanes = lane_count(settings, &route.name, route.lanes())?;
+        let streams_stats = (route.sink == crate::config::SinkKind::RedisStreams)
+            .then(|| Arc::new(crate::sink::streams::StreamsStats::default()));
+        let destination = match route.sink {
+            crate::config::SinkKind::Http => route.forward_url.clone(),
+            crate::config::SinkKind::RedisStreams => format!("{}:*", route.stream_key),
+        };
+        let mut route_lanes = Vec::with_capacity(lanes as usize);
+        for lane in 0..lanes {
+            let target: Box<dyn crate::sink::Target> = match (&route.sink, &streams_stats) {
+                (crate::config::SinkKind::RedisStreams, Some(stats)) => {
+                    let url = redis_url.unwrap_or_default();
+                    let client = crate::fleet::store::client(url)
+                        .map_err(crate::fleet::FleetError::unreachable(url))?;
+                    let target = crate::sink::streams::StreamsTarget::new(
                         client,
                         crate::sink::streams::StreamsConfig {
                             key: route.stream_key.clone(),
                             partitions: route.stream_partitions,
                             maxlen: route.stream_maxlen,
                         },
-                        stats,
-                    )),
-                    format!("{}:*", route.stream_key),
-                )
-            }
-        };
+                        Arc::clone(stats),
+                    );
+                    // One lane polls the route's consumer groups.
+                    Box::new(if lane == 0 {
+                        target
+                    } else {
+                        target.without_info_polls()
+                    })
+                }
+                _ => {
+                    let forward_url = ForwardUrl::parse(&route.forward_url)?;
+                    let authorization = route
+                        .forward_secret
+                        .as_ref()
+                        .map(|s| s.expose_secret().to_owned());
+                    let client = HttpClient::new(
+                        forward_url,
+                        authorization,
+                        Some(Arc::clone(tls)),
+                        Duration::from_millis(route.forward_timeout_ms),
+                    );
+                    Box::new(crate::sink::HttpTarget::new(
+                        client,
+                        route.batch_bytes_max + 64 * 1024,
+                    ))
+                }
+            };
+            let spill = match route.spill_bytes_max / u64::from(lanes) {
+                0 => None,
+                max_bytes => {
+                    let config = crate::spill::SpillConfig {
+                        dir: settings.lane_spill_dir(&route.name, lane),
+                        max_bytes,
+                        segment_bytes: Settings::SPILL_SEGMENT_BYTES_MAX.min(max_bytes / 4),
+                        fsync: settings.spill_fsync,
+                    };
+                    let (spill, recovered) = Spill::open(config)?;
+                    if recovered.records > 0 {
+                        tracing::info!(
+                            route = %route.name,
+                            lane,
+                            records = recovered.records,
+                            bytes = recovered.bytes,
+                            torn_tails = recovered.torn_tails,
+                            "the spill holds undelivered records from the last run: they go first"
+                        );
+                    }
+                    Some(spill)
+                }
+            };
+            route_lanes.push(crate::sink::Lane {
+                queue: Queue::new(
+                    route.queue_bytes_max / u64::from(lanes),
+                    spill,
+                    total_shards,
+                    saved,
+                ),
+                target,
+            });
+        }
         let config = SinkConfig {
             batch_events_max: route.batch_events_max,
             batch_bytes_max: route.batch_bytes_max,
             batch_linger: Duration::from_millis(route.batch_linger_ms),
             shutdown_grace: Duration::from_secs(10),
-            backlog_rate: route.backlog_rate,
+            // Shared by the lanes.
+            backlog_rate: route.backlog_rate.div_ceil(lanes),
         };
-        let spill = match route.spill_bytes_max {
-            0 => None,
-            max_bytes => {
-                let config = crate::spill::SpillConfig {
-                    dir: settings.route_spill_dir(&route.name),
-                    max_bytes,
-                    segment_bytes: Settings::SPILL_SEGMENT_BYTES_MAX.min(max_bytes / 4),
-                    fsync: settings.spill_fsync,
-                };
-                let (spill, recovered) = Spill::open(config)?;
-                if recovered.records > 0 {
-                    tracing::info!(
-                        route = %route.name,
-                        records = recovered.records,
-                        bytes = recovered.bytes,
-                        torn_tails = recovered.torn_tails,
-                        "the spill holds undelivered records from the last run: they go first"
-                    );
-                }
-                Some(spill)
-            }
-        };
-        let queue = Queue::new(route.queue_bytes_max, spill, total_shards, saved);
         let stats = if settings.routes.is_empty() {
             Arc::clone(totals)
         } else {
             Arc::new(SinkStats::default())
         };
+        if lanes < route.batches_in_flight && lanes == route.lanes() {
+            tracing::info!(
+                route = %route.name,
+                batches_in_flight = lanes,
+                asked = route.batches_in_flight,
+                "fewer delivery lanes than --batches-in-flight: each lane's share of the memory \
+                 queue holds a whole batch and its share of the spill at least 1 MiB"
+            );
+        }
         infos.push(RouteInfo {
             name: route.name.clone(),
             events: route.events.clone(),
             sink: route.sink,
             destination,
+            lanes,
             stats: Arc::clone(&stats),
             streams: streams_stats,
         });
@@ -205,12 +232,25 @@ fn build_routes(
             name: route.name,
             events: route.events.iter().map(|e| (*e).to_owned()).collect(),
             config,
-            queue,
-            target,
+            lanes: route_lanes,
             stats,
         });
     }
     Ok((routes, infos))
+}
+
+/// Undelivered records on the spill in `dir` (0 where there is none). Opening it is what the
+/// next start does anyway (acknowledged segments deleted, a torn tail cut).
+fn spill_records(dir: &std::path::Path) -> Result<u64, RunError> {
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let config = crate::spill::SpillConfig {
+        max_bytes: Settings::SPILL_BYTES_MAX_LIMIT,
+        ..crate::spill::SpillConfig::new(dir)
+    };
+    let (_, recovered) = Spill::open(config)?;
+    Ok(recovered.records)
 }
 
 /// A spill under `--data-dir/routes` whose route is no longer configured holds records no
@@ -225,17 +265,64 @@ fn check_route_spills(settings: &Settings) -> Result<(), RunError> {
         if settings.routes.iter().any(|route| route.name == name) {
             continue;
         }
-        let spill = entry.path().join("spill");
-        let holds_records = std::fs::read_dir(&spill).is_ok_and(|files| {
-            files
-                .flatten()
-                .any(|file| file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
-        });
-        if holds_records {
-            return Err(RunError::OrphanRouteSpill { name, path: spill });
+        let Ok(spills) = std::fs::read_dir(entry.path()) else {
+            continue;
+        };
+        for spill in spills.flatten() {
+            let file_name = spill.file_name().to_string_lossy().into_owned();
+            if (file_name == "spill" || file_name.starts_with("spill-lane-"))
+                && spill_records(&spill.path())? > 0
+            {
+                return Err(RunError::OrphanRouteSpill {
+                    name,
+                    path: spill.path(),
+                });
+            }
         }
     }
     Ok(())
+}
+
+/// A shard's lane is its id modulo the lane count: with another count than the spills were
+/// written with, a shard's spilled records and its new ones would be in two lanes, delivered
+/// side by side out of order. While any lane's spill holds records, the route keeps the count
+/// they were written with (said in the log; the new count applies at a start with the spills
+/// drained); otherwise the new count is noted for the next start. Returns the count to run.
+fn lane_count(settings: &Settings, route: &str, lanes: u32) -> Result<u32, RunError> {
+    let file = settings.lane_count_file(route);
+    let written: u32 = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|written| (1..=Settings::BATCHES_IN_FLIGHT_MAX).contains(written))
+        .unwrap_or(1);
+    if written != lanes {
+        for lane in 0..written.max(lanes) {
+            let dir = settings.lane_spill_dir(route, lane);
+            let records = spill_records(&dir)?;
+            if records > 0 {
+                tracing::warn!(
+                    route,
+                    lanes = written,
+                    asked = lanes,
+                    spill = %dir.display(),
+                    records,
+                    "the spill holds records queued with {written} delivery lane(s): keeping \
+                     {written} so that every shard's records stay in order; the new count \
+                     applies at a start with the spill drained"
+                );
+                return Ok(written);
+            }
+        }
+    }
+    let failed = |source| RunError::DataDir {
+        path: file.clone(),
+        source,
+    };
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    std::fs::write(&file, format!("{lanes}\n")).map_err(failed)?;
+    Ok(lanes)
 }
 
 /// What `/gateway/bot` said.
@@ -391,6 +478,8 @@ pub struct RouteInfo {
     pub sink: crate::config::SinkKind,
     /// The URL, or the streams (`KEY:*`).
     pub destination: String,
+    /// Its delivery lanes: batches in flight at once.
+    pub lanes: u32,
     pub stats: Arc<SinkStats>,
     /// A Redis Streams route's view of its consumer groups.
     pub streams: Option<Arc<crate::sink::streams::StreamsStats>>,

@@ -288,6 +288,61 @@ fn sigterm_and_restart_resumes_every_session() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Several batches in flight: each shard keeps one lane (its id modulo the count). A start
+/// with another count while the lanes' spills hold records keeps the count they were written
+/// with (a shard changing lanes could have its new records overtake its spilled ones), says so,
+/// and delivers everything once and in order; the new count applies once the spill is drained.
+#[test]
+fn a_changed_lane_count_waits_for_the_spill_to_drain_and_nothing_is_lost() {
+    let dir = scratch("lanes");
+    const EVENTS: u64 = 2400;
+    let mock = mock(&dir, 150.0, EVENTS);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let mut first = start(engine(&mock, &bot, &dir, &["--batches-in-flight", "2"]));
+    wait_for_a_steady_stream(&bot, 500);
+    // Away for the stop and a little after the next start.
+    bot.refuse_for(Duration::from_secs(15));
+    let lane_1 = dir.join("data").join("spill-lane-1");
+    wait_until(
+        "records on both lanes' spills",
+        Duration::from_secs(30),
+        || spill_bytes(&dir.join("data").join("spill")) > 20_000 && spill_bytes(&lane_1) > 20_000,
+    );
+    let (status, stderr) = first.terminate();
+    assert!(status.success(), "{stderr}");
+
+    let three = ["--batches-in-flight", "3"];
+    let mut second = start(engine(&mock, &bot, &dir, &three));
+    wait_until(
+        "everything to arrive from both lanes",
+        Duration::from_secs(120),
+        || all_arrived(&mock, &bot, EVENTS),
+    );
+    let duplicates = check_exactly_expected(&mock, &bot);
+    assert_eq!(
+        duplicates, 0,
+        "a graceful stop with the bot away loses and repeats nothing"
+    );
+    let (status, stderr) = second.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("keeping 2 so that every shard's records stay in order"),
+        "{stderr}"
+    );
+    // Drained: the next start takes the new count.
+    let lanes_file = dir.join("data").join("spill-lanes");
+    assert_eq!(std::fs::read_to_string(&lanes_file).unwrap().trim(), "2");
+    let mut third = start(engine(&mock, &bot, &dir, &three));
+    wait_until(
+        "the third start to note its lanes",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&lanes_file).is_ok_and(|text| text.trim() == "3"),
+    );
+    let (status, stderr) = third.terminate();
+    assert!(status.success(), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn kill_9_while_the_bot_is_away_loses_nothing_and_a_torn_tail_is_skipped() {
     let dir = scratch("kill");

@@ -225,6 +225,7 @@ fn route_json(route: &crate::runtime::RouteInfo) -> Value {
         "events": if route.events.is_empty() { json!("unrouted") } else { json!(route.events) },
         "sink": route.sink.name(),
         "destination": route.destination,
+        "batches_in_flight": route.lanes,
         "records_received": load(&stats.records_received),
         "records_delivered": load(&stats.records_delivered),
         "batches_delivered": load(&stats.batches_delivered),

@@ -69,6 +69,7 @@ pub const FILE_KEYS: &[&str] = &[
     "spill_bytes_max",
     "spill_fsync",
     "backlog_rate",
+    "batches_in_flight",
     "session_save_interval_ms",
     "sink",
     "stream_key",
@@ -439,6 +440,18 @@ pub struct RunArgs {
     /// Default: 20000.
     #[arg(long, value_name = "RECORDS_PER_SEC", help_heading = "Forwarding")]
     pub backlog_rate: Option<RawValue>,
+
+    /// Batches delivered at once, each over its own connection: the shards are split into this
+    /// many lanes (shard id modulo the count), each with its own share of the memory queue and
+    /// the spill, so each shard's records stay in order while a slow receiver's round trips
+    /// overlap.
+    ///
+    /// Each lane gets --queue-bytes-max and --spill-bytes-max divided by the count, and
+    /// --backlog-rate is shared among them. A start with another count while the spill holds
+    /// records keeps the old count until the spill has drained (a shard must not change lanes
+    /// with records queued). Range 1..=64. Default: 4.
+    #[arg(long, value_name = "N", help_heading = "Forwarding")]
+    pub batches_in_flight: Option<RawValue>,
 
     /// How often the saved-session file (--data-dir/sessions.json: each shard's session id,
     /// sequence and resume URL) is rewritten while running, so that a restart after a crash

@@ -102,6 +102,8 @@ pub struct Settings {
     pub spill_fsync: FsyncPolicy,
     /// `--backlog-rate`, records per second while a backlog drains; 0: unlimited.
     pub backlog_rate: u32,
+    /// `--batches-in-flight`, 1..=[`Settings::BATCHES_IN_FLIGHT_MAX`]: the delivery lanes.
+    pub batches_in_flight: u32,
     /// `--session-save-interval-ms`, 100..=60000.
     pub session_save_interval_ms: u64,
     /// `--sink`: where the records go. [`SinkKind::RedisStreams`] always has `redis_url`, and is
@@ -206,6 +208,10 @@ impl Settings {
     pub const DEFAULT_SPILL_FSYNC: FsyncPolicy = SpillConfig::DEFAULT_FSYNC;
     /// Default of `--backlog-rate`, records per second.
     pub const DEFAULT_BACKLOG_RATE: u32 = 20_000;
+    /// Default of `--batches-in-flight`.
+    pub const DEFAULT_BATCHES_IN_FLIGHT: u32 = 4;
+    /// Most `--batches-in-flight`.
+    pub const BATCHES_IN_FLIGHT_MAX: u32 = 64;
     /// Default of `--session-save-interval-ms`.
     pub const DEFAULT_SESSION_SAVE_INTERVAL_MS: u64 = 1_000;
     /// Default of `--stream-key`.
@@ -454,6 +460,15 @@ impl Settings {
             )?,
             None => Self::DEFAULT_BACKLOG_RATE,
         };
+        let batches_in_flight = match src.get(|a| &a.batches_in_flight) {
+            Some(input) => input.number_u32(
+                "--batches-in-flight",
+                1,
+                Some(u64::from(Self::BATCHES_IN_FLIGHT_MAX)),
+                u64::from(Self::DEFAULT_BATCHES_IN_FLIGHT),
+            )?,
+            None => Self::DEFAULT_BATCHES_IN_FLIGHT,
+        };
         let session_save_interval_ms = src.millis(
             |a| &a.session_save_interval_ms,
             "--session-save-interval-ms",
@@ -687,6 +702,7 @@ impl Settings {
             spill_bytes_max,
             spill_fsync,
             backlog_rate,
+            batches_in_flight,
             session_save_interval_ms,
             sink,
             stream_key,
@@ -938,6 +954,7 @@ impl Settings {
             ),
             ("spill_fsync", self.spill_fsync.to_string()),
             ("backlog_rate", self.backlog_rate.to_string()),
+            ("batches_in_flight", self.batches_in_flight.to_string()),
             (
                 "session_save_interval_ms",
                 self.session_save_interval_ms.to_string(),

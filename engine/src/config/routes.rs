@@ -28,6 +28,7 @@ pub const ROUTE_KEYS: &[&str] = &[
     "queue_bytes_max",
     "spill_bytes_max",
     "backlog_rate",
+    "batches_in_flight",
     "stream_key",
     "stream_partitions",
     "stream_maxlen",
@@ -61,6 +62,7 @@ pub struct RouteSettings {
     pub queue_bytes_max: u64,
     pub spill_bytes_max: u64,
     pub backlog_rate: u32,
+    pub batches_in_flight: u32,
     pub stream_key: String,
     pub stream_partitions: u32,
     pub stream_maxlen: u64,
@@ -82,6 +84,7 @@ impl Settings {
             queue_bytes_max: self.queue_bytes_max,
             spill_bytes_max: self.spill_bytes_max,
             backlog_rate: self.backlog_rate,
+            batches_in_flight: self.batches_in_flight,
             stream_key: self.stream_key.clone(),
             stream_partitions: self.stream_partitions,
             stream_maxlen: self.stream_maxlen,
@@ -123,6 +126,21 @@ impl Settings {
         } else {
             self.routes_dir().join(route).join("spill")
         }
+    }
+
+    /// The spill of lane `lane` of a route: the route's spill directory for lane 0, a sibling
+    /// `spill-lane-N` for the others.
+    pub fn lane_spill_dir(&self, route: &str, lane: u32) -> std::path::PathBuf {
+        let dir = self.route_spill_dir(route);
+        match lane {
+            0 => dir,
+            lane => dir.with_file_name(format!("spill-lane-{lane}")),
+        }
+    }
+
+    /// Where the lane count the route's spills were written with is kept.
+    pub fn lane_count_file(&self, route: &str) -> std::path::PathBuf {
+        self.route_spill_dir(route).with_file_name("spill-lanes")
     }
 
     /// `--data-dir/routes`: the routes' spills.
@@ -307,6 +325,13 @@ fn route(
         u64::from(u32::MAX),
         u64::from(base.backlog_rate),
     )? as u32;
+    let batches_in_flight = number(
+        |a| &a.batches_in_flight,
+        "--batches-in-flight",
+        1,
+        u64::from(Settings::BATCHES_IN_FLIGHT_MAX),
+        u64::from(base.batches_in_flight),
+    )? as u32;
     let stream_key = match src.get(|a| &a.stream_key) {
         Some(input) => parse_stream_key(&input)?,
         // Its own streams: beside the default route's, named after the route.
@@ -358,10 +383,28 @@ fn route(
         queue_bytes_max,
         spill_bytes_max,
         backlog_rate,
+        batches_in_flight,
         stream_key,
         stream_partitions,
         stream_maxlen,
     })
+}
+
+impl RouteSettings {
+    /// The delivery lanes the route runs: `batches_in_flight`, fewer where a lane's share of the
+    /// memory queue would not hold a whole batch or its share of the spill would be below the
+    /// smallest spill ([`Settings::SPILL_BYTES_MIN`]).
+    pub fn lanes(&self) -> u32 {
+        let by_queue = self.queue_bytes_max / (self.batch_bytes_max.max(1) as u64);
+        let by_spill = match self.spill_bytes_max {
+            0 => u64::MAX,
+            bytes => bytes / Settings::SPILL_BYTES_MIN,
+        };
+        u64::from(self.batches_in_flight)
+            .min(by_queue)
+            .min(by_spill)
+            .max(1) as u32
+    }
 }
 
 /// `--sink`'s choices.

@@ -94,6 +94,8 @@ fn defaults() {
     assert_eq!(settings.spill_bytes_max, 1 << 30);
     assert_eq!(settings.spill_fsync, FsyncPolicy::IntervalMs(1_000));
     assert_eq!(settings.backlog_rate, 20_000);
+    assert_eq!(settings.batches_in_flight, 4);
+    assert_eq!(settings.default_route().lanes(), 4);
     assert_eq!(settings.session_save_interval_ms, 1_000);
     assert_eq!(settings.sink, SinkKind::Http);
     assert_eq!(settings.stream_key, "shardgate:events");
@@ -365,6 +367,7 @@ fn the_file_sets_every_key() {
         spill_bytes_max = "2_097_152"
         spill_fsync = "250ms"
         backlog_rate = 500
+        batches_in_flight = 8
         session_save_interval_ms = 60000
         sink = "redis-streams"
         stream_key = "bot:{events}"
@@ -407,6 +410,7 @@ fn the_file_sets_every_key() {
     assert_eq!(settings.spill_bytes_max, 2 << 20);
     assert_eq!(settings.spill_fsync, FsyncPolicy::IntervalMs(250));
     assert_eq!(settings.backlog_rate, 500);
+    assert_eq!(settings.batches_in_flight, 8);
     assert_eq!(settings.session_save_interval_ms, 60_000);
     assert_eq!(settings.sink, SinkKind::RedisStreams);
     assert_eq!(settings.stream_key, "bot:{events}");
@@ -529,6 +533,10 @@ fn help_states_every_default() {
         ),
         ("spill_fsync", Settings::DEFAULT_SPILL_FSYNC.to_string()),
         ("backlog_rate", Settings::DEFAULT_BACKLOG_RATE.to_string()),
+        (
+            "batches_in_flight",
+            Settings::DEFAULT_BATCHES_IN_FLIGHT.to_string(),
+        ),
         (
             "session_save_interval_ms",
             Settings::DEFAULT_SESSION_SAVE_INTERVAL_MS.to_string(),
@@ -2713,4 +2721,31 @@ fn routes_refuse_what_would_be_ambiguous_or_ignored() {
         let error = load_file(&[], toml).expect_err(toml).to_string();
         assert!(error.contains(expected), "{toml}: {error}");
     }
+}
+
+#[test]
+fn lanes_shrink_to_what_the_queue_and_the_spill_can_split() {
+    let lanes = |argv: &[&'static str]| load(argv).unwrap().default_route().lanes();
+    assert_eq!(lanes(&["--batches-in-flight", "8"]), 8);
+    // A 1 MiB memory queue holds one 1 MiB batch: one lane.
+    assert_eq!(lanes(&["--queue-bytes-max", "1048576"]), 1);
+    assert_eq!(
+        lanes(&[
+            "--queue-bytes-max",
+            "1048576",
+            "--batch-bytes-max",
+            "262144"
+        ]),
+        4
+    );
+    // 2 MiB of spill: two lanes of 1 MiB.
+    assert_eq!(lanes(&["--spill-bytes-max", "2097152"]), 2);
+    assert_eq!(
+        lanes(&["--spill-bytes-max", "0", "--batches-in-flight", "64"]),
+        64
+    );
+    let error = load(&["--batches-in-flight", "65"])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("--batches-in-flight"), "{error}");
 }

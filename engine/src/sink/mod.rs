@@ -150,10 +150,19 @@ pub struct Route {
     /// The dispatch types it takes; empty for the default route.
     pub events: Vec<String>,
     pub config: SinkConfig,
+    /// At least one. A shard's records all take lane `shard_id % lanes.len()`; each lane has
+    /// its own queue, target (connection) and deliverer, so that many batches are in flight
+    /// at once while every shard's stay in order.
+    pub lanes: Vec<Lane>,
+    /// Its counters (all its lanes'); the default route of a sink without other routes may
+    /// share the totals'.
+    pub stats: Arc<SinkStats>,
+}
+
+/// One delivery lane of a route.
+pub struct Lane {
     pub queue: Queue,
     pub target: Box<dyn Target>,
-    /// Its counters; the default route of a sink without other routes may share the totals'.
-    pub stats: Arc<SinkStats>,
 }
 
 /// The running sink: the collector, one deliverer per route, and the queues they share.
@@ -165,7 +174,11 @@ pub struct Sink {
 }
 
 struct SinkShared {
+    /// Every lane of every route, route by route (the one order anything locks more than one
+    /// queue in).
     routes: Vec<RouteShared>,
+    /// Per route: its first lane in `routes`, and how many it has.
+    route_lanes: Vec<(usize, usize)>,
     router: Router,
     /// The index the next record pushed into any route's queue gets (the collector's, written
     /// while it holds every queue).
@@ -176,6 +189,7 @@ struct SinkShared {
     merge: Mutex<MergeReport>,
 }
 
+/// One lane of a route.
 struct RouteShared {
     name: String,
     queue: Mutex<Queue>,
@@ -192,6 +206,8 @@ type Counter = fn(&SinkStats) -> &AtomicU64;
 struct Counters {
     route: Arc<SinkStats>,
     total: Option<Arc<SinkStats>>,
+    /// This lane's depth gauges as last published (the route's and the totals' are sums).
+    depth: [AtomicU64; 3],
 }
 
 impl Counters {
@@ -217,11 +233,12 @@ impl Counters {
             (bytes, |s| &s.queue_memory_bytes),
             (spilled, |s| &s.queue_spill_records),
         ];
-        for (value, gauge) in gauges {
-            let before = gauge(&self.route).swap(value, Ordering::Relaxed);
+        for ((value, gauge), last) in gauges.into_iter().zip(&self.depth) {
+            // Wrapping: a fall is the two's complement of its size.
+            let change = value.wrapping_sub(last.swap(value, Ordering::Relaxed));
+            gauge(&self.route).fetch_add(change, Ordering::Relaxed);
             if let Some(total) = &self.total {
-                // Wrapping: a fall is the two's complement of its size.
-                gauge(total).fetch_add(value.wrapping_sub(before), Ordering::Relaxed);
+                gauge(total).fetch_add(change, Ordering::Relaxed);
             }
         }
     }
@@ -336,24 +353,36 @@ impl Sink {
     ) -> std::io::Result<Sink> {
         assert!(!routes.is_empty(), "a sink has its default route");
         let router = Router::new(&routes);
-        let mut targets = Vec::with_capacity(routes.len());
-        let mut shared_routes = Vec::with_capacity(routes.len());
+        let mut targets = Vec::new();
+        let mut shared_routes = Vec::new();
+        let mut route_lanes = Vec::with_capacity(routes.len());
         for route in routes {
-            targets.push(route.target);
+            assert!(!route.lanes.is_empty(), "a route has a lane");
+            route_lanes.push((shared_routes.len(), route.lanes.len()));
             let total = (!Arc::ptr_eq(&route.stats, &totals)).then(|| Arc::clone(&totals));
-            shared_routes.push(RouteShared {
-                name: route.name,
-                queue: Mutex::new(route.queue),
-                changed: Condvar::new(),
-                config: route.config,
-                stats: Counters {
-                    route: route.stats,
-                    total,
-                },
-            });
+            let lanes = route.lanes.len();
+            for (index, lane) in route.lanes.into_iter().enumerate() {
+                targets.push(lane.target);
+                shared_routes.push(RouteShared {
+                    name: if lanes == 1 {
+                        route.name.clone()
+                    } else {
+                        format!("{}/{index}", route.name)
+                    },
+                    queue: Mutex::new(lane.queue),
+                    changed: Condvar::new(),
+                    config: route.config.clone(),
+                    stats: Counters {
+                        route: Arc::clone(&route.stats),
+                        total: total.clone(),
+                        depth: Default::default(),
+                    },
+                });
+            }
         }
         let shared = Arc::new(SinkShared {
             routes: shared_routes,
+            route_lanes,
             router,
             pushed: AtomicU64::new(0),
             collector_done: AtomicBool::new(false),
@@ -368,14 +397,21 @@ impl Sink {
                 .spawn(move || collect(&shared, rings, &control_rx))?
         };
         let mut deliverers = Vec::with_capacity(targets.len());
-        for (index, target) in targets.into_iter().enumerate() {
+        let lane_names: Vec<String> = shared
+            .route_lanes
+            .iter()
+            .enumerate()
+            .flat_map(|(route, &(_, lanes))| {
+                // Thread names are at most 15 bytes on Linux: the default route's first lane
+                // keeps the name it had before lanes.
+                (0..lanes).map(move |lane| match (route, lane) {
+                    (0, 0) => "shardgate-deliver".to_owned(),
+                    _ => format!("sg-dlv-{route}.{lane}"),
+                })
+            })
+            .collect();
+        for ((index, target), name) in targets.into_iter().enumerate().zip(lane_names) {
             let shared = Arc::clone(&shared);
-            // Thread names are at most 15 bytes on Linux: the default route keeps the old one.
-            let name = if index == 0 {
-                "shardgate-deliver".to_owned()
-            } else {
-                format!("sg-route-{index}")
-            };
             deliverers.push(
                 std::thread::Builder::new()
                     .name(name)
@@ -641,6 +677,8 @@ fn push_staged(
         };
         match shared.router.destination(&record) {
             Destination::One(route) => {
+                let (first, lanes) = shared.route_lanes[route];
+                let route = first + record.shard_id as usize % lanes;
                 if several {
                     for (other, queue) in queues.iter_mut().enumerate() {
                         if other != route {

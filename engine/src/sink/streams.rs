@@ -163,6 +163,8 @@ pub struct StreamsTarget {
     stats: Arc<StreamsStats>,
     info_poll_interval: Duration,
     next_info_poll: Instant,
+    /// Whether this target polls the consumer groups (one lane of a route does).
+    info_polls: bool,
     /// The first partition the next poll looks at.
     next_info_partition: u32,
     /// By partition and group name.
@@ -208,6 +210,7 @@ impl StreamsTarget {
             stats,
             info_poll_interval: INFO_POLL_INTERVAL,
             next_info_poll: Instant::now(),
+            info_polls: true,
             next_info_partition: 0,
             groups: BTreeMap::new(),
             info_failing: false,
@@ -218,6 +221,12 @@ impl StreamsTarget {
     /// after every delivered batch).
     pub fn with_info_poll_interval(mut self, interval: Duration) -> StreamsTarget {
         self.info_poll_interval = interval;
+        self
+    }
+
+    /// Never polls the consumer groups: another lane of the same route does.
+    pub fn without_info_polls(mut self) -> StreamsTarget {
+        self.info_polls = false;
         self
     }
 
@@ -438,7 +447,7 @@ impl Target for StreamsTarget {
                 "Redis (--redis-url): {error}"
             )));
         }
-        if Instant::now() >= self.next_info_poll {
+        if self.info_polls && Instant::now() >= self.next_info_poll {
             self.poll_info();
         }
         Ok(())

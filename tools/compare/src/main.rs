@@ -134,6 +134,11 @@ struct Cli {
     #[arg(long, allow_hyphen_values = true)]
     shardgate_arg: Vec<String>,
 
+    /// The fake bot answers each batch this many milliseconds late (a bot framework's own
+    /// handling time); 0: at once.
+    #[arg(long, default_value_t = 0)]
+    bot_slow_ms: u64,
+
     /// Runtime threads of the in-process mock gateway.
     #[arg(long, default_value_t = 1)]
     mock_threads: usize,
@@ -251,6 +256,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                 mode,
                 cores,
                 extra_args: &cli.shardgate_arg,
+                bot_slow_ms: cli.bot_slow_ms,
                 timeout,
             }
             .run(&world, &scratch),

@@ -39,6 +39,8 @@ pub struct Shardgate<'a> {
     pub cores: u32,
     /// Extra flags appended to `shardgate run`.
     pub extra_args: &'a [String],
+    /// How late the fake bot answers each batch, in milliseconds.
+    pub bot_slow_ms: u64,
     pub timeout: Duration,
 }
 
@@ -47,7 +49,11 @@ impl Shardgate<'_> {
     pub fn run(&self, world: &World, scratch: &Path) -> anyhow::Result<Sample> {
         let mock = world.spawn_mock()?;
         let last_seqs = world.last_seqs(&mock);
-        let bot = FakeBot::spawn(BotConfig::ephemeral()).context("starting the fake bot")?;
+        let bot = FakeBot::spawn(BotConfig {
+            slow_ms: self.bot_slow_ms,
+            ..BotConfig::ephemeral()
+        })
+        .context("starting the fake bot")?;
         let data_dir = scratch.join("data");
         let stderr_path = scratch.join("shardgate.stderr");
         let stderr = std::fs::File::create(&stderr_path)
