@@ -219,6 +219,66 @@ fn a_bad_payload_still_unacknowledged_at_the_stop_is_counted_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// No spill, a full memory queue and a bot that is away at the stop: the deliverer gives up
+/// after the grace, the collector must not keep waiting for room (it used to, and the process
+/// never ended), and everything the sink took in is delivered or counted as dropped.
+#[test]
+fn a_full_queue_without_a_spill_and_the_bot_away_still_stops() {
+    let dir = scratch("full-no-spill");
+    let mock = mock(&dir, 150.0, 1_000_000);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let mut engine = start(engine(
+        &mock,
+        &bot,
+        &dir,
+        &[
+            "--spill-bytes-max",
+            "0",
+            "--queue-bytes-max",
+            "262144",
+            "--batch-bytes-max",
+            "65536",
+        ],
+    ));
+    wait_for_a_steady_stream(&bot, 200);
+    bot.refuse_for(Duration::from_secs(600));
+    // 150 events/s of ~1 KB on 4 shards: the 256 KiB queue is full within a second or two.
+    std::thread::sleep(Duration::from_secs(4));
+    let pid = engine.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The grace is 10 s; give it three times that before calling it a hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = engine.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shardgate did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(engine.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "undelivered records: {stderr}");
+    let received = last_status(&stderr, "received").unwrap();
+    let delivered = last_status(&stderr, "delivered").unwrap();
+    let at_stop = last_logged(&stderr, "stopped", "dropped_at_shutdown").unwrap();
+    assert!(at_stop > 0, "{stderr}");
+    assert_eq!(
+        received,
+        delivered + at_stop,
+        "received {received}, delivered {delivered}, dropped at the stop {at_stop}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn records_on_the_spill_at_the_stop_are_not_counted_as_dropped() {
     // The bot goes away for good: the first refused batch sends memory to the spill, and the

@@ -197,6 +197,8 @@ struct RouteShared {
     changed: Condvar,
     config: SinkConfig,
     stats: Counters,
+    /// The deliverer stopped trying (the stop's grace ran out with the receiver away).
+    gave_up: AtomicBool,
 }
 
 /// One of the counters of [`SinkStats`].
@@ -377,6 +379,7 @@ impl Sink {
                         total: total.clone(),
                         depth: Default::default(),
                     },
+                    gave_up: AtomicBool::new(false),
                 });
             }
         }
@@ -509,10 +512,12 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
     let mut broadcast_done = 0;
     let mut next_ring = 0;
     loop {
-        // Backpressure: without a spill, a full memory queue waits for its deliverer.
+        // Backpressure: without a spill, a full memory queue waits for its deliverer, unless
+        // that deliverer gave up at the stop: then what the cores still send waits in memory
+        // (counted as dropped at shutdown), so that they can end.
         for route in &shared.routes {
             let mut queue = route.queue();
-            while queue.is_full() {
+            while queue.is_full() && !route.gave_up.load(Ordering::Acquire) {
                 queue = route
                     .changed
                     .wait_timeout(queue, Duration::from_millis(100))
@@ -894,6 +899,9 @@ fn deliver_loop(shared: &SinkShared, index: usize, mut target: Box<dyn Target>) 
                 // The stop's grace ran out with the bot away. The spill keeps what it holds;
                 // records only in memory are lost with the process, and their shards' saved
                 // sequence stops before them, so Discord replays them on resume.
+                // The collector may wait for room in this queue: it need not any more.
+                route.gave_up.store(true, Ordering::Release);
+                route.changed.notify_all();
                 while !shared.collector_done.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
