@@ -18,6 +18,12 @@
 #   REPEAT=3 CORES=2 tools/streams/run.sh 8 30 none
 #   BIN_DIR=target/debug tools/streams/run.sh 2 5             # the debug binaries, a quick look
 #   SHARDGATE_ARGS='--batch-events-max 1000' tools/streams/run.sh   # extra flags, both sinks
+#   BASELINE_BIN=/tmp/old/shardgate tools/streams/run.sh    # streams with another build too
+#
+# BASELINE_BIN names another shardgate binary (an older commit's, say): each round then runs
+# http, streams with BASELINE_BIN (`redis-streams@baseline`), and streams with BIN_DIR's, on the
+# same mock, bot and Redis, and the summary adds the ratio of the two streams builds. Take that
+# ratio, from one run, rather than comparing figures of runs made at different times.
 #
 # MODE is the gateway compression (`--compression`). Both sinks run with `--cores CORES`
 # (default 1) and compare's firehose flags `--backlog-rate 0 --spill-bytes-max 0` (no backlog
@@ -94,11 +100,29 @@ echo "streams: $shards shards, $mode, shardgate --cores $cores, mock --rate 0 (a
     "engine reads), $seconds s windows after ${warmup_s} s of warm-up, $repeat runs per sink;" \
     "streams: $partitions partition(s), --stream-maxlen $maxlen; $fleet_note"
 
-# run_one N SINK: one run; appends its figures (a JSON line) to $dir/results.jsonl.
+# BASELINE_BIN's shardgate beside BIN_DIR's mock and bot, in a folder of its own.
+sinks=(http redis-streams)
+if [ -n "${BASELINE_BIN:-}" ]; then
+    [ -x "$BASELINE_BIN" ] || {
+        echo "BASELINE_BIN=$BASELINE_BIN is not an executable" >&2
+        exit 2
+    }
+    mkdir -p "$dir/baseline-bin"
+    ln -sf "$(realpath "$BASELINE_BIN")" "$dir/baseline-bin/shardgate"
+    for bin in mock-gateway fake-bot; do
+        ln -sf "$(realpath "$bin_dir/$bin")" "$dir/baseline-bin/$bin"
+    done
+    sinks=(http redis-streams@baseline redis-streams)
+    echo "redis-streams@baseline: $BASELINE_BIN; redis-streams: $bin_dir/shardgate"
+fi
+
+# run_one N SINK: one run; appends its figures (a JSON line) to $dir/results.jsonl. SINK is
+# http, redis-streams, or redis-streams@baseline (BASELINE_BIN's shardgate, streams).
 run_one() {
-    local n=$1 sink=$2 receiver_pid code=0
+    local n=$1 sink=$2 receiver_pid code=0 run_bin=$bin_dir
     local -a sink_args
-    world_init "$dir/run-$n-$sink" "$bin_dir"
+    [ "$sink" = redis-streams@baseline ] && run_bin=$dir/baseline-bin
+    world_init "$dir/run-$n-${sink/@/-}" "$run_bin"
     world_redis FLUSHALL >/dev/null || return 1
     world_start_mock --seed 42 --guilds 16 --recommended-shards "$shards" \
         --max-concurrency "$shards" --rate 0 || return 1
@@ -232,7 +256,7 @@ PY
 status=0
 n=0
 for _ in $(seq 1 "$repeat"); do
-    for sink in http redis-streams; do
+    for sink in "${sinks[@]}"; do
         n=$((n + 1))
         run_one "$n" "$sink" || status=1
     done
@@ -252,7 +276,8 @@ if bad:
           f" {bad}")
 ok = [r for r in runs if r["run"] not in bad]
 rows = {}
-for sink, receiver in (("http", "fake bot"), ("redis-streams", "redis-server")):
+for sink, receiver in (("http", "fake bot"), ("redis-streams@baseline", "redis-server"),
+                       ("redis-streams", "redis-server")):
     mine = [r for r in ok if r["sink"] == sink]
     if not mine:
         continue
@@ -267,11 +292,29 @@ for sink, m in rows.items():
     print(f"{sink} | {m['runs']} | {m['records_per_s']:,.0f} | {m['engine_us']:.2f} | "
           f"{m['engine_share'] * 100:.0f} | {m['receiver_us']:.2f} ({m['receiver']}) | "
           f"{m['receiver_share'] * 100:.0f} | {m['mock_share'] * 100:.0f}")
-if len(rows) == 2:
-    h, s = rows["http"], rows["redis-streams"]
-    print(f"streams / http: engine CPU per record {s['engine_us'] / h['engine_us']:.2f}, "
-          f"records/s {s['records_per_s'] / h['records_per_s']:.2f}; redis-server's CPU per "
-          f"record against the fake bot's {s['receiver_us'] / h['receiver_us']:.2f}")
+for name in ("redis-streams@baseline", "redis-streams"):
+    if "http" in rows and name in rows:
+        h, s = rows["http"], rows[name]
+        print(f"{name} / http: engine CPU per record {s['engine_us'] / h['engine_us']:.2f}, "
+              f"records/s {s['records_per_s'] / h['records_per_s']:.2f}; redis-server's CPU per "
+              f"record against the fake bot's {s['receiver_us'] / h['receiver_us']:.2f}")
+if "redis-streams@baseline" in rows and "redis-streams" in rows:
+    b, s = rows["redis-streams@baseline"], rows["redis-streams"]
+    print(f"redis-streams / redis-streams@baseline: engine CPU per record "
+          f"{s['engine_us'] / b['engine_us']:.2f}, records/s "
+          f"{s['records_per_s'] / b['records_per_s']:.2f}, redis-server CPU per record "
+          f"{s['receiver_us'] / b['receiver_us']:.2f}")
+    # Per round (the runs of one round ran back to back), the same ratio: its spread says how
+    # much of the medians' ratio is noise.
+    rounds = {}
+    for r in ok:
+        if r["sink"] != "http":
+            rounds.setdefault((r["run"] - 1) // 3, {})[r["sink"]] = r["engine_us"]
+    per_round = [v["redis-streams"] / v["redis-streams@baseline"] for v in rounds.values()
+                 if len(v) == 2]
+    if per_round:
+        print("per round, engine CPU per record new / baseline: "
+              + ", ".join(f"{x:.2f}" for x in per_round))
 sys.exit(1 if bad else 0)
 PY
 exit "$status"
