@@ -72,6 +72,9 @@ pub struct CoreStats {
     /// shard identified instead).
     pub saved_sessions_resumed: AtomicU64,
     pub saved_sessions_rejected: AtomicU64,
+    /// The Linux thread id of the core's executor (0 until it starts, or without /proc): the
+    /// status page reads the core's CPU time from /proc by it.
+    pub thread_id: AtomicU64,
 }
 
 /// What every shard of the process shares.
@@ -147,6 +150,9 @@ pub struct CorePlan {
 /// stopped on fatal close codes stays up meanwhile (a reshard may give it new ones); the runtime
 /// decides when there is nothing left to run. Call it inside the core's executor.
 pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
+    if let Some(thread_id) = crate::procfs::current_thread_id() {
+        plan.stats.thread_id.store(thread_id, Ordering::Relaxed);
+    }
     let context = Rc::new(CoreContext {
         filter_config: plan.filter.clone(),
         filters: RefCell::new(HashMap::new()),

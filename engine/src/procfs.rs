@@ -36,6 +36,22 @@ pub fn threads_cpu(prefix: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// The Linux thread id of the calling thread (`/proc/thread-self` names it).
+pub fn current_thread_id() -> Option<u64> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// CPU time (user + system) of one live thread of this process, by its Linux thread id;
+/// `None` once it exited.
+pub fn thread_cpu(thread_id: u64) -> Option<Duration> {
+    let task = std::path::Path::new("/proc/self/task").join(thread_id.to_string());
+    std::fs::read_to_string(task.join("schedstat"))
+        .ok()
+        .and_then(|text| schedstat_cpu(&text))
+        .or_else(|| stat_cpu(&std::fs::read_to_string(task.join("stat")).ok()?))
+}
+
 /// CPU time (user + system) of the whole process, exited threads included.
 pub fn process_cpu() -> Option<Duration> {
     stat_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)
@@ -70,6 +86,24 @@ fn schedstat_cpu(schedstat: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_thread_is_found_by_its_id() {
+        let id = current_thread_id().expect("Linux has /proc/thread-self");
+        // Spin until the kernel has charged this thread some CPU.
+        let start = std::time::Instant::now();
+        while thread_cpu(id).unwrap_or_default().is_zero() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no CPU time for thread {id}"
+            );
+        }
+        let other = std::thread::spawn(|| current_thread_id().expect("/proc/thread-self"))
+            .join()
+            .expect("the thread ran");
+        assert_ne!(id, other);
+        assert_eq!(thread_cpu(u64::MAX), None);
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_name() {

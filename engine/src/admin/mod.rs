@@ -1,20 +1,28 @@
 //! Control plane: the admin HTTP API on `--admin-addr` (status, metrics, commands to shards,
-//! reconnects).
+//! reconnects) and the status page at `/` ([`page`]).
 //!
 //! Its own threads with blocking std sockets, never a core: one acceptor, and one short-lived
 //! thread per connection, at most [`CONNECTIONS_MAX`] at once (one more is answered 503 and
 //! closed). Each connection carries one request, bounded in size ([`http`]) and time
 //! ([`IO_TIMEOUT`]). The API reaches the shards only through [`ControlHandle`]'s channels.
 //!
-//! Every endpoint but `/healthz` needs `Authorization: Bearer <--admin-token>` when a token is
-//! set (the settings refuse an address beyond loopback without one). The token is compared in
-//! constant time and never logged.
+//! Every endpoint but `/healthz` and the status page (`/`: markup and script, no data) needs
+//! `Authorization: Bearer <--admin-token>` when a token is set (the settings refuse an address
+//! beyond loopback without one). The token is compared in constant time and never logged.
+//!
+//! Why this small server and not hyper: the status page polls once a second (two requests,
+//! each a fresh connection and a short thread), which costs the engine far less than the core
+//! reports those requests read (docs/benchmarks.md measures both at 10,000 shards); server-sent
+//! events would hold a thread and one of the [`CONNECTIONS_MAX`] slots per open page, and hyper
+//! would bring tokio into a binary whose only tokio is the demo's. The bounded reader
+//! ([`http`]) stays the one the fuzz target and the admin tests cover.
 
 mod forward;
 #[doc(hidden)]
 pub mod fuzz;
 mod http;
 mod metrics;
+mod page;
 mod routes;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

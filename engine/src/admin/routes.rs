@@ -2,11 +2,13 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
+//! | `GET /` | the status page (no token needed: it holds no data) |
 //! | `GET /healthz` | 200 while the process serves (no token needed) |
 //! | `GET /readyz` | 200 when every owned shard's session is live, else 503 |
 //! | `GET /status` | the engine at a glance: shards by state, events, the sink's queue |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /shards`, `GET /shards/{id}` | shard status as JSON |
+//! | `GET /shards/summary` | every shard's state in one compact string, the cores (the page's grid) |
 //! | `POST /shards/{id}/reconnect[?identify=true]` | 202: resume (or identify anew) |
 //! | `POST /commands[?shard_id=N\|all]` | 202: a gateway command queued on its shard(s) |
 //! | `GET /reshard`, `POST /reshard`, `DELETE /reshard` | resharding: where it stands, start, abort |
@@ -34,6 +36,14 @@ pub fn handle(context: &AdminContext, request: &Request) -> Response {
             _ => method_not_allowed(method, "GET"),
         };
     }
+    if segments.is_empty() {
+        // The status page: script and markup only; its data comes from the endpoints below,
+        // with the token.
+        return match method {
+            "GET" => super::page::page(),
+            _ => method_not_allowed(method, "GET"),
+        };
+    }
     if let Err(refusal) = authorize(context, request) {
         return refusal;
     }
@@ -42,6 +52,10 @@ pub fn handle(context: &AdminContext, request: &Request) -> Response {
         ("GET", ["status"]) => status(context),
         ("GET", ["metrics"]) => metrics(context),
         ("GET", ["shards"]) => shards(context),
+        ("GET", ["shards", "summary"]) => match context.control.reports() {
+            Ok(reports) => super::page::summary(context, &reports),
+            Err(error) => control_error(&error),
+        },
         ("GET", ["shards", id]) => shard(context, id),
         ("POST", ["shards", id, "reconnect"]) => reconnect(context, id, request),
         ("POST", ["shards", id, "move"]) => move_shard(context, id, request),

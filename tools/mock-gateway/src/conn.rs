@@ -816,6 +816,14 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let shared = Arc::clone(&self.shared);
+        let delay_ms = shared.resume_delay_ms.load(Ordering::Relaxed);
+        let now = if delay_ms > 0 {
+            // A slow Discord: the answer comes later; the session is looked up then.
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            Instant::now()
+        } else {
+            now
+        };
         if self.session.is_some() {
             return self.violation(
                 ViolationKind::AlreadyAuthenticated,

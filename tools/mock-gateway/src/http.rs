@@ -11,7 +11,8 @@
 //!   event once, with `--record-events`), `POST /_mock/guilds {"count": N}`,
 //!   `POST /_mock/recommended-shards {"shards": N}` (`null`: back to the default),
 //!   `POST /_mock/fault {"shard": N, "kind": "reconnect"}` (with `"total": T`, only the sessions
-//!   of `T` shards), `POST /_mock/resume-url {"down": b}`
+//!   of `T` shards), `POST /_mock/resume-url {"down": b}`,
+//!   `POST /_mock/resume-delay {"ms": N}`
 //! - any path with `Upgrade: websocket`: the gateway.
 //!
 //! What the REST side accepts, and how it fails, in the order it decides:
@@ -232,6 +233,18 @@ async fn handle(
                     ),
                 }
             }
+            Err(response) => response,
+        },
+        (&Method::POST, "/_mock/resume-delay") => match read_json(request).await {
+            Ok(body) => match body.get("ms").and_then(Value::as_u64) {
+                Some(ms) => {
+                    shared
+                        .resume_delay_ms
+                        .store(ms, std::sync::atomic::Ordering::Relaxed);
+                    json_response(StatusCode::OK, &json!({ "ms": ms }))
+                }
+                None => bad_request("body must be {\"ms\": N}"),
+            },
             Err(response) => response,
         },
         (&Method::POST, "/_mock/resume-url") => match read_json(request).await {

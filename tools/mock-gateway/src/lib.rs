@@ -35,7 +35,7 @@ mod timeline;
 mod tls;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -141,6 +141,7 @@ impl MockGateway {
             state: Mutex::new(state),
             timeline_settings: Arc::new(TimelineSettings::from_config(&config, seed)),
             resume_down: watch::channel(false).0,
+            resume_delay_ms: AtomicU64::new(0),
             token_valid: AtomicBool::new(true),
             seed,
             config,
@@ -282,6 +283,14 @@ impl MockGateway {
     /// Takes the resume listener down (connections refused) or brings it back.
     pub fn set_resume_url_down(&self, down: bool) {
         self.shared.resume_down.send_replace(down);
+    }
+
+    /// Holds every RESUME this long before answering it (replay and RESUMED), as a slow Discord
+    /// does: the client stays resuming meanwhile. Heartbeats on that connection are answered
+    /// after it, so keep it below the heartbeat interval. `Duration::ZERO` (the default) ends it.
+    pub fn set_resume_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared.resume_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Stops serving and waits for the runtime thread.

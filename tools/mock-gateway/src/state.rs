@@ -12,7 +12,7 @@
 //! commands.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -112,6 +112,8 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub timeline_settings: Arc<TimelineSettings>,
     pub resume_down: watch::Sender<bool>,
+    /// Milliseconds a RESUME waits before it is answered (a slow Discord); 0 by default.
+    pub resume_delay_ms: AtomicU64,
     pub token_valid: AtomicBool,
 }
 
