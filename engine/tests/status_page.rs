@@ -144,6 +144,11 @@ fn the_page_shows_the_shards_follows_a_fault_and_reconnects_a_shard() {
         let text = browser.text("#cores");
         text.matches(" %").count() == 3
     });
+    // The delivery table: the one route, where it goes and how many batches it has in flight.
+    browser.wait_for("the delivery table", || {
+        let text = browser.text("#routes");
+        text.contains("default") && text.contains("http → http://") && text.contains("4 in flight")
+    });
     shots.take(&browser, "1-every-shard-ready");
 
     // Asked once: a reload in the same tab does not ask again, and the token is in no URL.
