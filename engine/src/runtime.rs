@@ -30,6 +30,8 @@ use crate::transport::{GatewayUrl, ReadCoalescing};
 
 /// Locked memory glommio needs per executor (io_uring rings and buffers).
 pub const LOCKED_MEMORY_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
+/// glommio's buffer for DMA file I/O per executor (its minimum; its default is 10 MiB).
+const EXECUTOR_IO_MEMORY_BYTES: usize = 64 * 1024;
 /// A session that started is saved within about this long (at most one extra save each).
 const SESSION_SAVE_SOON: Duration = Duration::from_millis(100);
 /// How often the main thread logs a status line.
@@ -116,7 +118,10 @@ fn build_routes(
     let mut routes = Vec::new();
     let mut infos = Vec::new();
     for route in settings.all_routes() {
-        let lanes = lane_count(settings, &route.name, route.lanes())?;
+        // No more lanes than shards: a lane without shards would only hold its share of the
+        // queue and the spill.
+        let wanted = route.lanes().min(total_shards.max(1));
+        let lanes = lane_count(settings, &route.name, wanted)?;
         let streams_stats = (route.sink == crate::config::SinkKind::RedisStreams)
             .then(|| Arc::new(crate::sink::streams::StreamsStats::default()));
         let destination = match route.sink {
@@ -158,10 +163,10 @@ fn build_routes(
                         Some(Arc::clone(tls)),
                         Duration::from_millis(route.forward_timeout_ms),
                     );
-                    Box::new(crate::sink::HttpTarget::new(
-                        client,
-                        route.batch_bytes_max + 64 * 1024,
-                    ))
+                    Box::new(
+                        crate::sink::HttpTarget::new(client, route.batch_bytes_max + 64 * 1024)
+                            .with_lanes(lanes),
+                    )
                 }
             };
             let spill = match route.spill_bytes_max / u64::from(lanes) {
@@ -210,13 +215,14 @@ fn build_routes(
         } else {
             Arc::new(SinkStats::default())
         };
-        if lanes < route.batches_in_flight && lanes == route.lanes() {
+        if lanes < route.batches_in_flight && lanes == wanted {
             tracing::info!(
                 route = %route.name,
                 batches_in_flight = lanes,
                 asked = route.batches_in_flight,
-                "fewer delivery lanes than --batches-in-flight: each lane's share of the memory \
-                 queue holds a whole batch and its share of the spill at least 1 MiB"
+                "fewer delivery lanes than --batches-in-flight: at most one per shard, each \
+                 lane's share of the memory queue holds a whole batch and its share of the \
+                 spill at least 1 MiB"
             );
         }
         infos.push(RouteInfo {
@@ -838,6 +844,10 @@ impl Engine {
             let done = CoreDone(Arc::clone(&cores_done));
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shardgate-core-{index}"))
+                // glommio preallocates (and registers with io_uring) 10 MiB per executor for
+                // its DMA file I/O, which shardgate does not use (sockets only; the spill is on
+                // the sink's thread): its smallest.
+                .io_memory(EXECUTOR_IO_MEMORY_BYTES)
                 .spawn(move || async move {
                     let _done = done;
                     crate::core::run_core(shared, core_plan).await;

@@ -18,12 +18,17 @@ import hmac
 import json
 import os
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # A batch is at most --batch-bytes-max of payloads (1 MiB by default) plus envelopes, or one
 # larger record alone (up to --payload-bytes-max); refuse anything beyond this.
 BODY_BYTES_MAX = 64 * 1024 * 1024
 SECRET = os.environ.get("FORWARD_SECRET", "").encode()
+# shardgate posts several batches at once (--batches-in-flight, over as many connections), each
+# from other shards than the rest; one shard's batches never overlap. The lock keeps this
+# example's printed lines whole; handle_event's own state per shard needs none.
+OUTPUT = threading.Lock()
 
 
 def handle_event(shard_id, payload, guild_create):
@@ -50,12 +55,13 @@ class Receiver(BaseHTTPRequestHandler):
             batch = json.loads(self.rfile.read(length))
         except ValueError:
             return self.answer(400)
-        for envelope in batch:
-            if "notice" in envelope:
-                handle_notice(envelope["shard_id"], envelope["notice"], envelope["payload"])
-            else:
-                handle_event(envelope["shard_id"], envelope["payload"], envelope.get("guild_create"))
-        sys.stdout.flush()
+        with OUTPUT:
+            for envelope in batch:
+                if "notice" in envelope:
+                    handle_notice(envelope["shard_id"], envelope["notice"], envelope["payload"])
+                else:
+                    handle_event(envelope["shard_id"], envelope["payload"], envelope.get("guild_create"))
+            sys.stdout.flush()
         self.answer(204)  # the whole batch is acknowledged
 
     def answer(self, status):

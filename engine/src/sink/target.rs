@@ -34,6 +34,9 @@ pub struct HttpTarget {
     client: HttpClient,
     body: Vec<u8>,
     capacity: usize,
+    /// Batches the route posts at once (its lanes): a timeout then may be a bot that serves one
+    /// connection at a time.
+    lanes: u32,
 }
 
 impl HttpTarget {
@@ -43,7 +46,14 @@ impl HttpTarget {
             client,
             body: Vec::with_capacity(capacity),
             capacity,
+            lanes: 1,
         }
+    }
+
+    /// One of `lanes` targets of a route posting at once (`--batches-in-flight`).
+    pub fn with_lanes(mut self, lanes: u32) -> HttpTarget {
+        self.lanes = lanes;
+        self
     }
 }
 
@@ -61,7 +71,7 @@ impl Target for HttpTarget {
         match self.client.post_json(&self.body) {
             Ok(status) if (200..300).contains(&status) => Ok(()),
             Ok(status) => Err(Failure::Refused(status)),
-            Err(error) => Err(Failure::Unreachable(delivery_failure(&error))),
+            Err(error) => Err(Failure::Unreachable(delivery_failure(&error, self.lanes))),
         }
     }
 
@@ -77,9 +87,15 @@ impl Target for HttpTarget {
 }
 
 /// A failed POST to the bot, with the setting that governs it where that helps: a timeout
-/// names `--forward-timeout-ms` in its unit (a certificate problem already names `--ca-file`).
-fn delivery_failure(error: &HttpError) -> String {
+/// names `--forward-timeout-ms` in its unit, and with several batches in flight the bot's need
+/// to serve that many connections at once (a certificate problem already names `--ca-file`).
+fn delivery_failure(error: &HttpError, lanes: u32) -> String {
     match error {
+        HttpError::TimedOut { stage, timeout } if lanes > 1 => format!(
+            "{stage}: timed out after {} ms (--forward-timeout-ms; with --batches-in-flight \
+             {lanes} the bot must serve {lanes} connections at once, or set it to 1)",
+            timeout.as_millis()
+        ),
         HttpError::TimedOut { stage, timeout } => format!(
             "{stage}: timed out after {} ms (--forward-timeout-ms)",
             timeout.as_millis()
