@@ -169,15 +169,10 @@ fn build_routes(
                     )
                 }
             };
-            let spill = match route.spill_bytes_max / u64::from(lanes) {
-                0 => None,
-                max_bytes => {
-                    let config = crate::spill::SpillConfig {
-                        dir: settings.lane_spill_dir(&route.name, lane),
-                        max_bytes,
-                        segment_bytes: Settings::SPILL_SEGMENT_BYTES_MAX.min(max_bytes / 4),
-                        fsync: settings.spill_fsync,
-                    };
+            let share = route.spill_bytes_max / u64::from(lanes);
+            let spill = match settings.lane_spill_config(&route.name, lane, share) {
+                None => None,
+                Some(config) => {
                     let (spill, recovered) = Spill::open(config)?;
                     if recovered.records > 0 {
                         tracing::info!(

@@ -1056,15 +1056,26 @@ impl Settings {
     /// The spill's segment size: min(64 MiB, `spill_bytes_max` / 4), so that freeing a segment
     /// never takes more than a quarter of the spill; 0 when there is no spill.
     pub fn spill_segment_bytes(&self) -> u64 {
-        Self::SPILL_SEGMENT_BYTES_MAX.min(self.spill_bytes_max / 4)
+        Self::segment_bytes_for(self.spill_bytes_max)
+    }
+
+    /// The segment size of a spill of `max_bytes`: min(64 MiB, `max_bytes` / 4).
+    fn segment_bytes_for(max_bytes: u64) -> u64 {
+        Self::SPILL_SEGMENT_BYTES_MAX.min(max_bytes / 4)
     }
 
     /// The spill's configuration; `None` when `--spill-bytes-max` is 0 (no spill).
     pub fn spill_config(&self) -> Option<SpillConfig> {
-        (self.spill_bytes_max != 0).then(|| SpillConfig {
-            dir: self.spill_dir(),
-            max_bytes: self.spill_bytes_max,
-            segment_bytes: self.spill_segment_bytes(),
+        self.lane_spill_config(DEFAULT_ROUTE, 0, self.spill_bytes_max)
+    }
+
+    /// The spill of lane `lane` of a route, `max_bytes` large (the route's share for the lane);
+    /// `None` when `max_bytes` is 0 (no spill).
+    pub fn lane_spill_config(&self, route: &str, lane: u32, max_bytes: u64) -> Option<SpillConfig> {
+        (max_bytes != 0).then(|| SpillConfig {
+            dir: self.lane_spill_dir(route, lane),
+            max_bytes,
+            segment_bytes: Self::segment_bytes_for(max_bytes),
             fsync: self.spill_fsync,
         })
     }

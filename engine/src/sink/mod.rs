@@ -358,13 +358,19 @@ impl Sink {
         let mut targets = Vec::new();
         let mut shared_routes = Vec::new();
         let mut route_lanes = Vec::with_capacity(routes.len());
-        for route in routes {
+        for (route_index, route) in routes.into_iter().enumerate() {
             assert!(!route.lanes.is_empty(), "a route has a lane");
             route_lanes.push((shared_routes.len(), route.lanes.len()));
             let total = (!Arc::ptr_eq(&route.stats, &totals)).then(|| Arc::clone(&totals));
             let lanes = route.lanes.len();
             for (index, lane) in route.lanes.into_iter().enumerate() {
-                targets.push(lane.target);
+                // Thread names are at most 15 bytes on Linux: the default route's first lane
+                // keeps the name it had before lanes.
+                let thread = match (route_index, index) {
+                    (0, 0) => "shardgate-deliver".to_owned(),
+                    _ => format!("sg-dlv-{route_index}.{index}"),
+                };
+                targets.push((lane.target, thread));
                 shared_routes.push(RouteShared {
                     name: if lanes == 1 {
                         route.name.clone()
@@ -400,20 +406,7 @@ impl Sink {
                 .spawn(move || collect(&shared, rings, &control_rx))?
         };
         let mut deliverers = Vec::with_capacity(targets.len());
-        let lane_names: Vec<String> = shared
-            .route_lanes
-            .iter()
-            .enumerate()
-            .flat_map(|(route, &(_, lanes))| {
-                // Thread names are at most 15 bytes on Linux: the default route's first lane
-                // keeps the name it had before lanes.
-                (0..lanes).map(move |lane| match (route, lane) {
-                    (0, 0) => "shardgate-deliver".to_owned(),
-                    _ => format!("sg-dlv-{route}.{lane}"),
-                })
-            })
-            .collect();
-        for ((index, target), name) in targets.into_iter().enumerate().zip(lane_names) {
+        for (index, (target, name)) in targets.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
             deliverers.push(
                 std::thread::Builder::new()
