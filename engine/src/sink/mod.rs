@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, TryRecvError};
+use crossbeam_channel::Receiver;
 
 use crate::record::{Record, RecordKind};
+use crate::ring::{RingReceiver, RingWake, TakeError};
 use merge::{MergeReport, Merger, SinkControl};
 use queue::{Queue, Source};
 use sessions::SavedSessions;
@@ -193,7 +194,9 @@ struct SinkShared {
 struct RouteShared {
     name: String,
     queue: Mutex<Queue>,
-    /// Signalled when the queue gains records or the collector ends.
+    /// Signalled when its deliverer has something new to act on (records after none, a batch's
+    /// worth, the collector's end), and by the deliverer when it took records (for a collector
+    /// waiting for room).
     changed: Condvar,
     config: SinkConfig,
     stats: Counters,
@@ -318,7 +321,34 @@ impl SinkShared {
     }
 }
 
+/// What a lane's deliverer waits for, read from its queue: the collector wakes it only when this
+/// changes in a way it waits on (records after none, a batch's worth after less). A deliverer
+/// lingering over a part batch wakes by its own deadline, not once per push.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// Nothing queued: the deliverer waits without a deadline.
+    Empty,
+    /// Part of a batch in memory: the deliverer waits for the linger's deadline.
+    Lingering,
+    /// A batch's worth, or records on the spill: the deliverer sends (or is sending).
+    Ready,
+}
+
 impl RouteShared {
+    fn readiness(&self, queue: &Queue) -> Readiness {
+        let (records, bytes, spilled) = queue.depth();
+        if records == 0 && spilled == 0 {
+            Readiness::Empty
+        } else if spilled > 0
+            || records as usize >= self.config.batch_events_max
+            || bytes as usize >= self.config.batch_bytes_max
+        {
+            Readiness::Ready
+        } else {
+            Readiness::Lingering
+        }
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // The queue's invariants hold between calls; a panic elsewhere does not break them.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -349,7 +379,8 @@ impl Sink {
     /// spill). `totals` counts for every route together.
     pub fn start(
         routes: Vec<Route>,
-        rings: Vec<Receiver<Record>>,
+        rings: Vec<RingReceiver>,
+        wake: Arc<RingWake>,
         totals: Arc<SinkStats>,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Sink> {
@@ -403,7 +434,7 @@ impl Sink {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("shardgate-sink".into())
-                .spawn(move || collect(&shared, rings, &control_rx))?
+                .spawn(move || collect(&shared, rings, &wake, &control_rx))?
         };
         let mut deliverers = Vec::with_capacity(targets.len());
         for (index, (target, name)) in targets.into_iter().enumerate() {
@@ -489,7 +520,12 @@ impl Sink {
 
 /// The collector: rings → (a reshard's merge) → the routes' queues, until every ring is
 /// disconnected and drained.
-fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver<SinkControl>) {
+fn collect(
+    shared: &SinkShared,
+    rings: Vec<RingReceiver>,
+    wake: &RingWake,
+    control: &Receiver<SinkControl>,
+) {
     let mut open = vec![true; rings.len()];
     let mut chunk: VecDeque<Record> = VecDeque::with_capacity(COLLECT_CHUNK);
     // What goes into the queues, in order: the merge's output, or the rings' records as they are.
@@ -558,8 +594,8 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
             while open[index] && chunk.len() < COLLECT_CHUNK {
                 match rings[index].try_recv() {
                     Ok(record) => chunk.push_back(record),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => open[index] = false,
+                    Err(TakeError::Empty) => break,
+                    Err(TakeError::Disconnected) => open[index] = false,
                 }
             }
         }
@@ -612,17 +648,17 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
             if open.iter().all(|o| !o) {
                 break;
             }
-            let mut select = Select::new();
-            for (index, ring) in rings.iter().enumerate() {
-                if open[index] {
-                    select.recv(ring);
-                }
-            }
             // Wakes when any ring has a record (or closes), and at least every 100 ms for the
             // controls and the merge's expiry.
-            let _ = select.ready_timeout(Duration::from_millis(100));
+            wake.sleep(Duration::from_millis(100), || {
+                rings
+                    .iter()
+                    .zip(&open)
+                    .any(|(ring, open)| *open && ring.is_ready())
+            });
             continue;
         }
+        // Wakes the deliverers that wait for what it pushed.
         let failed = push_staged(
             shared,
             &mut staged,
@@ -630,7 +666,6 @@ fn collect(shared: &SinkShared, rings: Vec<Receiver<Record>>, control: &Receiver
             &mut broadcast_done,
             now,
         );
-        shared.notify_all();
         if let Some(error) = failed {
             // The cores wait behind the full rings meanwhile; nothing is dropped.
             tracing::error!(%error, "cannot write the spill; retrying in 1 s");
@@ -654,6 +689,12 @@ fn push_staged(
 ) -> Option<crate::spill::SpillError> {
     let mut queues = shared.queues();
     let several = queues.len() > 1;
+    let before: Vec<Readiness> = shared
+        .routes
+        .iter()
+        .zip(&queues)
+        .map(|(route, queue)| route.readiness(queue))
+        .collect();
     let mut next = shared.pushed.load(Ordering::Relaxed);
     let mut spilled = vec![0; queues.len()];
     let mut failed = None;
@@ -735,6 +776,12 @@ fn push_staged(
             }
         }
         route.publish_depth(queue);
+    }
+    for ((route, queue), before) in shared.routes.iter().zip(&queues).zip(before) {
+        let after = route.readiness(queue);
+        if after != before && (before == Readiness::Empty || after == Readiness::Ready) {
+            route.changed.notify_all();
+        }
     }
     failed
 }
