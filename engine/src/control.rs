@@ -1,10 +1,11 @@
 //! Control plane ↔ cores: what the admin API asks a core, the board a core's shard tasks
 //! publish their status to, and the handle the admin API holds.
 //!
-//! The admin thread never touches a shard. It sends a [`CoreRequest`] over a crossbeam channel;
-//! the core's control task (on the core's own executor, every [`CONTROL_POLL`]) answers from the
-//! [`Board`] at once, or stages the request for the shard's task and nudges it. Nothing here
-//! waits on a shard task: a shard busy connecting cannot hold up an answer.
+//! The admin thread never touches a shard. It sends a [`CoreRequest`] over a crossbeam channel
+//! and rings the core's [`Doorbell`]; the core's control task (on the core's own executor, which
+//! sleeps until the bell rings or [`CONTROL_POLL`] passes) answers from the [`Board`] at once, or
+//! stages the request for the shard's task and nudges it. Nothing here waits on a shard task: a
+//! shard busy connecting cannot hold up an answer.
 //!
 //! Shard tasks publish to the board with plain `Cell` writes (same thread: no atomics, no
 //! locks), once per loop turn, and copy their counters at most every
@@ -12,8 +13,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -21,16 +25,18 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::config::ShardPlan;
 use crate::shard::{Session, Shard, ShardConfig, ShardCounters, ShardState};
 
-/// How often a core's control task looks for requests (and for the stop flag).
-pub const CONTROL_POLL: Duration = Duration::from_millis(10);
+/// How often a core's control task looks for requests and the stop flag when its doorbell did
+/// not ring (every sender rings it; this is the safety net, and an idle core's only wake-up
+/// besides its shards' heartbeats).
+pub const CONTROL_POLL: Duration = Duration::from_millis(250);
 /// Most time between two copies of a shard's counters to its board slot.
 pub const COUNTERS_PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// Bot commands a shard accepts beyond those its machine already queues: staged on the board
 /// until the shard task moves them into the machine (it does every loop turn). A shard holds at
 /// most this plus [`ShardConfig::DEFAULT_COMMAND_QUEUE_CAPACITY`] commands of at most 4 KiB.
 pub const COMMANDS_STAGED_MAX: usize = ShardConfig::DEFAULT_COMMAND_QUEUE_CAPACITY;
-/// How long the admin API waits for a core's answer (a core answers within [`CONTROL_POLL`]
-/// unless it is stuck, which this then reports).
+/// How long the admin API waits for a core's answer (a core answers as soon as its executor
+/// runs the control task, unless it is stuck, which this then reports).
 pub const CORE_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A request from the control plane to one core.
@@ -208,6 +214,73 @@ pub enum ControlError {
 
 // ---- The admin side -------------------------------------------------------------------------
 
+/// Wakes a core's task from any thread: the control task sleeps on it instead of polling, so an
+/// idle core does not wake every few milliseconds and a request is answered at once.
+#[derive(Default)]
+pub struct Doorbell {
+    rung: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Doorbell {
+    /// Wakes the task waiting in [`Doorbell::rung`], or makes its next wait return at once.
+    pub fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once the bell rang since the last time this resolved.
+    pub fn rung(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |context| {
+            if self.rung.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            *self.waker.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(context.waker().clone());
+            // A ring between the check and storing the waker found no waker to wake.
+            if self.rung.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+/// One core's end of the control plane: its request channel and its doorbell.
+#[derive(Clone)]
+pub struct CoreLink {
+    requests: Sender<CoreRequest>,
+    bell: Arc<Doorbell>,
+}
+
+impl CoreLink {
+    pub fn new(requests: Sender<CoreRequest>, bell: Arc<Doorbell>) -> CoreLink {
+        CoreLink { requests, bell }
+    }
+
+    /// Queues `request` for the core and wakes it.
+    pub fn send(
+        &self,
+        request: CoreRequest,
+    ) -> Result<(), crossbeam_channel::SendError<CoreRequest>> {
+        self.requests.send(request)?;
+        self.bell.ring();
+        Ok(())
+    }
+
+    /// Wakes the core without a request (it looks at the stop flag).
+    pub fn ring(&self) {
+        self.bell.ring();
+    }
+}
+
 /// The control plane's link to every core. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct ControlHandle {
@@ -215,8 +288,8 @@ pub struct ControlHandle {
 }
 
 struct HandleInner {
-    /// Per core: its request channel.
-    cores: Vec<Sender<CoreRequest>>,
+    /// Per core: its request channel and doorbell.
+    cores: Vec<CoreLink>,
     /// In a fleet: the core each shard this host was given runs on (shards come and go one by
     /// one, each on the core with the fewest).
     placed: Mutex<HashMap<u32, usize>>,
@@ -230,20 +303,16 @@ struct HandleInner {
 impl ControlHandle {
     /// `cores[i]`: core `i`'s request channel; `plan` places the live set's shards on them in
     /// contiguous blocks of `plan.shards_per_core`.
-    pub fn new(cores: Vec<Sender<CoreRequest>>, plan: ShardPlan) -> ControlHandle {
+    pub fn new(cores: Vec<CoreLink>, plan: ShardPlan) -> ControlHandle {
         Self::with_placement(cores, plan, false)
     }
 
     /// A fleet host's handle: its shards are those [`ControlHandle::place_shard`] placed.
-    pub fn for_fleet(cores: Vec<Sender<CoreRequest>>, plan: ShardPlan) -> ControlHandle {
+    pub fn for_fleet(cores: Vec<CoreLink>, plan: ShardPlan) -> ControlHandle {
         Self::with_placement(cores, plan, true)
     }
 
-    fn with_placement(
-        cores: Vec<Sender<CoreRequest>>,
-        plan: ShardPlan,
-        fleet: bool,
-    ) -> ControlHandle {
+    fn with_placement(cores: Vec<CoreLink>, plan: ShardPlan, fleet: bool) -> ControlHandle {
         ControlHandle {
             inner: Arc::new(HandleInner {
                 cores,
@@ -251,6 +320,13 @@ impl ControlHandle {
                 fleet,
                 live: Mutex::new(plan),
             }),
+        }
+    }
+
+    /// Wakes every core (to see the stop flag at once).
+    pub fn ring_all(&self) {
+        for core in &self.inner.cores {
+            core.ring();
         }
     }
 

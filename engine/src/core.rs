@@ -13,16 +13,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Receiver;
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::control::{Board, CONTROL_POLL, CoreRequest, Nudge, Role, Slot};
+use crate::control::{Board, CONTROL_POLL, CoreRequest, Doorbell, Nudge, Role, Slot};
 use crate::decode::{self, Compression, Decoder, DecoderLimits, Frame};
 use crate::filter::{Filter, FilterConfig, ShardFilter, Verdict};
 use crate::limiter::IdentifyLimiter;
 use crate::record::{GuildCreateClass, Notice, PayloadArena, Record, RecordKind};
+use crate::ring::{PushError, RingSender};
 use crate::shard::{
     ConnectTarget, FATAL_CLOSE_CODES, LossCause, PayloadAction, Session, Shard, ShardConfig,
     ShardEvent, ShardState, Token, TransmitKind, fatal_close_explanation,
@@ -39,6 +40,8 @@ const FRAMES_PER_TURN_MAX: usize = 32;
 const IDENTIFY_CONNECT_LEAD: Duration = Duration::from_secs(3);
 /// Bound on writing a close frame before dropping the socket anyway.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a connect in progress looks at the stop flag (only while connecting).
+const CONNECT_STOP_POLL: Duration = Duration::from_millis(10);
 
 /// Counters of one core, read by the reporter thread (relaxed atomics, never per-event locks).
 #[derive(Debug, Default)]
@@ -137,13 +140,15 @@ pub struct CorePlan {
     /// The shard count of their set (the live one).
     pub shard_count: u32,
     pub filter: FilterConfig,
-    pub ring: Sender<Record>,
+    pub ring: RingSender,
     pub stats: Arc<CoreStats>,
     /// Sessions saved by the last run for this core's shards: they resume instead of
     /// identifying.
     pub sessions: HashMap<u32, Session>,
     /// Requests from the control plane (admin API).
     pub requests: Receiver<CoreRequest>,
+    /// Rung with every request, and when the engine stops.
+    pub bell: Arc<Doorbell>,
 }
 
 /// Runs a core until the engine stops and every shard task ended. A core whose shards all
@@ -159,9 +164,11 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
         arena: Rc::new(RefCell::new(PayloadArena::default())),
         board: Rc::new(Board::new(plan.index, &[], plan.shard_count)),
         ring: plan.ring.clone(),
+        pushed: Rc::new(Doorbell::default()),
         stats: Arc::clone(&plan.stats),
         nudges: RefCell::new(Vec::new()),
         tasks: RefCell::new(Vec::new()),
+        spawned: Doorbell::default(),
         shared: Arc::clone(&shared),
     });
     for shard_id in plan.shard_ids.iter().copied() {
@@ -169,12 +176,26 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
         context.spawn(shard_id, plan.shard_count, Role::Live, saved);
     }
     drop(plan.ring);
+    // The announcer: wakes the collector once per executor turn in which shards pushed records
+    // (woken by the first push, it runs after the shard tasks that turn had ready).
+    let announcer = glommio::spawn_local({
+        let pushed = Rc::clone(&context.pushed);
+        let wake = context.ring.collector_wake();
+        async move {
+            loop {
+                pushed.rung().await;
+                wake.notify();
+            }
+        }
+    })
+    .detach();
     // The control task: relays the process-wide stop flag to every shard, answers the control
     // plane and starts the shards a reshard asks for. It is cancelled below, and the context
     // (with its ring sender) dropped, before the sink can see the ring disconnect.
     let control = glommio::spawn_local({
         let context = Rc::clone(&context);
         let requests = plan.requests.clone();
+        let bell = Arc::clone(&plan.bell);
         async move {
             let mut stopped = false;
             loop {
@@ -184,6 +205,8 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
                         // A shard that already ended has dropped its receiver; nothing to tell.
                         let _ = nudge.try_send(Nudge::Stop);
                     }
+                    // The loop below may wait for a shard task to start: it may end now.
+                    context.spawned.ring();
                 }
                 while let Ok(request) = requests.try_recv() {
                     match request {
@@ -225,7 +248,7 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
                                     .retain(|&(count, _)| count != shard_count);
                             }
                             let ring = &context.ring;
-                            let occupancy = (ring.len(), ring.capacity().unwrap_or(0));
+                            let occupancy = (ring.len(), ring.capacity());
                             let nudges = context.nudges.borrow();
                             context.board.answer(
                                 request,
@@ -238,7 +261,7 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
                         }
                     }
                 }
-                glommio::timer::sleep(CONTROL_POLL).await;
+                future::or(bell.rung(), glommio::timer::sleep(CONTROL_POLL)).await;
             }
         }
     })
@@ -250,10 +273,13 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
                 task.await;
             }
             None if shared.stop.load(Ordering::Acquire) => break,
-            None => glommio::timer::sleep(CONTROL_POLL).await,
+            None => {
+                future::or(context.spawned.rung(), glommio::timer::sleep(CONTROL_POLL)).await;
+            }
         }
     }
     control.cancel();
+    announcer.cancel();
 }
 
 /// What a core's shard tasks share, and what a new one needs.
@@ -266,12 +292,17 @@ struct CoreContext {
     /// The core's payload copies, shared by its shards.
     arena: Rc<RefCell<PayloadArena>>,
     board: Rc<Board>,
-    ring: Sender<Record>,
+    ring: RingSender,
+    /// See [`Driver::pushed`].
+    pushed: Rc<Doorbell>,
     stats: Arc<CoreStats>,
     /// Each shard task's nudge channel, in board order.
     nudges: RefCell<Vec<LocalSender<Nudge>>>,
     /// Shard tasks not awaited yet.
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// Rung when a shard task starts (or the engine stops): the core's loop waits on it when
+    /// it has no task to await.
+    spawned: Doorbell,
 }
 
 impl CoreContext {
@@ -291,6 +322,7 @@ impl CoreContext {
                 )),
                 arena: Rc::clone(&self.arena),
                 ring: self.ring.clone(),
+                pushed: Rc::clone(&self.pushed),
                 stats: Arc::clone(&self.stats),
                 nudges: nudge_rx,
                 slot,
@@ -303,6 +335,7 @@ impl CoreContext {
         })
         .detach();
         self.tasks.borrow_mut().push(task);
+        self.spawned.ring();
     }
 }
 
@@ -321,7 +354,10 @@ struct Driver {
     filter: Rc<RefCell<Filter>>,
     /// The core's payload copies, shared by its shards.
     arena: Rc<RefCell<PayloadArena>>,
-    ring: Sender<Record>,
+    ring: RingSender,
+    /// Rung after records went onto the ring: the core's announcer wakes the collector once
+    /// for everything its shards pushed in one executor turn.
+    pushed: Rc<Doorbell>,
     stats: Arc<CoreStats>,
     nudges: LocalReceiver<Nudge>,
     /// This shard's place on the board: what it publishes, its role, whether it forwards.
@@ -338,6 +374,7 @@ impl Driver {
             filter,
             arena,
             ring,
+            pushed,
             stats,
             nudges,
             slot,
@@ -546,7 +583,7 @@ impl Driver {
                         withdraw_identify(&shared, shard_id, identify_wanted);
                         note_end(&shared, &machine, shard_id, shard_count, &mut outbox);
                         // What came before the close: no session will replay it.
-                        flush_outbox(&ring, &mut outbox, &stats).await;
+                        flush_outbox(&ring, &pushed, &mut outbox, &stats).await;
                         // The board shows how it ended (a reshard's hand-over waits for every
                         // shard of the live set that still runs).
                         slot.publish(&machine, shard_filter.guilds(), None, Instant::now());
@@ -560,7 +597,7 @@ impl Driver {
                         if shared.fleet_gate.is_some() && std::mem::take(&mut ever_ready) {
                             stats.shards_ready.fetch_sub(1, Ordering::Relaxed);
                         }
-                        flush_outbox(&ring, &mut outbox, &stats).await;
+                        flush_outbox(&ring, &pushed, &mut outbox, &stats).await;
                         slot.publish(&machine, shard_filter.guilds(), None, Instant::now());
                         return;
                     }
@@ -572,7 +609,7 @@ impl Driver {
             }
 
             // 3. Hand records to the sink; a full ring pauses reading this socket.
-            if push_outbox(&ring, &mut outbox, &stats) == Pushed::SinkGone {
+            if push_outbox(&ring, &pushed, &mut outbox, &stats) == Pushed::SinkGone {
                 tracing::error!(shard = shard_id, "the sink is gone; stopping the shard");
                 stats.shards_running.fetch_sub(1, Ordering::Relaxed);
                 return;
@@ -854,7 +891,7 @@ async fn open(
             // connect timeout.
             let stop = async {
                 while !shared.stop.load(Ordering::Acquire) {
-                    glommio::timer::sleep(CONTROL_POLL).await;
+                    glommio::timer::sleep(CONNECT_STOP_POLL).await;
                 }
                 Err(Unopened::Stopped)
             };
@@ -1088,18 +1125,27 @@ enum Pushed {
 
 /// Moves the outbox's records onto the sink's ring, oldest first, until it is empty or the ring
 /// is full.
-fn push_outbox(ring: &Sender<Record>, outbox: &mut VecDeque<Record>, stats: &CoreStats) -> Pushed {
+fn push_outbox(
+    ring: &RingSender,
+    pushed: &Doorbell,
+    outbox: &mut VecDeque<Record>,
+    stats: &CoreStats,
+) -> Pushed {
+    if !outbox.is_empty() {
+        // Rung first: the announcer runs after this task yields, whatever happens below.
+        pushed.ring();
+    }
     while let Some(record) = outbox.pop_front() {
-        match ring.try_send(record) {
+        match ring.try_push(record) {
             Ok(()) => {
                 stats.records_forwarded.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(record)) => {
+            Err(PushError::Full(record)) => {
                 stats.ring_full_waits.fetch_add(1, Ordering::Relaxed);
                 outbox.push_front(record);
                 return Pushed::RingFull;
             }
-            Err(TrySendError::Disconnected(_)) => return Pushed::SinkGone,
+            Err(PushError::Disconnected) => return Pushed::SinkGone,
         }
     }
     Pushed::All
@@ -1108,9 +1154,14 @@ fn push_outbox(ring: &Sender<Record>, outbox: &mut VecDeque<Record>, stats: &Cor
 /// Hands every record still in a shard's outbox to the sink as its task ends, waiting while
 /// the ring is full (the collector empties it into memory or the spill). Records read with the
 /// frame that ended the shard (a fatal close code) have no session left to replay them.
-async fn flush_outbox(ring: &Sender<Record>, outbox: &mut VecDeque<Record>, stats: &CoreStats) {
+async fn flush_outbox(
+    ring: &RingSender,
+    pushed: &Doorbell,
+    outbox: &mut VecDeque<Record>,
+    stats: &CoreStats,
+) {
     loop {
-        match push_outbox(ring, outbox, stats) {
+        match push_outbox(ring, pushed, outbox, stats) {
             Pushed::All => return,
             Pushed::RingFull => glommio::timer::sleep(RING_RETRY).await,
             Pushed::SinkGone => {

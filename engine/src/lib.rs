@@ -18,6 +18,7 @@ pub mod progress;
 pub mod record;
 pub mod reshard;
 pub mod resharder;
+pub mod ring;
 pub mod runtime;
 pub mod shard;
 pub mod sink;

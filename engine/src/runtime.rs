@@ -13,7 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin::{AdminContext, AdminListener, AdminServer};
 use crate::config::{Settings, ShardPlan};
-use crate::control::ControlHandle;
+use crate::control::{ControlHandle, CoreLink, Doorbell};
 use crate::core::{CorePlan, CoreStats, Shared};
 use crate::decode::DecoderLimits;
 use crate::filter::FilterConfig;
@@ -800,6 +800,7 @@ impl Engine {
             .unwrap_or_default();
         let per_core = plan.shards_per_core.max(1) as usize;
         let mut rings = Vec::new();
+        let ring_wake = Arc::new(crate::ring::RingWake::default());
         let mut core_links = Vec::new();
         let mut core_stats = Vec::new();
         let mut executors = Vec::new();
@@ -811,11 +812,13 @@ impl Engine {
             owned.chunks(per_core).map(<[u32]>::to_vec).collect()
         };
         for (index, shard_ids) in core_shards.iter().enumerate() {
-            let (ring_tx, ring_rx) = crossbeam_channel::bounded(settings.ring_capacity);
+            let (ring_tx, ring_rx) =
+                crate::ring::ring(settings.ring_capacity, Arc::clone(&ring_wake));
             rings.push(ring_rx);
             // Unbounded: only the admin API sends, one request per HTTP request in flight.
             let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
-            core_links.push(requests_tx);
+            let bell = Arc::new(Doorbell::default());
+            core_links.push(CoreLink::new(requests_tx, Arc::clone(&bell)));
             let stats = Arc::new(CoreStats::default());
             core_stats.push(Arc::clone(&stats));
             let core_plan = CorePlan {
@@ -830,6 +833,7 @@ impl Engine {
                     .filter_map(|id| saved.shards.get(id).map(|s| (*id, s.clone())))
                     .collect(),
                 requests: requests_rx,
+                bell,
             };
             let placement = match core_ids.get(index % core_ids.len().max(1)) {
                 Some(cpu) if !core_ids.is_empty() => Placement::Fixed(*cpu),
@@ -853,8 +857,14 @@ impl Engine {
                 })?;
             executors.push(handle);
         }
-        let sink = Sink::start(routes, rings, Arc::clone(&sink_stats), Arc::clone(&stop))
-            .map_err(RunError::Thread)?;
+        let sink = Sink::start(
+            routes,
+            rings,
+            ring_wake,
+            Arc::clone(&sink_stats),
+            Arc::clone(&stop),
+        )
+        .map_err(RunError::Thread)?;
         let stats = Arc::new(EngineStats {
             shared: Arc::clone(&shared),
             core_stats,
@@ -1032,6 +1042,7 @@ impl Engine {
             }
             tracing::info!("stopping: closing every shard resumably (4000) and flushing");
             self.shared.stop.store(true, Ordering::Release);
+            self.control.ring_all();
         }
         if !self.shared.stop.load(Ordering::Acquire)
             && !self.resharder.borrow().is_active()
@@ -1040,6 +1051,7 @@ impl Engine {
             // Every shard stopped on a fatal close code and nothing will start another: the
             // cores would idle for ever.
             self.shared.stop.store(true, Ordering::Release);
+            self.control.ring_all();
         }
         // Every interval, and soon after a session starts: a crash right after a READY must
         // resume that session, not identify a new one (its events would be gone).
