@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Engine, bare_engine_command, wait_until};
+use common::{Engine, bare_engine_command, command_without_admin, free_port, http, wait_until};
 use fake_bot::{BotConfig, FakeBot};
 use mock_gateway::{MockConfig, MockGateway};
 
@@ -58,6 +58,32 @@ fn engine(mock: &MockGateway, bot: &FakeBot, dir: &Path, extra: &[&str]) -> Comm
         .args(["--log", "info", "--log-format", "json"])
         .args(extra);
     command
+}
+
+/// [`engine`] with its admin API on `admin`.
+fn engine_at(
+    mock: &MockGateway,
+    bot: &FakeBot,
+    dir: &Path,
+    admin: std::net::SocketAddr,
+    extra: &[&str],
+) -> Command {
+    let mut command = command_without_admin(mock, bot, dir);
+    command
+        .args(["--admin-addr", &admin.to_string()])
+        .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
+        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+        .args(["--spill-fsync", "never"])
+        .args(["--log", "info", "--log-format", "json"])
+        .args(extra);
+    command
+}
+
+/// The default route's lanes in use, from `GET /status`.
+fn lanes_active(admin: std::net::SocketAddr) -> Option<u64> {
+    let (status, _, body) = http(admin, "GET", "/status", None, b"");
+    let status_json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    (status == 200).then(|| status_json["routes"][0]["lanes_active"].as_u64())?
 }
 
 fn start(mut command: Command) -> Engine {
@@ -358,8 +384,21 @@ fn a_changed_lane_count_waits_for_the_spill_to_drain_and_nothing_is_lost() {
     const EVENTS: u64 = 2400;
     let mock = mock(&dir, 150.0, EVENTS);
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
-    let mut first = start(engine(&mock, &bot, &dir, &["--batches-in-flight", "2"]));
+    let admin = free_port();
+    let mut first = start(engine_at(
+        &mock,
+        &bot,
+        &dir,
+        admin,
+        &["--batches-in-flight", "2", "--batch-events-max", "10"],
+    ));
     wait_for_a_steady_stream(&bot, 500);
+    // A slow bot spreads the shards over both lanes (one batch at a time falls behind).
+    bot.set_slow_ms(50);
+    wait_until("both lanes in use", Duration::from_secs(30), || {
+        lanes_active(admin) == Some(2)
+    });
+    bot.set_slow_ms(0);
     // Away for the stop and a little after the next start.
     bot.refuse_for(Duration::from_secs(15));
     let lane_1 = dir.join("data").join("spill-lane-1");
@@ -535,6 +574,48 @@ fn a_full_spill_drops_exactly_what_it_counts() {
         "every drop is counted, and only drops are missing"
     );
     assert_eq!(report.totals.out_of_order, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Shards go to one lane while one batch at a time keeps up, spread over every lane when the
+/// bot falls behind, and back to one when it keeps up again; each switch waits for the lanes to
+/// drain, so every event arrives once and in order across them.
+#[test]
+fn lanes_spread_under_load_and_gather_when_light_losing_nothing() {
+    let dir = scratch("lane-switch");
+    const EVENTS: u64 = 6000;
+    let mock = mock(&dir, 150.0, EVENTS);
+    let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
+    let admin = free_port();
+    let mut engine = start(engine_at(
+        &mock,
+        &bot,
+        &dir,
+        admin,
+        &["--batches-in-flight", "4", "--batch-events-max", "10"],
+    ));
+    wait_for_a_steady_stream(&bot, 300);
+    assert_eq!(
+        lanes_active(admin),
+        Some(1),
+        "one lane keeps up with a quick bot"
+    );
+    bot.set_slow_ms(50);
+    wait_until("all four lanes in use", Duration::from_secs(30), || {
+        lanes_active(admin) == Some(4)
+    });
+    bot.set_slow_ms(0);
+    wait_until(
+        "one lane again after 10 s light",
+        Duration::from_secs(40),
+        || lanes_active(admin) == Some(1),
+    );
+    wait_until("every event at the bot", Duration::from_secs(120), || {
+        all_arrived(&mock, &bot, EVENTS)
+    });
+    assert_eq!(check_exactly_expected(&mock, &bot), 0, "nothing twice");
+    let (status, stderr) = engine.terminate();
+    assert!(status.success(), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -572,6 +572,18 @@ fn write_routes(out: &mut Exposition, routes: &[crate::runtime::RouteInfo]) {
         }
     }
     out.family(
+        "shardgate_route_lanes_active",
+        "gauge",
+        "Lanes (batches in flight) the route's shards are spread over now: 1 while one batch at a time keeps up.",
+    );
+    for route in routes {
+        out.sample(
+            "shardgate_route_lanes_active",
+            &[("route", &route.name)],
+            route.stats.lanes_active.load(Relaxed) as f64,
+        );
+    }
+    out.family(
         "shardgate_route_queue_records",
         "gauge",
         "Records of the route waiting for its receiver, in memory and on its spill.",

@@ -240,6 +240,7 @@ fn route_json(route: &crate::runtime::RouteInfo) -> Value {
         "sink": route.sink.name(),
         "destination": route.destination,
         "batches_in_flight": route.lanes,
+        "lanes_active": load(&stats.lanes_active),
         "records_received": load(&stats.records_received),
         "records_delivered": load(&stats.records_delivered),
         "batches_delivered": load(&stats.batches_delivered),

@@ -446,6 +446,11 @@ pub struct RunArgs {
     /// the spill, so each shard's records stay in order while a slow receiver's round trips
     /// overlap.
     ///
+    /// While one batch at a time keeps up, every shard uses the first lane (one request per
+    /// linger instead of one per lane); when that lane holds two batches, the shards spread
+    /// over all lanes, and gather again after 10 s without a batch's worth in any lane. Each
+    /// switch waits for the lanes to drain, so no shard has records in two lanes.
+    ///
     /// Each lane gets --queue-bytes-max and --spill-bytes-max divided by the count, and
     /// --backlog-rate is shared among them. A start with another count while the spill holds
     /// records keeps the old count until the spill has drained (a shard must not change lanes

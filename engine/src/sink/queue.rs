@@ -176,6 +176,12 @@ impl Queue {
         self.spill.is_none() && self.memory_bytes >= self.memory_bytes_max
     }
 
+    /// Nothing queued and no batch taken from memory waiting for its acknowledgement (a batch
+    /// read from the spill stays on it until acknowledged).
+    pub fn is_drained(&self) -> bool {
+        self.is_empty() && self.in_flight.is_none()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.memory.is_empty() && self.spill.as_ref().is_none_or(Spill::is_empty)
     }
