@@ -36,7 +36,8 @@ impl RingWake {
         }
     }
 
-    fn wake(&self) {
+    /// Wakes the collector whether or not it sleeps (for what is not on a ring: a control).
+    pub fn wake(&self) {
         if let Some(thread) = self.collector.get() {
             thread.unpark();
         }

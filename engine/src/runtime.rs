@@ -28,6 +28,9 @@ use crate::sink::{Sink, SinkConfig, SinkStats};
 use crate::spill::Spill;
 use crate::transport::{GatewayUrl, ReadCoalescing};
 
+/// How often the main thread looks at signals, resharding, saved sessions and progress.
+const MAIN_POLL: Duration = Duration::from_millis(100);
+
 /// Locked memory glommio needs per executor (io_uring rings and buffers).
 pub const LOCKED_MEMORY_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
 /// glommio's buffer for DMA file I/O per executor (its minimum; its default is 10 MiB).
@@ -407,7 +410,7 @@ pub fn run(settings: Settings) -> Result<RunSummary, RunError> {
     };
     let mut last_status = Instant::now();
     while !engine.poll() {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(MAIN_POLL);
         if !progress.is_finished() {
             let counts = shard_counts(&engine.snapshot());
             let now = Instant::now();
@@ -446,6 +449,9 @@ pub struct Engine {
     sessions_path: std::path::PathBuf,
     session_save_interval: Duration,
     sessions_saved_at: std::cell::Cell<Instant>,
+    /// What the last save wrote: an unchanged set is not written again (idle shards change
+    /// nothing between heartbeats).
+    sessions_last_saved: std::cell::RefCell<Option<SavedSessions>>,
     /// Cores whose executor future ended, normally or by a panic (see [`CoreDone`]).
     cores_done: Arc<AtomicUsize>,
     stats: Arc<EngineStats>,
@@ -970,6 +976,7 @@ impl Engine {
             sessions_path,
             session_save_interval: Duration::from_millis(settings.session_save_interval_ms),
             sessions_saved_at: std::cell::Cell::new(Instant::now()),
+            sessions_last_saved: std::cell::RefCell::new(None),
             cores_done,
             stats: Arc::clone(&stats),
             identify_pace: IdentifyPace {
@@ -1109,8 +1116,15 @@ impl Engine {
             return;
         };
         let saved = sink.saved_sessions();
-        if let Err(error) = crate::sink::sessions::save(&self.sessions_path, &saved) {
-            tracing::error!(%error, "cannot save the sessions; a restart would identify");
+        let mut last = self.sessions_last_saved.borrow_mut();
+        if last.as_ref() == Some(&saved) {
+            return;
+        }
+        match crate::sink::sessions::save(&self.sessions_path, &saved) {
+            Ok(()) => *last = Some(saved),
+            Err(error) => {
+                tracing::error!(%error, "cannot save the sessions; a restart would identify");
+            }
         }
     }
 

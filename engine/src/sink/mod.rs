@@ -173,6 +173,8 @@ pub struct Lane {
 pub struct Sink {
     shared: Arc<SinkShared>,
     control: crossbeam_channel::Sender<SinkControl>,
+    /// The collector's wake-up (a control wakes it).
+    collector_wake: Arc<RingWake>,
     collector: Option<std::thread::JoinHandle<()>>,
     deliverers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -451,6 +453,7 @@ impl Sink {
             merge: Mutex::new(MergeReport::default()),
         });
         let (control, control_rx) = crossbeam_channel::unbounded();
+        let collector_wake = Arc::clone(&wake);
         let collector = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -469,6 +472,7 @@ impl Sink {
         Ok(Sink {
             shared,
             control,
+            collector_wake,
             collector: Some(collector),
             deliverers,
         })
@@ -491,6 +495,7 @@ impl Sink {
     pub fn control(&self, control: SinkControl) {
         // The collector ends only after the cores; a control then has nothing left to act on.
         let _ = self.control.send(control);
+        self.collector_wake.wake();
     }
 
     /// What the collector says about a reshard's merge.
@@ -678,9 +683,14 @@ fn collect(
                 std::thread::sleep(LANE_SWITCH_POLL);
                 continue;
             }
-            // Wakes when any ring has a record (or closes), and at least every 100 ms for the
-            // controls and the merge's expiry.
-            wake.sleep(Duration::from_millis(100), || {
+            // Wakes when any ring has a record (or closes) or a control comes, and at least
+            // every 100 ms during a merge (for its expiry), every second otherwise.
+            let timeout = if merger.is_some() {
+                Duration::from_millis(100)
+            } else {
+                COLLECTOR_IDLE_WAKE
+            };
+            wake.sleep(timeout, || {
                 rings
                     .iter()
                     .zip(&open)
@@ -705,6 +715,13 @@ fn collect(
     shared.collector_done.store(true, Ordering::Release);
     shared.notify_all();
 }
+
+/// The longest the collector sleeps without a merge in progress (a safety net: rings, controls
+/// and the stop wake it).
+const COLLECTOR_IDLE_WAKE: Duration = Duration::from_secs(1);
+/// The longest a deliverer with nothing queued sleeps (the collector wakes it for records and
+/// at its end).
+const DELIVERER_IDLE_WAKE: Duration = Duration::from_secs(1);
 
 /// How long a route must stay light (no lane holding a batch's worth) before its shards go
 /// back to one lane.
@@ -939,7 +956,7 @@ fn deliver_loop(shared: &SinkShared, index: usize, mut target: Box<dyn Target>) 
                     }
                     queue = route
                         .changed
-                        .wait_timeout(queue, Duration::from_millis(100))
+                        .wait_timeout(queue, DELIVERER_IDLE_WAKE)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                     continue;
