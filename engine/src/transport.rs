@@ -227,15 +227,24 @@ pub struct Connection {
     /// Bytes read since `window_start`.
     window_bytes: usize,
     window_start: Instant,
-    /// Whether the last window (at least a tick long) read at least [`HOT_BYTES_PER_TICK`] per
+    /// Whether the last window (at least a tick long) read at least [`hot_bytes_per_tick`] per
     /// tick: such a shard reads at once, as without coalescing.
     hot: bool,
 }
 
-/// Bytes per tick from which a shard's reads are not held (64 KiB: about 50 typical events): it
-/// wakes its core often enough on its own, and holding would cap it at a socket receive buffer
-/// per tick.
-const HOT_BYTES_PER_TICK: usize = 64 * 1024;
+/// Bytes per second from which a shard's reads are not held (64 KiB per 5 ms, about 10,000
+/// typical events per second): it wakes its core often enough on its own. A rate, not bytes per
+/// tick: with a per-tick figure a longer tick made shards hot at lower rates (a 20 ms tick at
+/// 4,000 events/s per shard).
+const HOT_BYTES_PER_SECOND: u128 = 64 * 1024 * 200;
+/// At most this many bytes per tick, whatever the tick: holding a shard that reads more would
+/// cap it at about a socket receive buffer per tick.
+const HOT_BYTES_PER_TICK_MAX: u128 = 256 * 1024;
+
+/// The bytes per tick that make a shard hot.
+fn hot_bytes_per_tick(tick: Duration) -> u128 {
+    (HOT_BYTES_PER_SECOND * tick.as_nanos() / 1_000_000_000).min(HOT_BYTES_PER_TICK_MAX)
+}
 
 /// Ticks in a row with nothing to read after which a coalescing connection waits on its socket
 /// again instead of trying at each tick.
@@ -255,7 +264,7 @@ const QUIET_TICKS_MAX: u32 = 8;
 /// at moderate rates. Every connection of a process ticks on the same boundaries, so a core's
 /// busy shards are read in one wake-up per tick. A read that filled the buffer is never held
 /// (the socket has more), so a backlog drains as fast as before, and a shard that read at least
-/// [`HOT_BYTES_PER_TICK`] over the last tick is not held at all; an event waits at most one tick
+/// [`hot_bytes_per_tick`] over the last tick is not held at all; an event waits at most one tick
 /// longer.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadCoalescing {
@@ -386,9 +395,9 @@ impl Connection {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= tick {
-            // bytes / elapsed >= HOT_BYTES_PER_TICK / tick, without dividing.
+            // bytes / elapsed >= hot bytes per tick / tick, without dividing.
             self.hot = self.window_bytes as u128 * tick.as_nanos()
-                >= HOT_BYTES_PER_TICK as u128 * elapsed.as_nanos();
+                >= hot_bytes_per_tick(tick) * elapsed.as_nanos();
             self.window_bytes = 0;
             self.window_start = now;
         }

@@ -297,8 +297,8 @@ fn a_coalescing_connection_gone_quiet_still_reads_a_late_message_and_the_end() {
 
 #[test]
 fn a_shard_reading_a_lot_per_tick_is_not_held() {
-    // 1 MiB at once, far above the hot threshold (64 KiB per tick); then, after the first tick,
-    // one small message, which a held read would take only at the second tick.
+    // 1 MiB at once, far above the hot threshold (256 KiB per tick at most); then, after the
+    // first tick, one small message, which a held read would take only at the second tick.
     let big = "x".repeat(100 * 1024);
     let burst: Vec<u8> = (0..10).flat_map(|_| text_frame(&big)).collect();
     let writes = vec![

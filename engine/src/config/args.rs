@@ -193,9 +193,10 @@ pub struct RunArgs {
     /// all its busy shards instead of once per event.
     ///
     /// Each wake-up of a core costs far more than an event, so at moderate event rates this
-    /// cuts the CPU per event to about 0.4×; an event waits at most one tick longer. A shard
-    /// with more waiting than one read takes is read at once. 0 reads as soon as data arrives.
-    /// Range 0..=1000. Default: 5.
+    /// cuts the CPU per event to about 0.4× at 5 ms and about half of that again at 20 ms; an
+    /// event waits at most one tick longer. A shard with more waiting than one read takes, or
+    /// reading more than 12.8 MB/s (at most 256 KiB per tick), is read at once. 0 reads as soon as data arrives (lowest
+    /// latency). Range 0..=1000. Default: 20.
     #[arg(long, value_name = "MS", help_heading = "Placement")]
     pub read_coalesce_ms: Option<RawValue>,
 

@@ -179,7 +179,7 @@ impl Settings {
     /// Default of `--payload-bytes-max`: 32 MiB.
     pub const DEFAULT_PAYLOAD_BYTES_MAX: usize = 32 << 20;
     /// Default of `--read-coalesce-ms`.
-    pub const DEFAULT_READ_COALESCE_MS: u64 = 5;
+    pub const DEFAULT_READ_COALESCE_MS: u64 = 20;
     /// Default of `--ring-capacity`.
     pub const DEFAULT_RING_CAPACITY: usize = 8_192;
     /// Default of `--forward-timeout-ms`.

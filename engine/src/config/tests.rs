@@ -74,7 +74,7 @@ fn defaults() {
         (CPUS as u32, CPUS)
     );
     assert_eq!(settings.shards_per_core, None);
-    assert_eq!(settings.read_coalesce_ms, 5);
+    assert_eq!(settings.read_coalesce_ms, 20);
     assert_eq!(settings.compression, Compression::ZstdStream);
     assert_eq!(settings.intents, Intents::NON_PRIVILEGED);
     assert_eq!(settings.events, Events::All);
