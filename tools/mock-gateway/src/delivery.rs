@@ -104,14 +104,27 @@ impl ContentCheck {
     /// received count; what was in flight at the stop is Discord's to replay on the next resume.
     /// (A guild's events reach one shard of a set, so its tail is what one connection had in
     /// flight; shards of one timeline stop at different points.)
+    ///
+    /// An event repeated byte for byte shares its hash with its earlier copies: a hash received
+    /// `n` times stands for the first `n` events made with it, so that the earlier copies'
+    /// arrival does not make a later one, still in flight at the stop, look received.
     pub fn up_to_the_last_received(events: &[EventRecord], delivered: &[u64]) -> ContentCheck {
-        let received: std::collections::HashSet<u64> = delivered.iter().copied().collect();
+        let mut received: HashMap<u64, usize> = HashMap::new();
+        for hash in delivered {
+            *received.entry(*hash).or_default() += 1;
+        }
         let scope = |event: &EventRecord| match event.guild_id {
             Some(guild) => (0, guild),
             None => (1, event.id >> TIMELINE_SHIFT),
         };
+        let mut in_order: Vec<&EventRecord> = events.iter().collect();
+        in_order.sort_by_key(|event| event.id);
         let mut last: HashMap<(u8, u64), u64> = HashMap::new();
-        for event in events.iter().filter(|event| received.contains(&event.hash)) {
+        for event in in_order {
+            let Some(left) = received.get_mut(&event.hash).filter(|left| **left > 0) else {
+                continue;
+            };
+            *left -= 1;
             let entry = last.entry(scope(event)).or_default();
             *entry = (*entry).max(event.id);
         }
@@ -166,6 +179,31 @@ mod tests {
         assert_eq!(check.unknown, [999]);
         let check = ContentCheck::new(&events, &[200, 100, 100, 400]);
         assert_eq!(check.out_of_order, [10]);
+    }
+
+    #[test]
+    fn a_repeat_in_flight_at_the_stop_is_not_counted_as_received() {
+        // The same member update three times; the third was in flight when the engine stopped.
+        // The first two arriving does not make the third look received.
+        let events = [
+            event(1, 10, 100, false),
+            event(2, 10, 200, false),
+            event(3, 10, 100, false),
+            event(4, 10, 300, false),
+            event(5, 10, 100, false),
+        ];
+        let check = ContentCheck::up_to_the_last_received(&events, &[100, 200, 100, 300]);
+        assert!(check.is_exactly_once(), "{check:?}");
+        // A repeat lost before a later event of its guild arrived is still missing.
+        let check = ContentCheck::up_to_the_last_received(&events, &[100, 200, 300]);
+        assert_eq!(check.missing, [100]);
+        let check = ContentCheck::up_to_the_last_received(&events, &[100, 200, 300, 100]);
+        assert!(check.missing.is_empty(), "{check:?}");
+        assert_eq!(
+            check.out_of_order,
+            [10],
+            "the repeat came after the event that follows it"
+        );
     }
 
     #[test]
