@@ -7,6 +7,7 @@
 #   COMPRESSION=none tools/scale/run.sh 10000
 #   BIN_DIR=target/debug tools/scale/run.sh 50 50 2              # the debug binaries
 #   SHARDGATE_ARGS='--read-coalesce-ms 0' tools/scale/run.sh 10000   # extra `shardgate run` flags
+#   RATE=0.0001 tools/scale/run.sh 1000 512 60   # idle shards: heartbeats only (default RATE=0.1/s)
 #
 # Needs `ulimit -n` above SHARDS for the engine and the mock, and python3. Every port is picked
 # free (tools/lib/world.sh). Work files go to $SCALE_DIR (default /tmp/shardgate-scale). Stops
@@ -24,7 +25,7 @@ world_init "$dir" "${BIN_DIR:-target/release}"
 trap world_stop EXIT
 
 world_start_mock --threads 2 --tls --guilds $((shards * 2)) --recommended-shards "$shards" \
-    --max-concurrency "$max_concurrency" --session-start-total 1000000 --rate 0.1 \
+    --max-concurrency "$max_concurrency" --session-start-total 1000000 --rate "${RATE:-0.1}" \
     --guild-create-bytes 2000 --replay-bytes-max 16384
 world_start_bot
 
