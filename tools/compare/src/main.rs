@@ -1,10 +1,10 @@
 //! `compare`: shardgate against a minimal twilight-gateway client, on the same mock stream, one
 //! after the other in one invocation, and a markdown table of the medians on stdout.
 //!
-//! For each compression mode and each repetition, every client runs once (A B C A B C …, so
-//! that the machine's noise spreads over all of them) against a FRESH in-process mock gateway
-//! with the same seed, shards, guilds, event mix, rate and events per shard, over ws:// on
-//! loopback:
+//! For each rate, each compression mode and each repetition, every client runs once (A B C A B
+//! C …, so that the machine's noise spreads over all of them) against a FRESH in-process mock
+//! gateway with the same seed, shards, guilds, event mix, rate and events per shard, over ws://
+//! on loopback:
 //!
 //! - shardgate (`target/release/shardgate run`, one run per `--cores` value) forwarding every
 //!   event to an in-process fake bot; measured from outside, see `shardgate.rs`;
@@ -70,14 +70,37 @@ struct Cli {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     shards: u32,
 
+    /// Dispatches per second per shard, one set of runs per rate, in order; 0 = as fast as the
+    /// client reads (the firehose, printed "as read"). `--rate N` is the same flag (an alias,
+    /// kept for the commands in docs/benchmarks.md): one rate, a one-element list.
+    ///
+    /// A full table, `--rates 500,2000,4000,0` with the other defaults (4 modes, shardgate with
+    /// 2 and 1 cores, twilight raw and full, 3 repeats: 168 runs), takes about 45 minutes on
+    /// 2 cores: 42 runs per rate, of 20 s at 500 and 2,000/s and 12.5 s at 4,000/s (the 50,000
+    /// events per shard come first), 0.5–9 s as read, and well under a second of start and
+    /// stop each. `--modes zstd-stream,zlib-stream,none --twilight-parse raw` (108 runs) takes
+    /// about 25. The driver prints its own estimate when it starts.
+    #[arg(
+        long,
+        visible_alias = "rate",
+        value_delimiter = ',',
+        default_value = "0",
+        value_parser = parse_rate
+    )]
+    rates: Vec<f64>,
+
     /// Steady-stream dispatches per shard after READY and the GUILD_CREATEs (large enough
-    /// that connecting and identifying are a rounding error).
+    /// that connecting and identifying are a rounding error). At a fixed rate, at most
+    /// rate × `--seconds-per-run` of them.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     events_per_shard: u64,
 
-    /// Dispatches per second per shard; 0 = as fast as the client reads.
-    #[arg(long, default_value_t = 0.0)]
-    rate: f64,
+    /// At a fixed rate, a run streams for at most this many seconds: each shard gets
+    /// min(`--events-per-shard`, rate × this) steady dispatches (at 500/s: 10,000 in 20 s,
+    /// where 50,000 would take 100 s). Ignored as read, where `--events-per-shard` alone
+    /// bounds a run.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds_per_run: u64,
 
     /// Seed of the mock's stream: the same for every run, so every client sees the same events.
     #[arg(long, default_value_t = 42)]
@@ -91,7 +114,7 @@ struct Cli {
     #[arg(long, value_parser = EventMix::parse)]
     mix: Option<EventMix>,
 
-    /// Runs of each client per mode; the table shows medians.
+    /// Runs of each client per rate and mode; the tables show medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     repeat: u64,
 
@@ -143,7 +166,8 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     mock_threads: usize,
 
-    /// Give up on one run after this many seconds (it is reported as failed).
+    /// Give up on one run after this many seconds (it is reported as failed); more than
+    /// `--seconds-per-run`.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
 
@@ -229,24 +253,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// One run of the schedule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Planned {
+    /// Dispatches per second per shard; 0 = as fast as the client reads.
+    rate: f64,
+    mode: Mode,
+    /// 1-based.
+    repetition: usize,
+    client: Client,
+}
+
 /// Runs the whole schedule and prints the tables; `Ok(false)` when a run failed.
 fn run(cli: &Cli) -> anyhow::Result<bool> {
-    check_binaries(cli)?;
-    let world = World {
-        shards: cli.shards,
-        seed: cli.seed,
-        guilds: cli.guilds,
-        rate: cli.rate,
-        events_per_shard: cli.events_per_shard,
-        mix: cli.mix.clone(),
-        mock_threads: cli.mock_threads,
-    };
+    check_usage(cli)?;
     let timeout = Duration::from_secs(cli.timeout_secs);
     let schedule = schedule(cli);
+    eprintln!("compare: {}", time_estimate(cli, &schedule));
     let scratch_root =
         std::env::temp_dir().join(format!("shardgate-compare-{}", std::process::id()));
     let mut results = Vec::with_capacity(schedule.len());
-    for (index, &(mode, repetition, client)) in schedule.iter().enumerate() {
+    for (index, planned) in schedule.iter().enumerate() {
+        let Planned {
+            rate,
+            mode,
+            repetition,
+            client,
+        } = *planned;
+        let world = world(cli, rate);
         let scratch = scratch_root.join(index.to_string());
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
@@ -271,17 +305,20 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         };
         // Best effort: a leftover scratch dir in the temp dir harms nothing.
         let _ = std::fs::remove_dir_all(&scratch);
+        let run_name = format!(
+            "[{}/{}] {} {} {} (cores={}) run {repetition}",
+            index + 1,
+            schedule.len(),
+            report::rate_cell(rate),
+            mode.name(),
+            client.label(),
+            client.cores(),
+        );
         let outcome = match measured {
             Ok(sample) => {
                 eprintln!(
-                    "[{}/{}] {} {} (cores={}) run {repetition}: {} events, {:.0} events/s, \
-                     {:.2} µs CPU/event, peak RSS {:.1} MiB, start-up {:.0} ms CPU, {} redundant \
-                     updates forwarded",
-                    index + 1,
-                    schedule.len(),
-                    mode.name(),
-                    client.label(),
-                    client.cores(),
+                    "{run_name}: {} events, {:.0} events/s, {:.2} µs CPU/event, peak RSS \
+                     {:.1} MiB, start-up {:.0} ms CPU, {} redundant updates forwarded",
                     sample.events,
                     sample.events_per_sec(),
                     sample.cpu_us_per_event(),
@@ -292,20 +329,14 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                 Outcome::Ok(sample)
             }
             Err(error) => {
-                eprintln!(
-                    "[{}/{}] {} {} (cores={}) run {repetition}: FAILED: {error:#}",
-                    index + 1,
-                    schedule.len(),
-                    mode.name(),
-                    client.label(),
-                    client.cores(),
-                );
+                eprintln!("{run_name}: FAILED: {error:#}");
                 Outcome::Failed {
                     reason: format!("{error:#}"),
                 }
             }
         };
         results.push(RunResult {
+            rate,
             mode,
             client,
             repetition,
@@ -322,8 +353,9 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
     Ok(results.iter().all(|r| matches!(r.outcome, Outcome::Ok(_))))
 }
 
-/// (mode, repetition, client) in the order they run: per mode, per repetition, every client.
-fn schedule(cli: &Cli) -> Vec<(Mode, usize, Client)> {
+/// The runs in the order they run: per rate, per mode, per repetition, every client, so that
+/// the clients of one (rate, mode) alternate and the machine's noise hits them alike.
+fn schedule(cli: &Cli) -> Vec<Planned> {
     let clients_of = |mode: Mode| {
         let mut clients: Vec<Client> = cli
             .cores
@@ -339,14 +371,82 @@ fn schedule(cli: &Cli) -> Vec<(Mode, usize, Client)> {
         clients
     };
     let mut runs = Vec::new();
-    for &mode in &cli.modes {
-        let clients = clients_of(mode);
-        // `repeat` was checked to be at least 1 and a run count fits in usize.
-        for repetition in 1..=cli.repeat as usize {
-            runs.extend(clients.iter().map(|&client| (mode, repetition, client)));
+    for &rate in &cli.rates {
+        for &mode in &cli.modes {
+            let clients = clients_of(mode);
+            // `repeat` was checked to be at least 1 and a run count fits in usize.
+            for repetition in 1..=cli.repeat as usize {
+                runs.extend(clients.iter().map(|&client| Planned {
+                    rate,
+                    mode,
+                    repetition,
+                    client,
+                }));
+            }
         }
     }
     runs
+}
+
+/// The mock's stream at `rate`: the same for every client and repetition.
+fn world(cli: &Cli, rate: f64) -> World {
+    World {
+        shards: cli.shards,
+        seed: cli.seed,
+        guilds: cli.guilds,
+        rate,
+        events_per_shard: events_per_shard(cli, rate),
+        mix: cli.mix.clone(),
+        mock_threads: cli.mock_threads,
+    }
+}
+
+/// Steady dispatches per shard at `rate`: `--events-per-shard`, and at a fixed rate no more
+/// than `--seconds-per-run` of them (at least one: the mock reads 0 as "never stop").
+fn events_per_shard(cli: &Cli, rate: f64) -> u64 {
+    if rate == 0.0 {
+        return cli.events_per_shard;
+    }
+    let in_time = (rate * cli.seconds_per_run as f64).ceil();
+    // Finite and non-negative (`parse_rate`); a float above u64::MAX saturates.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let in_time = in_time as u64;
+    cli.events_per_shard.min(in_time).max(1)
+}
+
+/// How long the schedule streams at fixed rates (the firehose's length depends on the machine).
+fn time_estimate(cli: &Cli, schedule: &[Planned]) -> String {
+    let fixed: Vec<&Planned> = schedule.iter().filter(|run| run.rate > 0.0).collect();
+    let streaming_secs: f64 = fixed
+        .iter()
+        .map(|run| events_per_shard(cli, run.rate) as f64 / run.rate)
+        .sum();
+    let streaming = if streaming_secs < 120.0 {
+        format!("{streaming_secs:.0} s")
+    } else {
+        format!("{:.0} minutes", streaming_secs / 60.0)
+    };
+    format!(
+        "{} runs; the {} at a fixed rate stream for {streaming} in all, plus under a second of \
+         start and stop per run and the runs as read",
+        schedule.len(),
+        fixed.len(),
+    )
+}
+
+/// A rate: a finite number of dispatches per second, 0 or more.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|error| format!("{text:?} is not a number: {error}"))?;
+    if rate.is_finite() && rate >= 0.0 {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{text:?}: a rate is 0 (as fast as read) or a positive number of dispatches/s"
+        ))
+    }
 }
 
 fn twilight_binary(cli: &Cli, mode: Mode) -> Option<&Path> {
@@ -358,8 +458,16 @@ fn twilight_binary(cli: &Cli, mode: Mode) -> Option<&Path> {
     }
 }
 
-/// Every binary the schedule needs exists, before the first run starts.
-fn check_binaries(cli: &Cli) -> anyhow::Result<()> {
+/// What clap cannot check, and every binary the schedule needs exists, before the first run.
+fn check_usage(cli: &Cli) -> anyhow::Result<()> {
+    anyhow::ensure!(!cli.cores.is_empty(), "--cores needs at least one value");
+    anyhow::ensure!(!cli.rates.is_empty(), "--rates needs at least one value");
+    anyhow::ensure!(
+        cli.timeout_secs > cli.seconds_per_run,
+        "--timeout-secs ({}) must exceed --seconds-per-run ({})",
+        cli.timeout_secs,
+        cli.seconds_per_run
+    );
     let mut needed = vec![cli.shardgate.as_path()];
     if !cli.shardgate_only {
         needed.extend(
@@ -375,7 +483,6 @@ fn check_binaries(cli: &Cli) -> anyhow::Result<()> {
             path.display()
         );
     }
-    anyhow::ensure!(!cli.cores.is_empty(), "--cores needs at least one value");
     Ok(())
 }
 
@@ -383,16 +490,27 @@ fn check_binaries(cli: &Cli) -> anyhow::Result<()> {
 fn markdown(cli: &Cli, results: &[RunResult]) -> String {
     let rows = report::summarize(results);
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let rate = if cli.rate == 0.0 {
-        "as fast as each client reads".to_owned()
-    } else {
-        format!("{} events/s per shard", cli.rate)
-    };
+    let events: Vec<String> = cli
+        .rates
+        .iter()
+        .map(|&rate| {
+            let events = events_per_shard(cli, rate);
+            if rate == 0.0 {
+                format!("{} as read", report::thousands(events as f64))
+            } else {
+                format!(
+                    "{} at {} ({:.1} s)",
+                    report::thousands(events as f64),
+                    report::rate_cell(rate),
+                    events as f64 / rate
+                )
+            }
+        })
+        .collect();
     let mut out = format!(
-        "{} shards × {} events (seed {}, {} guilds, {} mix, {rate}), ws:// on loopback; \
-         medians of {} runs per client, clients alternating; {cpus} CPUs ({}).\n\n",
+        "{} shards (seed {}, {} guilds, {} mix), ws:// on loopback; steady dispatches per \
+         shard: {}; medians of {} per client, clients alternating; {cpus} CPUs ({}).\n\n",
         cli.shards,
-        cli.events_per_shard,
         cli.seed,
         cli.guilds,
         if cli.mix.is_some() {
@@ -400,7 +518,11 @@ fn markdown(cli: &Cli, results: &[RunResult]) -> String {
         } else {
             "default"
         },
-        cli.repeat,
+        events.join(", "),
+        match cli.repeat {
+            1 => "1 run".to_owned(),
+            runs => format!("{runs} runs"),
+        },
         cpu_model().unwrap_or_else(|| "unknown CPU".to_owned()),
     );
     out.push_str(&report::results_table(&rows, cli.shards));
@@ -454,6 +576,8 @@ mod tests {
     fn schedule_alternates_clients_and_skips_twilight_for_payload() {
         let cli = Cli::parse_from([
             "compare",
+            "--rates",
+            "500,0",
             "--modes",
             "none,payload",
             "--repeat",
@@ -463,29 +587,109 @@ mod tests {
         ]);
         let names: Vec<String> = schedule(&cli)
             .into_iter()
-            .map(|(mode, repetition, client)| {
+            .map(|run| {
                 format!(
-                    "{} {repetition} {} {}",
-                    mode.name(),
-                    client.label(),
-                    client.cores()
+                    "{} {} {} {} {}",
+                    report::rate_cell(run.rate),
+                    run.mode.name(),
+                    run.repetition,
+                    run.client.label(),
+                    run.client.cores()
                 )
             })
             .collect();
         assert_eq!(
             names,
             [
-                "none 1 shardgate 2",
-                "none 1 shardgate 1",
-                "none 1 twilight-gateway 0.18 (raw) 1",
-                "none 2 shardgate 2",
-                "none 2 shardgate 1",
-                "none 2 twilight-gateway 0.18 (raw) 1",
-                "payload 1 shardgate 2",
-                "payload 1 shardgate 1",
-                "payload 2 shardgate 2",
-                "payload 2 shardgate 1",
+                "500/s none 1 shardgate 2",
+                "500/s none 1 shardgate 1",
+                "500/s none 1 twilight-gateway 0.18 (raw) 1",
+                "500/s none 2 shardgate 2",
+                "500/s none 2 shardgate 1",
+                "500/s none 2 twilight-gateway 0.18 (raw) 1",
+                "500/s payload 1 shardgate 2",
+                "500/s payload 1 shardgate 1",
+                "500/s payload 2 shardgate 2",
+                "500/s payload 2 shardgate 1",
+                "as read none 1 shardgate 2",
+                "as read none 1 shardgate 1",
+                "as read none 1 twilight-gateway 0.18 (raw) 1",
+                "as read none 2 shardgate 2",
+                "as read none 2 shardgate 1",
+                "as read none 2 twilight-gateway 0.18 (raw) 1",
+                "as read payload 1 shardgate 2",
+                "as read payload 1 shardgate 1",
+                "as read payload 2 shardgate 2",
+                "as read payload 2 shardgate 1",
             ]
+        );
+    }
+
+    #[test]
+    fn rate_is_a_one_rate_list() {
+        let cli = Cli::parse_from(["compare", "--rate", "4000"]);
+        assert_eq!(cli.rates, [4000.0]);
+        let cli = Cli::parse_from(["compare"]);
+        assert_eq!(cli.rates, [0.0]);
+        let cli = Cli::parse_from(["compare", "--rates", "500,2000", "--rates", "0"]);
+        assert_eq!(cli.rates, [500.0, 2000.0, 0.0]);
+        for bad in ["-1", "inf", "NaN", "fast"] {
+            assert!(
+                Cli::try_parse_from(["compare", "--rates", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fixed_rate_run_is_bounded_by_time() {
+        let cli = Cli::parse_from(["compare", "--seconds-per-run", "20"]);
+        // As read: --events-per-shard (50,000) alone.
+        assert_eq!(events_per_shard(&cli, 0.0), 50_000);
+        // 500/s × 20 s, where 50,000 would take 100 s.
+        assert_eq!(events_per_shard(&cli, 500.0), 10_000);
+        // 4,000/s × 20 s = 80,000: the 50,000 come first.
+        assert_eq!(events_per_shard(&cli, 4000.0), 50_000);
+        // Never 0, which the mock reads as "never stop".
+        assert_eq!(events_per_shard(&cli, 0.01), 1);
+        let schedule = schedule(&Cli::parse_from([
+            "compare",
+            "--rates",
+            "500,4000,0",
+            "--modes",
+            "none",
+            "--repeat",
+            "1",
+            "--twilight-parse",
+            "raw",
+        ]));
+        // 3 runs at 500/s (20 s each), 3 at 4,000/s (12.5 s each).
+        assert_eq!(
+            time_estimate(&cli, &schedule),
+            "9 runs; the 6 at a fixed rate stream for 98 s in all, plus under a second of start \
+             and stop per run and the runs as read"
+        );
+        let twice = [schedule.as_slice(), schedule.as_slice()].concat();
+        assert!(
+            time_estimate(&cli, &twice).contains("stream for 3 minutes in all"),
+            "{}",
+            time_estimate(&cli, &twice)
+        );
+    }
+
+    #[test]
+    fn timeout_must_exceed_a_run() {
+        let cli = Cli::parse_from([
+            "compare",
+            "--seconds-per-run",
+            "300",
+            "--shardgate",
+            "/nonexistent",
+        ]);
+        let error = check_usage(&cli).expect_err("300 s runs with a 300 s timeout");
+        assert_eq!(
+            error.to_string(),
+            "--timeout-secs (300) must exceed --seconds-per-run (300)"
         );
     }
 }

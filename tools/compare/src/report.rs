@@ -1,5 +1,5 @@
-//! Stage: results. Per-run samples, their medians per (mode, client), and the markdown tables
-//! printed on stdout.
+//! Stage: results. Per-run samples, their medians per (rate, mode, client), and the markdown
+//! tables printed on stdout.
 //!
 //! Must not: measure anything or touch a process; plain arithmetic and formatting, unit tested.
 //! A failed run is listed, never averaged: only successful samples enter a median.
@@ -46,6 +46,8 @@ impl Sample {
 /// One run, successful or not.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunResult {
+    /// Dispatches per second per shard; 0 = as fast as the client reads.
+    pub rate: f64,
     pub mode: Mode,
     pub client: Client,
     /// 1-based repetition.
@@ -61,9 +63,11 @@ pub enum Outcome {
     Failed { reason: String },
 }
 
-/// Medians of the successful runs of one (mode, client).
+/// Medians of the successful runs of one (rate, mode, client).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
+    /// Dispatches per second per shard; 0 = as fast as the client reads.
+    pub rate: f64,
     pub mode: Mode,
     pub client: Client,
     pub runs: usize,
@@ -83,19 +87,20 @@ pub struct Medians {
     pub startup_cpu_secs: f64,
 }
 
-/// One row per (mode, client), in the order the runs were made.
+/// One row per (rate, mode, client), in the order the runs were made.
 pub fn summarize(results: &[RunResult]) -> Vec<Row> {
-    let mut keys: Vec<(Mode, Client)> = Vec::new();
+    let mut keys: Vec<(f64, Mode, Client)> = Vec::new();
     for result in results {
-        if !keys.contains(&(result.mode, result.client)) {
-            keys.push((result.mode, result.client));
+        let key = (result.rate, result.mode, result.client);
+        if !keys.contains(&key) {
+            keys.push(key);
         }
     }
     keys.into_iter()
-        .map(|(mode, client)| {
+        .map(|(rate, mode, client)| {
             let runs: Vec<&RunResult> = results
                 .iter()
-                .filter(|r| (r.mode, r.client) == (mode, client))
+                .filter(|r| (r.rate, r.mode, r.client) == (rate, mode, client))
                 .collect();
             let samples: Vec<&Sample> = runs
                 .iter()
@@ -115,6 +120,7 @@ pub fn summarize(results: &[RunResult]) -> Vec<Row> {
                 startup_cpu_secs: of(|s| s.startup_cpu_secs),
             });
             Row {
+                rate,
                 mode,
                 client,
                 runs: runs.len(),
@@ -136,17 +142,18 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// The main table: one line per (mode, client) with the medians.
+/// The main table: one line per (rate, mode, client) with the medians.
 pub fn results_table(rows: &[Row], shards: u32) -> String {
     let mut out = String::from(
-        "| mode | client | cores | runs ok | events | wall s | events/s | \
+        "| rate per shard | mode | client | cores | runs ok | events | wall s | events/s | \
          CPU-s per M events (= µs CPU/event) | peak RSS MiB | RSS/shard KiB | \
          driver CPU-s (mock+bot) |\n\
-         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         |---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for row in rows {
         let head = format!(
-            "| {} | {} | {} | {}/{} |",
+            "| {} | {} | {} | {} | {}/{} |",
+            rate_cell(row.rate),
             row.mode.name(),
             row.client.label(),
             row.client.cores(),
@@ -172,11 +179,12 @@ pub fn results_table(rows: &[Row], shards: u32) -> String {
     out
 }
 
-/// shardgate ÷ each twilight variant, per mode (ratios of medians; < 1 means shardgate uses
-/// less); shardgate is its run with the most cores.
+/// shardgate ÷ each twilight variant, per rate and mode (ratios of medians; < 1 means
+/// shardgate uses less); shardgate is its run with the most cores.
 pub fn ratios_table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| mode | shardgate ÷ | CPU per event | events/s | peak RSS |\n|---|---|--:|--:|--:|\n",
+        "| rate per shard | mode | shardgate ÷ | CPU per event | events/s | peak RSS |\n\
+         |---|---|---|--:|--:|--:|\n",
     );
     let mut any = false;
     for shardgate in best_shardgate_rows(rows) {
@@ -185,13 +193,14 @@ pub fn ratios_table(rows: &[Row]) -> String {
         };
         for twilight in rows
             .iter()
-            .filter(|r| r.mode == shardgate.mode && matches!(r.client, Client::Twilight { .. }))
+            .filter(|r| same_stream(r, shardgate) && matches!(r.client, Client::Twilight { .. }))
         {
             let Some(tw) = &twilight.median else { continue };
             any = true;
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                rate_cell(shardgate.rate),
                 shardgate.mode.name(),
                 twilight.client.label(),
                 ratio(sg.cpu_us_per_event, tw.cpu_us_per_event),
@@ -203,17 +212,18 @@ pub fn ratios_table(rows: &[Row]) -> String {
     if any { out } else { String::new() }
 }
 
-/// shardgate's events/s and CPU per event with each core count, per mode, and the speed-up of
-/// the most cores over one.
+/// shardgate's events/s, CPU per event and peak RSS with each core count, per rate and mode,
+/// and the speed-up of the most cores over one.
 pub fn cores_table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| mode | shardgate cores | events/s | CPU µs/event | events/s ÷ 1 core |\n\
-         |---|--:|--:|--:|--:|\n",
+        "| rate per shard | mode | shardgate cores | events/s | CPU µs/event | peak RSS MiB | \
+         events/s ÷ 1 core |\n\
+         |---|---|--:|--:|--:|--:|--:|\n",
     );
     let mut any = false;
     for best in best_shardgate_rows(rows) {
         let one_core = rows.iter().find(|r| {
-            r.mode == best.mode && r.client == Client::Shardgate { cores: 1 } && r.median.is_some()
+            same_stream(r, best) && r.client == Client::Shardgate { cores: 1 } && r.median.is_some()
         });
         let (Some(one), Some(_)) = (one_core, &best.median) else {
             continue;
@@ -224,17 +234,19 @@ pub fn cores_table(rows: &[Row]) -> String {
         let base = one.median.as_ref().map_or(f64::NAN, |m| m.events_per_sec);
         for row in rows
             .iter()
-            .filter(|r| r.mode == best.mode && matches!(r.client, Client::Shardgate { .. }))
+            .filter(|r| same_stream(r, best) && matches!(r.client, Client::Shardgate { .. }))
         {
             let Some(m) = &row.median else { continue };
             any = true;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} |",
+                rate_cell(row.rate),
                 row.mode.name(),
                 row.client.cores(),
                 thousands(m.events_per_sec),
                 m.cpu_us_per_event,
+                m.peak_rss_kib / 1024.0,
                 ratio(m.events_per_sec, base),
             );
         }
@@ -261,11 +273,15 @@ pub fn failures_table(results: &[RunResult]) -> String {
     for result in results {
         if let Outcome::Failed { reason } = &result.outcome {
             if out.is_empty() {
-                out.push_str("| mode | client | cores | run | why |\n|---|---|--:|--:|---|\n");
+                out.push_str(
+                    "| rate per shard | mode | client | cores | run | why |\n\
+                     |---|---|---|--:|--:|---|\n",
+                );
             }
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
+                rate_cell(result.rate),
                 result.mode.name(),
                 result.client.label(),
                 result.client.cores(),
@@ -277,20 +293,43 @@ pub fn failures_table(results: &[RunResult]) -> String {
     out
 }
 
-/// Per mode, the shardgate row with the most cores.
+/// A rate in a table cell: `2,000/s`, or `as read` for 0 (as fast as the client reads).
+pub fn rate_cell(rate: f64) -> String {
+    if rate == 0.0 {
+        "as read".to_owned()
+    } else {
+        format!("{}/s", rate_number(rate))
+    }
+}
+
+/// Per (rate, mode), the shardgate row with the most cores.
 fn best_shardgate_rows(rows: &[Row]) -> Vec<&Row> {
     let mut best: Vec<&Row> = Vec::new();
     for row in rows {
         let Client::Shardgate { cores } = row.client else {
             continue;
         };
-        match best.iter_mut().find(|b| b.mode == row.mode) {
+        match best.iter_mut().find(|b| same_stream(b, row)) {
             Some(b) if b.client.cores() < cores => *b = row,
             Some(_) => {}
             None => best.push(row),
         }
     }
     best
+}
+
+/// The two rows measured the same stream: the same rate and mode.
+fn same_stream(a: &Row, b: &Row) -> bool {
+    a.rate == b.rate && a.mode == b.mode
+}
+
+/// A positive rate with thousands separators, or as typed when it has a fraction.
+fn rate_number(rate: f64) -> String {
+    if rate.fract() == 0.0 {
+        thousands(rate)
+    } else {
+        rate.to_string()
+    }
 }
 
 fn ratio(numerator: f64, denominator: f64) -> f64 {
@@ -302,7 +341,7 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 }
 
 /// A non-negative number rounded to an integer, with `,` between thousands.
-fn thousands(value: f64) -> String {
+pub fn thousands(value: f64) -> String {
     if !value.is_finite() {
         return "–".to_owned();
     }
@@ -324,6 +363,17 @@ mod tests {
     use super::*;
     use crate::Parse;
 
+    const RAW: Client = Client::Twilight {
+        parse: Parse::Raw,
+        threads: None,
+    };
+    const FULL: Client = Client::Twilight {
+        parse: Parse::Full,
+        threads: None,
+    };
+    const SHARDGATE_2: Client = Client::Shardgate { cores: 2 };
+    const SHARDGATE_1: Client = Client::Shardgate { cores: 1 };
+
     fn sample(events: u64, wall_secs: f64, cpu_secs: f64, peak_rss_kib: u64) -> Sample {
         Sample {
             events,
@@ -337,11 +387,34 @@ mod tests {
     }
 
     fn ok(mode: Mode, client: Client, repetition: usize, sample: Sample) -> RunResult {
+        ok_at(0.0, mode, client, repetition, sample)
+    }
+
+    fn ok_at(
+        rate: f64,
+        mode: Mode,
+        client: Client,
+        repetition: usize,
+        sample: Sample,
+    ) -> RunResult {
         RunResult {
+            rate,
             mode,
             client,
             repetition,
             outcome: Outcome::Ok(sample),
+        }
+    }
+
+    fn failed_at(rate: f64, mode: Mode, client: Client, repetition: usize) -> RunResult {
+        RunResult {
+            rate,
+            mode,
+            client,
+            repetition,
+            outcome: Outcome::Failed {
+                reason: "timed out".into(),
+            },
         }
     }
 
@@ -363,6 +436,13 @@ mod tests {
     }
 
     #[test]
+    fn rates() {
+        assert_eq!(rate_cell(0.0), "as read");
+        assert_eq!(rate_cell(2000.0), "2,000/s");
+        assert_eq!(rate_cell(12.5), "12.5/s");
+    }
+
+    #[test]
     fn failed_runs_are_listed_not_averaged() {
         let shardgate = Client::Shardgate { cores: 2 };
         let results = vec![
@@ -373,6 +453,7 @@ mod tests {
                 sample(1_000_000, 2.0, 1.0, 8192),
             ),
             RunResult {
+                rate: 0.0,
                 mode: Mode::ZstdStream,
                 client: shardgate,
                 repetition: 2,
@@ -394,33 +475,32 @@ mod tests {
         assert_eq!(m.cpu_us_per_event, 2.0);
         assert_eq!(m.events_per_sec, 375_000.0);
         let failures = failures_table(&results);
-        assert!(failures.contains("| zstd-stream | shardgate | 2 | 2 | shard 3"));
+        assert!(
+            failures.contains("| as read | zstd-stream | shardgate | 2 | 2 | shard 3"),
+            "{failures}"
+        );
         assert!(failures.contains("\\| and more |"), "{failures}");
     }
 
     #[test]
     fn tables() {
-        let raw = Client::Twilight {
-            parse: Parse::Raw,
-            threads: None,
-        };
         let results = vec![
             ok(
                 Mode::None,
-                Client::Shardgate { cores: 2 },
+                SHARDGATE_2,
                 1,
                 sample(400_000, 2.0, 0.4, 16 * 1024),
             ),
             ok(
                 Mode::None,
-                Client::Shardgate { cores: 1 },
+                SHARDGATE_1,
                 1,
                 sample(400_000, 4.0, 0.36, 12 * 1024),
             ),
-            ok(Mode::None, raw, 1, sample(400_000, 4.0, 0.8, 8 * 1024)),
+            ok(Mode::None, RAW, 1, sample(400_000, 4.0, 0.8, 8 * 1024)),
             ok(
                 Mode::Payload,
-                Client::Shardgate { cores: 2 },
+                SHARDGATE_2,
                 1,
                 sample(400_000, 2.0, 1.6, 16 * 1024),
             ),
@@ -428,29 +508,157 @@ mod tests {
         let rows = summarize(&results);
         let table = results_table(&rows, 8);
         assert!(
-            table.contains("| none | shardgate | 2 | 1/1 | 400,000 | 2.00 | 200,000 | 1.00 | 16.0 | 2048 | 1.00 |"),
+            table.contains("| as read | none | shardgate | 2 | 1/1 | 400,000 | 2.00 | 200,000 | 1.00 | 16.0 | 2048 | 1.00 |"),
             "{table}"
         );
         assert!(
-            table.contains("| payload | shardgate | 2 | 1/1 |"),
+            table.contains("| as read | payload | shardgate | 2 | 1/1 |"),
             "{table}"
         );
         let ratios = ratios_table(&rows);
         assert!(
-            ratios.contains("| none | twilight-gateway 0.18 (raw) | 0.50 | 2.00 | 2.00 |"),
+            ratios
+                .contains("| as read | none | twilight-gateway 0.18 (raw) | 0.50 | 2.00 | 2.00 |"),
             "{ratios}"
         );
         assert!(!ratios.contains("payload"), "{ratios}");
         let cores = cores_table(&rows);
         assert!(
-            cores.contains("| none | 2 | 200,000 | 1.00 | 2.00 |"),
+            cores.contains("| as read | none | 2 | 200,000 | 1.00 | 16.0 | 2.00 |"),
             "{cores}"
         );
         assert!(
-            cores.contains("| none | 1 | 100,000 | 0.90 | 1.00 |"),
+            cores.contains("| as read | none | 1 | 100,000 | 0.90 | 12.0 | 1.00 |"),
             "{cores}"
         );
         assert!(!cores.contains("payload"), "{cores}");
         assert_eq!(failures_table(&results), "");
+    }
+
+    /// Two rates, raw and full, a payload mode without twilight and a (rate, mode) where
+    /// shardgate's 2-core run failed.
+    fn rated_results() -> Vec<RunResult> {
+        vec![
+            // 2,000/s, none: shardgate 2 cores 9.5 µs/event (median of 9 and 10), 61 MiB.
+            ok_at(
+                2000.0,
+                Mode::None,
+                SHARDGATE_2,
+                1,
+                sample(100_000, 20.0, 0.9, 62_464),
+            ),
+            ok_at(
+                2000.0,
+                Mode::None,
+                SHARDGATE_1,
+                1,
+                sample(100_000, 20.0, 0.8, 40_960),
+            ),
+            ok_at(
+                2000.0,
+                Mode::None,
+                RAW,
+                1,
+                sample(100_000, 20.0, 0.7, 3_891),
+            ),
+            ok_at(
+                2000.0,
+                Mode::None,
+                FULL,
+                1,
+                sample(100_000, 20.0, 1.5, 7_168),
+            ),
+            ok_at(
+                2000.0,
+                Mode::None,
+                SHARDGATE_2,
+                2,
+                sample(100_000, 20.0, 1.0, 62_464),
+            ),
+            ok_at(
+                2000.0,
+                Mode::None,
+                SHARDGATE_1,
+                2,
+                sample(100_000, 20.0, 0.8, 40_960),
+            ),
+            ok_at(
+                2000.0,
+                Mode::None,
+                RAW,
+                2,
+                sample(100_000, 20.0, 0.7, 3_891),
+            ),
+            ok_at(
+                2000.0,
+                Mode::None,
+                FULL,
+                2,
+                sample(100_000, 20.0, 1.5, 7_168),
+            ),
+            // 2,000/s, payload: shardgate alone.
+            ok_at(
+                2000.0,
+                Mode::Payload,
+                SHARDGATE_2,
+                1,
+                sample(100_000, 20.0, 1.2, 51_200),
+            ),
+            ok_at(
+                2000.0,
+                Mode::Payload,
+                SHARDGATE_1,
+                1,
+                sample(100_000, 20.0, 1.1, 40_960),
+            ),
+            // As read, none: shardgate's 2-core run failed; twilight raw 1 µs/event.
+            failed_at(0.0, Mode::None, SHARDGATE_2, 1),
+            ok_at(
+                0.0,
+                Mode::None,
+                SHARDGATE_1,
+                1,
+                sample(400_000, 1.0, 0.8, 102_400),
+            ),
+            ok_at(0.0, Mode::None, RAW, 1, sample(400_000, 0.5, 0.4, 4_608)),
+            ok_at(0.0, Mode::None, FULL, 1, sample(400_000, 2.0, 2.4, 7_168)),
+        ]
+    }
+
+    #[test]
+    fn every_table_row_has_its_rate_and_peak_rss() {
+        let results = rated_results();
+        let rows = summarize(&results);
+        assert_eq!(rows.len(), 10, "{rows:#?}");
+        let table = results_table(&rows, 8);
+        assert!(
+            table.contains(
+                "| 2,000/s | none | twilight-gateway 0.18 (full) | 1 | 2/2 | 100,000 | 20.00 | \
+                 5,000 | 15.00 | 7.0 | 896 | 1.00 |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("| as read | none | shardgate | 2 | 0/1 | – | – | – | – | – | – | – |"),
+            "{table}"
+        );
+        let cores = cores_table(&rows);
+        assert!(
+            cores.contains("| 2,000/s | payload | 2 | 5,000 | 12.00 | 50.0 | 1.00 |"),
+            "{cores}"
+        );
+        // As read, shardgate's 2-core run failed: nothing to compare 1 core with.
+        assert!(!cores.contains("as read"), "{cores}");
+        let ratios = ratios_table(&rows);
+        assert!(
+            ratios
+                .contains("| 2,000/s | none | twilight-gateway 0.18 (full) | 0.63 | 1.00 | 8.71 |"),
+            "{ratios}"
+        );
+        let failures = failures_table(&results);
+        assert!(
+            failures.contains("| as read | none | shardgate | 2 | 1 | timed out |"),
+            "{failures}"
+        );
     }
 }
