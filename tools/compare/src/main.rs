@@ -21,7 +21,8 @@
 //! failed run is listed and left out of the medians. Exit status: 0 when every
 //! run passed, 1 when one failed, 2 on a usage error.
 //!
-//! Progress goes to stderr; stdout holds only the markdown.
+//! Progress goes to stderr; stdout holds only the markdown, which opens with the command line
+//! and the date, so that a table pasted elsewhere says how it was made.
 
 mod child;
 mod procfs;
@@ -33,7 +34,7 @@ mod world;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
@@ -118,14 +119,15 @@ struct Cli {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     repeat: u64,
 
-    /// shardgate `--cores` values, one run of each per repetition (the tables compare the
-    /// largest with 1).
+    /// shardgate `--cores` values, one run of each per repetition (the summary compares the
+    /// largest with twilight; the cores table compares it with 1).
     #[arg(long, value_delimiter = ',', default_value = "2,1")]
     cores: Vec<u32>,
 
     /// twilight variants: `raw` = receive, decompress and the shard's own op/seq/t
     /// classification (`Stream::next`); `full` = `next_event(EventTypeFlags::all())`, which
-    /// also deserializes every event into twilight_model types.
+    /// also deserializes every event into twilight_model types. The summary compares shardgate
+    /// with `raw` (the cheaper) when it ran; `full` is in the main table.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,full")]
     twilight_parse: Vec<Parse>,
 
@@ -267,6 +269,7 @@ struct Planned {
 /// Runs the whole schedule and prints the tables; `Ok(false)` when a run failed.
 fn run(cli: &Cli) -> anyhow::Result<bool> {
     check_usage(cli)?;
+    let started = SystemTime::now();
     let timeout = Duration::from_secs(cli.timeout_secs);
     let schedule = schedule(cli);
     eprintln!("compare: {}", time_estimate(cli, &schedule));
@@ -349,7 +352,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         let json = serde_json::to_string_pretty(&results).context("serializing the results")?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
-    print!("{}", markdown(cli, &results));
+    print!("{}", markdown(cli, &results, started));
     Ok(results.iter().all(|r| matches!(r.outcome, Outcome::Ok(_))))
 }
 
@@ -486,10 +489,17 @@ fn check_usage(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The whole stdout: parameters, the results, the ratios, the cores, the failures.
-fn markdown(cli: &Cli, results: &[RunResult]) -> String {
+/// The whole stdout: how it was made, the parameters, the summary, the results, the ratios,
+/// the cores, the failures.
+fn markdown(cli: &Cli, results: &[RunResult], started: SystemTime) -> String {
     let rows = report::summarize(results);
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let arguments: Vec<String> = std::env::args_os()
+        .map(|argument| argument.to_string_lossy().into_owned())
+        .collect();
+    let started_unix_secs = started
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
     let events: Vec<String> = cli
         .rates
         .iter()
@@ -508,8 +518,11 @@ fn markdown(cli: &Cli, results: &[RunResult]) -> String {
         })
         .collect();
     let mut out = format!(
-        "{} shards (seed {}, {} guilds, {} mix), ws:// on loopback; steady dispatches per \
+        "Made with `{}`, {}.\n\n\
+         {} shards (seed {}, {} guilds, {} mix), ws:// on loopback; steady dispatches per \
          shard: {}; medians of {} per client, clients alternating; {cpus} CPUs ({}).\n\n",
+        report::command_line(&arguments),
+        report::utc_minute(started_unix_secs),
         cli.shards,
         cli.seed,
         cli.guilds,
@@ -525,6 +538,17 @@ fn markdown(cli: &Cli, results: &[RunResult]) -> String {
         },
         cpu_model().unwrap_or_else(|| "unknown CPU".to_owned()),
     );
+    let summary = report::summary_table(&rows);
+    if !summary.is_empty() {
+        out.push_str(
+            "CPU per event and peak RSS, medians; shardgate with the most cores against the \
+             cheapest twilight variant that ran (ratio: shardgate ÷ twilight, below 1: \
+             shardgate uses less):\n\n",
+        );
+        out.push_str(&summary);
+        let _ = write!(out, "\n```text\n{}```\n", report::summary_lines(&rows));
+    }
+    out.push_str("\nEvery client:\n\n");
     out.push_str(&report::results_table(&rows, cli.shards));
     if let Some((low, high)) = report::shardgate_startup_ms(&rows) {
         let _ = writeln!(

@@ -1,5 +1,5 @@
 //! Stage: results. Per-run samples, their medians per (rate, mode, client), and the markdown
-//! tables printed on stdout.
+//! tables and summary lines printed on stdout.
 //!
 //! Must not: measure anything or touch a process; plain arithmetic and formatting, unit tested.
 //! A failed run is listed, never averaged: only successful samples enter a median.
@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::{Client, Mode};
+use crate::{Client, Mode, Parse};
 
 /// What one successful run measured.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -139,6 +139,135 @@ pub fn median(mut values: Vec<f64>) -> f64 {
         0 => f64::NAN,
         _ if n % 2 == 1 => values[n / 2],
         _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// One (rate, mode): shardgate with the most cores against the cheapest twilight variant that
+/// ran, the figures of the summary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Comparison<'a> {
+    pub shardgate: &'a Row,
+    /// `raw` when it ran, else `full`; `None` where twilight did not run (payload,
+    /// `--shardgate-only`).
+    pub twilight: Option<&'a Row>,
+}
+
+/// The summary's pairs, one per (rate, mode), in the order the runs were made.
+pub fn comparisons(rows: &[Row]) -> Vec<Comparison<'_>> {
+    best_shardgate_rows(rows)
+        .into_iter()
+        .map(|shardgate| {
+            let twilight = |wanted: Parse| {
+                rows.iter().find(|r| {
+                    same_stream(r, shardgate)
+                        && matches!(r.client, Client::Twilight { parse, .. } if parse == wanted)
+                })
+            };
+            Comparison {
+                shardgate,
+                twilight: twilight(Parse::Raw).or_else(|| twilight(Parse::Full)),
+            }
+        })
+        .collect()
+}
+
+/// The summary as a table: one line per (rate, mode), CPU per event and peak RSS of twilight
+/// and shardgate, and their ratios (shardgate ÷ twilight); "" without rows.
+pub fn summary_table(rows: &[Row]) -> String {
+    let comparisons = comparisons(rows);
+    let Some(first) = comparisons.first() else {
+        return String::new();
+    };
+    // The schedule runs the same clients for every rate and mode (but payload, without
+    // twilight), so one header names them; a row that differs names its own in the cell.
+    let twilight_head = comparisons
+        .iter()
+        .find_map(|c| c.twilight)
+        .map(|r| r.client);
+    let shardgate_head = first.shardgate.client;
+    let mut out = format!(
+        "| rate per shard | mode | {} | {} | ratio CPU | ratio RSS |\n\
+         |---|---|--:|--:|--:|--:|\n",
+        twilight_head.map_or_else(|| "twilight-gateway 0.18".to_owned(), Client::label),
+        short_label(shardgate_head),
+    );
+    for comparison in &comparisons {
+        let shardgate = comparison.shardgate;
+        let twilight_cell = match comparison.twilight {
+            None => "–".to_owned(),
+            Some(twilight) if Some(twilight.client) == twilight_head => {
+                cell_figures(twilight.median.as_ref())
+            }
+            Some(twilight) => format!(
+                "{}: {}",
+                twilight.client.label(),
+                cell_figures(twilight.median.as_ref())
+            ),
+        };
+        let shardgate_cell = if shardgate.client == shardgate_head {
+            cell_figures(shardgate.median.as_ref())
+        } else {
+            format!(
+                "{}: {}",
+                short_label(shardgate.client),
+                cell_figures(shardgate.median.as_ref())
+            )
+        };
+        let (cpu, rss) = match comparison.ratios() {
+            Some((cpu, rss)) => (format!("{cpu:.2}×"), format!("{rss:.1}×")),
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {twilight_cell} | {shardgate_cell} | {cpu} | {rss} |",
+            rate_cell(shardgate.rate),
+            shardgate.mode.name(),
+        );
+    }
+    out
+}
+
+/// The summary as one line per (rate, mode), to paste into prose:
+/// `none @ 2,000/s per shard: shardgate (2 cores) 9.50 µs/event 61.0 MiB | twilight raw 7.00 µs
+/// 3.8 MiB | ratio CPU 1.36× RSS 16.1×`.
+pub fn summary_lines(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for comparison in comparisons(rows) {
+        let shardgate = comparison.shardgate;
+        let _ = write!(
+            out,
+            "{} @ {}: {} {}",
+            shardgate.mode.name(),
+            rate_phrase(shardgate.rate),
+            short_label(shardgate.client),
+            line_figures(shardgate.median.as_ref(), "µs/event"),
+        );
+        if let Some(twilight) = comparison.twilight {
+            let _ = write!(
+                out,
+                " | {} {}",
+                short_label(twilight.client),
+                line_figures(twilight.median.as_ref(), "µs"),
+            );
+        }
+        if let Some((cpu, rss)) = comparison.ratios() {
+            let _ = write!(out, " | ratio CPU {cpu:.2}× RSS {rss:.1}×");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl Comparison<'_> {
+    /// shardgate ÷ twilight of the CPU per event and the peak RSS; `None` unless both have a
+    /// successful run.
+    pub fn ratios(&self) -> Option<(f64, f64)> {
+        let shardgate = self.shardgate.median.as_ref()?;
+        let twilight = self.twilight?.median.as_ref()?;
+        Some((
+            ratio(shardgate.cpu_us_per_event, twilight.cpu_us_per_event),
+            ratio(shardgate.peak_rss_kib, twilight.peak_rss_kib),
+        ))
     }
 }
 
@@ -302,6 +431,63 @@ pub fn rate_cell(rate: f64) -> String {
     }
 }
 
+/// A rate in a sentence: `2,000/s per shard`, or `as fast as read` for 0.
+pub fn rate_phrase(rate: f64) -> String {
+    if rate == 0.0 {
+        "as fast as read".to_owned()
+    } else {
+        format!("{}/s per shard", rate_number(rate))
+    }
+}
+
+/// The command line as one shell command: each argument as typed where the shell would read
+/// it back unchanged, else in single quotes.
+pub fn command_line(arguments: &[String]) -> String {
+    let plain = |argument: &str| {
+        !argument.is_empty()
+            && argument
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=,./:@%+".contains(c))
+    };
+    arguments
+        .iter()
+        .map(|argument| {
+            if plain(argument) {
+                argument.clone()
+            } else {
+                format!("'{}'", argument.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time, in seconds (the proleptic Gregorian calendar, as
+/// `date -u`; days to a civil date after Howard Hinnant's `civil_from_days`).
+pub fn utc_minute(unix_secs: u64) -> String {
+    let (days, secs_of_day) = (unix_secs / 86_400, unix_secs % 86_400);
+    // Days since 0000-03-01, so that a leap day ends its year; then 400-year eras.
+    let shifted = days + 719_468;
+    let era = shifted / 146_097;
+    let day_of_era = shifted % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        secs_of_day / 3600,
+        secs_of_day % 3600 / 60
+    )
+}
+
 /// Per (rate, mode), the shardgate row with the most cores.
 fn best_shardgate_rows(rows: &[Row]) -> Vec<&Row> {
     let mut best: Vec<&Row> = Vec::new();
@@ -321,6 +507,43 @@ fn best_shardgate_rows(rows: &[Row]) -> Vec<&Row> {
 /// The two rows measured the same stream: the same rate and mode.
 fn same_stream(a: &Row, b: &Row) -> bool {
     a.rate == b.rate && a.mode == b.mode
+}
+
+/// `shardgate (2 cores)`, `twilight raw`: a client in the summary.
+fn short_label(client: Client) -> String {
+    match client {
+        Client::Shardgate { cores: 1 } => "shardgate (1 core)".to_owned(),
+        Client::Shardgate { cores } => format!("shardgate ({cores} cores)"),
+        Client::Twilight { parse, .. } => format!("twilight {}", parse.name()),
+    }
+}
+
+/// `7.00 µs/event, 3.8 MiB` for a summary cell.
+fn cell_figures(median: Option<&Medians>) -> String {
+    median.map_or_else(
+        || "no successful run".to_owned(),
+        |m| {
+            format!(
+                "{:.2} µs/event, {:.1} MiB",
+                m.cpu_us_per_event,
+                m.peak_rss_kib / 1024.0
+            )
+        },
+    )
+}
+
+/// `7.00 µs 3.8 MiB` (with the given unit after the CPU) for a summary line.
+fn line_figures(median: Option<&Medians>, cpu_unit: &str) -> String {
+    median.map_or_else(
+        || "no successful run".to_owned(),
+        |m| {
+            format!(
+                "{:.2} {cpu_unit} {:.1} MiB",
+                m.cpu_us_per_event,
+                m.peak_rss_kib / 1024.0
+            )
+        },
+    )
 }
 
 /// A positive rate with thousands separators, or as typed when it has a fraction.
@@ -361,7 +584,6 @@ pub fn thousands(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Parse;
 
     const RAW: Client = Client::Twilight {
         parse: Parse::Raw,
@@ -440,6 +662,39 @@ mod tests {
         assert_eq!(rate_cell(0.0), "as read");
         assert_eq!(rate_cell(2000.0), "2,000/s");
         assert_eq!(rate_cell(12.5), "12.5/s");
+        assert_eq!(rate_phrase(0.0), "as fast as read");
+        assert_eq!(rate_phrase(500.0), "500/s per shard");
+    }
+
+    #[test]
+    fn command_lines_quote_what_the_shell_would_change() {
+        let arguments: Vec<String> = [
+            "target/release/compare",
+            "--rates",
+            "500,0",
+            "--shardgate-arg=--batch-linger-ms=1",
+            "--mix",
+            "message_create=30 typing_start=0",
+            "it's",
+            "",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            command_line(&arguments),
+            "target/release/compare --rates 500,0 --shardgate-arg=--batch-linger-ms=1 --mix \
+             'message_create=30 typing_start=0' 'it'\\''s' ''"
+        );
+    }
+
+    #[test]
+    fn utc_minutes() {
+        assert_eq!(utc_minute(0), "1970-01-01 00:00 UTC");
+        // `date -u -d @951782400`: the leap day of a year divisible by 400.
+        assert_eq!(utc_minute(951_782_400), "2000-02-29 00:00 UTC");
+        // `date -u -d @1765000000` and the last minute of a year.
+        assert_eq!(utc_minute(1_765_000_000), "2025-12-06 05:46 UTC");
+        assert_eq!(utc_minute(1_798_761_599), "2026-12-31 23:59 UTC");
     }
 
     #[test]
@@ -536,7 +791,7 @@ mod tests {
     }
 
     /// Two rates, raw and full, a payload mode without twilight and a (rate, mode) where
-    /// shardgate's 2-core run failed.
+    /// shardgate's only runs failed.
     fn rated_results() -> Vec<RunResult> {
         vec![
             // 2,000/s, none: shardgate 2 cores 9.5 µs/event (median of 9 and 10), 61 MiB.
@@ -623,6 +878,65 @@ mod tests {
             ok_at(0.0, Mode::None, RAW, 1, sample(400_000, 0.5, 0.4, 4_608)),
             ok_at(0.0, Mode::None, FULL, 1, sample(400_000, 2.0, 2.4, 7_168)),
         ]
+    }
+
+    #[test]
+    fn summary_compares_the_most_cores_with_raw() {
+        let rows = summarize(&rated_results());
+        let pairs: Vec<(f64, Mode, Client, Option<Client>)> = comparisons(&rows)
+            .into_iter()
+            .map(|c| {
+                (
+                    c.shardgate.rate,
+                    c.shardgate.mode,
+                    c.shardgate.client,
+                    c.twilight.map(|t| t.client),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (2000.0, Mode::None, SHARDGATE_2, Some(RAW)),
+                (2000.0, Mode::Payload, SHARDGATE_2, None),
+                (0.0, Mode::None, SHARDGATE_2, Some(RAW)),
+            ]
+        );
+        // Without raw, full is the one to compare with.
+        let full_only: Vec<RunResult> = rated_results()
+            .into_iter()
+            .filter(|r| r.client != RAW)
+            .collect();
+        let rows = summarize(&full_only);
+        assert_eq!(comparisons(&rows)[0].twilight.map(|t| t.client), Some(FULL));
+    }
+
+    #[test]
+    fn summary_lines_one_per_rate_and_mode() {
+        let rows = summarize(&rated_results());
+        assert_eq!(
+            summary_lines(&rows),
+            "none @ 2,000/s per shard: shardgate (2 cores) 9.50 µs/event 61.0 MiB | twilight \
+             raw 7.00 µs 3.8 MiB | ratio CPU 1.36× RSS 16.1×\n\
+             payload @ 2,000/s per shard: shardgate (2 cores) 12.00 µs/event 50.0 MiB\n\
+             none @ as fast as read: shardgate (2 cores) no successful run | twilight raw \
+             1.00 µs 4.5 MiB\n"
+        );
+    }
+
+    #[test]
+    fn summary_table_rows_per_rate_and_mode() {
+        let rows = summarize(&rated_results());
+        assert_eq!(
+            summary_table(&rows),
+            "| rate per shard | mode | twilight-gateway 0.18 (raw) | shardgate (2 cores) | \
+             ratio CPU | ratio RSS |\n\
+             |---|---|--:|--:|--:|--:|\n\
+             | 2,000/s | none | 7.00 µs/event, 3.8 MiB | 9.50 µs/event, 61.0 MiB | 1.36× | 16.1× |\n\
+             | 2,000/s | payload | – | 12.00 µs/event, 50.0 MiB | – | – |\n\
+             | as read | none | 1.00 µs/event, 4.5 MiB | no successful run | – | – |\n"
+        );
+        assert_eq!(summary_table(&[]), "");
     }
 
     #[test]
