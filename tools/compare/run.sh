@@ -5,9 +5,12 @@
 #
 #   tools/compare/run.sh                      # zstd-stream, zlib-stream, none, payload; 3 runs each
 #   tools/compare/run.sh --repeat 5 --modes none --json-out /tmp/compare.json
+#   tools/compare/run.sh --rates 500,2000,4000,0  # 3 fixed rates (runs of at most 20 s,
+#                                             # --seconds-per-run) and as read: about 45 minutes
 #
-# Arguments go to the driver (`target/release/compare --help`). The markdown table goes to
-# stdout, progress to stderr; exit status 1 when a run failed its checks.
+# Arguments go to the driver (`target/release/compare --help`). The markdown (the command line
+# and date, a summary per rate and mode, the tables) goes to stdout, progress to stderr; exit
+# status 1 when a run failed its checks.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
