@@ -25,6 +25,7 @@
 //! still in memory). A reshard's switch waits for it to pass the records of the old set.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
 use crate::record::{Record, RecordKind};
@@ -108,6 +109,37 @@ fn key(record: &Record) -> ShardKey {
     (record.shard_count, record.shard_id)
 }
 
+/// The queue's per-shard bookkeeping, looked up once per record pushed and acknowledged. Its
+/// keys are the engine's own shard numbers, nothing a peer chooses, so they need no keyed hash:
+/// SipHash there was half of the collector's CPU as fast as events are read.
+type Tracks = HashMap<ShardKey, Track, BuildHasherDefault<ShardKeyHasher>>;
+
+/// A multiplicative hash of a [`ShardKey`]: both halves in one word, times an odd constant, high
+/// half folded onto the low one (the map picks buckets by the low bits and tags by the high).
+#[derive(Default)]
+struct ShardKeyHasher(u64);
+
+impl Hasher for ShardKeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u8(*byte);
+        }
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.0 = self.0.rotate_left(8) ^ u64::from(value);
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.0 = self.0.rotate_left(32) ^ u64::from(value);
+    }
+
+    fn finish(&self) -> u64 {
+        let mixed = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        mixed ^ (mixed >> 32)
+    }
+}
+
 #[derive(Debug)]
 pub struct Queue {
     /// Records with their session generation and their index.
@@ -117,7 +149,7 @@ pub struct Queue {
     /// When the oldest record in memory arrived (for the linger).
     oldest_at: Option<Instant>,
     spill: Option<Spill>,
-    tracks: HashMap<ShardKey, Track>,
+    tracks: Tracks,
     /// The set whose sessions [`Queue::saved_sessions`] gives.
     saved_set: u32,
     /// When a reshard switched to the saved set: the count it came from.
@@ -616,6 +648,34 @@ pub fn acknowledged_sessions(queues: &[&Queue], shard_count: u32) -> Vec<Acknowl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_keys_spread_over_the_low_and_high_bits() {
+        use std::hash::BuildHasher;
+        let hasher = BuildHasherDefault::<ShardKeyHasher>::default();
+        for count in [1u32, 16, 1024, 4096] {
+            let hashes: Vec<u64> = (0..count).map(|id| hasher.hash_one((count, id))).collect();
+            let distinct = |bits: fn(u64) -> u64| {
+                let mut seen: Vec<u64> = hashes.iter().map(|h| bits(*h)).collect();
+                seen.sort_unstable();
+                seen.dedup();
+                seen.len()
+            };
+            let wanted = (count as usize).min(256);
+            // Buckets come from the low bits, tags from the top seven: neither collapses.
+            assert!(
+                distinct(|h| h & 0xff) * 4 >= wanted * 3,
+                "low bits, {count} shards"
+            );
+            assert!(
+                distinct(|h| h >> 57) * 4 >= wanted.min(128) * 3,
+                "high bits, {count} shards"
+            );
+            assert_eq!(distinct(|h| h), count as usize);
+        }
+        // Another set's shard of the same number hashes elsewhere.
+        assert_ne!(hasher.hash_one((4u32, 1u32)), hasher.hash_one((8u32, 1u32)));
+    }
 
     fn record(shard_id: u32, seq: u64) -> Record {
         Record {
