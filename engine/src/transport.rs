@@ -230,6 +230,9 @@ pub struct Connection {
     /// Whether the last window (at least a tick long) read at least [`hot_bytes_per_tick`] per
     /// tick: such a shard reads at once, as without coalescing.
     hot: bool,
+    /// Bytes read since the last decision whether to hold the next read (see
+    /// [`Connection::window_limited`]).
+    burst_bytes: usize,
 }
 
 /// Bytes per second from which a shard's reads are not held (64 KiB per 5 ms, about 10,000
@@ -249,6 +252,15 @@ fn hot_bytes_per_tick(tick: Duration) -> u128 {
 /// Ticks in a row with nothing to read after which a coalescing connection waits on its socket
 /// again instead of trying at each tick.
 const QUIET_TICKS_MAX: u32 = 8;
+
+/// A tick's reads below this never count as window-limited (most ticks of a busy shard; spares
+/// them the `getsockopt`).
+const WINDOW_LIMITED_BYTES_MIN: usize = 32 * 1024;
+
+/// How long a window-limited connection's read is held: long enough that a sender at its own
+/// pace (5 MB/s is 5 KB per ms) brings far less than [`WINDOW_LIMITED_BYTES_MIN`], short enough
+/// that a backlogged one refills the window many times a tick.
+const WINDOW_LIMITED_HOLD: Duration = Duration::from_millis(1);
 
 /// Read coalescing: after a socket read that drained the socket, the next read of that
 /// connection is a non-blocking one at the next tick (`epoch + n × tick`), and so on at each
@@ -337,6 +349,7 @@ impl Connection {
             window_bytes: 0,
             window_start: Instant::now(),
             hot: false,
+            burst_bytes: 0,
         };
         connection.finish_tls_handshake().await?;
         connection.upgrade(&url.request_url(query)).await?;
@@ -360,10 +373,15 @@ impl Connection {
                 && !self.is_hot(coalescing.tick)
             {
                 // Read again at the next tick, without waiting on the socket in between: what
-                // arrives meanwhile wakes nothing.
+                // arrives meanwhile wakes nothing. A sender held back by the window gets a short
+                // hold instead.
                 let now = Instant::now();
-                glommio::timer::sleep(coalescing.next_tick(now).saturating_duration_since(now))
-                    .await;
+                let until = if self.window_limited() {
+                    now + WINDOW_LIMITED_HOLD
+                } else {
+                    coalescing.next_tick(now)
+                };
+                glommio::timer::sleep(until.saturating_duration_since(now)).await;
                 if self.try_receive()? {
                     self.quiet_ticks = 0;
                     self.last_data_at = Instant::now();
@@ -387,6 +405,32 @@ impl Connection {
                 self.last_data_at = now;
             }
         }
+    }
+
+    /// Whether the sender is held back by the socket's receive window rather than sending at its
+    /// own pace: the reads since the last such decision (one tick's worth for a held connection)
+    /// took at least half of the socket's receive buffer. Such a connection's next read is held
+    /// only [`WINDOW_LIMITED_HOLD`]: a backlogged sender has filled the window again by then
+    /// (and the kernel, seeing the buffer emptied quickly, grows it), while a shard at its own
+    /// pace brings a few KB and goes back to ticks.
+    ///
+    /// Without this a connection could stay throttled for good: the kernel grows a socket's
+    /// receive buffer only as fast as the application empties it, so a backlogged shard whose
+    /// reads were held kept the initial buffer (about 128 KiB), read under 100 KiB per tick,
+    /// never reached [`hot_bytes_per_tick`], and caught up at a few MB/s while the others read
+    /// at once (seen as read: one shard of eight 9 s behind, its buffer 150 KiB against the
+    /// others' 1–3 MB). Not holding such a connection at all cost shards at 4,000 events/s
+    /// (whose buffers start as small) a wake-up per event for a while and 1–1.5 MiB of RSS.
+    fn window_limited(&mut self) -> bool {
+        let burst = std::mem::take(&mut self.burst_bytes);
+        if burst < WINDOW_LIMITED_BYTES_MIN {
+            return false;
+        }
+        // SAFETY: as in `receive_now`: `self.tcp` owns the descriptor for the whole call.
+        #[allow(unsafe_code)]
+        let fd = unsafe { BorrowedFd::borrow_raw(self.tcp.as_raw_fd()) };
+        rustix::net::sockopt::socket_recv_buffer_size(fd)
+            .is_ok_and(|buffer| burst.saturating_mul(2) >= buffer)
     }
 
     /// Whether this connection reads so much that its reads are not held: decided again once
@@ -414,6 +458,7 @@ impl Connection {
         self.window_bytes = 0;
         self.window_start = Instant::now();
         self.hot = false;
+        self.burst_bytes = 0;
     }
 
     /// The next message among those already received, without reading the socket: `None`
@@ -568,6 +613,7 @@ impl Connection {
     fn take(&mut self, bytes: &[u8], filled: bool) -> Result<(), TransportError> {
         self.last_read_full = filled;
         self.window_bytes = self.window_bytes.saturating_add(bytes.len());
+        self.burst_bytes = self.burst_bytes.saturating_add(bytes.len());
         ingest(&mut self.tls, bytes, &mut self.reader, &mut self.pending)
     }
 
