@@ -38,7 +38,8 @@ const FRAMES_PER_TURN_MAX: usize = 32;
 /// A new session's socket opens this long before its identify slot (TCP, TLS, upgrade and
 /// HELLO take well under a second against Discord).
 const IDENTIFY_CONNECT_LEAD: Duration = Duration::from_secs(3);
-/// Bound on writing a close frame before dropping the socket anyway.
+/// Bound on writing a close frame before dropping the socket anyway, and then on waiting for the
+/// server's close.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a connect in progress looks at the stop flag (only while connecting).
 const CONNECT_STOP_POLL: Duration = Duration::from_millis(10);
@@ -506,7 +507,23 @@ impl Driver {
                                 glommio::timer::sleep(CLOSE_WRITE_TIMEOUT).await;
                                 false
                             });
-                            flushed.await;
+                            if flushed.await {
+                                // The server answers and closes the TCP connection first (RFC
+                                // 6455 section 7.1.1). Until then what it still sends is read
+                                // and dropped (a resume replays it): closing a socket with
+                                // unread bytes resets it, and a peer busy sending can then
+                                // lose the close frame with its code.
+                                future::or(
+                                    async {
+                                        while !matches!(
+                                            conn.read_incoming().await,
+                                            Ok(Incoming::Close(_)) | Err(_)
+                                        ) {}
+                                    },
+                                    glommio::timer::sleep(CLOSE_WRITE_TIMEOUT),
+                                )
+                                .await;
+                            }
                         }
                         machine.connection_lost(Instant::now(), LossCause::Transport);
                     }
