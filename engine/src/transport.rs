@@ -426,10 +426,7 @@ impl Connection {
         if burst < WINDOW_LIMITED_BYTES_MIN {
             return false;
         }
-        // SAFETY: as in `receive_now`: `self.tcp` owns the descriptor for the whole call.
-        #[allow(unsafe_code)]
-        let fd = unsafe { BorrowedFd::borrow_raw(self.tcp.as_raw_fd()) };
-        rustix::net::sockopt::socket_recv_buffer_size(fd)
+        rustix::net::sockopt::socket_recv_buffer_size(descriptor(&self.tcp))
             .is_ok_and(|buffer| burst.saturating_mul(2) >= buffer)
     }
 
@@ -1090,13 +1087,18 @@ async fn write_pending(tcp: &mut TcpStream, pending: &mut Vec<u8>) -> Result<(),
 }
 
 /// One non-blocking `recv` on the connection's socket.
-#[allow(unsafe_code)]
 fn receive_now(tcp: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: the descriptor belongs to `tcp`, which is borrowed for the whole call, so it is
-    // open and is not closed or reused while the borrowed descriptor exists.
-    let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
-    let (received, _) = rustix::net::recv(fd, buffer, rustix::net::RecvFlags::DONTWAIT)?;
+    let (received, _) =
+        rustix::net::recv(descriptor(tcp), buffer, rustix::net::RecvFlags::DONTWAIT)?;
     Ok(received)
+}
+
+/// The socket's descriptor, for the calls glommio's stream does not offer.
+#[allow(unsafe_code)]
+fn descriptor(tcp: &TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor belongs to `tcp`, and the borrow ties it to `tcp`'s, so it is open
+    // and is not closed or reused while the borrowed descriptor exists.
+    unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) }
 }
 
 /// Moves bytes read from the socket through TLS (if any) into the reader.
