@@ -155,12 +155,13 @@ impl FilterConfig {
     /// Default of [`FilterConfig::ready_timeout`].
     pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// The filter's part of the settings, with the default ready timeout.
-    pub fn from_settings(settings: &Settings) -> FilterConfig {
+    /// The filter's part of the settings for a core that runs `shards_on_core` shards at start
+    /// (`None`: not known), with the default ready timeout.
+    pub fn from_settings(settings: &Settings, shards_on_core: Option<u32>) -> FilterConfig {
         FilterConfig {
             events: settings.forwarded_events(),
             dedup_message_updates: settings.dedup_message_updates,
-            dedup_cache_entries: settings.dedup_cache_entries,
+            dedup_cache_entries: settings.dedup_cache_entries_for(shards_on_core),
             ready_timeout: FilterConfig::DEFAULT_READY_TIMEOUT,
         }
     }

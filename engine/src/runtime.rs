@@ -725,9 +725,12 @@ impl Engine {
                  rest wait for the reset (identifying past it gets the token reset)"
             );
         }
+        // Sized from the shards a core runs at start (none known in a fleet: the most).
+        let shards_on_core = settings.planned_shards_per_core(Some(plan));
+        let ring_capacity = settings.ring_capacity_for(shards_on_core);
         tracing::info!(
-            ring_capacity = settings.ring_capacity,
-            dedup_cache_entries = settings.dedup_cache_entries,
+            ring_capacity,
+            dedup_cache_entries = settings.dedup_cache_entries_for(shards_on_core),
             batch_events_max = settings.batch_events_max,
             batch_bytes_max = settings.batch_bytes_max,
             payload_bytes_max = settings.payload_bytes_max,
@@ -818,8 +821,7 @@ impl Engine {
             owned.chunks(per_core).map(<[u32]>::to_vec).collect()
         };
         for (index, shard_ids) in core_shards.iter().enumerate() {
-            let (ring_tx, ring_rx) =
-                crate::ring::ring(settings.ring_capacity, Arc::clone(&ring_wake));
+            let (ring_tx, ring_rx) = crate::ring::ring(ring_capacity, Arc::clone(&ring_wake));
             rings.push(ring_rx);
             // Unbounded: only the admin API sends, one request per HTTP request in flight.
             let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
@@ -831,7 +833,7 @@ impl Engine {
                 index,
                 shard_ids: shard_ids.to_vec(),
                 shard_count: plan.total_shards.get(),
-                filter: FilterConfig::from_settings(&settings),
+                filter: FilterConfig::from_settings(&settings, shards_on_core),
                 ring: ring_tx,
                 stats,
                 sessions: shard_ids

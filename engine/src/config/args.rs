@@ -325,8 +325,9 @@ pub struct RunArgs {
     ///
     /// When it is full, entries make room for new ones; an update of a forgotten message is
     /// forwarded.
-    /// Memory: about 16 bytes per entry per core, 1 MiB per core at the default. Range
-    /// 1..=16777216. Default: 65536.
+    /// Memory: about 16 bytes per entry per core, 1 MiB per core at the default's most. Range
+    /// 1..=16777216. Default: auto: 8192 per shard the core runs at start, at most 65536 (a
+    /// fleet host's cores, whose shards come later: 65536).
     #[arg(long, value_name = "ENTRIES", help_heading = "Decoding and filtering")]
     pub dedup_cache_entries: Option<RawValue>,
 
@@ -342,8 +343,10 @@ pub struct RunArgs {
     /// Records each core's ring to the sink holds; when full, the core stops reading its shards
     /// until the sink catches up (backpressure, never a drop).
     ///
-    /// Memory: about 64 bytes per slot per core (512 KiB at the default) plus the payloads
-    /// waiting in it. Range 1..=16777216. Default: 8192.
+    /// Memory: about 64 bytes per slot per core (512 KiB at the default's most), all of it from
+    /// the start, plus the payloads waiting in it. Range 1..=16777216. Default: auto: 1024 per
+    /// shard the core runs at start, at most 8192 (a fleet host's cores, whose shards come
+    /// later: 8192).
     #[arg(long, value_name = "RECORDS", help_heading = "Forwarding")]
     pub ring_capacity: Option<RawValue>,
 

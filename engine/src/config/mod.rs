@@ -69,14 +69,16 @@ pub struct Settings {
     pub events: Events,
     /// `--dedup-message-updates`.
     pub dedup_message_updates: bool,
-    /// `--dedup-cache-entries`, per core.
-    pub dedup_cache_entries: usize,
+    /// `--dedup-cache-entries`, per core; `None`: sized from the core's shards
+    /// ([`Settings::dedup_cache_entries_for`]).
+    pub dedup_cache_entries: Option<usize>,
     /// `--large-threshold`, 50..=250.
     pub large_threshold: u16,
     /// `--payload-bytes-max`.
     pub payload_bytes_max: usize,
-    /// `--ring-capacity`, records per core.
-    pub ring_capacity: usize,
+    /// `--ring-capacity`, records per core; `None`: sized from the core's shards
+    /// ([`Settings::ring_capacity_for`]).
+    pub ring_capacity: Option<usize>,
     /// `--forward-url`; empty when `sink` is [`SinkKind::RedisStreams`] and none was given
     /// (that sink does not use it).
     pub forward_url: String,
@@ -167,21 +169,39 @@ pub struct Settings {
     pub host_capacity: Option<u32>,
 }
 
+/// `per_shard` for each of `shards` (at least one), at most `max`; `max` when `shards` is not
+/// known.
+fn per_shard_size(per_shard: usize, max: usize, shards: Option<u32>) -> usize {
+    shards.map_or(max, |shards| {
+        per_shard
+            .saturating_mul(usize::try_from(shards.max(1)).unwrap_or(usize::MAX))
+            .min(max)
+    })
+}
+
 impl Settings {
     /// Default of `--api-base`.
     pub const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
     /// Default of `--dedup-message-updates`.
     pub const DEFAULT_DEDUP_MESSAGE_UPDATES: bool = true;
-    /// Default of `--dedup-cache-entries`.
+    /// Default of `--dedup-cache-entries` for a core whose shards are not known at start (a
+    /// fleet host's: the fleet places them later), and the most the per-shard default gives.
     pub const DEFAULT_DEDUP_CACHE_ENTRIES: usize = 65_536;
+    /// Default of `--dedup-cache-entries`, per shard a core runs at start: 8,192 messages of
+    /// history per shard, seconds even at thousands of messages per second per shard (embed
+    /// unfurls follow their message within seconds).
+    pub const DEDUP_CACHE_ENTRIES_PER_SHARD: usize = 8_192;
     /// Default of `--large-threshold` (Discord's own default).
     pub const DEFAULT_LARGE_THRESHOLD: u16 = 50;
     /// Default of `--payload-bytes-max`: 32 MiB.
     pub const DEFAULT_PAYLOAD_BYTES_MAX: usize = 32 << 20;
     /// Default of `--read-coalesce-ms`.
     pub const DEFAULT_READ_COALESCE_MS: u64 = 20;
-    /// Default of `--ring-capacity`.
+    /// Default of `--ring-capacity` for a core whose shards are not known at start (a fleet
+    /// host's), and the most the per-shard default gives.
     pub const DEFAULT_RING_CAPACITY: usize = 8_192;
+    /// Default of `--ring-capacity`, per shard a core runs at start.
+    pub const RING_RECORDS_PER_SHARD: usize = 1_024;
     /// Default of `--forward-timeout-ms`.
     pub const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 10_000;
     /// Default of `--batch-events-max`.
@@ -352,7 +372,7 @@ impl Settings {
             Some(input) => parse_switch("--dedup-message-updates", &input)?,
             None => Self::DEFAULT_DEDUP_MESSAGE_UPDATES,
         };
-        let dedup_cache_entries = src.size(
+        let dedup_cache_entries = src.optional_size(
             |a| &a.dedup_cache_entries,
             "--dedup-cache-entries",
             1,
@@ -376,7 +396,7 @@ impl Settings {
         )?;
 
         // Forwarding.
-        let ring_capacity = src.size(
+        let ring_capacity = src.optional_size(
             |a| &a.ring_capacity,
             "--ring-capacity",
             1,
@@ -768,6 +788,56 @@ impl Settings {
         Ok(settings)
     }
 
+    /// A core's dedup cache entries: `--dedup-cache-entries`, else
+    /// [`Settings::DEDUP_CACHE_ENTRIES_PER_SHARD`] per shard the core runs at start, at most
+    /// [`Settings::DEFAULT_DEDUP_CACHE_ENTRIES`] (also what a core gets whose shards are not
+    /// known at start, `None`). A core of a 1,000-shard bot on 16 cores gets the most; a small
+    /// bot's core does not hold a megabyte for messages it never sees.
+    pub fn dedup_cache_entries_for(&self, shards_on_core: Option<u32>) -> usize {
+        self.dedup_cache_entries.unwrap_or_else(|| {
+            per_shard_size(
+                Self::DEDUP_CACHE_ENTRIES_PER_SHARD,
+                Self::DEFAULT_DEDUP_CACHE_ENTRIES,
+                shards_on_core,
+            )
+        })
+    }
+
+    /// A core's ring capacity: `--ring-capacity`, else [`Settings::RING_RECORDS_PER_SHARD`] per
+    /// shard the core runs at start, at most [`Settings::DEFAULT_RING_CAPACITY`] (also what a
+    /// core gets whose shards are not known at start, `None`). Every slot of a ring is written
+    /// when it is made, so its size is resident from the start.
+    pub fn ring_capacity_for(&self, shards_on_core: Option<u32>) -> usize {
+        self.ring_capacity.unwrap_or_else(|| {
+            per_shard_size(
+                Self::RING_RECORDS_PER_SHARD,
+                Self::DEFAULT_RING_CAPACITY,
+                shards_on_core,
+            )
+        })
+    }
+
+    /// A per-core size for the summary: as given, else from the shards per core of the fixed
+    /// `plan`, else `auto` (decided once Discord's recommendation is known; a fleet's: the most).
+    fn per_core_size(
+        &self,
+        plan: Option<ShardPlan>,
+        given: Option<usize>,
+        sized: impl Fn(Option<u32>) -> usize,
+    ) -> String {
+        if given.is_none() && plan.is_none() && !self.fleet {
+            return "auto".to_owned();
+        }
+        sized(self.planned_shards_per_core(plan)).to_string()
+    }
+
+    /// The shards a core runs at start under `plan`: `None` in a fleet (the fleet places them
+    /// later) or when the plan waits for Discord's recommendation.
+    pub fn planned_shards_per_core(&self, plan: Option<ShardPlan>) -> Option<u32> {
+        plan.filter(|_| !self.fleet)
+            .map(|plan| plan.shards_per_core)
+    }
+
     /// Whether this process runs in a fleet: `--fleet` resolved (see [`Settings::fleet`]).
     pub fn is_fleet(&self) -> bool {
         self.fleet
@@ -928,10 +998,20 @@ impl Settings {
                 "dedup_message_updates",
                 on_off(self.dedup_message_updates).to_owned(),
             ),
-            ("dedup_cache_entries", self.dedup_cache_entries.to_string()),
+            (
+                "dedup_cache_entries",
+                self.per_core_size(plan, self.dedup_cache_entries, |shards| {
+                    self.dedup_cache_entries_for(shards)
+                }),
+            ),
             ("large_threshold", self.large_threshold.to_string()),
             ("payload_bytes_max", self.payload_bytes_max.to_string()),
-            ("ring_capacity", self.ring_capacity.to_string()),
+            (
+                "ring_capacity",
+                self.per_core_size(plan, self.ring_capacity, |shards| {
+                    self.ring_capacity_for(shards)
+                }),
+            ),
             (
                 "forward_url",
                 if self.forward_url.is_empty() {
@@ -1436,13 +1516,26 @@ impl<'a> Sources<'a> {
         max: u64,
         default: usize,
     ) -> Result<usize, ConfigError> {
-        match self.get(field) {
-            Some(input) => {
-                let value = input.number(setting, min, Some(max), max, default as u64)?;
+        Ok(self
+            .optional_size(field, setting, min, max, default)?
+            .unwrap_or(default))
+    }
+
+    /// [`Sources::size`] without a default: `None` when not given (`example` shows in errors).
+    fn optional_size(
+        &self,
+        field: Field,
+        setting: &'static str,
+        min: u64,
+        max: u64,
+        example: usize,
+    ) -> Result<Option<usize>, ConfigError> {
+        self.get(field)
+            .map(|input| {
+                let value = input.number(setting, min, Some(max), max, example as u64)?;
                 Ok(usize::try_from(value).expect("every size maximum is below 2^31"))
-            }
-            None => Ok(default),
-        }
+            })
+            .transpose()
     }
 
     /// A duration in milliseconds in `min..=max`.

@@ -79,10 +79,10 @@ fn defaults() {
     assert_eq!(settings.intents, Intents::NON_PRIVILEGED);
     assert_eq!(settings.events, Events::All);
     assert!(settings.dedup_message_updates);
-    assert_eq!(settings.dedup_cache_entries, 65_536);
+    assert_eq!(settings.dedup_cache_entries, None);
     assert_eq!(settings.large_threshold, 50);
     assert_eq!(settings.payload_bytes_max, 32 << 20);
-    assert_eq!(settings.ring_capacity, 8_192);
+    assert_eq!(settings.ring_capacity, None);
     assert_eq!(settings.forward_url, FORWARD_URL);
     assert_eq!(settings.forward_secret, None);
     assert_eq!(settings.forward_timeout_ms, 10_000);
@@ -210,10 +210,10 @@ fn every_flag_is_read() {
         Events::only(vec!["GUILD_CREATE", "MESSAGE_CREATE"])
     );
     assert!(!settings.dedup_message_updates);
-    assert_eq!(settings.dedup_cache_entries, 1_000);
+    assert_eq!(settings.dedup_cache_entries, Some(1_000));
     assert_eq!(settings.large_threshold, 250);
     assert_eq!(settings.payload_bytes_max, 1024);
-    assert_eq!(settings.ring_capacity, 1);
+    assert_eq!(settings.ring_capacity, Some(1));
     assert_eq!(settings.forward_secret, Some(Secret::new("s3cret")));
     assert_eq!(settings.forward_timeout_ms, 250);
     assert_eq!(
@@ -252,11 +252,11 @@ fn every_flag_is_read() {
 #[test]
 fn precedence_flag_over_env_over_file_over_default() {
     // (flag, file, expected ring capacity): the non-secret knobs have no variable.
-    let cases: &[(Option<&'static str>, Option<&str>, usize)] = &[
-        (Some("200"), Some("100"), 200),
-        (None, Some("100"), 100),
-        (Some("200"), None, 200),
-        (None, None, Settings::DEFAULT_RING_CAPACITY),
+    let cases: &[(Option<&'static str>, Option<&str>, Option<usize>)] = &[
+        (Some("200"), Some("100"), Some(200)),
+        (None, Some("100"), Some(100)),
+        (Some("200"), None, Some(200)),
+        (None, None, None),
     ];
     for &(flag, file, expected) in cases {
         let mut argv = Vec::new();
@@ -403,7 +403,7 @@ fn the_file_sets_every_key() {
     assert_eq!(settings.events, Events::only(vec!["MESSAGE_CREATE"]));
     assert_eq!(settings.read_coalesce_ms, 2);
     assert!(!settings.dedup_message_updates);
-    assert_eq!(settings.dedup_cache_entries, 1_024);
+    assert_eq!(settings.dedup_cache_entries, Some(1_024));
     assert_eq!(settings.forward_url, "https://bot.internal/events");
     assert_eq!(settings.data_dir, PathBuf::from("/tmp/shardgate data"));
     assert_eq!(settings.queue_bytes_max, 131_072);
@@ -489,10 +489,7 @@ fn help_states_every_default() {
         ),
         ("events", "all".to_owned()),
         ("dedup_message_updates", "on".to_owned()),
-        (
-            "dedup_cache_entries",
-            Settings::DEFAULT_DEDUP_CACHE_ENTRIES.to_string(),
-        ),
+        ("dedup_cache_entries", "auto".to_owned()),
         (
             "large_threshold",
             Settings::DEFAULT_LARGE_THRESHOLD.to_string(),
@@ -505,7 +502,7 @@ fn help_states_every_default() {
             "read_coalesce_ms",
             Settings::DEFAULT_READ_COALESCE_MS.to_string(),
         ),
-        ("ring_capacity", Settings::DEFAULT_RING_CAPACITY.to_string()),
+        ("ring_capacity", "auto".to_owned()),
         (
             "forward_timeout_ms",
             Settings::DEFAULT_FORWARD_TIMEOUT_MS.to_string(),
@@ -2748,4 +2745,44 @@ fn lanes_shrink_to_what_the_queue_and_the_spill_can_split() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("--batches-in-flight"), "{error}");
+}
+
+#[test]
+fn ring_and_dedup_cache_are_sized_from_the_shards_per_core() {
+    let settings = load(&[]).expect("valid");
+    // (shards a core runs at start, ring records, dedup cache entries); `None`: not known (a
+    // fleet's cores start empty), the most.
+    for (shards, ring, dedup) in [
+        (Some(0), 1_024, 8_192),
+        (Some(1), 1_024, 8_192),
+        (Some(4), 4_096, 32_768),
+        (Some(8), 8_192, 65_536),
+        (Some(1_000), 8_192, 65_536),
+        (None, 8_192, 65_536),
+    ] {
+        assert_eq!(settings.ring_capacity_for(shards), ring, "{shards:?}");
+        assert_eq!(
+            settings.dedup_cache_entries_for(shards),
+            dedup,
+            "{shards:?}"
+        );
+    }
+    // Given, they are what was given, whatever the shards.
+    let settings =
+        load(&["--ring-capacity", "100", "--dedup-cache-entries", "300"]).expect("valid");
+    for shards in [Some(1), Some(64), None] {
+        assert_eq!(settings.ring_capacity_for(shards), 100);
+        assert_eq!(settings.dedup_cache_entries_for(shards), 300);
+    }
+    // The summary states what a core gets under a fixed plan: 8 shards on 2 cores.
+    let settings = load(&["--total-shards", "8", "--cores", "2"]).expect("valid");
+    let fields = settings.summary_fields();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.clone())
+    };
+    assert_eq!(field("ring_capacity").as_deref(), Some("4096"));
+    assert_eq!(field("dedup_cache_entries").as_deref(), Some("32768"));
 }

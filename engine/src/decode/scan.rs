@@ -21,7 +21,11 @@
 //! ones. What does pay is skipping a whole object or array 64 bytes at a time (`wide`, SSE2):
 //! a message's `member` object and its embeds are a few hundred bytes of short strings, which
 //! the byte loop walks string by string and the block step crosses in a few steps (the walk to a
-//! message's id and content: 540 → 400 µs over the bench's messages, side by side).
+//! message's id and content: 540 → 400 µs over the bench's messages, side by side). Walking all
+//! of `d` in 64-byte blocks instead, its members found from the colons at its own level (masks of
+//! quotes, brackets and colons; each key read back from its colon) lost as well: 10–22 % slower
+//! than this walk on the mock's messages (about 1.5 KB, 14 members before the content), with
+//! SSE2 and with every instruction set of the build machine alike.
 //!
 //! # Agreement with sonic-rs
 //!
@@ -551,7 +555,6 @@ fn container_end_bytewise(bytes: &[u8], mut at: usize) -> Option<usize> {
 /// It agrees with [`container_end_bytewise`] on every input where no backslash stands outside a
 /// string, that is on all valid JSON: up to the first such backslash both read the same strings.
 /// At one it answers [`Outcome::Unsure`] and the byte-wise walk decides.
-///
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod wide {
