@@ -56,7 +56,9 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use crate::config::{Events, Settings};
-use crate::decode::{guild_id, guild_unavailable, message_id_and_content_hash, ready_guild_ids};
+use crate::decode::{
+    guild_id, guild_unavailable, message_id, message_id_and_content_hash, ready_guild_ids,
+};
 use crate::record::{GuildCreateClass, Notice, RecordKind};
 use crate::shard::PayloadHead;
 
@@ -673,15 +675,6 @@ impl DedupCache {
             self.len -= 1;
         }
     }
-}
-
-/// MESSAGE_DELETE's `d.id`.
-fn message_id(payload: &[u8]) -> Option<u64> {
-    if crate::decode::too_deep(payload) {
-        return None;
-    }
-    let value = sonic_rs::get_from_slice(payload, ["d", "id"]).ok()?;
-    snowflake(value.as_raw_str())
 }
 
 /// MESSAGE_DELETE_BULK: forgets every readable id of `d.ids`.

@@ -43,6 +43,12 @@ pub fn message_id_and_content_hash(payload: &[u8]) -> Option<(u64, u64)> {
     Some((snowflake(fields.id)?, content_hash(fields.content)))
 }
 
+/// MESSAGE_DELETE: `d.id`, read as [`message_id_and_content_hash`] reads it (so that a delete
+/// forgets the entry its message made). Discord writes `id` first in `d`: a few bytes are walked.
+pub fn message_id(payload: &[u8]) -> Option<u64> {
+    snowflake(scan::d_member(payload, b"id")?)
+}
+
 /// The guild a dispatch belongs to: `d.id` for GUILD_CREATE, GUILD_UPDATE and GUILD_DELETE (whose
 /// `d` is the guild), `d.guild_id` for every other event. `None` for DMs and guild-less events.
 pub fn guild_id(payload: &[u8]) -> Option<u64> {
@@ -146,6 +152,11 @@ pub(crate) mod sonic {
         !cfg!(debug_assertions) || !scan::message_id_and_content_traced(payload).1
     }
 
+    /// [`super::message_id`].
+    pub(crate) fn message_id(payload: &[u8]) -> Option<u64> {
+        snowflake(&sonic_rs::get_from_slice(payload, ["d", "id"]).ok()?)
+    }
+
     /// [`super::guild_id`].
     pub(crate) fn guild_id(payload: &[u8]) -> Option<u64> {
         let name = guild_id_member(payload)?;
@@ -198,7 +209,7 @@ mod tests {
     #[test]
     fn fields_of_every_generated_payload_match_serde_json() {
         let generated = test_support::connection(31, 6, 4000);
-        let (mut guild_events, mut unavailable_events) = (0, 0);
+        let (mut guild_events, mut unavailable_events, mut deletes) = (0, 0, 0);
         for item in &generated {
             let payload = &item.payload[..];
             let value: serde_json::Value = serde_json::from_slice(payload).unwrap();
@@ -211,11 +222,16 @@ mod tests {
             };
             assert_eq!(guild_id(payload), expected_guild, "{name:?}");
             guild_events += usize::from(expected_guild.is_some());
+            if name == Some("MESSAGE_DELETE") {
+                assert_eq!(message_id(payload), snowflake_of(&value["d"]["id"]));
+                deletes += 1;
+            }
             let expected_unavailable = value["d"]["unavailable"].as_bool();
             assert_eq!(guild_unavailable(payload), expected_unavailable, "{name:?}");
             unavailable_events += usize::from(expected_unavailable.is_some());
         }
         assert!(guild_events > 2000, "{guild_events}");
+        assert!(deletes > 50, "{deletes}");
         // Every GUILD_CREATE says `unavailable: false`; of the GUILD_DELETEs only the outage has it.
         assert_eq!(unavailable_events, 6 + 1);
     }

@@ -34,7 +34,7 @@ use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 
 use super::classify::{ClassifyError, NESTING_MAX, classify, classify_lazy, classify_prefix};
 use super::fields::{
-    event_name_and_guild_id, guild_id, guild_unavailable, message_id_and_content_hash,
+    event_name_and_guild_id, guild_id, guild_unavailable, message_id, message_id_and_content_hash,
     ready_guild_ids, sonic,
 };
 use super::scan::{event_name_and_data, nests_deeper_than};
@@ -431,6 +431,7 @@ pub(crate) fn check_fields(payload: &[u8]) {
     );
     if nests_deeper_than(payload, NESTING_MAX) {
         black_box(message_id_and_content_hash(payload));
+        black_box(message_id(payload));
         black_box(guild_id(payload));
         black_box(guild_unavailable(payload));
         return;
@@ -450,6 +451,13 @@ pub(crate) fn check_fields(payload: &[u8]) {
     } else {
         black_box(message_id_and_content_hash(payload));
     }
+    check_field(
+        "message_id",
+        payload,
+        valid,
+        message_id(payload),
+        sonic::message_id(payload),
+    );
     check_field(
         "guild_id",
         payload,

@@ -45,6 +45,8 @@ pub use decoder::{
     OUTPUT_INITIAL_BYTES, OUTPUT_SHRINK_FACTOR, ZLIB_INFLATE_STATE_BYTES,
 };
 pub(crate) use fields::event_name_and_guild_id;
-pub use fields::{guild_id, guild_unavailable, message_id_and_content_hash, ready_guild_ids};
+pub use fields::{
+    guild_id, guild_unavailable, message_id, message_id_and_content_hash, ready_guild_ids,
+};
 #[doc(hidden)]
 pub use fuzz::fuzz_entry;
