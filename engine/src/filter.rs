@@ -58,6 +58,7 @@ use tracing::info;
 use crate::config::{Events, Settings};
 use crate::decode::{
     guild_id, guild_unavailable, message_id, message_id_and_content_hash, ready_guild_ids,
+    snowflake,
 };
 use crate::record::{GuildCreateClass, Notice, RecordKind};
 use crate::shard::PayloadHead;
@@ -692,22 +693,10 @@ fn forget_bulk(cache: &mut DedupCache, payload: &[u8]) {
         let Ok(entry) = entry else {
             return;
         };
-        if let Some(id) = snowflake(entry.as_raw_str()) {
+        if let Some(id) = snowflake(entry.as_raw_str().as_bytes()) {
             cache.forget(id);
         }
     }
-}
-
-/// A snowflake written `"123"` (Discord's form) or `123`; `None` for anything else.
-fn snowflake(raw: &str) -> Option<u64> {
-    let digits = raw
-        .strip_prefix('"')
-        .and_then(|raw| raw.strip_suffix('"'))
-        .unwrap_or(raw);
-    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
 }
 
 #[cfg(test)]

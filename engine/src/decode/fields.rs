@@ -102,8 +102,10 @@ fn guild_id_member(payload: &[u8]) -> Option<&'static str> {
     })
 }
 
-/// A snowflake given as `"123"` (Discord's form) or `123`, from the value's raw bytes.
-fn snowflake(raw: &[u8]) -> Option<u64> {
+/// A snowflake given as `"123"` (Discord's form) or `123`, from the value's raw bytes: digits
+/// without a leading zero that fit a u64; `None` for anything else. Every id the filter reads
+/// goes through it, so that a delete names the entry its create made.
+pub(crate) fn snowflake(raw: &[u8]) -> Option<u64> {
     let digits = raw
         .strip_prefix(b"\"")
         .and_then(|raw| raw.strip_suffix(b"\""))

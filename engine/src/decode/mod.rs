@@ -44,7 +44,7 @@ pub use decoder::{
     DecodeError, Decoder, DecoderLimits, Frame, LIBDEFLATE_DECOMPRESSOR_BYTES, LimitsError,
     OUTPUT_INITIAL_BYTES, OUTPUT_SHRINK_FACTOR, ZLIB_INFLATE_STATE_BYTES,
 };
-pub(crate) use fields::event_name_and_guild_id;
+pub(crate) use fields::{event_name_and_guild_id, snowflake};
 pub use fields::{
     guild_id, guild_unavailable, message_id, message_id_and_content_hash, ready_guild_ids,
 };
