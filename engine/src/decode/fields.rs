@@ -3,7 +3,8 @@
 //! Snowflakes are accepted as JSON strings (Discord's form) or as unsigned integers.
 //!
 //! The hot ones — [`message_id_and_content_hash`] (every MESSAGE_CREATE/UPDATE when deduplication
-//! is on), [`guild_id`] and [`guild_unavailable`] — walk the payload with the scanner of
+//! is on), [`message_id`] (every MESSAGE_DELETE then), [`guild_id`] and [`guild_unavailable`] —
+//! walk the payload with the scanner of
 //! `scan.rs`: one forward pass up to the field, no allocation, no recursion, nothing it skips
 //! validated. On valid JSON they answer exactly what the sonic-rs readers in [`sonic`] answer
 //! (the unit tests compare them over every generated payload and hand-written edge cases, and the

@@ -2,8 +2,8 @@
 //! into complete gateway payloads (zstd-stream, zlib-stream, per-payload zlib with libdeflate, or
 //! none) in a buffer it owns and reuses; [`classify`] reads a payload's `op`, `s` and `t` for the
 //! shard machine without parsing it; the field helpers read the few values of `d` the filter
-//! stage needs ([`message_id_and_content_hash`], [`guild_id`], [`guild_unavailable`],
-//! [`ready_guild_ids`]).
+//! stage needs ([`message_id_and_content_hash`], [`message_id`], [`guild_id`],
+//! [`guild_unavailable`], [`ready_guild_ids`]).
 //!
 //! Must not: perform I/O, read the clock, build a DOM for an ordinary event, or allocate per
 //! message in steady state (buffers are sized at construction and recycled; the hot field helpers
