@@ -10,7 +10,7 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Engine, command_without_admin, free_port, http, wait_until};
+use common::{Engine, LOG_WARN_AND_ADMIN, command_without_admin, http, wait_until};
 use fake_bot::{BotConfig, FakeBot};
 use mock_gateway::{MockConfig, MockGateway, ViolationKind};
 use serde_json::{Value, json};
@@ -49,16 +49,15 @@ impl World {
         )
         .unwrap();
         let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
-        let admin: SocketAddr = free_port();
         let mut command = command_without_admin(&mock, &bot, &dir);
         command
-            .args(["--data-dir", dir.to_str().unwrap(), "--log", "warn"])
-            .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
-            .args(["--admin-addr", &admin.to_string()]);
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .args(["--log", LOG_WARN_AND_ADMIN])
+            .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"]);
         if let Some(token) = token {
             command.env("SHARDGATE_ADMIN_TOKEN", token);
         }
-        let engine = Engine(command.spawn().unwrap());
+        let (engine, admin) = Engine::spawn_with_admin(&mut command);
         let world = World {
             mock,
             bot,

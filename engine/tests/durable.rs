@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Engine, bare_engine_command, command_without_admin, free_port, http, wait_until};
+use common::{Engine, bare_engine_command, command_without_admin, http, wait_until};
 use fake_bot::{BotConfig, FakeBot};
 use mock_gateway::{MockConfig, MockGateway};
 
@@ -48,17 +48,15 @@ fn engine(mock: &MockGateway, bot: &FakeBot, dir: &Path, extra: &[&str]) -> Comm
     with_options(bare_engine_command(mock, bot, dir), dir, extra)
 }
 
-/// [`engine`] with its admin API on `admin`.
-fn engine_at(
+/// [`engine`] started, with the address its admin API listens on.
+fn start_with_admin(
     mock: &MockGateway,
     bot: &FakeBot,
     dir: &Path,
-    admin: std::net::SocketAddr,
     extra: &[&str],
-) -> Command {
-    let mut command = command_without_admin(mock, bot, dir);
-    command.args(["--admin-addr", &admin.to_string()]);
-    with_options(command, dir, extra)
+) -> (Engine, std::net::SocketAddr) {
+    let mut command = with_options(command_without_admin(mock, bot, dir), dir, extra);
+    Engine::spawn_with_admin(&mut command)
 }
 
 fn with_options(mut command: Command, dir: &Path, extra: &[&str]) -> Command {
@@ -84,7 +82,7 @@ fn lanes_active(admin: std::net::SocketAddr) -> Option<u64> {
 }
 
 fn start(mut command: Command) -> Engine {
-    Engine(command.stderr(Stdio::piped()).spawn().unwrap())
+    Engine::new(command.stderr(Stdio::piped()).spawn().unwrap())
 }
 
 /// Waits (30 s at most) until the bot holds more than `records` records: the engine streams.
@@ -381,14 +379,12 @@ fn a_changed_lane_count_waits_for_the_spill_to_drain_and_nothing_is_lost() {
     const EVENTS: u64 = 2400;
     let mock = mock(&dir, 150.0, EVENTS);
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
-    let admin = free_port();
-    let mut first = start(engine_at(
+    let (mut first, admin) = start_with_admin(
         &mock,
         &bot,
         &dir,
-        admin,
         &["--batches-in-flight", "2", "--batch-events-max", "10"],
-    ));
+    );
     wait_for_a_steady_stream(&bot, 500);
     // A slow bot spreads the shards over both lanes (one batch at a time falls behind).
     bot.set_slow_ms(50);
@@ -583,14 +579,12 @@ fn lanes_spread_under_load_and_gather_when_light_losing_nothing() {
     const EVENTS: u64 = 6000;
     let mock = mock(&dir, 150.0, EVENTS);
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
-    let admin = free_port();
-    let mut engine = start(engine_at(
+    let (mut engine, admin) = start_with_admin(
         &mock,
         &bot,
         &dir,
-        admin,
         &["--batches-in-flight", "4", "--batch-events-max", "50"],
-    ));
+    );
     wait_for_a_steady_stream(&bot, 300);
     // 600 events/s in batches of up to 50: one lane keeps up with a quick bot (the start's
     // burst may have spread them for 10 s).

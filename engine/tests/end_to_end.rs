@@ -32,7 +32,7 @@ fn spawn_engine(
         .env("FORWARD_SECRET", SECRET)
         .spawn()
         .unwrap();
-    Engine(child)
+    Engine::new(child)
 }
 
 fn run(compression: &str) {
@@ -327,7 +327,7 @@ fn authentication_failure_stops_with_a_clear_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut engine = Engine(child);
+    let mut engine = Engine::new(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = engine.0.try_wait().unwrap() {
@@ -413,7 +413,7 @@ fn identify_buckets_are_respected() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut engine = Engine(child);
+        let mut engine = Engine::new(child);
         wait_until(
             "the first shard to be ready",
             Duration::from_secs(30),
@@ -477,7 +477,7 @@ fn identify_budget_is_never_overspent() {
         .args(["--total-shards", "8", "--cores", "2"])
         .spawn()
         .unwrap();
-    let mut engine = Engine(child);
+    let mut engine = Engine::new(child);
     wait_until(
         "the budget's shards to be ready",
         Duration::from_secs(30),
@@ -543,7 +543,7 @@ fn a_server_that_accepts_and_says_nothing_costs_one_connect_timeout() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut engine = Engine(child);
+    let mut engine = Engine::new(child);
     wait_until(
         "a second connect after the first one's deadline",
         Duration::from_secs(30),

@@ -91,7 +91,7 @@ struct Running {
 
 impl Running {
     fn start(command: &mut Command) -> Running {
-        let mut engine = Engine(command.spawn().unwrap());
+        let mut engine = Engine::new(command.spawn().unwrap());
         let pipe = engine.0.stderr.take().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let reader = std::thread::spawn({

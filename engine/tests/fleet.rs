@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{Engine, free_port, http, wait_until};
+use common::{Engine, LOG_WARN_AND_ADMIN, http, wait_until};
 use fake_bot::{BotConfig, FakeBot};
 use mock_gateway::delivery::ContentCheck;
 use mock_gateway::{MockConfig, MockGateway, ViolationKind};
@@ -109,7 +109,6 @@ impl Fleet {
     }
 
     fn add_host_with(&mut self, id: &str, extra: &[&str]) {
-        let admin = free_port();
         let data = self.dir.join(id);
         let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
         command
@@ -118,8 +117,8 @@ impl Fleet {
             .args(["--forward-url", &self.bot.url()])
             .args(["--total-shards", &SHARDS.to_string(), "--cores", "1"])
             .args(["--compression", "zstd-stream"])
-            .args(["--admin-addr", &admin.to_string()])
-            .args(["--data-dir", data.to_str().unwrap(), "--log", "warn"])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(["--log", LOG_WARN_AND_ADMIN])
             .args(["--identify-interval-ms", &IDENTIFY_WINDOW_MS.to_string()])
             .args(["--redis-url", &self.redis.url(), "--cluster-name", "test"])
             .args(["--host-id", id])
@@ -128,9 +127,8 @@ impl Fleet {
             .args(["--session-save-interval-ms", "200"])
             .args(extra)
             .env("DISCORD_TOKEN", self.mock.token())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let engine = Engine(command.spawn().unwrap());
+            .stdout(Stdio::null());
+        let (engine, admin) = Engine::spawn_with_admin(&mut command);
         wait_until("the admin API", Duration::from_secs(30), || {
             std::net::TcpStream::connect(admin).is_ok()
         });

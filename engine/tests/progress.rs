@@ -53,7 +53,7 @@ fn log_lines_report_startup_until_every_shard_is_ready() {
         .args(["--log", "info", "--log-format", "json"])
         .spawn()
         .unwrap();
-    let mut engine = Engine(child);
+    let mut engine = Engine::new(child);
     wait_until("every shard to be ready", Duration::from_secs(30), || {
         bot.report().totals.notices.get("ALL_SHARDS_READY") == Some(&1)
     });

@@ -185,7 +185,7 @@ fn run(program: &str, script: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut engine = Engine(child);
+    let mut engine = Engine::new(child);
 
     wait_until(
         "every expected event at the example receiver",

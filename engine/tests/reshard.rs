@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Engine, free_port, http, wait_until};
+use common::{Engine, LOG_WARN_AND_ADMIN, http, wait_until};
 use fake_bot::{BotConfig, FakeBot};
 use mock_gateway::delivery::ContentCheck;
 use mock_gateway::{EventRecord, MockConfig, MockGateway};
@@ -109,7 +109,8 @@ impl World {
             mock,
             bot,
             engine: None,
-            admin: free_port(),
+            // Set by each start.
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             compression: setup.compression,
             shards: setup.shards,
             events_per_shard: setup.events_per_shard,
@@ -119,7 +120,8 @@ impl World {
         world
     }
 
-    /// `shardgate run` on this world's data dir and admin port (again after a stop).
+    /// `shardgate run` on this world's data dir (again after a stop); its admin API on a port it
+    /// picks, noted in `admin`.
     fn start_engine(&mut self) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shardgate"));
         command
@@ -128,8 +130,8 @@ impl World {
             .args(["--forward-url", &self.bot.url()])
             .args(["--total-shards", &self.shards.to_string(), "--cores", "2"])
             .args(["--compression", self.compression])
-            .args(["--admin-addr", &self.admin.to_string()])
-            .args(["--data-dir", self.dir.to_str().unwrap(), "--log", "warn"])
+            .args(["--data-dir", self.dir.to_str().unwrap()])
+            .args(["--log", LOG_WARN_AND_ADMIN])
             .args(["--identify-interval-ms", &IDENTIFY_WINDOW_MS.to_string()])
             .args([
                 "--reshard-guilds-per-shard",
@@ -139,10 +141,10 @@ impl World {
             ])
             .args(&self.extra)
             .env("DISCORD_TOKEN", self.mock.token())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        self.engine = Some(Engine(command.spawn().unwrap()));
-        let admin = self.admin;
+            .stdout(Stdio::null());
+        let (engine, admin) = Engine::spawn_with_admin(&mut command);
+        self.engine = Some(engine);
+        self.admin = admin;
         wait_until("the admin API", Duration::from_secs(30), || {
             std::net::TcpStream::connect(admin).is_ok()
         });

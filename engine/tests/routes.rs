@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::{Engine, command_without_admin, free_port, http, wait_until};
+use common::{Engine, LOG_WARN_AND_ADMIN, command_without_admin, http, wait_until};
 use fake_bot::{BotConfig, FakeBot, Report, StreamsConfig};
 use mock_gateway::{MockConfig, MockGateway};
 use serde_json::Value;
@@ -110,20 +110,15 @@ fn a_routed_receiver_that_is_away_delays_only_its_own_route() {
         ),
     )
     .unwrap();
-    let admin = free_port();
     let mut command = command_without_admin(&mock, &default_bot, &dir);
     command
         .args(["--config", config.to_str().unwrap()])
-        .args(["--admin-addr", &admin.to_string()])
         .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
         .args(["--data-dir", dir.join("data").to_str().unwrap()])
-        .args(["--spill-fsync", "never", "--log", "warn"])
-        .stderr(Stdio::piped());
-    let mut engine = Engine(command.spawn().unwrap());
+        .args(["--spill-fsync", "never", "--log", LOG_WARN_AND_ADMIN]);
+    let (mut engine, admin) = Engine::spawn_with_admin(&mut command);
     wait_until("both routes to deliver", Duration::from_secs(60), || {
-        if let Ok(Some(_)) = engine.0.try_wait() {
-            let mut text = String::new();
-            std::io::Read::read_to_string(engine.0.stderr.as_mut().unwrap(), &mut text).unwrap();
+        if let Some(text) = engine.exited() {
             panic!("engine exited: {text}");
         }
         default_bot.report().totals.records > 300 && routed_bot.report().totals.records > 3
@@ -307,22 +302,17 @@ fn interactions_over_http_and_the_rest_into_redis_streams() {
         ),
     )
     .unwrap();
-    let admin = free_port();
-    let mut engine = Engine(
+    let (mut engine, admin) = Engine::spawn_with_admin(
         std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
             .args(["run", "--api-base", &mock.api_base()])
             .args(["--ca-file", dir.join("ca.pem").to_str().unwrap()])
             .args(["--config", config.to_str().unwrap()])
             .args(["--redis-url", &redis.url()])
-            .args(["--admin-addr", &admin.to_string()])
             .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
             .args(["--data-dir", dir.join("data").to_str().unwrap()])
-            .args(["--log", "warn"])
+            .args(["--log", LOG_WARN_AND_ADMIN])
             .env("DISCORD_TOKEN", mock.token())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .stdout(Stdio::null()),
     );
     let bots = [&streams_bot, &interactions_bot];
     wait_until(
@@ -456,7 +446,7 @@ fn a_removed_route_with_records_on_its_spill_stops_the_start() {
     .unwrap();
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
     let output = command_without_admin(&mock, &bot, &dir)
-        .args(["--admin-addr", &free_port().to_string()])
+        .args(["--admin-addr", "127.0.0.1:0"])
         .args(["--total-shards", "1", "--cores", "1"])
         .args(["--data-dir", dir.join("data").to_str().unwrap()])
         .output()

@@ -13,12 +13,12 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Engine, command_without_admin, free_port, http, wait_until};
+use common::{Engine, LOG_WARN_AND_ADMIN, command_without_admin, free_port, http, wait_until};
 use fake_bot::{BotConfig, FakeBot};
 use fantoccini::{Client, ClientBuilder, Locator};
 use mock_gateway::{Fault, MockConfig, MockGateway};
@@ -50,14 +50,13 @@ fn the_page_shows_the_shards_follows_a_fault_and_reconnects_a_shard() {
     )
     .unwrap();
     let bot = FakeBot::spawn(BotConfig::ephemeral()).unwrap();
-    let admin: SocketAddr = free_port();
     let mut command = command_without_admin(&mock, &bot, &dir);
     command
-        .args(["--data-dir", dir.to_str().unwrap(), "--log", "warn"])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(["--log", LOG_WARN_AND_ADMIN])
         .args(["--total-shards", &SHARDS.to_string(), "--cores", "2"])
-        .args(["--admin-addr", &admin.to_string()])
         .env("SHARDGATE_ADMIN_TOKEN", TOKEN);
-    let _engine = Engine(command.spawn().unwrap());
+    let (_engine, admin) = Engine::spawn_with_admin(&mut command);
     wait_until("the admin API to answer", Duration::from_secs(20), || {
         TcpStream::connect(admin).is_ok()
     });

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{Engine, free_port, wait_until};
+use common::{Engine, wait_until};
 use fake_bot::{BotConfig, FakeBot, Report, StreamConsumer, StreamsConfig};
 use mock_gateway::delivery::ContentCheck;
 use mock_gateway::{MockConfig, MockGateway};
@@ -87,7 +87,7 @@ impl World {
 
     /// `shardgate run` into the streams (again after a kill: the same data dir).
     fn engine(&self, compression: &str) -> Engine {
-        Engine(
+        Engine::new(
             Command::new(env!("CARGO_BIN_EXE_shardgate"))
                 .args(["run", "--api-base", &self.mock.api_base()])
                 .args(["--ca-file", self.dir.join("ca.pem").to_str().unwrap()])
@@ -98,7 +98,7 @@ impl World {
                 .args(["--compression", compression])
                 .args(["--identify-interval-ms", "200"])
                 .args(["--session-save-interval-ms", "200"])
-                .args(["--admin-addr", &free_port().to_string()])
+                .args(["--admin-addr", "127.0.0.1:0"])
                 .args([
                     "--data-dir",
                     self.dir.join("data").to_str().unwrap(),

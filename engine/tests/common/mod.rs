@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used, dead_code)] // test helpers fail loudly; not every test uses all
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod redis;
@@ -14,9 +16,62 @@ pub mod redis;
 use fake_bot::FakeBot;
 use mock_gateway::{Ledger, MockGateway};
 
-pub struct Engine(pub Child);
+/// A running engine, killed when dropped; the second field drains its stderr when
+/// [`Engine::spawn_with_admin`] read the admin address from it.
+pub struct Engine(pub Child, Option<StderrDrain>);
+
+/// A thread reading an engine's stderr to its end, keeping the text for [`Engine::terminate`].
+struct StderrDrain {
+    text: Arc<Mutex<String>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A `--log` filter that lets through, beside warnings and errors, the admin API's start line
+/// that [`Engine::spawn_with_admin`] reads.
+pub const LOG_WARN_AND_ADMIN: &str = "warn,shardgate::admin=info";
 
 impl Engine {
+    pub fn new(child: Child) -> Engine {
+        Engine(child, None)
+    }
+
+    /// Spawns `command` with its admin API on a port the engine picks (`--admin-addr
+    /// 127.0.0.1:0`, which the command must not give otherwise) and returns the engine with the
+    /// address it bound, read from its "admin API listening" line; the command's `--log` must
+    /// let that line through (info from `shardgate::admin`, e.g. [`LOG_WARN_AND_ADMIN`]). Unlike
+    /// a port found free and handed over, no other process can take it in between (tests run side
+    /// by side). stderr is then read to its end by a thread; [`terminate`](Self::terminate)
+    /// returns it as for an engine spawned with stderr piped.
+    pub fn spawn_with_admin(command: &mut Command) -> (Engine, SocketAddr) {
+        let mut child = command
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let text = Arc::new(Mutex::new(String::new()));
+        let (found, admin) = mpsc::channel();
+        let thread = {
+            let text = Arc::clone(&text);
+            std::thread::spawn(move || drain_stderr(stderr, &text, &found))
+        };
+        let mut engine = Engine(
+            child,
+            Some(StderrDrain {
+                text,
+                thread: Some(thread),
+            }),
+        );
+        match admin.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => (engine, addr),
+            Err(_) => {
+                let _ = engine.0.kill();
+                let (_, stderr) = engine.terminate_output();
+                panic!("the engine logged no admin address within 30 s; its stderr:\n{stderr}")
+            }
+        }
+    }
+
     /// SIGTERM, then the exit status and whatever it wrote to stderr (if piped).
     pub fn terminate(&mut self) -> (std::process::ExitStatus, String) {
         let pid = self.0.id().to_string();
@@ -27,13 +82,62 @@ impl Engine {
                 .unwrap()
                 .success()
         );
+        self.terminate_output()
+    }
+
+    /// The engine's stderr once it has exited on its own; `None` while it runs.
+    pub fn exited(&mut self) -> Option<String> {
+        self.0.try_wait().unwrap()?;
+        Some(self.terminate_output().1)
+    }
+
+    /// The exit status, once the engine has exited, and its stderr.
+    fn terminate_output(&mut self) -> (std::process::ExitStatus, String) {
         let status = self.0.wait().unwrap();
         let mut stderr = String::new();
         if let Some(pipe) = self.0.stderr.as_mut() {
             std::io::Read::read_to_string(pipe, &mut stderr).unwrap();
         }
+        if let Some(drain) = self.1.as_mut() {
+            // The pipe ends with the process (the engine starts no children).
+            if let Some(thread) = drain.thread.take() {
+                thread.join().unwrap();
+            }
+            stderr = std::mem::take(&mut *drain.text.lock().unwrap());
+        }
         (status, stderr)
     }
+}
+
+/// Reads `stderr` line by line into `text` and sends the address of the first "admin API
+/// listening" line (text or JSON format) to `found`.
+fn drain_stderr(stderr: ChildStderr, text: &Mutex<String>, found: &mpsc::Sender<SocketAddr>) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut sent = false;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&line);
+        if !sent
+            && line.contains("admin API listening")
+            && let Some(addr) = loopback_addr(&line)
+        {
+            sent = found.send(addr).is_ok();
+        }
+        text.lock().unwrap().push_str(&line);
+    }
+}
+
+/// The first `127.0.0.1:PORT` in `line`.
+fn loopback_addr(line: &str) -> Option<SocketAddr> {
+    let start = line.find("127.0.0.1:")?;
+    let rest = &line[start + "127.0.0.1:".len()..];
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    format!("127.0.0.1:{}", &rest[..digits]).parse().ok()
 }
 
 impl Drop for Engine {
