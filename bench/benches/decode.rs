@@ -132,6 +132,7 @@ struct StageFilter {
 /// Replays the whole stream once through a reset decoder.
 fn replay(
     decoder: &mut Decoder,
+    scratch: &mut Vec<u8>,
     frames: &[OwnedFrame],
     work: Work,
     record: &mut Vec<u8>,
@@ -141,7 +142,7 @@ fn replay(
     let mut checksum = 0u64;
     for frame in frames {
         let payload = decoder
-            .decode(frame.as_frame())
+            .decode(frame.as_frame(), scratch)
             .expect("the stream decodes")
             .expect("every frame ends a message");
         checksum += payload.len() as u64;
@@ -197,6 +198,7 @@ fn decode(criterion: &mut Criterion) {
         eprintln!("decode: {compression}: {frame_bytes} B on the wire");
         let mut decoder = Decoder::new(compression, DecoderLimits::default())
             .expect("the default limits are valid");
+        let mut scratch = Vec::new();
         let cases = [
             ("decompress-only", Work::DecompressOnly, true),
             ("decompress+classify", Work::Classify, true),
@@ -214,14 +216,28 @@ fn decode(criterion: &mut Criterion) {
                 group.throughput(Throughput::Bytes(payload_bytes));
                 group.bench_function(format!("{compression}/{name}/bytes"), |bencher| {
                     cpu_time(bencher, || {
-                        replay(&mut decoder, &frames, work, &mut record, &mut stage)
+                        replay(
+                            &mut decoder,
+                            &mut scratch,
+                            &frames,
+                            work,
+                            &mut record,
+                            &mut stage,
+                        )
                     })
                 });
             }
             group.throughput(Throughput::Elements(STREAM_EVENTS));
             group.bench_function(format!("{compression}/{name}/events"), |bencher| {
                 cpu_time(bencher, || {
-                    replay(&mut decoder, &frames, work, &mut record, &mut stage)
+                    replay(
+                        &mut decoder,
+                        &mut scratch,
+                        &frames,
+                        work,
+                        &mut record,
+                        &mut stage,
+                    )
                 })
             });
         }

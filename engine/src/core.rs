@@ -163,6 +163,7 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
         filter_config: plan.filter.clone(),
         filters: RefCell::new(HashMap::new()),
         arena: Rc::new(RefCell::new(PayloadArena::default())),
+        decoded: Rc::new(RefCell::new(Vec::new())),
         board: Rc::new(Board::new(plan.index, &[], plan.shard_count)),
         ring: plan.ring.clone(),
         pushed: Rc::new(Doorbell::default()),
@@ -292,6 +293,8 @@ struct CoreContext {
     filters: RefCell<HashMap<u32, Rc<RefCell<Filter>>>>,
     /// The core's payload copies, shared by its shards.
     arena: Rc<RefCell<PayloadArena>>,
+    /// See [`Driver::decoded`].
+    decoded: Rc<RefCell<Vec<u8>>>,
     board: Rc<Board>,
     ring: RingSender,
     /// See [`Driver::pushed`].
@@ -322,6 +325,7 @@ impl CoreContext {
                     || Rc::new(RefCell::new(Filter::new(self.filter_config.clone()))),
                 )),
                 arena: Rc::clone(&self.arena),
+                decoded: Rc::clone(&self.decoded),
                 ring: self.ring.clone(),
                 pushed: Rc::clone(&self.pushed),
                 stats: Arc::clone(&self.stats),
@@ -355,6 +359,10 @@ struct Driver {
     filter: Rc<RefCell<Filter>>,
     /// The core's payload copies, shared by its shards.
     arena: Rc<RefCell<PayloadArena>>,
+    /// The core's decompression output, shared by its shards: a zstd-stream or payload-compressed
+    /// frame is decompressed into it and done with (copied, or dropped) before the shard's task
+    /// yields, so no shard holds a buffer of its own while it waits.
+    decoded: Rc<RefCell<Vec<u8>>>,
     ring: RingSender,
     /// Rung after records went onto the ring: the core's announcer wakes the collector once
     /// for everything its shards pushed in one executor turn.
@@ -374,6 +382,7 @@ impl Driver {
             shard_count,
             filter,
             arena,
+            decoded,
             ring,
             pushed,
             stats,
@@ -814,6 +823,7 @@ impl Driver {
                                 &filter,
                                 &mut shard_filter,
                                 &arena,
+                                &decoded,
                                 &stats,
                                 &mut outbox,
                             );
@@ -987,10 +997,13 @@ fn handle_frame(
     filter: &RefCell<Filter>,
     shard_filter: &mut ShardFilter,
     arena: &RefCell<PayloadArena>,
+    decoded: &RefCell<Vec<u8>>,
     stats: &CoreStats,
     outbox: &mut VecDeque<Record>,
 ) -> bool {
-    let payload = match decoder.decode(frame) {
+    // Held to the end: no await below.
+    let mut decoded = decoded.borrow_mut();
+    let payload = match decoder.decode(frame, &mut decoded) {
         Ok(Some(payload)) => payload,
         Ok(None) => return false,
         Err(error) => {

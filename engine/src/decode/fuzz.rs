@@ -13,7 +13,8 @@
 //! decoder before this frame (a new connection).
 //!
 //! Invariants checked (a violation panics, which is what a fuzzer reports):
-//! - no payload is longer than `payload_bytes_max`; the output buffer never holds more than
+//! - no payload is longer than `payload_bytes_max`; no output buffer (the decoder's own, or the
+//!   core's it decompresses into) ever holds more than
 //!   `payload_bytes_max + 1` bytes of capacity, and the whole decoder no more than that plus its
 //!   context (for zstd, the window `zstd_window_log_max` allows);
 //! - a text frame is its own payload, in every mode (or `TooLarge`);
@@ -102,6 +103,8 @@ pub fn connection_entry(compression: Compression, data: &[u8]) {
             Compression::Payload => super::LIBDEFLATE_DECOMPRESSOR_BYTES,
             Compression::None => 0,
         };
+    // The core's buffer that zstd-stream and payload compression decompress into.
+    let mut scratch = Vec::new();
     let mut rest = data;
     while let Some((&control, after_control)) = rest.split_first() {
         let length = match after_control {
@@ -120,7 +123,7 @@ pub fn connection_entry(compression: Compression, data: &[u8]) {
         } else {
             Frame::Binary(bytes)
         };
-        match decoder.decode(frame) {
+        match decoder.decode(frame, &mut scratch) {
             Ok(Some(payload)) => {
                 if text {
                     assert_eq!(payload, bytes, "a text frame is its own payload");
@@ -142,10 +145,10 @@ pub fn connection_entry(compression: Compression, data: &[u8]) {
                         bytes.len()
                     );
                 }
-                check_reconnect(&mut decoder);
+                check_reconnect(&mut decoder, &mut scratch);
             }
         }
-        let capacity_bytes = decoder.output_capacity_bytes();
+        let capacity_bytes = decoder.output_capacity_bytes().max(scratch.capacity());
         assert!(
             capacity_bytes <= capacity_max_bytes,
             "output buffer of {capacity_bytes} bytes"
@@ -161,9 +164,9 @@ pub fn connection_entry(compression: Compression, data: &[u8]) {
 /// What a decode error must mean: the decoder is poisoned until reset, and a reset gives a
 /// decoder that reads a new connection's first message exactly (then it is reset again, so that
 /// the input's own frames continue on a clean connection).
-fn check_reconnect(decoder: &mut Decoder) {
+fn check_reconnect(decoder: &mut Decoder, scratch: &mut Vec<u8>) {
     assert_eq!(
-        decoder.decode(Frame::Text(b"{}")),
+        decoder.decode(Frame::Text(b"{}"), scratch),
         Err(DecodeError::ResetRequired),
         "an error must poison the decoder"
     );
@@ -178,7 +181,7 @@ fn check_reconnect(decoder: &mut Decoder) {
         _ => Frame::Binary(canary),
     };
     assert_eq!(
-        decoder.decode(frame),
+        decoder.decode(frame, scratch),
         Ok(Some(CANARY)),
         "{compression}: a reset decoder must read a new connection"
     );

@@ -15,10 +15,11 @@
 //!
 //! 1. One [`Decoder`] per shard, built at startup with the shard's [`Compression`]; call
 //!    [`Decoder::reset`] whenever the shard machine asks for a new connection.
-//! 2. Every WebSocket text or binary message: [`Decoder::decode`]. `Ok(None)`: a zlib-stream
-//!    message continues in the next frame. `Ok(Some(payload))`: [`classify`] it and hand the head
-//!    and the payload to the shard machine; copy the payload out (to the filter) before the next
-//!    `decode`, which reuses the buffer.
+//! 2. Every WebSocket text or binary message: [`Decoder::decode`], with the core's output buffer
+//!    (one `Vec<u8>` shared by the core's shards: zstd-stream and payload compression decompress
+//!    into it). `Ok(None)`: a zlib-stream message continues in the next frame. `Ok(Some(payload))`:
+//!    [`classify`] it and hand the head and the payload to the shard machine; copy the payload out
+//!    (to the filter) before the next `decode` of any shard of the core, which reuses the buffer.
 //! 3. Any [`DecodeError`] or [`ClassifyError`]: the connection is unusable (report a decode loss
 //!    to the shard machine); the decoder refuses frames until [`Decoder::reset`].
 
