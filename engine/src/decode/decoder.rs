@@ -1,11 +1,11 @@
 //! The decompressor of one connection: frame → payload, into a buffer reused from frame to frame.
 //!
-//! zstd-stream and payload compression decompress into the caller's buffer, which a core shares
-//! among all its connections (each payload is done with before the next frame of any of them is
-//! decoded): a connection holds no output buffer of its own, which is most of what an idle
-//! compressed connection cost beside its compression context (measured: 95.1 → 86.1 KiB per idle
-//! zstd-stream shard at 2,000 shards). zlib-stream keeps one per connection, since a message may
-//! span frames.
+//! Payloads are decompressed into the caller's buffer, which a core shares among all its
+//! connections (each payload is done with before the next frame of any of them is decoded): a
+//! connection holds no output buffer of its own, which was most of what an idle compressed
+//! connection cost beside its compression context (measured: 95 → 86 KiB per idle zstd-stream
+//! shard at 2,000 shards). Only a zlib-stream message that spans frames is moved to a buffer of
+//! the decoder's own, until its last frame.
 //!
 //! Sizes are decided at construction ([`DecoderLimits`], [`OUTPUT_INITIAL_BYTES`]); in steady
 //! state a payload costs no allocation. A message bigger than the output buffer grows it (doubling,
@@ -22,7 +22,8 @@
 //!   compression context.
 //! - **zlib-stream frames are inflated as they arrive**, not buffered until the `00 00 ff ff`
 //!   suffix: the inflate context takes partial input, so nothing compressed is kept and a message
-//!   split across frames costs no copy. `zlib_stream_buffer_bytes_max` still bounds the
+//!   split across frames costs one copy of what its first frame inflated (out of the core's
+//!   buffer, into the decoder's own). `zlib_stream_buffer_bytes_max` still bounds the
 //!   compressed bytes one message may span (the CPU a never-ending message can take).
 //! - **The suffix is the last 4 bytes of the stream received so far**, as Discord documents it,
 //!   so a suffix split across two frames still ends the message.
@@ -175,8 +176,8 @@ pub struct Decoder {
     compression: Compression,
     limits: DecoderLimits,
     context: Context,
-    /// zlib-stream: the decompressed bytes of the message so far (`len`). Empty in the other
-    /// modes, which decompress into the caller's buffer.
+    /// zlib-stream: the decompressed bytes so far of a message that spans frames (`len`). Empty
+    /// otherwise: payloads are decompressed into the caller's buffer.
     output: Vec<u8>,
     output_initial_bytes: usize,
     /// zlib-stream: compressed bytes of the message in progress; 0 between messages.
@@ -210,16 +211,11 @@ impl Decoder {
                 OUTPUT_INITIAL_BYTES.min(limits.payload_bytes_max + 1)
             }
         };
-        let output = if compression == Compression::ZlibStream {
-            Vec::with_capacity(output_initial_bytes)
-        } else {
-            Vec::new()
-        };
         Ok(Decoder {
             compression,
             limits,
             context,
-            output,
+            output: Vec::new(),
             output_initial_bytes,
             zlib_message_compressed_bytes: 0,
             zlib_tail: [0; 4],
@@ -228,10 +224,10 @@ impl Decoder {
     }
 
     /// Decodes one frame: the complete payload, or `None` while a zlib-stream message still waits
-    /// for frames. A text frame's payload is the frame itself; zstd-stream and payload compression
-    /// decompress into `scratch` (the core's buffer, shared by its connections: its contents are
-    /// only this payload, and it is sized here), zlib-stream into the decoder's own buffer. The
-    /// payload lives until the next call.
+    /// for frames. A text frame's payload is the frame itself; a compressed one is decompressed
+    /// into `scratch` (the core's buffer, shared by its connections: its contents are only this
+    /// payload, and it is sized here), or for a zlib-stream message that spans frames into the
+    /// decoder's own. The payload lives until the next call.
     pub fn decode<'a>(
         &'a mut self,
         frame: Frame<'a>,
@@ -274,9 +270,7 @@ impl Decoder {
                 )?)
             }
             Context::ZlibStream(context) => {
-                if self.zlib_message_compressed_bytes == 0 {
-                    self.output.clear();
-                }
+                let continuing = self.zlib_message_compressed_bytes > 0;
                 self.zlib_message_compressed_bytes = self
                     .zlib_message_compressed_bytes
                     .saturating_add(compressed.len());
@@ -284,13 +278,31 @@ impl Decoder {
                 if self.zlib_message_compressed_bytes > limit_bytes {
                     return Err(DecodeError::BufferLimit { limit_bytes });
                 }
-                inflate_zlib_stream(context, &mut self.output, compressed, payload_bytes_max)?;
+                // A message that began in an earlier frame goes on in the decoder's own buffer;
+                // a new one is inflated into the core's, and moved to the decoder's own only if
+                // it goes on in the next frame.
+                if continuing {
+                    inflate_zlib_stream(context, &mut self.output, compressed, payload_bytes_max)?;
+                } else {
+                    scratch.clear();
+                    if scratch.capacity() == 0 {
+                        scratch.reserve_exact(self.output_initial_bytes);
+                    }
+                    inflate_zlib_stream(context, scratch, compressed, payload_bytes_max)?;
+                }
                 self.zlib_tail = stream_tail(self.zlib_tail, compressed);
                 if self.zlib_tail == ZLIB_STREAM_SUFFIX {
                     self.zlib_message_compressed_bytes = 0;
                     self.zlib_tail = [0; 4];
-                    Payload::Own(self.output.len())
+                    if continuing {
+                        Payload::Own(self.output.len())
+                    } else {
+                        Payload::Scratch(scratch.len())
+                    }
                 } else {
+                    if !continuing {
+                        self.output.extend_from_slice(scratch);
+                    }
                     Payload::Pending
                 }
             }
@@ -344,11 +356,10 @@ impl Decoder {
         &self.limits
     }
 
-    /// Heap held by this decoder now: its own output buffer (zlib-stream) plus the compression
-    /// context (exact for
-    /// zstd, [`ZLIB_INFLATE_STATE_BYTES`] / [`LIBDEFLATE_DECOMPRESSOR_BYTES`] otherwise). A zstd
-    /// context holds the server's window (up to `2^zstd_window_log_max` bytes) once the first frame
-    /// arrived.
+    /// Heap held by this decoder now: its own output buffer (a zlib-stream message spanning
+    /// frames) plus the compression context (exact for zstd, [`ZLIB_INFLATE_STATE_BYTES`] /
+    /// [`LIBDEFLATE_DECOMPRESSOR_BYTES`] otherwise). A zstd context holds the server's window (up
+    /// to `2^zstd_window_log_max` bytes) once the first frame arrived.
     pub fn heap_bytes(&self) -> usize {
         let context_bytes = match &self.context {
             Context::ZstdStream(context) => context.sizeof(),
@@ -359,16 +370,17 @@ impl Decoder {
         self.output.capacity() + context_bytes
     }
 
-    /// Capacity of the decoder's own output buffer (zlib-stream; 0 in the other modes), in bytes.
+    /// Capacity of the decoder's own output buffer (0 but during a zlib-stream message that spans
+    /// frames), in bytes.
     pub fn output_capacity_bytes(&self) -> usize {
         self.output.capacity()
     }
 
-    /// Shrinks the decoder's own (zlib-stream) output buffer if it grew past
-    /// [`OUTPUT_SHRINK_FACTOR`] × its initial size, unless a message is in progress in it.
+    /// Lets the decoder's own output buffer go unless a message spanning frames is in progress in
+    /// it (the payload it held, if any, is done with).
     fn recycle_output(&mut self) {
         if self.zlib_message_compressed_bytes == 0 {
-            shrink_grown(&mut self.output, self.output_initial_bytes);
+            self.output = Vec::new();
         }
     }
 }
@@ -659,13 +671,10 @@ mod tests {
                 "{compression}: {} B",
                 decoder.scratch.capacity()
             );
-            // Only zlib-stream keeps a buffer of the connection's own; the others decompress
-            // into the core's (and a text frame is its own payload).
-            match compression {
-                Compression::ZlibStream => assert!(decoder.output_capacity_bytes() > 0),
-                _ => assert_eq!(decoder.output_capacity_bytes(), 0, "{compression}"),
-            }
-            if matches!(compression, Compression::ZstdStream | Compression::Payload) {
+            // Each message in one frame: no buffer of the connection's own, the payloads went
+            // into the core's (a text frame is its own payload).
+            assert_eq!(decoder.output_capacity_bytes(), 0, "{compression}");
+            if compression != Compression::None {
                 assert!(decoder.scratch.capacity() > 0, "{compression}");
             }
         }
@@ -730,6 +739,11 @@ mod tests {
             let mut start = 0;
             for cut in cuts {
                 assert_eq!(decoder.decode(Frame::Binary(&frame[start..cut])), Ok(None));
+                // Another shard of the core decodes into the core's buffer meanwhile.
+                decoder.scratch.clear();
+                decoder
+                    .scratch
+                    .extend_from_slice(b"another shard's payload");
                 start = cut;
             }
             let payload = decoder.decode(Frame::Binary(&frame[start..])).unwrap();
@@ -1025,6 +1039,48 @@ mod tests {
         assert_eq!(stream_tail([1, 2, 3, 4], &[5, 6, 7, 8, 9]), [6, 7, 8, 9]);
         assert_eq!(stream_tail([1, 2, 3, 4], &[5, 6]), [3, 4, 5, 6]);
         assert_eq!(stream_tail([1, 2, 3, 4], &[]), [1, 2, 3, 4]);
+    }
+
+    /// Resident memory of one idle connection's decoder per compressed mode (the touched pages of
+    /// its context and, for zstd, of its window; the heap it reserves is far larger): 1,000
+    /// decoders fed an idle shard's frames, the process's RSS before and after. Run it alone:
+    /// `cargo test -p shardgate --lib decode::decoder::tests::resident_memory_of_idle_decoders --
+    /// --ignored --exact --nocapture`.
+    #[test]
+    #[ignore = "prints measurements; run alone (it reads the process's RSS)"]
+    fn resident_memory_of_idle_decoders() {
+        const DECODERS: usize = 1_000;
+        let generated = test_support::idle_connection(5);
+        let decompressed: usize = generated.iter().map(|item| item.payload.len()).sum();
+        for compression in [
+            Compression::ZstdStream,
+            Compression::ZlibStream,
+            Compression::Payload,
+        ] {
+            let mut encoder = test_support::encoder(compression);
+            let frames: Vec<OwnedFrame> = generated
+                .iter()
+                .map(|item| test_support::encode(&mut encoder, &item.payload))
+                .collect();
+            let mut scratch = Vec::new();
+            let before = crate::procfs::resident_bytes().unwrap();
+            let decoders: Vec<Decoder> = (0..DECODERS)
+                .map(|_| {
+                    let mut decoder = Decoder::new(compression, DecoderLimits::default()).unwrap();
+                    for frame in &frames {
+                        decoder.decode(frame.as_frame(), &mut scratch).unwrap();
+                    }
+                    decoder
+                })
+                .collect();
+            let after = crate::procfs::resident_bytes().unwrap();
+            println!(
+                "{compression}: {:.1} KiB resident per idle decoder ({decompressed} B decompressed \
+                 each)",
+                after.saturating_sub(before) as f64 / 1024.0 / DECODERS as f64
+            );
+            drop(decoders);
+        }
     }
 
     /// Memory of one decoder per mode after a realistic connection: `cargo test -p shardgate --lib

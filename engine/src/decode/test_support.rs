@@ -72,6 +72,29 @@ pub(crate) fn connection(seed: u64, guild_count: usize, steady: usize) -> Vec<Ge
     generated
 }
 
+/// What an idle shard of `tools/scale/run.sh` receives: HELLO, READY, two GUILD_CREATEs of about
+/// 2 KB and five heartbeat ACKs.
+pub(crate) fn idle_connection(seed: u64) -> Vec<Generated> {
+    let guilds = guild_ids(seed, 2);
+    let mut events = SessionEvents::new(seed, 0, guilds.clone(), EventMix::default());
+    let mut generated = vec![session(HELLO.to_vec())];
+    let mut payload = Vec::new();
+    events.ready(
+        1,
+        "session-idle",
+        "wss://resume.example",
+        [0, 1],
+        &mut payload,
+    );
+    generated.push(session(std::mem::take(&mut payload)));
+    for (seq, &guild) in (2..).zip(&guilds) {
+        events.guild_create(guild, seq, 2_000, &mut payload);
+        generated.push(session(std::mem::take(&mut payload)));
+    }
+    generated.extend((0..5).map(|_| session(HEARTBEAT_ACK.to_vec())));
+    generated
+}
+
 fn session(payload: Vec<u8>) -> Generated {
     Generated {
         payload,
