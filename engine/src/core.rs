@@ -502,12 +502,22 @@ impl Driver {
                             }
                         }
                         deferred_connect = None;
-                        connection =
-                            open(&shared, &stats, &query, &target, &mut machine, &mut decoder)
-                                .await;
+                        // Boxed: its state (TCP, TLS and upgrade futures, ~2.6 KB) is alive only
+                        // while connecting, and inline it would size every shard's task.
+                        connection = Box::pin(open(
+                            &shared,
+                            &stats,
+                            &query,
+                            &target,
+                            &mut machine,
+                            &mut decoder,
+                        ))
+                        .await;
                     }
                     ShardEvent::Close { code } => {
-                        if let Some(mut conn) = connection.take()
+                        // Closed in place: a connection moved out of `connection` would be a
+                        // second copy of it in the task's state across the awaits below.
+                        if let Some(conn) = connection.as_mut()
                             && conn.queue_close(code).is_ok()
                         {
                             // Best effort: the code matters (4000 keeps the session), but a
@@ -534,6 +544,7 @@ impl Driver {
                                 .await;
                             }
                         }
+                        connection = None;
                         machine.connection_lost(Instant::now(), LossCause::Transport);
                     }
                     ShardEvent::NeedIdentify => {
@@ -695,9 +706,16 @@ impl Driver {
                 Wake::Timer => {
                     if let Some((target, _)) = deferred_connect.take_if(|(_, start)| now >= *start)
                     {
-                        connection =
-                            open(&shared, &stats, &query, &target, &mut machine, &mut decoder)
-                                .await;
+                        // Boxed, as above.
+                        connection = Box::pin(open(
+                            &shared,
+                            &stats,
+                            &query,
+                            &target,
+                            &mut machine,
+                            &mut decoder,
+                        ))
+                        .await;
                         continue;
                     }
                     if identify_at.is_some_and(|at| now >= at)
