@@ -240,9 +240,12 @@ impl Decoder {
         self.poisoned = true;
         self.recycle_output();
         // Whatever the frame (a text frame too), as the decoder's own buffer: the payload it held
-        // is done with.
+        // is done with. A core's first compressed frame gives it its initial capacity.
         if self.output_initial_bytes > 0 {
             shrink_grown(scratch, self.output_initial_bytes);
+            if scratch.capacity() == 0 {
+                scratch.reserve_exact(self.output_initial_bytes);
+            }
         }
         let payload_bytes_max = self.limits.payload_bytes_max;
         let compressed = match frame {
@@ -258,17 +261,12 @@ impl Decoder {
             Frame::Binary(compressed) => compressed,
         };
         let payload = match &mut self.context {
-            Context::ZstdStream(context) => {
-                if scratch.capacity() == 0 {
-                    scratch.reserve_exact(self.output_initial_bytes);
-                }
-                Payload::Scratch(inflate_zstd(
-                    context,
-                    scratch,
-                    compressed,
-                    payload_bytes_max,
-                )?)
-            }
+            Context::ZstdStream(context) => Payload::Scratch(inflate_zstd(
+                context,
+                scratch,
+                compressed,
+                payload_bytes_max,
+            )?),
             Context::ZlibStream(context) => {
                 let continuing = self.zlib_message_compressed_bytes > 0;
                 self.zlib_message_compressed_bytes = self
@@ -285,9 +283,6 @@ impl Decoder {
                     inflate_zlib_stream(context, &mut self.output, compressed, payload_bytes_max)?;
                 } else {
                     scratch.clear();
-                    if scratch.capacity() == 0 {
-                        scratch.reserve_exact(self.output_initial_bytes);
-                    }
                     inflate_zlib_stream(context, scratch, compressed, payload_bytes_max)?;
                 }
                 self.zlib_tail = stream_tail(self.zlib_tail, compressed);
