@@ -10,9 +10,10 @@
 //! Sizes are decided at construction ([`DecoderLimits`], [`OUTPUT_INITIAL_BYTES`]); in steady
 //! state a payload costs no allocation. A message bigger than the output buffer grows it (doubling,
 //! never past `payload_bytes_max + 1` bytes); once that message has been handed out, the next
-//! [`Decoder::decode`] (or [`Decoder::reset`], for a connection's own buffer) shrinks a buffer
-//! grown past [`OUTPUT_SHRINK_FACTOR`] × its initial size back to the initial size, so that one
-//! big GUILD_CREATE does not pin memory.
+//! [`Decoder::decode`] shrinks the core's buffer, if it grew past [`OUTPUT_SHRINK_FACTOR`] × its
+//! initial size, back to the initial size, so that one big GUILD_CREATE does not pin memory. A
+//! connection's own buffer (a zlib-stream message spanning frames) goes once its message has been
+//! handed out, at the next [`Decoder::decode`] or [`Decoder::reset`].
 //!
 //! # Choices where the protocol is silent
 //!
@@ -44,8 +45,7 @@ use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirectiv
 use super::Compression;
 
 /// Initial capacity of an output buffer, and what it shrinks back to: sized for the common
-/// payload, not the big one. Over the default event
-/// mix a dispatch averages about 1.1 KB, 99% are under 3.5 KB and 0.3% exceed 4 KiB (largest
+/// payload, not the big one. Over the default event mix a dispatch averages about 1.1 KB, 99% are under 3.5 KB and 0.3% exceed 4 KiB (largest
 /// 5.7 KB), which grow the buffer once to 8 KiB; a GUILD_CREATE (median ~22 KB) grows it past the
 /// shrink threshold, and the next frame shrinks it back. Uncompressed connections have no output
 /// buffer: their text frames are handed back as they are.
