@@ -165,7 +165,7 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
         filter_config: plan.filter.clone(),
         filters: RefCell::new(HashMap::new()),
         arena: Rc::new(RefCell::new(PayloadArena::default())),
-        decoded: Rc::new(RefCell::new(Vec::new())),
+        buffers: Rc::new(CoreBuffers::default()),
         board: Rc::new(Board::new(plan.index, &[], plan.shard_count)),
         ring: plan.ring.clone(),
         pushed: Rc::new(Doorbell::default()),
@@ -287,6 +287,20 @@ pub async fn run_core(shared: Arc<Shared>, mut plan: CorePlan) {
 }
 
 /// What a core's shard tasks share, and what a new one needs.
+/// Buffers a core's shard tasks share: each is filled and done with inside one synchronous
+/// step of a task (never across an await), so no two tasks use one at once and no shard holds
+/// a buffer of its own while it waits. Per core instead of per shard: at 10,000 shards, every
+/// kilobyte a shard holds is 10 MB.
+#[derive(Default)]
+struct CoreBuffers {
+    /// Decompression output: a zstd-stream or payload-compressed frame is decompressed into it
+    /// and copied (or dropped) before the task yields.
+    decoded: RefCell<Vec<u8>>,
+    /// A payload the shard machine wants sent (heartbeat, identify, command), written into it
+    /// and framed onto the connection's outgoing bytes at once.
+    transmit: RefCell<Vec<u8>>,
+}
+
 struct CoreContext {
     shared: Arc<Shared>,
     filter_config: FilterConfig,
@@ -295,8 +309,8 @@ struct CoreContext {
     filters: RefCell<HashMap<u32, Rc<RefCell<Filter>>>>,
     /// The core's payload copies, shared by its shards.
     arena: Rc<RefCell<PayloadArena>>,
-    /// See [`Driver::decoded`].
-    decoded: Rc<RefCell<Vec<u8>>>,
+    /// See [`Driver::buffers`].
+    buffers: Rc<CoreBuffers>,
     board: Rc<Board>,
     ring: RingSender,
     /// See [`Driver::pushed`].
@@ -327,7 +341,7 @@ impl CoreContext {
                     || Rc::new(RefCell::new(Filter::new(self.filter_config.clone()))),
                 )),
                 arena: Rc::clone(&self.arena),
-                decoded: Rc::clone(&self.decoded),
+                buffers: Rc::clone(&self.buffers),
                 ring: self.ring.clone(),
                 pushed: Rc::clone(&self.pushed),
                 stats: Arc::clone(&self.stats),
@@ -361,10 +375,8 @@ struct Driver {
     filter: Rc<RefCell<Filter>>,
     /// The core's payload copies, shared by its shards.
     arena: Rc<RefCell<PayloadArena>>,
-    /// The core's decompression output, shared by its shards: a zstd-stream or payload-compressed
-    /// frame is decompressed into it and done with (copied, or dropped) before the shard's task
-    /// yields, so no shard holds a buffer of its own while it waits.
-    decoded: Rc<RefCell<Vec<u8>>>,
+    /// The core's scratch buffers, shared by its shards (see [`CoreBuffers`]).
+    buffers: Rc<CoreBuffers>,
     ring: RingSender,
     /// Rung after records went onto the ring: the core's announcer wakes the collector once
     /// for everything its shards pushed in one executor turn.
@@ -384,7 +396,7 @@ impl Driver {
             shard_count,
             filter,
             arena,
-            decoded,
+            buffers,
             ring,
             pushed,
             stats,
@@ -447,7 +459,6 @@ impl Driver {
         stats.shards_running.fetch_add(1, Ordering::Relaxed);
         let mut shard_filter = ShardFilter::new();
         let mut connection: Option<Connection> = None;
-        let mut transmit = Vec::with_capacity(1024);
         // The identify slot reserved for this shard's next new session.
         let mut identify_at: Option<Instant> = None;
         // A connect held until shortly before that slot.
@@ -466,11 +477,15 @@ impl Driver {
             if let Some(conn) = connection.as_mut() {
                 let mut failed = false;
                 let mut identified = false;
-                while let Some(sent) = machine.poll_transmit(now, &mut transmit) {
-                    identified |= sent.kind == TransmitKind::Identify;
-                    if conn.queue_text(&transmit).is_err() {
-                        failed = true;
-                        break;
+                {
+                    // Borrowed for this synchronous loop only (see `CoreBuffers`).
+                    let mut transmit = buffers.transmit.borrow_mut();
+                    while let Some(sent) = machine.poll_transmit(now, &mut transmit) {
+                        identified |= sent.kind == TransmitKind::Identify;
+                        if conn.queue_text(&transmit).is_err() {
+                            failed = true;
+                            break;
+                        }
                     }
                 }
                 if failed || conn.flush().await.is_err() {
@@ -828,7 +843,7 @@ impl Driver {
                                 &filter,
                                 &mut shard_filter,
                                 &arena,
-                                &decoded,
+                                &buffers.decoded,
                                 &stats,
                                 &mut outbox,
                             );

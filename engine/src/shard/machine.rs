@@ -838,7 +838,8 @@ impl Shard {
         }
         let mut shard = Self {
             rng: Rng::new(config.rng_seed, config.shard_id),
-            commands: VecDeque::with_capacity(config.command_queue_capacity),
+            // Grows as commands come (most shards get none), up to `command_queue_capacity`.
+            commands: VecDeque::new(),
             identify_payload: IdentifyPayload(identify_payload),
             state: ShardState::Connecting,
             session,

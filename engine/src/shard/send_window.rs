@@ -1,8 +1,10 @@
 //! Sliding-window count of the payloads sent on one connection.
 //!
 //! Discord allows 120 payloads per connection per 60 s, heartbeats included. The window keeps the
-//! send instants of the last `capacity` payloads (allocated once, at construction) and answers
-//! "may I send now?" and "when may I send next?". No I/O, no clock: `now` comes in.
+//! send instants of the last `capacity` payloads and answers "may I send now?" and "when may I
+//! send next?". No I/O, no clock: `now` comes in. Its memory grows with the sends inside the
+//! window (an idle shard's heartbeats: a few instants), never past `capacity`, and goes with a
+//! reset.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ impl SendWindow {
             "a send window must allow at least one payload"
         );
         Self {
-            sent_at: VecDeque::with_capacity(capacity),
+            sent_at: VecDeque::new(),
             capacity,
             window,
         }
@@ -30,7 +32,7 @@ impl SendWindow {
 
     /// Forgets every send: a new connection starts with a fresh allowance.
     pub(crate) fn reset(&mut self) {
-        self.sent_at.clear();
+        self.sent_at = VecDeque::new();
     }
 
     /// Sends still inside the window at `now`.
