@@ -14,8 +14,11 @@
 //!   hands every byte on, to rustls or to the frame reader, before the poll that made it returns.
 //! - The frame reader keeps plaintext only while a frame is incomplete; frames are cut out of it
 //!   without a copy, and once the last one is handed out it holds nothing (see `FrameReader`).
-//! - rustls keeps its own deframer buffer (4 KiB, which rustls shrinks back when it is empty) and
-//!   session state (~5 KiB).
+//! - TLS is rustls's unbuffered client: records are decrypted where the socket read put them, in
+//!   the core's buffer, and only the start of a record whose rest has not come is kept, by the
+//!   connection (`Tls::partial`, no allocation between records). rustls's buffered client kept a
+//!   4 KiB buffer per connection, zero-filled, and copied every byte received into it first.
+//!   rustls's session state (keys, the peer's certificates: some 3 KiB) remains.
 //!
 //! Reading: one non-blocking `recv` per read; when the socket is empty, the connection waits for
 //! it to be readable (an io_uring readiness poll, through glommio's read), or, coalescing, tries
@@ -26,7 +29,7 @@
 //! `pending` and written by [`Connection::flush`], which is never raced.
 
 use std::cell::RefCell;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -37,7 +40,9 @@ use std::time::{Duration, Instant};
 
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
+use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::error::{CapacityError, ProtocolError, SubProtocolError};
 use tungstenite::handshake::client::generate_request;
@@ -49,6 +54,12 @@ use tungstenite::{Bytes, Message, Utf8Bytes, WebSocket};
 
 /// Bytes read from the socket per read call.
 const SOCKET_READ_BYTES: usize = 64 * 1024;
+
+/// Most ciphertext a connection keeps between reads: the start of one record (at most about
+/// 18 KiB), or during the handshake of one handshake message (rustls refuses one over 64 KiB)
+/// with the records it came in. More is a peer rustls would refuse anyway, refused here before
+/// it is kept.
+const TLS_PARTIAL_BYTES_MAX: usize = 128 * 1024;
 
 /// Largest upgrade answer (status line and headers) accepted, in bytes.
 pub const UPGRADE_RESPONSE_BYTES_MAX: usize = 16 * 1024;
@@ -209,7 +220,7 @@ impl Incoming {
 /// An open gateway WebSocket.
 pub struct Connection {
     tcp: TcpStream,
-    tls: Option<rustls::ClientConnection>,
+    tls: Option<Tls>,
     reader: FrameReader,
     /// The write half: tungstenite frames and masks what is sent and tracks the close; it never
     /// reads (its read buffer is configured empty).
@@ -327,7 +338,10 @@ impl Connection {
         let tls = if url.tls {
             let name = ServerName::try_from(url.host.clone())
                 .map_err(|_| TransportError::ServerName(url.host.clone()))?;
-            Some(rustls::ClientConnection::new(Arc::clone(tls_config), name)?)
+            Some(Tls::new(UnbufferedClientConnection::new(
+                Arc::clone(tls_config),
+                name,
+            )?))
         } else {
             None
         };
@@ -498,9 +512,9 @@ impl Connection {
     }
 
     /// Bytes the connection holds for received data that was not handed out yet (0 when idle
-    /// between messages), not counting rustls's own buffer.
+    /// between messages): ciphertext of an incomplete record and plaintext of an incomplete frame.
     pub fn receive_buffer_bytes(&self) -> usize {
-        self.reader.retained_bytes()
+        self.reader.retained_bytes() + self.tls.as_ref().map_or(0, |tls| tls.partial.capacity())
     }
 
     async fn finish_tls_handshake(&mut self) -> Result<(), TransportError> {
@@ -508,10 +522,9 @@ impl Connection {
             let Some(tls) = &mut self.tls else {
                 return Ok(());
             };
-            while tls.wants_write() {
-                tls.write_tls(&mut self.pending)?;
-            }
-            if !tls.is_handshaking() {
+            // Queues what is due (first the ClientHello); the answers come with `receive`.
+            tls.process_kept(&mut self.reader, &mut self.pending)?;
+            if tls.established {
                 break;
             }
             self.flush().await?;
@@ -578,7 +591,8 @@ impl Connection {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(TransportError::Eof)),
                 Poll::Ready(Ok(n)) => {
-                    Poll::Ready(self.take(&buffer[..n], n == buffer.len()).map(|()| true))
+                    let filled = n == buffer.len();
+                    Poll::Ready(self.take(&mut buffer[..n], filled).map(|()| true))
                 }
                 Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
             }
@@ -600,14 +614,15 @@ impl Connection {
                     Err(error) => return Err(error.into()),
                 }
             };
-            self.take(&buffer[..n], n == buffer.len())?;
+            let filled = n == buffer.len();
+            self.take(&mut buffer[..n], filled)?;
             Ok(true)
         })
     }
 
-    /// Hands bytes read from the socket to TLS and the reader; `filled`: they filled the read
-    /// buffer.
-    fn take(&mut self, bytes: &[u8], filled: bool) -> Result<(), TransportError> {
+    /// Hands bytes read from the socket to TLS (which decrypts them in place) and the reader;
+    /// `filled`: they filled the read buffer.
+    fn take(&mut self, bytes: &mut [u8], filled: bool) -> Result<(), TransportError> {
         self.last_read_full = filled;
         self.window_bytes = self.window_bytes.saturating_add(bytes.len());
         self.burst_bytes = self.burst_bytes.saturating_add(bytes.len());
@@ -1103,43 +1118,23 @@ fn descriptor(tcp: &TcpStream) -> BorrowedFd<'_> {
 
 /// Moves bytes read from the socket through TLS (if any) into the reader.
 fn ingest(
-    tls: &mut Option<rustls::ClientConnection>,
-    mut received: &[u8],
+    tls: &mut Option<Tls>,
+    received: &mut [u8],
     reader: &mut FrameReader,
     pending: &mut Vec<u8>,
 ) -> Result<(), TransportError> {
-    let Some(tls) = tls else {
-        reader.push(received);
-        return Ok(());
-    };
-    while !received.is_empty() {
-        tls.read_tls(&mut received)?;
-        tls.process_new_packets()?;
-        // Straight from rustls's decrypted records into the reader.
-        let mut plaintext = tls.reader();
-        loop {
-            match plaintext.fill_buf() {
-                // A close_notify: the socket's end follows.
-                Ok([]) => break,
-                Ok(chunk) => {
-                    let n = chunk.len();
-                    reader.push(chunk);
-                    plaintext.consume(n);
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) => return Err(error.into()),
-            }
+    match tls {
+        None => {
+            reader.push(received);
+            Ok(())
         }
-        while tls.wants_write() {
-            tls.write_tls(pending)?;
-        }
+        Some(tls) => tls.receive(received, reader, pending),
     }
-    Ok(())
 }
 
 /// Moves plaintext the WebSocket wrote through TLS (if any) into `pending`.
 fn queue_plaintext(
-    tls: &mut Option<rustls::ClientConnection>,
+    tls: &mut Option<Tls>,
     plaintext: &mut Vec<u8>,
     pending: &mut Vec<u8>,
 ) -> Result<(), TransportError> {
@@ -1149,14 +1144,240 @@ fn queue_plaintext(
     match tls {
         None => pending.append(plaintext),
         Some(tls) => {
-            tls.writer().write_all(plaintext)?;
+            tls.encrypt(plaintext, pending)?;
             plaintext.clear();
-            while tls.wants_write() {
-                tls.write_tls(pending)?;
-            }
         }
     }
     Ok(())
+}
+
+/// A connection's TLS, driven through rustls's unbuffered client: ciphertext is handed in where
+/// it was read and decrypted there; what rustls wants sent (handshake records, alerts, encrypted
+/// data) is appended to the connection's `pending` bytes, which go out in order.
+struct Tls {
+    conn: UnbufferedClientConnection,
+    /// Ciphertext received and not consumed yet: the start of a record, or during the handshake
+    /// of a handshake message, whose rest has not come (rustls's contract: handed in again,
+    /// with what follows appended). Empty, without an allocation, between records.
+    partial: Vec<u8>,
+    /// The handshake completed: application data can be written.
+    established: bool,
+    /// The peer sent close_notify: nothing after it is read (the socket's end follows).
+    peer_closed: bool,
+}
+
+/// What a rustls encode or encrypt call into a slice of `pending` answered.
+enum TlsWriteError {
+    /// The slice must have this many bytes.
+    Room(usize),
+    Failed(rustls::Error),
+}
+
+impl From<EncodeError> for TlsWriteError {
+    fn from(error: EncodeError) -> Self {
+        match error {
+            EncodeError::InsufficientSize(size) => TlsWriteError::Room(size.required_size),
+            EncodeError::AlreadyEncoded => {
+                TlsWriteError::Failed(rustls::Error::General("TLS record encoded twice".into()))
+            }
+        }
+    }
+}
+
+impl From<EncryptError> for TlsWriteError {
+    fn from(error: EncryptError) -> Self {
+        match error {
+            EncryptError::InsufficientSize(size) => TlsWriteError::Room(size.required_size),
+            EncryptError::EncryptExhausted => TlsWriteError::Failed(rustls::Error::EncryptError),
+        }
+    }
+}
+
+impl Tls {
+    fn new(conn: UnbufferedClientConnection) -> Tls {
+        Tls {
+            conn,
+            partial: Vec::new(),
+            established: false,
+            peer_closed: false,
+        }
+    }
+
+    /// Processes ciphertext just read: decrypted application data goes to `reader`, what rustls
+    /// answers to `pending`, and an incomplete record's bytes are kept for the next read.
+    fn receive(
+        &mut self,
+        received: &mut [u8],
+        reader: &mut FrameReader,
+        pending: &mut Vec<u8>,
+    ) -> Result<(), TransportError> {
+        if self.partial.is_empty() {
+            // The usual case: records decrypted where they were read.
+            let consumed = self.process(received, reader, pending)?;
+            self.keep(&received[consumed..])
+        } else {
+            // A record began in an earlier read: rustls wants it contiguous with its rest.
+            let mut joined = mem::take(&mut self.partial);
+            joined.extend_from_slice(received);
+            let consumed = self.process(&mut joined, reader, pending)?;
+            if consumed < joined.len() {
+                joined.drain(..consumed);
+                self.partial = joined;
+            }
+            self.check_partial()
+        }
+    }
+
+    /// Processes the kept ciphertext again (rustls is never handed less than it kept), for what
+    /// rustls has to send without new input.
+    fn process_kept(
+        &mut self,
+        reader: &mut FrameReader,
+        pending: &mut Vec<u8>,
+    ) -> Result<(), TransportError> {
+        let mut kept = mem::take(&mut self.partial);
+        let consumed = self.process(&mut kept, reader, pending)?;
+        if consumed < kept.len() {
+            kept.drain(..consumed);
+            self.partial = kept;
+        }
+        Ok(())
+    }
+
+    /// Appends `tail`, an incomplete record, to the kept ciphertext.
+    fn keep(&mut self, tail: &[u8]) -> Result<(), TransportError> {
+        if !tail.is_empty() {
+            self.partial.extend_from_slice(tail);
+        }
+        self.check_partial()
+    }
+
+    fn check_partial(&self) -> Result<(), TransportError> {
+        if self.partial.len() > TLS_PARTIAL_BYTES_MAX {
+            return Err(TransportError::Tls(rustls::Error::General(format!(
+                "{} bytes of ciphertext without a complete TLS record",
+                self.partial.len()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Runs rustls over `incoming` until it needs more input or has nothing to do: the bytes of
+    /// `incoming` consumed (a prefix; the rest must be handed in again with what follows).
+    fn process(
+        &mut self,
+        incoming: &mut [u8],
+        reader: &mut FrameReader,
+        pending: &mut Vec<u8>,
+    ) -> Result<usize, TransportError> {
+        let mut consumed = 0;
+        loop {
+            if self.peer_closed {
+                // Anything after close_notify is not the peer's data.
+                return Ok(incoming.len());
+            }
+            let status = self.conn.process_tls_records(&mut incoming[consumed..]);
+            let mut discard = status.discard;
+            let more = match status.state? {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        reader.push(record.payload);
+                    }
+                    true
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    append_tls(pending, 512, |out| Ok(encode.encode(out)?))?;
+                    true
+                }
+                // Written to `pending`, which goes out ahead of anything queued after it.
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    true
+                }
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    true
+                }
+                ConnectionState::WriteTraffic(_) => {
+                    self.established = true;
+                    false
+                }
+                ConnectionState::BlockedHandshake | ConnectionState::Closed => false,
+                // Early data is a server's; the enum is non-exhaustive.
+                _ => {
+                    return Err(TransportError::Tls(rustls::Error::General(
+                        "unexpected TLS state".into(),
+                    )));
+                }
+            };
+            consumed += discard;
+            if !more {
+                return Ok(consumed);
+            }
+        }
+    }
+
+    /// Encrypts `plaintext` onto `pending`, after whatever rustls has to send first.
+    fn encrypt(&mut self, plaintext: &[u8], pending: &mut Vec<u8>) -> Result<(), TransportError> {
+        // A record adds a header, a content type and a tag; rustls asks for more if needed.
+        let records = plaintext.len() / (16 * 1024) + 1;
+        let room = plaintext.len() + records * 64;
+        loop {
+            // The kept ciphertext is handed in, never less; it holds no complete record, so
+            // nothing in it is consumed.
+            let status = self.conn.process_tls_records(&mut self.partial);
+            let discard = status.discard;
+            match status.state? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    debug_assert_eq!(discard, 0, "nothing complete was kept");
+                    return append_tls(pending, room, |out| Ok(traffic.encrypt(plaintext, out)?));
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    append_tls(pending, 512, |out| Ok(encode.encode(out)?))?;
+                }
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                ConnectionState::PeerClosed => self.peer_closed = true,
+                _ => {
+                    return Err(TransportError::Tls(rustls::Error::General(
+                        "TLS cannot send now".into(),
+                    )));
+                }
+            }
+            self.partial.drain(..discard);
+        }
+    }
+}
+
+/// Appends what `write` puts into a slice of `pending`, growing the slice to the size rustls
+/// asks for.
+fn append_tls(
+    pending: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, TlsWriteError>,
+) -> Result<(), TransportError> {
+    let start = pending.len();
+    loop {
+        pending.resize(start + room, 0);
+        match write(&mut pending[start..]) {
+            Ok(written) => {
+                pending.truncate(start + written);
+                return Ok(());
+            }
+            Err(TlsWriteError::Room(needed)) if needed > room => room = needed,
+            Err(TlsWriteError::Room(_)) => {
+                pending.truncate(start);
+                return Err(TransportError::Tls(rustls::Error::General(
+                    "TLS asked for less room than it had".into(),
+                )));
+            }
+            Err(TlsWriteError::Failed(error)) => {
+                pending.truncate(start);
+                return Err(TransportError::Tls(error));
+            }
+        }
+    }
 }
 
 /// Fuzzing entry point for `FrameReader` (`fuzz/fuzz_targets/frame_reader.rs`). Byte 0 picks the

@@ -351,3 +351,118 @@ fn data_after_a_long_gap_is_not_followed_by_held_reads() {
         assert!(read_at < next_tick, "held until the tick");
     });
 }
+
+/// A TLS WebSocket server on loopback (the mock's certificate) that sends `frames` after the
+/// upgrade, then close_notify, some bytes after it and the socket's end, as one ciphertext
+/// stream cut into pieces of the sizes in `pieces` (cycled), each written on its own after a
+/// short pause: the client's reads end inside records, inside record headers and across
+/// several records.
+fn serve_tls_in_pieces(
+    frames: Vec<u8>,
+    pieces: &'static [usize],
+) -> (GatewayUrl, std::path::PathBuf, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let ca_out = std::env::temp_dir().join(format!(
+        "shardgate-transport-pieces-{}-{}.pem",
+        std::process::id(),
+        pieces.len()
+    ));
+    let config = mock_gateway::tls::server_config(&ca_out).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = GatewayUrl::parse(&format!("wss://{}", listener.local_addr().unwrap())).unwrap();
+    let server = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        socket.set_nodelay(true).unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, socket);
+        let mut request = Vec::new();
+        let mut byte = [0; 1];
+        while !request.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).unwrap();
+            request.push(byte[0]);
+        }
+        let request = String::from_utf8(request).unwrap();
+        let key = request
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        write!(
+            tls,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .unwrap();
+        tls.flush().unwrap();
+        // The frames and the close_notify as ciphertext, then bytes that are not TLS at all.
+        let (conn, socket) = (&mut tls.conn, &mut tls.sock);
+        conn.set_buffer_limit(None);
+        conn.writer().write_all(&frames).unwrap();
+        conn.send_close_notify();
+        let mut ciphertext = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut ciphertext).unwrap();
+        }
+        ciphertext.extend_from_slice(b"not TLS after close_notify");
+        let mut rest = &ciphertext[..];
+        for &piece in pieces.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at(piece.min(rest.len()));
+            socket.write_all(now).unwrap();
+            rest = later;
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        // Then the socket's end (the client reads it as such once every message is out).
+    });
+    (url, ca_out, server)
+}
+
+/// wss:// with records cut anywhere by the reads: every message arrives whole and in order,
+/// a message of many records included, and close_notify ends the stream (what follows it is
+/// not read as data).
+#[test]
+fn tls_records_cut_across_reads_arrive_whole() {
+    let big = "x".repeat(100_000);
+    let texts = ["first", big.as_str(), "after the big one", "last"];
+    let frames: Vec<u8> = texts.iter().flat_map(|text| text_frame(text)).collect();
+    for pieces in [
+        &[1usize, 2, 3, 5, 7][..],
+        &[4_000, 1, 17_000, 6, 300, 20_000][..],
+    ] {
+        let (url, ca_out, server) = serve_tls_in_pieces(frames.clone(), pieces);
+        let tls_config = shardgate::tls::client_config(Some(ca_out.as_path())).unwrap();
+        let expected: Vec<String> = texts.iter().map(|text| (*text).to_owned()).collect();
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let mut connection = Connection::connect(
+                    &url,
+                    "v=10&encoding=json",
+                    &tls_config,
+                    WebSocketConfig::default(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+                for text in expected {
+                    assert_eq!(text_of(connection.read_incoming().await.unwrap()), text);
+                }
+                // Nothing but the end of the stream after close_notify.
+                let end = connection.read_incoming().await;
+                assert!(
+                    matches!(end, Err(shardgate::transport::TransportError::Eof)),
+                    "{end:?}"
+                );
+                assert_eq!(connection.receive_buffer_bytes(), 0);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        server.join().unwrap();
+    }
+}

@@ -32,7 +32,7 @@ mod conn;
 mod http;
 mod state;
 mod timeline;
-mod tls;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

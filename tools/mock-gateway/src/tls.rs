@@ -26,6 +26,12 @@ pub enum TlsError {
 /// Generates the CA and server certificate, writes the CA PEM to `ca_out`, and returns an
 /// acceptor for the listeners.
 pub fn acceptor(ca_out: &Path) -> Result<TlsAcceptor, TlsError> {
+    Ok(TlsAcceptor::from(server_config(ca_out)?))
+}
+
+/// [`acceptor`]'s server configuration: for a test's own TLS server, one that trusts the same
+/// CA file as the mock's.
+pub fn server_config(ca_out: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -56,7 +62,7 @@ pub fn acceptor(ca_out: &Path) -> Result<TlsAcceptor, TlsError> {
             vec![server_cert.der().clone(), ca.der().clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
         )?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
