@@ -1214,22 +1214,25 @@ impl Tls {
         if self.partial.is_empty() {
             // The usual case: records decrypted where they were read.
             let consumed = self.process(received, reader, pending)?;
-            self.keep(&received[consumed..])
+            if consumed < received.len() {
+                self.partial.extend_from_slice(&received[consumed..]);
+            }
         } else {
             // A record began in an earlier read: rustls wants it contiguous with its rest.
-            let mut joined = mem::take(&mut self.partial);
-            joined.extend_from_slice(received);
-            let consumed = self.process(&mut joined, reader, pending)?;
-            if consumed < joined.len() {
-                joined.drain(..consumed);
-                self.partial = joined;
-            }
-            self.check_partial()
+            self.partial.extend_from_slice(received);
+            self.process_kept(reader, pending)?;
         }
+        if self.partial.len() > TLS_PARTIAL_BYTES_MAX {
+            return Err(TransportError::Tls(rustls::Error::General(format!(
+                "{} bytes of ciphertext without a complete TLS record",
+                self.partial.len()
+            ))));
+        }
+        Ok(())
     }
 
-    /// Processes the kept ciphertext again (rustls is never handed less than it kept), for what
-    /// rustls has to send without new input.
+    /// Processes the kept ciphertext (rustls is never handed less than it kept): after a read
+    /// appended to it, or for what rustls has to send without new input.
     fn process_kept(
         &mut self,
         reader: &mut FrameReader,
@@ -1240,24 +1243,6 @@ impl Tls {
         if consumed < kept.len() {
             kept.drain(..consumed);
             self.partial = kept;
-        }
-        Ok(())
-    }
-
-    /// Appends `tail`, an incomplete record, to the kept ciphertext.
-    fn keep(&mut self, tail: &[u8]) -> Result<(), TransportError> {
-        if !tail.is_empty() {
-            self.partial.extend_from_slice(tail);
-        }
-        self.check_partial()
-    }
-
-    fn check_partial(&self) -> Result<(), TransportError> {
-        if self.partial.len() > TLS_PARTIAL_BYTES_MAX {
-            return Err(TransportError::Tls(rustls::Error::General(format!(
-                "{} bytes of ciphertext without a complete TLS record",
-                self.partial.len()
-            ))));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -15,6 +16,21 @@ fn text(message: Incoming) -> serde_json::Value {
         Incoming::Text(text) => serde_json::from_slice(&text).unwrap(),
         other => panic!("expected text, got {other:?}"),
     }
+}
+
+/// Opens a connection to `url` with the query and limits every test here uses.
+async fn connect(
+    url: &GatewayUrl,
+    tls_config: &Arc<rustls::ClientConfig>,
+) -> Result<Connection, shardgate::transport::TransportError> {
+    Connection::connect(
+        url,
+        "v=10&encoding=json",
+        tls_config,
+        WebSocketConfig::default(),
+        Duration::from_secs(5),
+    )
+    .await
 }
 
 fn hello_identify_ready(tls: bool) {
@@ -37,14 +53,7 @@ fn hello_identify_ready(tls: bool) {
     let tls_config = shardgate::tls::client_config(tls.then_some(ca_out.as_path())).unwrap();
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let mut connection = Connection::connect(
-                &url,
-                "v=10&encoding=json",
-                &tls_config,
-                WebSocketConfig::default(),
-                Duration::from_secs(5),
-            )
-            .await
+            let mut connection = connect(&url, &tls_config).await
             .unwrap();
             let hello = text(connection.read_incoming().await.unwrap());
             assert_eq!(hello["op"], 10);
@@ -101,14 +110,7 @@ fn tls_without_the_ca_is_refused() {
     let tls_config = shardgate::tls::client_config(None).unwrap();
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let result = Connection::connect(
-                &url,
-                "v=10&encoding=json",
-                &tls_config,
-                WebSocketConfig::default(),
-                Duration::from_secs(5),
-            )
-            .await;
+            let result = connect(&url, &tls_config).await;
             assert!(
                 matches!(result, Err(shardgate::transport::TransportError::Tls(_))),
                 "{result:?}"
@@ -199,15 +201,9 @@ where
     let (url, server) = serve_frames(writes, close);
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            let connection = Connection::connect(
-                &url,
-                "v=10&encoding=json",
-                &shardgate::tls::client_config(None).unwrap(),
-                WebSocketConfig::default(),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+            let connection = connect(&url, &shardgate::tls::client_config(None).unwrap())
+                .await
+                .unwrap();
             client(connection).await;
         })
         .unwrap()
@@ -440,15 +436,7 @@ fn tls_records_cut_across_reads_arrive_whole() {
         let expected: Vec<String> = texts.iter().map(|text| (*text).to_owned()).collect();
         LocalExecutorBuilder::new(Placement::Unbound)
             .spawn(move || async move {
-                let mut connection = Connection::connect(
-                    &url,
-                    "v=10&encoding=json",
-                    &tls_config,
-                    WebSocketConfig::default(),
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap();
+                let mut connection = connect(&url, &tls_config).await.unwrap();
                 for text in expected {
                     assert_eq!(text_of(connection.read_incoming().await.unwrap()), text);
                 }
