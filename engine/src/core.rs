@@ -99,6 +99,9 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Socket reads of every connection wait for a tick after draining their socket.
     pub read_coalescing: Option<ReadCoalescing>,
+    /// The start of the heartbeat grid every shard of the process shares (see
+    /// [`crate::shard::ShardConfig::heartbeat_grid`]).
+    pub heartbeat_grid: Instant,
     /// Shards of this process that are fully ready; the last one announces ALL_SHARDS_READY.
     pub shards_ready: AtomicUsize,
     pub shards_owned: usize,
@@ -409,6 +412,7 @@ impl Driver {
         config.payload_compression = shared.compression.identify_compress();
         config.large_threshold = shared.large_threshold;
         config.rng_seed = shared.rng_seed;
+        config.heartbeat_grid = Some(shared.heartbeat_grid);
         let mut outbox: VecDeque<Record> = VecDeque::new();
         let mut saved_pending = saved.is_some();
         // A session to resume that the sink has not heard of (the fleet handed it over from

@@ -763,6 +763,7 @@ impl Engine {
             limiter: Arc::clone(&limiter),
             fleet_gate: fleet_gate.clone(),
             connect_timeout: Duration::from_secs(10),
+            heartbeat_grid: Instant::now(),
             read_coalescing: (settings.read_coalesce_ms > 0).then(|| ReadCoalescing {
                 tick: Duration::from_millis(settings.read_coalesce_ms),
                 epoch: Instant::now(),

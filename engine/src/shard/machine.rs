@@ -98,6 +98,11 @@ pub const RECONNECT_BACKOFF_CAP_MS: u64 = 60_000;
 pub const INVALID_SESSION_DELAY_MIN_MS: u64 = 1_000;
 /// After op 9 `d: false`, wait less than this long before reconnecting.
 pub const INVALID_SESSION_DELAY_MAX_MS: u64 = 5_000;
+/// Step of [`ShardConfig::heartbeat_grid`]: Discord's 41,250 ms interval is 165 steps, so a
+/// shard on the grid stays on it. With a 1,000-shard process's heartbeats spread over 165 slots,
+/// a core wakes about 4 times a second to send them instead of about 12.
+pub const HEARTBEAT_GRID_STEP: Duration = Duration::from_millis(250);
+
 /// Smallest heartbeat interval honoured; HELLO values below are clamped up.
 pub const HEARTBEAT_INTERVAL_MIN_MS: u64 = 1_000;
 /// Largest heartbeat interval honoured; HELLO values above are clamped down.
@@ -157,6 +162,10 @@ pub struct ShardConfig {
     /// Seed of the machine's jitter generator (mixed with the shard id). Fixed seeds make runs
     /// replayable. Default: 0.
     pub rng_seed: u64,
+    /// Heartbeats fall on this instant plus whole [`HEARTBEAT_GRID_STEP`]s (never later than
+    /// the interval asks): the shards of a process that share it send in a few wake-ups per
+    /// second instead of one each. Default: none (heartbeats at the exact jittered instants).
+    pub heartbeat_grid: Option<Instant>,
 }
 
 impl ShardConfig {
@@ -193,6 +202,7 @@ impl ShardConfig {
             resume_url_failures_max: Self::DEFAULT_RESUME_URL_FAILURES_MAX,
             resume_attempts_max: Self::DEFAULT_RESUME_ATTEMPTS_MAX,
             rng_seed: 0,
+            heartbeat_grid: None,
         }
     }
 
@@ -1358,7 +1368,7 @@ impl Shard {
         self.hello_deadline = None;
         self.heartbeat = Some(Heartbeat {
             interval,
-            due: after(now, first_delay),
+            due: grid_floor(self.config.heartbeat_grid, now, after(now, first_delay)),
             pending: None,
             zombie_check_armed: false,
             unacked_since: None,
@@ -1460,11 +1470,12 @@ impl Shard {
                     heartbeat.pending = Some(Beat::Scheduled);
                     let next = heartbeat.due + heartbeat.interval;
                     // A driver that woke up more than an interval late must not burst.
-                    heartbeat.due = if next > now {
+                    let next = if next > now {
                         next
                     } else {
                         after(now, heartbeat.interval)
                     };
+                    heartbeat.due = grid_floor(self.config.heartbeat_grid, now, next);
                     false
                 }
             }
@@ -1855,6 +1866,22 @@ fn after(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay).unwrap_or(now)
 }
 
+/// `at` moved back to the last step of `grid` at or before it (a heartbeat due then goes out
+/// at most one step early), unless that is before `now`: then `at` itself (a first heartbeat
+/// jittered to within a step of HELLO; the next one lands on the grid). `at` without a grid.
+fn grid_floor(grid: Option<Instant>, now: Instant, at: Instant) -> Instant {
+    let Some(epoch) = grid else {
+        return at;
+    };
+    let Some(since) = at.checked_duration_since(epoch) else {
+        return at;
+    };
+    let step = HEARTBEAT_GRID_STEP.as_nanos();
+    let back = Duration::from_nanos(u64::try_from(since.as_nanos() % step).unwrap_or(0));
+    let floor = at - back;
+    if floor >= now { floor } else { at }
+}
+
 fn reached(deadline: Option<Instant>, now: Instant) -> bool {
     deadline.is_some_and(|deadline| now >= deadline)
 }
@@ -2233,6 +2260,49 @@ mod tests {
         let debug = format!("{shard:?}");
         assert!(!debug.contains("SECRET"));
         assert!(debug.contains("identify_payload: [redacted; "), "{debug}");
+    }
+
+    #[test]
+    fn heartbeats_on_a_grid_fall_on_its_steps_never_later_than_due() {
+        for (interval_ms, seed) in [(INTERVAL_MS, 1), (INTERVAL_MS, 2), (41_337, 3), (1_100, 4)] {
+            let interval = ms(interval_ms);
+            let mut config = config();
+            config.rng_seed = seed;
+            // The grid started some time before this shard (another shard's start, say).
+            let grid = Instant::now() - Duration::from_millis(1_234);
+            config.heartbeat_grid = Some(grid);
+            let mut driver = Driver::new(config);
+            driver.run_until_connect();
+            driver.open();
+            let hello_at = driver.now;
+            driver.payload(10, None, None, &hello_raw(interval_ms));
+            let mut due = driver.shard.poll_timeout().expect("heartbeat timer");
+            assert!(due >= hello_at && due < hello_at + interval);
+            let on_grid = |at: Instant| {
+                (at - grid)
+                    .as_nanos()
+                    .is_multiple_of(HEARTBEAT_GRID_STEP.as_nanos())
+            };
+            let mut previous: Option<Instant> = None;
+            for _ in 0..6 {
+                driver.run_until(due);
+                let sent = driver.take_sent();
+                assert_eq!(Driver::kinds(&sent), vec![TransmitKind::Heartbeat]);
+                assert_eq!(sent[0].at, due);
+                if let Some(previous) = previous {
+                    // On a step, at most one step earlier than the interval asks, never later.
+                    assert!(on_grid(due), "{interval_ms} ms: {:?}", due - grid);
+                    assert!(due - previous <= interval, "{interval_ms} ms: late");
+                    assert!(
+                        due - previous + HEARTBEAT_GRID_STEP > interval,
+                        "{interval_ms} ms"
+                    );
+                }
+                previous = Some(due);
+                driver.ack();
+                due = driver.heartbeat_due();
+            }
+        }
     }
 
     #[test]
