@@ -121,6 +121,33 @@ fn tls_without_the_ca_is_refused() {
         .unwrap();
 }
 
+/// Reads a client's upgrade request from `stream` and answers it with a 101.
+fn answer_upgrade(stream: &mut (impl std::io::Read + std::io::Write)) {
+    let mut request = Vec::new();
+    let mut byte = [0; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        request.push(byte[0]);
+    }
+    let request = String::from_utf8(request).unwrap();
+    let key = request
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap();
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    write!(
+        stream,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .unwrap();
+    stream.flush().unwrap();
+}
+
 /// A bare WebSocket server on loopback: it answers one upgrade, then writes each of `writes`
 /// (raw frame bytes) after its delay; then it closes the socket if `close`, or keeps it open
 /// until the client closes.
@@ -133,29 +160,8 @@ fn serve_frames(
     let url = GatewayUrl::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
     let server = std::thread::spawn(move || {
         let (mut socket, _) = listener.accept().unwrap();
-        let mut request = Vec::new();
+        answer_upgrade(&mut socket);
         let mut byte = [0; 1];
-        while !request.ends_with(b"\r\n\r\n") {
-            socket.read_exact(&mut byte).unwrap();
-            request.push(byte[0]);
-        }
-        let request = String::from_utf8(request).unwrap();
-        let key = request
-            .lines()
-            .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
-            .or_else(|| {
-                request
-                    .lines()
-                    .find_map(|line| line.strip_prefix("sec-websocket-key: "))
-            })
-            .unwrap();
-        let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
-        write!(
-            socket,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        )
-        .unwrap();
         for (delay, bytes) in writes {
             std::thread::sleep(delay);
             socket.write_all(&bytes).unwrap();
@@ -357,7 +363,7 @@ fn serve_tls_in_pieces(
     frames: Vec<u8>,
     pieces: &'static [usize],
 ) -> (GatewayUrl, std::path::PathBuf, std::thread::JoinHandle<()>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let ca_out = std::env::temp_dir().join(format!(
         "shardgate-transport-pieces-{}-{}.pem",
         std::process::id(),
@@ -371,29 +377,7 @@ fn serve_tls_in_pieces(
         socket.set_nodelay(true).unwrap();
         let conn = rustls::ServerConnection::new(config).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, socket);
-        let mut request = Vec::new();
-        let mut byte = [0; 1];
-        while !request.ends_with(b"\r\n\r\n") {
-            tls.read_exact(&mut byte).unwrap();
-            request.push(byte[0]);
-        }
-        let request = String::from_utf8(request).unwrap();
-        let key = request
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| value.trim().to_owned())
-            })
-            .unwrap();
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-        write!(
-            tls,
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        )
-        .unwrap();
-        tls.flush().unwrap();
+        answer_upgrade(&mut tls);
         // The frames and the close_notify as ciphertext, then bytes that are not TLS at all.
         let (conn, socket) = (&mut tls.conn, &mut tls.sock);
         conn.set_buffer_limit(None);
