@@ -212,9 +212,12 @@ fn decode(criterion: &mut Criterion) {
             now: Instant::now(),
         };
         for (name, work, with_bytes) in cases {
-            if with_bytes {
-                group.throughput(Throughput::Bytes(payload_bytes));
-                group.bench_function(format!("{compression}/{name}/bytes"), |bencher| {
+            // The same replay, reported per byte (where asked) and per event.
+            let bytes = with_bytes.then_some((Throughput::Bytes(payload_bytes), "bytes"));
+            let events = Some((Throughput::Elements(STREAM_EVENTS), "events"));
+            for (throughput, unit) in bytes.into_iter().chain(events) {
+                group.throughput(throughput);
+                group.bench_function(format!("{compression}/{name}/{unit}"), |bencher| {
                     cpu_time(bencher, || {
                         replay(
                             &mut decoder,
@@ -227,19 +230,6 @@ fn decode(criterion: &mut Criterion) {
                     })
                 });
             }
-            group.throughput(Throughput::Elements(STREAM_EVENTS));
-            group.bench_function(format!("{compression}/{name}/events"), |bencher| {
-                cpu_time(bencher, || {
-                    replay(
-                        &mut decoder,
-                        &mut scratch,
-                        &frames,
-                        work,
-                        &mut record,
-                        &mut stage,
-                    )
-                })
-            });
         }
     }
 
